@@ -1,0 +1,152 @@
+"""Our self-describing checkpoint format: a folder with ``model.safetensors`` + ``config.json``.
+
+``config.json`` holds ``{"format": "samclip", "format_version": 1, "model_type": ..., "config": {...}}``
+so a folder can be rebuilt without knowing its preset. Writes are atomic: every file is written to a
+temporary name in the same folder and renamed into place, so a reader never sees half a checkpoint.
+Extra files (a tokenizer, a run config) can be written alongside with :func:`atomic_write_bytes`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "samclip"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not fit the model; the message says why."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(contiguous, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_folder(folder: str | os.PathLike, model_type: str, config: dict[str, Any],
+                state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write ``model.safetensors`` then ``config.json`` (the config last: its presence marks completion)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # tied / shared tensors must be stored once per name for safetensors
+    atomic_save_safetensors(
+        {k: v.clone() for k, v in state_dict.items()}, folder / WEIGHTS_NAME, metadata={"format": "pt"}
+    )
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": model_type, "config": config}
+    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of one of our folders, validated."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{folder}: no {CONFIG_NAME}; not a samclip checkpoint folder") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a samclip config (missing \"format\": \"{FORMAT}\")")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta['format_version']} is newer than this samclip")
+    return meta
+
+
+def is_samclip_folder(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if not (p.is_dir() and (p / CONFIG_NAME).is_file()):
+        return False
+    try:
+        return json.loads((p / CONFIG_NAME).read_text()).get("format") == FORMAT
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return False
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a safetensors file with a readable error for truncated or corrupt files."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+
+def load_folder(folder: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """Read one of our folders -> (model_type, config dict, state dict)."""
+    meta = read_config(folder)
+    weights = Path(folder) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: {WEIGHTS_NAME} is missing")
+    return meta["model_type"], meta["config"], load_safetensors(weights)
+
+
+def describe_mismatch(missing: list[str], unexpected: list[str], shape_errors: list[str], what: str,
+                      limit: int = 5) -> str:
+    """One readable sentence about a state dict that does not fit, naming the first few keys only."""
+
+    def few(keys: list[str]) -> str:
+        head = ", ".join(keys[:limit])
+        return head + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {few(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
+    if shape_errors:
+        parts.append(f"{len(shape_errors)} shape mismatches: {few(shape_errors)}")
+    return f"checkpoint does not fit {what}: " + "; ".join(parts)
+
+
+def load_state_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict(strict=True)`` with one readable :class:`CheckpointError` instead of a key dump."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shape_errors = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if own[k].shape != state_dict[k].shape
+    ]
+    if missing or unexpected or shape_errors:
+        raise CheckpointError(describe_mismatch(missing, unexpected, shape_errors, what))
+    module.load_state_dict(state_dict, strict=True)

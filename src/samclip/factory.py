@@ -1,0 +1,122 @@
+"""The one factory: build models from presets or configs, load them from any supported checkpoint.
+
+``source`` for the loaders may be
+- a registered weights name (``tiny-synthetic``, ``sam-vit-b`` ...; see ``samclip.pretrained``),
+- one of our folders (``config.json`` + ``model.safetensors``),
+- a foreign checkpoint file or folder (segment-anything ``.pth``, Hugging Face folder or
+  ``.safetensors``, OpenAI / open_clip state dicts); conversion happens in ``samclip.convert``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import pretrained
+from .checkpoint import CheckpointError, load_state_strict, save_folder
+from .models import CLIP, ClipConfig, Sam, SamConfig, clip_preset, sam_preset
+from .tokenizer import ClipTokenizer
+
+TOKENIZER_NAME = "tokenizer.json"
+
+
+def create_sam(config: str | SamConfig) -> Sam:
+    """A randomly initialised SAM from a preset name or a config."""
+    return Sam.from_config(sam_preset(config) if isinstance(config, str) else config)
+
+
+def create_clip(config: str | ClipConfig) -> CLIP:
+    """A randomly initialised CLIP from a preset name or a config."""
+    return CLIP.from_config(clip_preset(config) if isinstance(config, str) else config)
+
+
+def _resolve(kind: str, source: str | os.PathLike) -> Path:
+    if isinstance(source, str) and pretrained.is_registered(kind, source):
+        return pretrained.resolve(kind, source)
+    path = Path(source)
+    if not path.exists():
+        known = ", ".join(pretrained.list_pretrained(kind))
+        raise FileNotFoundError(f"{source!s}: no such file or folder, and not a registered name ({known})")
+    return path
+
+
+def _finish(model: torch.nn.Module, device: str | torch.device | None, dtype: torch.dtype | None):  # noqa: ANN202
+    model.eval()
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def load_sam(
+    source: str | os.PathLike,
+    *,
+    config: SamConfig | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Sam:
+    """Load a SAM from a name, our folder, or a segment-anything / Hugging Face checkpoint.
+
+    ``config`` (a preset name or config) overrides the architecture inferred from the checkpoint.
+    The model is returned in eval mode.
+    """
+    from .convert import load_sam_checkpoint
+
+    path = _resolve("sam", source)
+    cfg = sam_preset(config) if isinstance(config, str) else config
+    cfg, state, fmt = load_sam_checkpoint(path, cfg)
+    model = Sam.from_config(cfg)
+    load_state_strict(model, state, f"SAM ({fmt} format, image encoder {cfg.image_encoder.embed_dim}-d)")
+    return _finish(model, device, dtype)
+
+
+def load_clip(
+    source: str | os.PathLike,
+    *,
+    config: ClipConfig | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    trust_torchscript: bool = False,
+) -> CLIP:
+    """Load a CLIP from a name, our folder, or an OpenAI / open_clip / Hugging Face checkpoint.
+
+    The tokenizer found beside the weights (if any) is attached as ``model.tokenizer``.
+    ``trust_torchscript`` allows OpenAI's TorchScript release files (read by ``torch.jit.load``).
+    """
+    from .convert import load_clip_checkpoint
+
+    path = _resolve("clip", source)
+    cfg = clip_preset(config) if isinstance(config, str) else config
+    cfg, state, tokenizer, fmt = load_clip_checkpoint(path, cfg, trust_torchscript=trust_torchscript)
+    model = CLIP.from_config(cfg)
+    load_state_strict(model, state, f"CLIP ({fmt} format, vision width {cfg.vision.width})")
+    model.tokenizer = tokenizer
+    return _finish(model, device, dtype)
+
+
+def save_pretrained(model: Sam | CLIP, folder: str | os.PathLike) -> Path:
+    """Write ``model`` in our self-describing format (plus ``tokenizer.json`` for a CLIP with one)."""
+    if isinstance(model, Sam):
+        kind = "sam"
+    elif isinstance(model, CLIP):
+        kind = "clip"
+    else:
+        raise TypeError(f"cannot save {type(model).__name__}; expected Sam or CLIP")
+    folder = Path(folder)
+    tok: ClipTokenizer | None = getattr(model, "tokenizer", None)
+    if tok is not None:
+        tok.save(folder / TOKENIZER_NAME)
+    return save_folder(folder, kind, model.config.to_dict(), model.state_dict())
+
+
+def read_tokenizer(folder: str | os.PathLike, context_length: int) -> ClipTokenizer | None:
+    """The ``tokenizer.json`` of one of our folders, or None."""
+    path = Path(folder) / TOKENIZER_NAME
+    return ClipTokenizer.from_file(path, context_length) if path.is_file() else None
+
+
+__all__ = [
+    "CheckpointError", "create_clip", "create_sam", "load_clip", "load_sam", "read_tokenizer",
+    "save_pretrained",
+]

@@ -1,0 +1,134 @@
+"""The Segment Anything Model: image encoder + prompt encoder + mask decoder, composed from a config.
+
+Conventions: images are HWC uint8 RGB; SAM resizes the longest side to the encoder's input size
+``S`` and pads bottom/right to SxS ("the input frame"). Prompt coordinates given to :meth:`Sam.decode`
+are pixels of the input frame at the size the embedding was computed for; the predictor converts
+from original-image pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import SamConfig
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+
+
+class Sam(nn.Module):
+    """SAM composed by constructor injection; build one from a config with :meth:`from_config`."""
+
+    def __init__(
+        self,
+        config: SamConfig,
+        image_encoder: ImageEncoderViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(-1, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: SamConfig) -> Sam:
+        enc = config.image_encoder
+        grid = (enc.grid_size, enc.grid_size)
+        return cls(
+            config,
+            ImageEncoderViT(enc),
+            PromptEncoder(config.prompt_embed_dim, grid, (enc.img_size, enc.img_size), config.mask_in_chans),
+            MaskDecoder(config.prompt_embed_dim, config.mask_decoder),
+        )
+
+    @property
+    def img_size(self) -> int:
+        """Native input frame size (pixels per side)."""
+        return self.config.image_encoder.img_size
+
+    @property
+    def mask_threshold(self) -> float:
+        return self.config.mask_threshold
+
+    def preprocess(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Normalise a Bx3xhxw batch in 0-255 RGB (already resized so max(h, w) <= size) and pad to SxS."""
+        size = size or self.img_size
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        if h > size or w > size:
+            raise ValueError(f"image {h}x{w} is larger than the input frame {size}; resize it first")
+        return F.pad(x, (0, size - w, 0, size - h))
+
+    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Bx3xSxS normalised, padded images -> BxCx(S/p)x(S/p) image embeddings."""
+        return self.image_encoder(pixel_values)
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt decode on cached embeddings.
+
+        Args:
+            image_embeddings: BxCxhxw; the N prompts below are split evenly over the B images.
+            point_coords: NxKx2 (x, y) pixels of the input frame the embedding was computed for
+                (frame side = h * patch_size), with point_labels NxK (1 fg, 0 bg, -1 pad).
+            boxes: Nx4 XYXY in the same frame.
+            mask_input: Nx1x4hx4w low-resolution mask logits (e.g. a previous prediction).
+        Returns:
+            low-resolution mask logits Nx(3|1)x4hx4w and IoU predictions Nx(3|1).
+        """
+        grid = (image_embeddings.shape[-2], image_embeddings.shape[-1])
+        frame = grid[0] * self.config.image_encoder.patch_size
+        scale = self.img_size / frame  # the prompt encoder normalises by the native frame
+        points = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels are required with point_coords")
+            points = (point_coords * scale, point_labels)
+        if boxes is not None:
+            boxes = boxes * scale
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input, grid_size=grid)
+        return self.mask_decoder(
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(grid).to(image_embeddings.dtype),
+            sparse.to(image_embeddings.dtype),
+            dense.to(image_embeddings.dtype),
+            multimask_output,
+        )
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Low-res logits Nx Kx4hx4w -> logits at the original image size NxKxHxW.
+
+        ``input_size`` is the (h, w) of the resized image inside the padded frame.
+        """
+        frame = masks.shape[-1] * self.config.image_encoder.patch_size // 4
+        masks = F.interpolate(masks.float(), (frame, frame), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a padded batch and decode prompts; see :meth:`decode` for shapes."""
+        emb = self.image_embeddings(pixel_values)
+        return self.decode(emb, point_coords, point_labels, boxes, mask_input, multimask_output)

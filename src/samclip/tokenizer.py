@@ -1,0 +1,144 @@
+"""CLIP's byte-level BPE tokenizer through the ``tokenizers`` library.
+
+Ways to get one:
+- :meth:`ClipTokenizer.from_file` - a ``tokenizer.json`` (Hugging Face folders, our own folders);
+- :meth:`ClipTokenizer.from_vocab_merges` - ``vocab.json`` + ``merges.txt`` (Hugging Face CLIP);
+- :meth:`ClipTokenizer.from_openai_bpe` - OpenAI's ``bpe_simple_vocab_16e6.txt.gz``;
+- :meth:`ClipTokenizer.train` - train a small CLIP-style BPE on your own captions (how the embedded
+  default's tokenizer is built): same normaliser, pre-tokeniser and ``</w>`` end-of-word suffix as
+  CLIP's, with ``<|startoftext|>`` / ``<|endoftext|>`` as the special tokens.
+
+Calling a tokenizer returns a BxL LongTensor: start token, ids, end token, zero padding; text that
+is too long is truncated and still ends with the end token.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+SOT = "<|startoftext|>"
+EOT = "<|endoftext|>"
+# CLIP's word-splitting pattern (contractions, letter runs, single digits, punctuation runs)
+_CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP reversible byte -> printable unicode character table."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def _clip_pipeline(tok: Tokenizer) -> Tokenizer:
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+class ClipTokenizer:
+    """Wraps a ``tokenizers.Tokenizer`` (without post-processor) and adds CLIP's framing."""
+
+    def __init__(self, tokenizer: Tokenizer, context_length: int = 77) -> None:
+        self.tokenizer = tokenizer
+        self.tokenizer.post_processor = None
+        self.context_length = context_length
+        sot, eot = tokenizer.token_to_id(SOT), tokenizer.token_to_id(EOT)
+        if sot is None or eot is None:
+            raise ValueError(f"tokenizer lacks the special tokens {SOT} / {EOT}")
+        self.sot_token_id, self.eot_token_id = sot, eot
+
+    # ----------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, context_length: int = 77) -> ClipTokenizer:
+        return cls(Tokenizer.from_file(str(path)), context_length)
+
+    @classmethod
+    def from_vocab_merges(
+        cls, vocab: str | os.PathLike | dict[str, int], merges: str | os.PathLike | list[tuple[str, str]],
+        context_length: int = 77,
+    ) -> ClipTokenizer:
+        if not isinstance(vocab, dict):
+            vocab = json.loads(Path(vocab).read_text(encoding="utf-8"))
+        if not isinstance(merges, list):
+            lines = Path(merges).read_text(encoding="utf-8").splitlines()
+            merges = [tuple(ln.split()) for ln in lines if ln and not ln.startswith("#version")]
+        bpe = models.BPE(
+            vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
+            unk_token=EOT, fuse_unk=False,
+        )
+        return cls(_clip_pipeline(Tokenizer(bpe)), context_length)
+
+    @classmethod
+    def from_openai_bpe(cls, path: str | os.PathLike, context_length: int = 77) -> ClipTokenizer:
+        """OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` (49152 - 256 - 2 merges are used)."""
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+        symbols = list(_bytes_to_unicode().values())
+        symbols += [s + "</w>" for s in symbols]
+        symbols += ["".join(m) for m in merges]
+        symbols += [SOT, EOT]
+        return cls.from_vocab_merges({s: i for i, s in enumerate(symbols)}, merges, context_length)
+
+    @classmethod
+    def train(cls, corpus: Iterable[str], vocab_size: int = 512, context_length: int = 32) -> ClipTokenizer:
+        """Train a CLIP-style byte-level BPE on ``corpus`` (special tokens take the last two ids)."""
+        tok = _clip_pipeline(Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>")))
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size - 2, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            end_of_word_suffix="</w>", show_progress=False,
+        )
+        tok.train_from_iterator(corpus, trainer)
+        tok.add_special_tokens([SOT, EOT])
+        return cls(tok, context_length)
+
+    # ----------------------------------------------------------------------------------- use
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from .checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(path, self.tokenizer.to_str().encode("utf-8"))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text, without start/end tokens."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        special = {self.sot_token_id, self.eot_token_id}
+        return self.tokenizer.decode([i for i in ids if i not in special]).strip()
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        """Texts -> BxL LongTensor (L = context_length)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        n = context_length or self.context_length
+        out = torch.zeros(len(texts), n, dtype=torch.long)
+        for i, enc in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+            ids = [self.sot_token_id, *enc.ids[: n - 2], self.eot_token_id]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out

@@ -1,0 +1,171 @@
+"""Model core on tiny presets: shapes, multi-resolution, bf16 path, backbone contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import samclip
+from samclip.models import SAM_PRESETS, ImageEncoderConfig, Sam
+from samclip.models.image_encoder import relative_position_table, resize_abs_pos
+
+
+@pytest.fixture(scope="module")
+def sam() -> Sam:
+    torch.manual_seed(0)
+    model = samclip.create_sam("sam-tiny").eval()
+    with torch.no_grad():  # non-trivial position tables so resizing them matters
+        for name, p in model.named_parameters():
+            if "pos" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+def test_native_size_uses_tables_untouched(sam: Sam) -> None:
+    enc = sam.image_encoder
+    g = enc.config.grid_size
+    assert resize_abs_pos(enc.pos_embed, (g, g)) is enc.pos_embed
+    table = enc.blocks[1].attn.rel_pos_h  # global block
+    assert torch.equal(relative_position_table(g, g, table)[0, 0], table[g - 1])
+
+
+def test_multi_resolution_grids(sam: Sam) -> None:
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        native = sam.image_encoder(x)
+        assert native.shape == (1, 32, 8, 8)
+        for size in (64, 96, 160, 224):
+            out = sam.image_encoder(torch.randn(1, 3, size, size))
+            assert out.shape == (1, 32, size // 16, size // 16)
+            assert torch.isfinite(out).all()
+
+
+def test_resolution_change_is_reversible(sam: Sam) -> None:
+    """Running at another size must not modify the stored tables: native output is unchanged after."""
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        before = sam.image_encoder(x)
+        sam.image_encoder(torch.randn(1, 3, 64, 64))
+        after = sam.image_encoder(x)
+    assert torch.equal(before, after)
+
+
+def test_non_multiple_of_patch_is_rejected(sam: Sam) -> None:
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        sam.image_encoder(torch.randn(1, 3, 100, 128))
+
+
+def test_window_padding_path() -> None:
+    """A grid that is not a multiple of the window exercises window padding."""
+    cfg = SAM_PRESETS["sam-tiny"].replace(
+        image_encoder=ImageEncoderConfig(
+            img_size=128, embed_dim=32, depth=2, num_heads=2, out_chans=32, window_size=3,
+            global_attn_indexes=(1,),
+        )
+    )
+    model = Sam.from_config(cfg).eval()
+    with torch.no_grad():
+        assert model.image_encoder(torch.randn(2, 3, 128, 128)).shape == (2, 32, 8, 8)
+
+
+def test_decode_shapes_and_prompt_kinds(sam: Sam) -> None:
+    with torch.no_grad():
+        emb = sam.image_embeddings(torch.randn(2, 3, 128, 128))
+        pts = torch.rand(6, 3, 2) * 128
+        lab = torch.randint(0, 2, (6, 3))
+        masks, iou = sam.decode(emb, pts, lab, multimask_output=True)
+        assert masks.shape == (6, 3, 32, 32) and iou.shape == (6, 3)
+        boxes = torch.tensor([[10.0, 10.0, 60.0, 90.0]]).repeat(2, 1)
+        masks, iou = sam.decode(emb, boxes=boxes, multimask_output=False)
+        assert masks.shape == (2, 1, 32, 32) and iou.shape == (2, 1)
+        masks, _ = sam.decode(emb, boxes=boxes, mask_input=torch.randn(2, 1, 32, 32), multimask_output=False)
+        assert masks.shape == (2, 1, 32, 32)
+        with pytest.raises(ValueError, match="split evenly"):
+            sam.decode(emb, pts[:3], lab[:3])
+
+
+def test_prompts_at_other_resolution_are_scaled(sam: Sam) -> None:
+    """A box covering the whole frame encodes identically at 64 px and at the native 128 px."""
+    pe = sam.prompt_encoder
+    with torch.no_grad():
+        native, _ = pe(None, torch.tensor([[0.0, 0.0, 127.0, 127.0]]), None)
+        emb = torch.zeros(1, 32, 4, 4)
+        sparse_scaled = []
+        orig = pe.forward
+
+        def spy(points, boxes, masks, grid_size=None):  # noqa: ANN001, ANN202
+            out = orig(points, boxes, masks, grid_size)
+            sparse_scaled.append(out[0])
+            return out
+
+        pe.forward = spy  # type: ignore[method-assign]
+        try:
+            sam.decode(emb, boxes=torch.tensor([[0.0, 0.0, 63.5, 63.5]]))
+        finally:
+            del pe.forward
+    assert torch.allclose(sparse_scaled[0], native, atol=1e-5)
+
+
+def test_postprocess_to_original_size(sam: Sam) -> None:
+    low = torch.full((1, 1, 32, 32), -10.0)
+    low[..., :, :8] = 10.0  # left quarter of the frame
+    out = sam.postprocess_masks(low, input_size=(64, 128), original_size=(100, 200))
+    assert out.shape == (1, 1, 100, 200)
+    assert (out[0, 0, :, :40] > 0).all() and (out[0, 0, :, 60:] < 0).all()
+
+
+def test_bf16_autocast_close_to_fp32(sam: Sam) -> None:
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        ref = sam.image_encoder(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = sam.image_encoder(x)
+    rel = (low.float() - ref).norm() / ref.norm()
+    assert rel < 0.05, rel
+
+
+def test_every_trainable_parameter_gets_gradient() -> None:
+    model = samclip.create_sam("sam-tiny").train()
+    model.image_encoder.set_grad_checkpointing(True)
+    emb = model.image_embeddings(torch.randn(1, 3, 128, 128))
+    masks, iou = model.decode(emb, torch.rand(2, 1, 2) * 128, torch.ones(2, 1, dtype=torch.long),
+                              boxes=torch.tensor([[0.0, 0, 50, 50]] * 2),
+                              mask_input=torch.randn(2, 1, 32, 32))
+    (masks.mean() + iou.mean()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    # a mask prompt replaces the no-mask embedding; everything else must learn
+    assert missing == ["prompt_encoder.no_mask_embed.weight"], missing
+
+
+def test_clip_shapes_and_resolution() -> None:
+    model = samclip.create_clip("clip-tiny").eval()
+    tokens = torch.randint(0, 98, (3, 16))
+    tokens[:, 5] = model.config.text.eot_token_id
+    with torch.no_grad():
+        img = model.encode_image(torch.randn(2, 3, 32, 32), normalize=True)
+        assert img.shape == (2, 32) and torch.allclose(img.norm(dim=-1), torch.ones(2))
+        assert model.encode_image(torch.randn(2, 3, 48, 48)).shape == (2, 32)
+        txt = model.encode_text(tokens)
+        assert txt.shape == (3, 32)
+        tokens2 = tokens.clone()
+        tokens2[:, 6:] = 7  # changes after the EOT must not matter (causal + EOT pooling)
+        assert torch.allclose(model.encode_text(tokens2), txt, atol=1e-6)
+        logits, logits_t = model(torch.randn(2, 3, 32, 32), tokens)
+        assert logits.shape == (2, 3) and torch.equal(logits_t, logits.T)
+
+
+def test_config_round_trip() -> None:
+    for cfg in SAM_PRESETS.values():
+        assert type(cfg).from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown config fields"):
+        type(cfg).from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_no_forbidden_runtime_imports() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, samclip, samclip.models, samclip.factory; " \
+           "bad=[m for m in ('torchvision','timm','open_clip') if m in sys.modules]; print(bad); " \
+           "sys.exit(1 if bad else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
