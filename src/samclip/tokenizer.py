@@ -53,7 +53,6 @@ def _clip_pipeline(tok: Tokenizer) -> Tokenizer:
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    tok.decoder = decoders.ByteLevel()
     return tok
 
 
@@ -63,6 +62,8 @@ class ClipTokenizer:
     def __init__(self, tokenizer: Tokenizer, context_length: int = 77) -> None:
         self.tokenizer = tokenizer
         self.tokenizer.post_processor = None
+        # strip the end-of-word suffix, then undo the byte-level mapping
+        self.tokenizer.decoder = decoders.Sequence([decoders.BPEDecoder(suffix="</w>"), decoders.ByteLevel()])
         self.context_length = context_length
         sot, eot = tokenizer.token_to_id(SOT), tokenizer.token_to_id(EOT)
         if sot is None or eot is None:

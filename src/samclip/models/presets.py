@@ -36,6 +36,17 @@ SAM_PRESETS: dict[str, SamConfig] = {
         ),
         mask_in_chans=8,
     ),
+    # the embedded default's SAM teacher: trained by us on the scene world at 256 px (grid 16)
+    "sam-synthetic": SamConfig(
+        image_encoder=ImageEncoderConfig(
+            img_size=256, patch_size=16, embed_dim=160, depth=6, num_heads=5, out_chans=96,
+            window_size=8, global_attn_indexes=(2, 5),
+        ),
+        mask_decoder=MaskDecoderConfig(
+            transformer_depth=2, transformer_mlp_dim=384, transformer_heads=4, iou_head_hidden_dim=96
+        ),
+        mask_in_chans=16,
+    ),
 }
 
 
@@ -61,6 +72,15 @@ CLIP_PRESETS: dict[str, ClipConfig] = {
         vision=VisionTowerConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2),
         text=TextTowerConfig(
             context_length=16, vocab_size=100, width=32, heads=2, layers=2, sot_token_id=98, eot_token_id=99
+        ),
+    ),
+    # the embedded default's CLIP teacher at 64 px; vocab / special ids come from its trained tokenizer
+    "clip-synthetic": ClipConfig(
+        embed_dim=128,
+        vision=VisionTowerConfig(image_size=64, patch_size=8, width=128, layers=6, heads=4, act="gelu"),
+        text=TextTowerConfig(
+            context_length=32, vocab_size=512, width=128, heads=4, layers=4, act="gelu",
+            sot_token_id=510, eot_token_id=511,
         ),
     ),
 }
