@@ -1,28 +1,109 @@
-"""Command line: ``samclip <command> ...`` (more commands land with the merge and predictor issues)."""
+"""Command line: ``samclip <command> ...``.
+
+Examples:
+  samclip demo                                   # the embedded-default merge + evaluation report
+  samclip merge --config configs/tiny-synthetic.toml --set stage2.steps=200
+  torchrun --nproc_per_node 2 -m samclip.cli merge --config configs/tiny-synthetic.toml
+  samclip merge --config configs/tiny-synthetic.toml --resume   # continue a killed run
+  samclip teachers eval                         # the shipped teachers on fresh seeds (JSON)
+  samclip teachers grid --out grids/            # PNG grids: samples, teacher predictions
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    print("samclip demo: the embedded-default merge and its report are not built yet.")
-    print("Available now: model core (samclip.load_sam / load_clip), scene world (samclip.data).")
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def _resolve_config(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists():
+        return p
+    packaged = CONFIG_DIR / (path if path.endswith(".toml") else f"{path}.toml")
+    if packaged.exists():
+        return packaged
+    raise UserError(f"config {path!r} not found (neither a file nor a packaged config in {CONFIG_DIR})")
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .merge.config import load_config
+    from .merge.run import run_merge
+
+    try:
+        cfg = load_config(_resolve_config(args.config), args.set or [])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    summary = run_merge(cfg, resume=args.resume, evaluate=not args.no_eval)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    print(f"merged model: {Path(cfg.out) / 'model'}")
     return 0
 
 
+def _cmd_teachers(args: argparse.Namespace) -> int:
+    from .teachers.report import teacher_grids, teachers_eval
+
+    if args.action == "eval":
+        print(json.dumps(teachers_eval(args.sam, args.clip, quick=args.quick), indent=2))
+    else:
+        for p in teacher_grids(args.sam, Path(args.out)):
+            print(p)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), quick=args.quick)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="samclip", description=__doc__)
+    parser = argparse.ArgumentParser(prog="samclip", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the main job on the embedded default")
+
+    demo = sub.add_parser("demo", help="run the embedded-default merge and write the report")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
     demo.set_defaults(func=_cmd_demo)
+
+    merge = sub.add_parser("merge", help="merge a SAM and a CLIP into one model (SAM-CLIP recipe)")
+    merge.add_argument("--config", default="tiny-synthetic", help="TOML run config (file or packaged name)")
+    merge.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    merge.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out>")
+    merge.add_argument("--no-eval", action="store_true", help="skip the periodic validation")
+    merge.set_defaults(func=_cmd_merge)
+
+    teachers = sub.add_parser("teachers", help="evaluate or visualise the embedded-default teachers")
+    teachers.add_argument("action", choices=["eval", "grid"])
+    teachers.add_argument("--sam", default="tiny-synthetic")
+    teachers.add_argument("--clip", default="tiny-synthetic")
+    teachers.add_argument("--out", default="runs/teacher_grids")
+    teachers.add_argument("--quick", action="store_true", help="fewer evaluation images")
+    teachers.set_defaults(func=_cmd_teachers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"samclip: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, KeyError, ValueError) as e:  # bad paths, names, configs, checkpoints
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"samclip: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

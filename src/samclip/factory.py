@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from . import pretrained
-from .checkpoint import CheckpointError, load_state_strict, save_folder
-from .models import CLIP, ClipConfig, Sam, SamConfig, clip_preset, sam_preset
+from .checkpoint import CheckpointError, load_folder, load_state_strict, save_folder
+from .models import CLIP, ClipConfig, Sam, SamClip, SamClipConfig, SamConfig, clip_preset, sam_preset
 from .tokenizer import ClipTokenizer
 
 TOKENIZER_NAME = "tokenizer.json"
@@ -95,14 +95,34 @@ def load_clip(
     return _finish(model, device, dtype)
 
 
-def save_pretrained(model: Sam | CLIP, folder: str | os.PathLike) -> Path:
-    """Write ``model`` in our self-describing format (plus ``tokenizer.json`` for a CLIP with one)."""
-    if isinstance(model, Sam):
+def load_model(
+    source: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> SamClip:
+    """Load a merged SAM-CLIP model from a registered name (``tiny-synthetic``) or a saved folder."""
+    path = _resolve("samclip", source)
+    kind, cfg_dict, state = load_folder(path)
+    if kind != "samclip":
+        raise CheckpointError(f"{path} holds a {kind!r} model, not a merged samclip model")
+    cfg = SamClipConfig.from_dict(cfg_dict)
+    model = SamClip.from_config(cfg)
+    load_state_strict(model, state, "the merged SAM-CLIP model")
+    model.tokenizer = read_tokenizer(path, cfg.text.context_length)
+    return _finish(model, device, dtype)
+
+
+def save_pretrained(model: Sam | CLIP | SamClip, folder: str | os.PathLike) -> Path:
+    """Write ``model`` in our self-describing format (plus ``tokenizer.json`` when it has one)."""
+    if isinstance(model, SamClip):
+        kind = "samclip"
+    elif isinstance(model, Sam):
         kind = "sam"
     elif isinstance(model, CLIP):
         kind = "clip"
     else:
-        raise TypeError(f"cannot save {type(model).__name__}; expected Sam or CLIP")
+        raise TypeError(f"cannot save {type(model).__name__}; expected Sam, CLIP or SamClip")
     folder = Path(folder)
     tok: ClipTokenizer | None = getattr(model, "tokenizer", None)
     if tok is not None:
@@ -117,6 +137,6 @@ def read_tokenizer(folder: str | os.PathLike, context_length: int) -> ClipTokeni
 
 
 __all__ = [
-    "CheckpointError", "create_clip", "create_sam", "load_clip", "load_sam", "read_tokenizer",
+    "CheckpointError", "create_clip", "create_sam", "load_clip", "load_model", "load_sam", "read_tokenizer",
     "save_pretrained",
 ]

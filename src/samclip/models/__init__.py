@@ -1,6 +1,7 @@
-"""Model building blocks: SAM, CLIP and their configs."""
+"""Model building blocks: SAM, CLIP, the merged SAM-CLIP model and their configs."""
 
 from .clip import CLIP, TextTransformer, VisionTransformer
+from .clip_head import ClipHead, ClipHeadConfig
 from .configs import (
     ClipConfig,
     ImageEncoderConfig,
@@ -14,9 +15,11 @@ from .mask_decoder import MaskDecoder
 from .presets import CLIP_PRESETS, SAM_PRESETS, clip_preset, sam_preset
 from .prompt_encoder import PromptEncoder
 from .sam import Sam
+from .samclip import SamClip, SamClipConfig
 
 __all__ = [
-    "CLIP", "CLIP_PRESETS", "ClipConfig", "ImageEncoderConfig", "ImageEncoderViT", "MaskDecoder",
-    "MaskDecoderConfig", "PromptEncoder", "SAM_PRESETS", "Sam", "SamConfig", "TextTowerConfig",
-    "TextTransformer", "VisionTowerConfig", "VisionTransformer", "clip_preset", "sam_preset",
+    "CLIP", "CLIP_PRESETS", "ClipConfig", "ClipHead", "ClipHeadConfig", "ImageEncoderConfig",
+    "ImageEncoderViT", "MaskDecoder", "MaskDecoderConfig", "PromptEncoder", "SAM_PRESETS", "Sam",
+    "SamClip", "SamClipConfig", "SamConfig", "TextTowerConfig", "TextTransformer", "VisionTowerConfig",
+    "VisionTransformer", "clip_preset", "sam_preset",
 ]

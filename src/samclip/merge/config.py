@@ -1,0 +1,167 @@
+"""One config per merge run (TOML), every knob in it, command-line overrides with ``--set a.b=v``.
+
+The model architecture is NOT repeated here: it comes from the teachers' self-describing
+checkpoints plus the ``[head]`` section. The resolved config is saved beside the checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TeachersConfig:
+    sam: str = "tiny-synthetic"  # name, our folder, segment-anything .pth, HF folder ...
+    clip: str = "tiny-synthetic"
+    sam_format_config: str = ""  # optional preset override for the SAM checkpoint
+    clip_format_config: str = ""
+    clip_tokenizer: str = ""  # tokenizer.json, a vocab.json + merges.txt folder, or OpenAI's bpe .txt.gz
+
+
+@dataclass
+class HeadConfig:
+    depth: int = 3
+    mlp_hidden: int = 256
+
+
+@dataclass
+class DataConfig:
+    source: str = "scenes"  # "scenes" (the scene world) or "folders" (real data, see paths below)
+    clip_images: int = 12000  # scene world: size of D_CLIP
+    sam_images: int = 3000  # scene world: size of D_SAM
+    clip_render_size: int = 192  # scene world: D_CLIP images are rendered at this size
+    clip_dir: str = ""  # real data: image folder or folder of .tar shards for D_CLIP
+    sam_dir: str = ""  # real data: SA-1B style folder (image + per-image COCO-RLE json)
+    clip_sizes: list[int] = field(default_factory=lambda: [128, 192])  # student sizes, stages I-II
+    stage3_sizes: list[int] = field(default_factory=lambda: [128, 192, 256])
+    clip_batch: int = 64
+    sam_batch: int = 4
+    prompts_per_image: int = 4
+    cache_teachers: bool = True
+    cache_dir: str = ""  # default: <out>/teacher_cache
+
+
+@dataclass
+class StageConfig:
+    steps: int = 0
+    lr: float = 8e-4
+    weight_decay: float = 0.05
+    warmup: int = 20
+
+
+@dataclass
+class EvalConfig:
+    every: int = 100
+    val_images: int = 120  # scene world val split (forgetting / learning curves)
+    zero_shot_images: int = 300
+    early_stop_patience: int = 2  # stage II stops after this many evals of growing forgetting
+    early_stop_tolerance: float = 0.5  # mIoU points of drop that count as "growing"
+
+
+@dataclass
+class MergeConfig:
+    out: str = "runs/merge"
+    seed: int = 0
+    bf16: bool = True
+    grad_checkpointing: bool = False
+    checkpoint_every: int = 100
+    threads: int = 0  # 0: torch default
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=200, lr=8e-4))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=400, lr=4e-4))
+    stage3: StageConfig = field(default_factory=lambda: StageConfig(steps=100, lr=8e-4))
+    lambda_sam: float = 10.0
+    backbone_lr_mult: float = 0.1
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key {where}{key!r}; known: {', '.join(sorted(fields))}")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"config {where}{key} must be a table")
+            value = _build(type(default), value, f"{where}{key}.")
+        else:
+            value = _coerce(value, default, f"{where}{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            value = {"true": True, "false": False, "1": True, "0": False}.get(value.lower(), value)
+        if not isinstance(value, bool):
+            raise ValueError(f"config {name} must be true/false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config {name} must be an integer, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config {name} must be a number, got {value!r}") from None
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [int(v) for v in value.split(",") if v.strip()]
+        return list(value)
+    return str(value)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: str) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}: {k} is not a table")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> MergeConfig:
+    """Read a TOML run config and apply ``key.sub=value`` overrides (validated against the schema)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: invalid TOML ({e})") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        _set_path(data, key.strip(), value.strip())
+    return _build(MergeConfig, data, "")
+
+
+def dump_config(cfg: MergeConfig) -> str:
+    """The resolved config as TOML (written beside the checkpoints)."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in cfg.to_dict().items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in cfg.to_dict().items() if isinstance(v, dict)}
+    for k, v in scalars.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,140 @@
+"""Build a merge run from its config: teachers, student, data streams, evaluator; run; save."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import SHAPES, single_object_scene, split_seeds
+from ..data.banks import build_bank
+from ..eval.prompt_seg import prompt_miou
+from ..eval.zeroshot import zero_shot_accuracy
+from ..factory import load_clip, load_sam
+from ..models import ClipHeadConfig, SamClip
+from ..tokenizer import ClipTokenizer
+from .config import MergeConfig
+from .streams import ClipStream, SamStream
+from .teachers import Teachers
+from .trainer import MergeTrainer, dist_info, init_distributed
+
+
+def merged_encoders(model: SamClip, size: int, bf16: bool = True):  # noqa: ANN201
+    """(encode_images, encode_texts) of the merged model's CLIP head at ``size`` px."""
+
+    def enc_img(images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model.encode_image(model.preprocess(x.clamp(0, 255), size), normalize=True).float()
+
+    def enc_txt(texts: list[str]) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model.encode_text(model.tokenizer(texts), normalize=True).float()
+
+    return enc_img, enc_txt
+
+
+def single_object_set(split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    imgs, labels = [], []
+    for seed in split_seeds(split, n):
+        s = single_object_scene(seed, size)
+        imgs.append(s.image)
+        labels.append(SHAPES.index(s.objects[0].category))
+    return np.stack(imgs), np.asarray(labels)
+
+
+class SceneEvaluator:
+    """Validation metrics on the scene world's val split: CLIP-head zero-shot top-1 and SAM-head mIoU."""
+
+    def __init__(self, n_zero_shot: int, n_val: int, sam_size: int, clip_size: int) -> None:
+        self.zs = single_object_set("val", n_zero_shot, clip_size)
+        self.val = build_bank("val", n_val, sam_size, workers=1)
+        self.clip_size = clip_size
+
+    def __call__(self, model: SamClip) -> dict[str, float]:
+        model.eval()
+        enc_img, enc_txt = merged_encoders(model, self.clip_size)
+        zs = zero_shot_accuracy(enc_img, enc_txt, self.zs[0], self.zs[1])
+        seg = prompt_miou(model, self.val)
+        return {"zero_shot_top1": zs["top1"], "box_miou": seg["box_miou"], "point_miou": seg["point_miou"]}
+
+
+def load_tokenizer(path: str, context_length: int) -> ClipTokenizer:
+    """A tokenizer from ``tokenizer.json``, a folder with vocab.json + merges.txt, or a bpe .txt.gz."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "tokenizer.json").exists():
+            return ClipTokenizer.from_file(p / "tokenizer.json", context_length)
+        return ClipTokenizer.from_vocab_merges(p / "vocab.json", p / "merges.txt", context_length)
+    if p.suffix == ".gz":
+        return ClipTokenizer.from_openai_bpe(p, context_length)
+    if p.suffix == ".json":
+        return ClipTokenizer.from_file(p, context_length)
+    raise ValueError(f"{path}: not a tokenizer (tokenizer.json, vocab/merges folder or bpe .txt.gz)")
+
+
+def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
+    sam_t = load_sam(cfg.teachers.sam, config=cfg.teachers.sam_format_config or None)
+    clip_t = load_clip(cfg.teachers.clip, config=cfg.teachers.clip_format_config or None)
+    if cfg.teachers.clip_tokenizer:
+        clip_t.tokenizer = load_tokenizer(cfg.teachers.clip_tokenizer, clip_t.config.text.context_length)
+    if getattr(clip_t, "tokenizer", None) is None:
+        raise ValueError("the CLIP teacher has no tokenizer; the merged model needs one for zero-shot use")
+    head = ClipHeadConfig(depth=cfg.head.depth, mlp_hidden=cfg.head.mlp_hidden, out_dim=clip_t.config.embed_dim)
+    student = SamClip.from_teachers(sam_t, clip_t, head, clip_size=max(cfg.data.clip_sizes),
+                                    semseg_size=max(cfg.data.clip_sizes))
+    cache_dir = Path(cfg.data.cache_dir or Path(cfg.out) / "teacher_cache")
+    teachers = Teachers(sam_t, clip_t, bf16=cfg.bf16, cache=cfg.data.cache_teachers, cache_dir=cache_dir)
+    return student, teachers
+
+
+def build_streams(cfg: MergeConfig, sam_size: int, progress: bool) -> tuple[ClipStream, SamStream]:
+    d = cfg.data
+    if d.source == "scenes":
+        return (ClipStream.scene_world(d.clip_images, d.clip_render_size, progress),
+                SamStream.scene_world(d.sam_images, sam_size, d.prompts_per_image, cfg.seed, progress))
+    if d.source == "folders":
+        if not d.clip_dir or not d.sam_dir:
+            raise ValueError("data.source = 'folders' needs data.clip_dir and data.sam_dir")
+        return (ClipStream.from_folder(d.clip_dir, d.clip_render_size),
+                SamStream.from_sa1b(d.sam_dir, sam_size, d.prompts_per_image, cfg.seed))
+    raise ValueError(f"unknown data.source {d.source!r}; expected 'scenes' or 'folders'")
+
+
+def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> dict:
+    """The whole merge. Returns a summary; the model is saved to ``<out>/model``."""
+    t0 = time.time()
+    init_distributed()
+    rank, world = dist_info()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    student, teachers = build_student(cfg)
+    sam_size = student.img_size
+    clip_stream, sam_stream = build_streams(cfg, sam_size, progress=rank == 0)
+    evaluator = None
+    if evaluate and cfg.data.source == "scenes" and cfg.eval.every:
+        evaluator = SceneEvaluator(cfg.eval.zero_shot_images, cfg.eval.val_images, sam_size,
+                                   max(cfg.data.clip_sizes))
+    trainer = MergeTrainer(cfg, student, teachers, clip_stream, sam_stream, evaluator)
+    state = trainer.run(resume=resume)
+    out = Path(cfg.out)
+    summary = {"wall_s": time.time() - t0, "world_size": world, "stopped_early": state.stopped_early,
+               "history": state.history}
+    if rank == 0:
+        student.eval()
+        from ..factory import save_pretrained
+
+        save_pretrained(student, out / "model")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if state.history:
+            from .curves import draw_curves
+
+            draw_curves(state.history, out / "curves.png")
+    return summary

@@ -1,0 +1,131 @@
+"""The frozen teachers of the merge, with an optional cache of their outputs.
+
+CLIP teacher: image embeddings (L2-normalised) of D_CLIP images at the teacher's own resolution and
+normalisation, cached per (image id, teacher resolution). SAM teacher: mask logits and IoU
+predictions (all multimask outputs) for each D_SAM image's fixed prompts, cached per image. The cache
+lives in memory and is saved to / loaded from ``cache_dir`` (safetensors), keyed by a fingerprint of
+the teacher weights so a different teacher never reuses stale outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import atomic_save_safetensors, load_safetensors
+from ..models import CLIP, Sam
+from .streams import SamPrompts
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().flatten()[:64].numpy().tobytes())
+        h.update(str(float(t.float().sum())).encode())
+    return h.hexdigest()[:16]
+
+
+class Teachers:
+    def __init__(self, sam: Sam, clip: CLIP, *, bf16: bool, cache: bool, cache_dir: Path | None) -> None:
+        self.sam, self.clip = sam.eval(), clip.eval()
+        for p in list(self.sam.parameters()) + list(self.clip.parameters()):
+            p.requires_grad_(False)
+        self.bf16 = bf16
+        self.use_cache = cache
+        self.cache_dir = cache_dir
+        self.clip_cache: dict[int, torch.Tensor] = {}
+        self.sam_cache: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.clip_key = f"clip_{fingerprint(clip)}_{clip.config.vision.image_size}"
+        self.sam_key = f"sam_{fingerprint(sam)}"
+        if cache and cache_dir is not None:
+            self._load()
+
+    # ---------------------------------------------------------------------------------- CLIP
+    @torch.no_grad()
+    def clip_embeddings(self, ids: np.ndarray, images: np.ndarray) -> torch.Tensor:
+        """BxSxSx3 uint8 D_CLIP images (ids = stream indices) -> BxE normalised teacher embeddings."""
+        missing = [j for j, i in enumerate(ids) if not (self.use_cache and int(i) in self.clip_cache)]
+        if missing:
+            size = self.clip.config.vision.image_size
+            x = torch.from_numpy(images[missing]).permute(0, 3, 1, 2).float() / 255.0
+            if x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                emb = self.clip.encode_image(self.clip.normalize_images(x), normalize=True).float()
+            fresh = dict(zip(missing, emb))
+        else:
+            fresh = {}
+        rows = []
+        for j, i in enumerate(ids):
+            if j in fresh:
+                rows.append(fresh[j])
+                if self.use_cache:
+                    self.clip_cache[int(i)] = fresh[j]
+            else:
+                rows.append(self.clip_cache[int(i)])
+        return torch.stack(rows)
+
+    # ----------------------------------------------------------------------------------- SAM
+    @torch.no_grad()
+    def sam_outputs(self, ids: np.ndarray, images: np.ndarray,
+                    prompts: list[SamPrompts]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher (box_logits, box_iou, point_logits, point_iou) for each image's fixed prompts,
+        concatenated over images: logits (B*P/2)x3xhxw, IoU (B*P/2)x3."""
+        out = []
+        missing = [j for j, i in enumerate(ids) if not (self.use_cache and int(i) in self.sam_cache)]
+        fresh: dict[int, tuple[torch.Tensor, ...]] = {}
+        if missing:
+            x = self.sam.preprocess(torch.from_numpy(images[missing]).permute(0, 3, 1, 2))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                emb = self.sam.image_embeddings(x)
+                boxes = torch.cat([prompts[j].boxes for j in missing])
+                bl, bi = self.sam.decode(emb, boxes=boxes, multimask_output=True)
+                pts = torch.cat([prompts[j].points for j in missing])[:, None]
+                pl, pi = self.sam.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.long),
+                                         multimask_output=True)
+            half = prompts[missing[0]].boxes.shape[0]
+            for k, j in enumerate(missing):
+                sl = slice(k * half, (k + 1) * half)
+                fresh[j] = (bl[sl].half(), bi[sl].float(), pl[sl].half(), pi[sl].float())
+        for j, i in enumerate(ids):
+            if j in fresh:
+                item = fresh[j]
+                if self.use_cache:
+                    self.sam_cache[int(i)] = item
+            else:
+                item = self.sam_cache[int(i)]
+            out.append(item)
+        bl, bi, pl, pi = (torch.cat([o[k] for o in out]) for k in range(4))
+        return bl.float(), bi, pl.float(), pi
+
+    # --------------------------------------------------------------------------------- disk
+    def save(self) -> None:
+        if not (self.use_cache and self.cache_dir):
+            return
+        if self.clip_cache:
+            ids = sorted(self.clip_cache)
+            atomic_save_safetensors({"ids": torch.tensor(ids), "emb": torch.stack([self.clip_cache[i] for i in ids])},
+                                    self.cache_dir / f"{self.clip_key}.safetensors")
+        if self.sam_cache:
+            ids = sorted(self.sam_cache)
+            t = {"ids": torch.tensor(ids)}
+            for k, name in enumerate(("box_logits", "box_iou", "point_logits", "point_iou")):
+                t[name] = torch.stack([self.sam_cache[i][k] for i in ids])
+            atomic_save_safetensors(t, self.cache_dir / f"{self.sam_key}.safetensors")
+
+    def _load(self) -> None:
+        assert self.cache_dir is not None
+        cpath = self.cache_dir / f"{self.clip_key}.safetensors"
+        if cpath.exists():
+            t = load_safetensors(cpath)
+            self.clip_cache = {int(i): e for i, e in zip(t["ids"], t["emb"])}
+        spath = self.cache_dir / f"{self.sam_key}.safetensors"
+        if spath.exists():
+            t = load_safetensors(spath)
+            self.sam_cache = {int(i): (t["box_logits"][k], t["box_iou"][k], t["point_logits"][k], t["point_iou"][k])
+                              for k, i in enumerate(t["ids"])}

@@ -1,0 +1,325 @@
+"""SAM-CLIP's three-stage merge as a resumable, data-parallel training run.
+
+Stage I   head probing: backbone frozen, CLIP head trained on L_CLIP.
+Stage II  multi-task distillation: every step one D_CLIP batch on L_CLIP and one D_SAM batch on
+          lambda * L_SAM, gradients accumulated, one optimizer step; backbone and SAM head at
+          ``backbone_lr_mult`` x lr; early stop when forgetting (val prompt mIoU) keeps growing.
+Stage III resolution adaptation: backbone frozen, CLIP head on L_CLIP at mixed sizes incl. SAM's.
+
+Data parallel: under ``torchrun`` every rank draws the same global batch (a pure function of
+(seed, stage, step)), takes its slice, and gradients are averaged across ranks with one bucketed
+all-reduce before each optimizer step (gloo on CPU, nccl on GPU). Checkpoints are written by rank 0
+into a temporary folder that is renamed into place; ``resume`` continues from the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..checkpoint import atomic_save_safetensors, atomic_write_bytes, load_safetensors
+from ..losses import cosine_distillation_loss, focal_dice
+from ..models import SamClip
+from ..teachers.common import TrainLog, cosine_lr
+from .config import MergeConfig, dump_config
+from .streams import ClipStream, SamStream, step_rng
+from .teachers import Teachers
+
+STAGES = (1, 2, 3)
+
+
+@dataclass
+class RunState:
+    """Where the run is: the next (stage, step) to execute plus the evaluation history."""
+
+    stage: int = 1
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1)
+
+
+# ---------------------------------------------------------------------------------- distributed
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist_info()
+
+
+def allreduce_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average gradients across ranks in one flat bucket (all ranks hold grads for the same params)."""
+    rank, world = dist_info()
+    if world == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
+def _barrier() -> None:
+    if dist_info()[1] > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------- losses
+def to_student_pixels(model: SamClip, images: np.ndarray, size: int) -> torch.Tensor:
+    """BxSxSx3 uint8 -> Bx3x(size)x(size) SAM-normalised student input."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return model.preprocess(x.clamp(0, 255), size)
+
+
+def clip_distillation_loss(model: SamClip, teachers: Teachers, stream: ClipStream, ids: np.ndarray,
+                           size: int, backbone_grad: bool, bf16: bool) -> torch.Tensor:
+    """L_CLIP = mean(1 - cos(student pooled CLIP-head embedding, teacher image embedding))."""
+    images = stream.images(ids)
+    target = teachers.clip_embeddings(ids, images)
+    x = to_student_pixels(model, images, size)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
+            feats = model.features(x)
+        student = model.clip_head.pooled(model.clip_tokens(feats))
+    return cosine_distillation_loss(student, target)
+
+
+def sam_distillation_loss(model: SamClip, teachers: Teachers, stream: SamStream, ids: np.ndarray,
+                          bf16: bool, iou_weight: float = 1.0) -> torch.Tensor:
+    """L_SAM: focal + dice of the student SAM head's logits against the teacher's (soft targets,
+    every multimask output) for the same image and prompts, plus MSE on the IoU predictions."""
+    images = stream.images(ids)
+    prompts = [stream.prompts(int(i)) for i in ids]
+    t_bl, t_bi, t_pl, t_pi = teachers.sam_outputs(ids, images, prompts)
+    x = model.preprocess(torch.from_numpy(images).permute(0, 3, 1, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        emb = model.sam_embeddings(model.features(x))
+        s_bl, s_bi = model.decode(emb, boxes=torch.cat([p.boxes for p in prompts]), multimask_output=True)
+        pts = torch.cat([p.points for p in prompts])[:, None]
+        s_pl, s_pi = model.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.long), multimask_output=True)
+    loss = torch.zeros(())
+    for s_l, s_i, t_l, t_i in ((s_bl, s_bi, t_bl, t_bi), (s_pl, s_pi, t_pl, t_pi)):
+        k = s_l.shape[1]
+        mask_term = focal_dice(s_l.float().flatten(0, 1), torch.sigmoid(t_l).flatten(0, 1)).mean()
+        loss = loss + mask_term / 2 + iou_weight * F.mse_loss(s_i.float(), t_i) / 2
+        del k
+    return loss
+
+
+# --------------------------------------------------------------------------------------- trainer
+class MergeTrainer:
+    def __init__(self, cfg: MergeConfig, model: SamClip, teachers: Teachers, clip_stream: ClipStream,
+                 sam_stream: SamStream, evaluator=None) -> None:  # noqa: ANN001
+        self.cfg = cfg
+        self.model = model
+        self.teachers = teachers
+        self.clip_stream = clip_stream
+        self.sam_stream = sam_stream
+        self.evaluator = evaluator  # callable(model) -> dict with "zero_shot_top1", "box_miou", "point_miou"
+        self.out = Path(cfg.out)
+        self.rank, self.world = dist_info()
+        self.state = RunState()
+        self.opt: torch.optim.Optimizer | None = None
+        self.log: TrainLog | None = None
+
+    # ---------------------------------------------------------------------------- stage set-up
+    def stage_config(self, stage: int):  # noqa: ANN201
+        return {1: self.cfg.stage1, 2: self.cfg.stage2, 3: self.cfg.stage3}[stage]
+
+    def _configure(self, stage: int) -> None:
+        m = self.model
+        if stage == 2:
+            m.set_trainable(backbone=True, sam_head=True, clip_head=True)
+        else:
+            m.set_trainable(backbone=False, sam_head=False, clip_head=True)
+        m.backbone.set_grad_checkpointing(self.cfg.grad_checkpointing)
+        sc = self.stage_config(stage)
+        head = [p for p in m.clip_head.parameters() if p.requires_grad]
+        groups = [{"params": head, "lr_mult": 1.0}]
+        if stage == 2:
+            slow = [p for p in list(m.backbone.parameters()) + list(m.sam.mask_decoder.parameters())]
+            groups.append({"params": slow, "lr_mult": self.cfg.backbone_lr_mult})
+        self.opt = torch.optim.AdamW(groups, lr=sc.lr, weight_decay=sc.weight_decay)
+        self.model.train()
+        for frozen in m.frozen_modules():
+            frozen.eval()
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.opt.param_groups for p in g["params"]]
+
+    # ------------------------------------------------------------------------------- one step
+    def train_step(self, stage: int, step: int) -> dict[str, float]:
+        cfg, sc = self.cfg, self.stage_config(stage)
+        lr = cosine_lr(step, sc.steps, sc.warmup, sc.lr)
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+        rng = step_rng(cfg.seed, stage, step, 0)
+        sizes = cfg.data.stage3_sizes if stage == 3 else cfg.data.clip_sizes
+        size = int(sizes[rng.integers(len(sizes))])
+        cids = rng.choice(len(self.clip_stream), cfg.data.clip_batch, replace=False)[self.rank :: self.world]
+        self.opt.zero_grad(set_to_none=True)
+        l_clip = clip_distillation_loss(self.model, self.teachers, self.clip_stream, cids, size,
+                                        backbone_grad=stage == 2, bf16=cfg.bf16)
+        l_clip.backward()
+        logs = {"l_clip": l_clip.item(), "lr": lr, "size": size}
+        if stage == 2:
+            sids = rng.choice(len(self.sam_stream), cfg.data.sam_batch, replace=False)[self.rank :: self.world]
+            l_sam = sam_distillation_loss(self.model, self.teachers, self.sam_stream, sids, cfg.bf16)
+            (cfg.lambda_sam * l_sam).backward()
+            logs["l_sam"] = l_sam.item()
+        params = self.trainable()
+        allreduce_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        self.opt.step()
+        return logs
+
+    # ------------------------------------------------------------------------------------- run
+    def run(self, resume: bool = False) -> RunState:
+        if resume:
+            self._resume()
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out / "config.toml", dump_config(self.cfg).encode())
+        total = sum(self.stage_config(s).steps for s in STAGES)
+        done = sum(self.stage_config(s).steps for s in STAGES if s < self.state.stage) + self.state.step
+        self.log = TrainLog(self.out / "log.jsonl" if self.rank == 0 else None, total=total, desc="merge")
+        self.log.bar.update(done)
+        self.tb = _tensorboard(self.out / "tb") if self.rank == 0 else None
+        while self.state.stage in STAGES:
+            stage = self.state.stage
+            sc = self.stage_config(stage)
+            if self.opt is None:
+                self._configure(stage)
+            while self.state.step < sc.steps and not (stage == 2 and self.state.stopped_early):
+                step = self.state.step
+                logs = self.train_step(stage, step)
+                gstep = sum(self.stage_config(s).steps for s in STAGES if s < stage) + step
+                self.log.step(gstep, stage=stage, **logs)
+                if self.tb:
+                    for k, v in logs.items():
+                        self.tb.add_scalar(f"train/{k}", v, gstep)
+                self.state.step += 1
+                last = self.state.step == sc.steps
+                if self.cfg.eval.every and (self.state.step % self.cfg.eval.every == 0 or last):
+                    self._evaluate(stage, gstep + 1)
+                if self.state.step % self.cfg.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+            self.state.stage += 1
+            self.state.step = 0
+            self.opt = None
+            self.save_checkpoint()
+        self.log.close()
+        if self.tb:
+            self.tb.close()
+        self.teachers.save()
+        return self.state
+
+    def _evaluate(self, stage: int, gstep: int) -> None:
+        if self.evaluator is None:
+            return
+        if self.rank == 0:
+            metrics = self.evaluator(self.model)
+            row = {"stage": stage, "step": gstep, **metrics}
+            self.state.history.append(row)
+            self.log.event(gstep, f"eval stage {stage}", **metrics)
+            if self.tb:
+                for k, v in metrics.items():
+                    self.tb.add_scalar(f"val/{k}", v, gstep)
+            if stage == 2:
+                self.state.stopped_early = self._forgetting_grows()
+        self.model.train()
+        for frozen in self.model.frozen_modules():
+            frozen.eval()
+        if self.world > 1:
+            flag = torch.tensor([int(self.state.stopped_early)])
+            dist.broadcast(flag, 0)
+            self.state.stopped_early = bool(flag.item())
+
+    def _forgetting_grows(self) -> bool:
+        """True when stage-II val box mIoU dropped by more than the tolerance ``patience`` evals in a row."""
+        ev = self.cfg.eval
+        rows = [r for r in self.state.history if r["stage"] == 2 and "box_miou" in r]
+        if len(rows) <= ev.early_stop_patience:
+            return False
+        recent = [r["box_miou"] for r in rows[-(ev.early_stop_patience + 1) :]]
+        return all(b < a - ev.early_stop_tolerance for a, b in zip(recent[:-1], recent[1:]))
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes ``checkpoints/s<stage>-<step>`` via a temp folder + rename; keeps the last 2."""
+        _barrier()
+        if self.rank != 0:
+            _barrier()
+            return None
+        root = self.out / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"s{self.state.stage}-{self.state.step:07d}"
+        tmp = root / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        atomic_save_safetensors(self.model.state_dict(), tmp / "model.safetensors")
+        if self.opt is not None:
+            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+        atomic_write_bytes(tmp / "state.json", self.state.to_json().encode())
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_bytes(root / "latest", name.encode())
+        for old in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.teachers.save()
+        _barrier()
+        return final
+
+    def _resume(self) -> None:
+        root = self.out / "checkpoints"
+        latest = root / "latest"
+        if not latest.exists():
+            return
+        ckpt = root / latest.read_text().strip()
+        self.model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))
+        self.state = RunState(**json.loads((ckpt / "state.json").read_text()))
+        if self.state.stage in STAGES:
+            self._configure(self.state.stage)
+            opt_path = ckpt / "optimizer.pt"
+            if opt_path.exists() and self.state.step > 0:
+                self.opt.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
+
+
+def _tensorboard(path: Path):  # noqa: ANN202
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(path))
+
+
+def elapsed(t0: float) -> float:
+    return time.time() - t0

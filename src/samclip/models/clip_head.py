@@ -1,0 +1,65 @@
+"""SAM-CLIP's CLIP head: transformer blocks on the backbone's patch tokens, then an embedding MLP.
+
+Pooled embedding (classification / distillation): blocks -> spatial max-pool -> LayerNorm -> MLP.
+Per-patch embeddings (semantic segmentation): blocks -> LayerNorm -> MLP on every token.
+The blocks have the backbone's block architecture and are initialised as copies of its last block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import ImageEncoderConfig, _Config
+from .image_encoder import Block
+
+
+@dataclass(frozen=True)
+class ClipHeadConfig(_Config):
+    depth: int = 3
+    mlp_hidden: int = 1024  # both hidden layers of the embedding MLP
+    out_dim: int = 512  # the CLIP text-embedding dimension
+    window_size: int = 0  # 0: global attention, like the last block of SAM's encoders
+
+
+class ClipHead(nn.Module):
+    """Backbone tokens BxGxGxD -> CLIP-space embeddings (pooled BxE or per-patch BxGxGxE)."""
+
+    def __init__(self, cfg: ClipHeadConfig, backbone: ImageEncoderConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.blocks = nn.ModuleList(Block(backbone, cfg.window_size) for _ in range(cfg.depth))
+        d = backbone.embed_dim
+        self.norm = nn.LayerNorm(d, eps=backbone.layer_norm_eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, cfg.mlp_hidden), nn.GELU(),
+            nn.Linear(cfg.mlp_hidden, cfg.mlp_hidden), nn.GELU(),
+            nn.Linear(cfg.mlp_hidden, cfg.out_dim),
+        )
+
+    def init_blocks_from(self, block: Block) -> None:
+        """Copy ``block``'s weights into every head block (SAM-CLIP's initialisation)."""
+        state = block.state_dict()
+        for b in self.blocks:
+            b.load_state_dict(state)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """BxGxGxD backbone tokens -> BxGxGxD head tokens."""
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def pooled(self, head_tokens: torch.Tensor) -> torch.Tensor:
+        """BxGxGxD -> BxE (not normalised)."""
+        return self.mlp(self.norm(head_tokens.amax(dim=(1, 2))))
+
+    def per_patch(self, head_tokens: torch.Tensor) -> torch.Tensor:
+        """BxGxGxD -> BxGxGxE (not normalised)."""
+        return self.mlp(self.norm(head_tokens))
+
+    def forward(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        out = self.pooled(self.tokens(x))
+        return F.normalize(out, dim=-1) if normalize else out

@@ -1,0 +1,171 @@
+"""Train the embedded default's CLIP teacher on (scene image, caption) pairs. It never sees a mask.
+
+The real CLIP architecture at the ``clip-synthetic`` preset (64 px images, patch 8) with a CLIP-style
+byte-level BPE trained on the scene world's captions; symmetric InfoNCE with a learned temperature.
+Teacher-training captions never contain the held-out (colour, shape) pairs.
+``python -m samclip.teachers.clip_teacher --out weights/...`` reproduces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import HELDOUT_PAIRS, SHAPES, class_prompts, single_object_scene, split_seeds
+from ..data.banks import SceneBank, build_bank
+from ..eval.zeroshot import retrieval_recall, zero_shot_accuracy
+from ..factory import save_pretrained
+from ..losses import clip_contrastive_loss
+from ..models import CLIP, clip_preset
+from ..tokenizer import ClipTokenizer
+from .common import TrainLog, cosine_lr
+from .sam_teacher import _bool
+
+
+@dataclass
+class ClipTeacherRecipe:
+    preset: str = "clip-synthetic"
+    scene_images: int = 40000
+    single_images: int = 20000
+    steps: int = 2000
+    batch: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 100
+    seed: int = 0
+    bf16: bool = True
+    eval_every: int = 500
+    vocab_size: int = 512
+
+
+def clip_pixels(model: CLIP, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """BxHxWx3 uint8 RGB -> Bx3xHxW normalised input of the CLIP image tower."""
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
+    return model.normalize_images(x)
+
+
+def clip_encoders(model: CLIP, tokenizer: ClipTokenizer, bf16: bool = True):  # noqa: ANN201
+    """(encode_images, encode_texts) callables for ``samclip.eval.zeroshot``."""
+
+    def enc_img(images: np.ndarray) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            size = model.config.vision.image_size
+            x = clip_pixels(model, images)
+            if x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            return model.encode_image(x, normalize=True).float()
+
+    def enc_txt(texts: list[str]) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model.encode_text(tokenizer(texts), normalize=True).float()
+
+    return enc_img, enc_txt
+
+
+def build_tokenizer(captions: list[str], vocab_size: int, context_length: int) -> ClipTokenizer:
+    corpus = list(captions) + [p for s in SHAPES for p in class_prompts(s)]
+    return ClipTokenizer.train(corpus, vocab_size=vocab_size, context_length=context_length)
+
+
+def single_object_eval_set(split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """n single-object scenes of ``split`` -> (NxSxSx3 uint8, N labels indexing ``SHAPES``)."""
+    imgs, labels = [], []
+    for seed in split_seeds(split, n):
+        s = single_object_scene(seed, size)
+        imgs.append(s.image)
+        labels.append(SHAPES.index(s.objects[0].category))
+    return np.stack(imgs), np.asarray(labels)
+
+
+def evaluate_clip(model: CLIP, tokenizer: ClipTokenizer, split: str = "val", n_single: int = 600,
+                  n_scenes: int = 500) -> dict:
+    """Zero-shot shape top-1 on single-object scenes and caption retrieval on multi-object scenes."""
+    size = model.config.vision.image_size
+    enc_img, enc_txt = clip_encoders(model, tokenizer)
+    imgs, labels = single_object_eval_set(split, n_single, size)
+    scenes = build_bank(split, n_scenes, size, workers=1)
+    return {"zero_shot": zero_shot_accuracy(enc_img, enc_txt, imgs, labels),
+            "retrieval": retrieval_recall(enc_img, enc_txt, scenes.images, scenes.captions)}
+
+
+def train_clip_teacher(recipe: ClipTeacherRecipe, out: Path, log_path: Path | None = None) -> dict:
+    torch.manual_seed(recipe.seed)
+    t0 = time.time()
+    cfg = clip_preset(recipe.preset)
+    size = cfg.vision.image_size
+    bank = SceneBank.concat([
+        build_bank("train_teacher", recipe.scene_images, size, forbidden_pairs=HELDOUT_PAIRS, progress=True),
+        build_bank("train_teacher", recipe.single_images, size, kind="single", start=5_000_000,
+                   forbidden_pairs=HELDOUT_PAIRS, progress=True),
+    ])
+    render_s = time.time() - t0
+    tokenizer = build_tokenizer(bank.captions, recipe.vocab_size, cfg.text.context_length)
+    cfg = cfg.replace(text=cfg.text.replace(
+        vocab_size=tokenizer.vocab_size, sot_token_id=tokenizer.sot_token_id,
+        eot_token_id=tokenizer.eot_token_id,
+    ))
+    model = CLIP.from_config(cfg).train()
+    tokens_all = tokenizer(bank.captions)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
+    log = TrainLog(log_path, total=recipe.steps, desc="clip teacher")
+    rng = np.random.default_rng(recipe.seed)
+    for step in range(recipe.steps):
+        lr = cosine_lr(step, recipe.steps, recipe.warmup, recipe.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = rng.choice(len(bank), recipe.batch, replace=False)
+        images = torch.from_numpy(bank.images[idx])
+        if rng.random() < 0.5:
+            images = images.flip(2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+            img = model.encode_image(clip_pixels(model, images), normalize=True)
+            txt = model.encode_text(tokens_all[idx], normalize=True)
+            loss = clip_contrastive_loss(img.float(), txt.float(), model.logit_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, 4.6052)
+        log.step(step, loss=loss.item(), lr=lr, scale=model.logit_scale.exp().item())
+        if recipe.eval_every and (step + 1) % recipe.eval_every == 0 and step + 1 < recipe.steps:
+            model.eval()
+            m = evaluate_clip(model, tokenizer, n_single=300, n_scenes=300)
+            log.event(step, "val", top1=m["zero_shot"]["top1"], i2t_r1=m["retrieval"]["i2t_r1"])
+            model.train()
+    model.eval()
+    metrics = evaluate_clip(model, tokenizer)
+    log.event(recipe.steps, "val", top1=metrics["zero_shot"]["top1"], i2t_r1=metrics["retrieval"]["i2t_r1"])
+    log.close()
+    model.tokenizer = tokenizer
+    save_pretrained(model, out)
+    info = {"recipe": asdict(recipe), "val": metrics, "render_s": render_s, "wall_s": time.time() - t0,
+            "threads": torch.get_num_threads()}
+    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Train the scene-world CLIP teacher from scratch.")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--log", type=Path, default=None, help="JSONL log file")
+    for f, v in asdict(ClipTeacherRecipe()).items():
+        ap.add_argument(f"--{f.replace('_', '-')}", type=_bool if isinstance(v, bool) else type(v), default=v)
+    args = ap.parse_args(argv)
+    recipe = ClipTeacherRecipe(**{f: getattr(args, f) for f in asdict(ClipTeacherRecipe())})
+    info = train_clip_teacher(recipe, args.out, args.log)
+    print(json.dumps(info["val"], indent=2), f"\nwall {info['wall_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Training utilities shared by the teacher trainers: learning-rate schedule and a progress log."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+
+def cosine_lr(step: int, total: int, warmup: int, base: float, final_frac: float = 0.02) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to ``final_frac * base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+class TrainLog:
+    """A tqdm progress bar (ETA, smoothed losses, steps/s) plus an optional JSONL log file."""
+
+    def __init__(self, path: Path | None, total: int, desc: str, every: int = 10) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
+        self.path = path
+        self.file = open(path, "a") if path else None  # noqa: SIM115
+        self.every = every
+        self.smooth: dict[str, float] = {}
+        self.t0 = time.time()
+
+    def step(self, step: int, **values: float) -> None:
+        for k, v in values.items():
+            self.smooth[k] = v if k not in self.smooth else 0.9 * self.smooth[k] + 0.1 * v
+        self.bar.update(1)
+        if step % self.every == 0:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in self.smooth.items()}, refresh=False)
+            self._write({"step": step, "time": time.time() - self.t0, **values})
+
+    def event(self, step: int, name: str, **values: float) -> None:
+        self.bar.write(f"[{name} @ {step}] " + " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        self._write({"step": step, "event": name, "time": time.time() - self.t0, **values})
+
+    def _write(self, row: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()

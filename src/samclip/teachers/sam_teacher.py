@@ -1,0 +1,172 @@
+"""Train the embedded default's SAM teacher on the scene world (class-agnostic instance masks).
+
+The real SAM architecture at the ``sam-synthetic`` preset, trained with SAM's recipe in small:
+per image a set of instances, prompted by noisy ground-truth boxes and by random interior points,
+then one corrective click (a point in the error region plus the previous mask logits as mask
+prompt); focal + dice (20:1) on the best of the multimask outputs, plus IoU-prediction MSE.
+It never sees a word. ``python -m samclip.teachers.sam_teacher --out weights/...`` reproduces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import HELDOUT_PAIRS
+from ..data.banks import build_bank
+from ..eval.prompt_seg import prompt_miou
+from ..factory import create_sam, save_pretrained
+from ..losses import sam_loss
+from ..models import Sam
+from ..prompts import corrective_points, jitter_boxes, masks_to_boxes, sample_points
+from .common import TrainLog, cosine_lr
+
+
+@dataclass
+class SamTeacherRecipe:
+    preset: str = "sam-synthetic"
+    train_images: int = 6000
+    val_images: int = 200
+    steps: int = 3000
+    batch_images: int = 8
+    prompts_per_image: int = 8  # half boxes, half points
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 150
+    seed: int = 0
+    bf16: bool = True
+    eval_every: int = 1000
+
+
+def _targets(inst: torch.Tensor, gen: torch.Generator, per_image: int) -> torch.Tensor:
+    """Pick ``per_image`` instances of each BxSxS instance map -> (B*per_image)xSxS bool masks."""
+    out = []
+    for m in inst:
+        ids = torch.unique(m)
+        ids = ids[ids > 0]
+        pick = ids[torch.randint(len(ids), (per_image,), generator=gen)]
+        out.append(m[None] == pick[:, None, None])
+    return torch.cat(out)
+
+
+def _low_res(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """NxSxS bool -> Nx(size)x(size) soft targets (area average)."""
+    return F.adaptive_avg_pool2d(masks[:, None].float(), size)[:, 0]
+
+
+def sam_training_step(model: Sam, images: torch.Tensor, inst: torch.Tensor, gen: torch.Generator,
+                      per_image: int, bf16: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """One SAM-style step on a batch: BxSxSx3 uint8 images and BxSxS instance maps -> (loss, logs)."""
+    s = images.shape[1]
+    half = per_image // 2
+    x = model.preprocess(images.permute(0, 3, 1, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        emb = model.image_embeddings(x)
+    low = emb.shape[-1] * 4
+    logs: dict[str, float] = {}
+    total = torch.zeros(())
+
+    box_t = _targets(inst, gen, half)
+    boxes = jitter_boxes(masks_to_boxes(box_t), gen, size=(s, s))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        m, iou = model.decode(emb, boxes=boxes, multimask_output=True)
+    loss, parts = sam_loss(m, iou, _low_res(box_t, low))
+    total = total + loss
+    logs["box_miou"] = float(parts["miou"])
+
+    pt_t = _targets(inst, gen, per_image - half)
+    pts, _ = sample_points(pt_t, gen)
+    labels = torch.ones(pts.shape[0], 1, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        m, iou = model.decode(emb, pts[:, None], labels, multimask_output=True)
+    tgt_low = _low_res(pt_t, low)
+    loss, parts = sam_loss(m, iou, tgt_low)
+    total = total + loss
+    logs["point_miou"] = float(parts["miou"])
+
+    # corrective click on the best multimask output, fed back with its logits as mask prompt
+    with torch.no_grad():
+        best = (m.float() - (tgt_low[:, None] * 2 - 1) * 10).abs().flatten(2).mean(-1).argmin(1)
+        prev = m[torch.arange(m.shape[0]), best][:, None].float()
+        prev_up = F.interpolate(prev, size=(s, s), mode="bilinear", align_corners=False)[:, 0] > 0
+        cpts, clab = corrective_points(prev_up, pt_t, gen)
+    pts2 = torch.stack([pts, cpts], 1)
+    lab2 = torch.stack([labels[:, 0], clab], 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        m2, iou2 = model.decode(emb, pts2, lab2, mask_input=prev, multimask_output=False)
+    loss, parts = sam_loss(m2, iou2, tgt_low)
+    total = total + loss
+    logs["click2_miou"] = float(parts["miou"])
+    return total, logs
+
+
+def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None = None) -> dict:
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    t0 = time.time()
+    bank = build_bank("train_teacher", recipe.train_images, 256, forbidden_pairs=HELDOUT_PAIRS, progress=True)
+    val = build_bank("val", recipe.val_images, 256)
+    render_s = time.time() - t0
+    model = create_sam(recipe.preset).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    log = TrainLog(log_path, total=recipe.steps, desc="sam teacher")
+    rng = np.random.default_rng(recipe.seed)
+    for step in range(recipe.steps):
+        lr = cosine_lr(step, recipe.steps, recipe.warmup, recipe.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = rng.integers(0, len(bank), recipe.batch_images)
+        images = torch.from_numpy(bank.images[idx])
+        inst = torch.from_numpy(bank.instance_maps[idx])
+        if rng.random() < 0.5:  # horizontal flip (masks are class-agnostic)
+            images, inst = images.flip(2), inst.flip(2)
+        loss, logs = sam_training_step(model, images, inst, gen, recipe.prompts_per_image, recipe.bf16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        log.step(step, loss=float(loss), lr=lr, **logs)
+        if recipe.eval_every and (step + 1) % recipe.eval_every == 0 and step + 1 < recipe.steps:
+            log.event(step, "val", **prompt_miou(model, val))
+            model.train()
+    model.eval()
+    metrics = prompt_miou(model, val)
+    log.event(recipe.steps, "val", **metrics)
+    log.close()
+    save_pretrained(model, out)
+    info = {"recipe": asdict(recipe), "val": metrics, "render_s": render_s,
+            "wall_s": time.time() - t0, "threads": torch.get_num_threads()}
+    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Train the scene-world SAM teacher from scratch.")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--log", type=Path, default=None, help="JSONL log file")
+    for f, v in asdict(SamTeacherRecipe()).items():
+        ap.add_argument(f"--{f.replace('_', '-')}", type=type(v) if not isinstance(v, bool) else _bool,
+                        default=v)
+    args = ap.parse_args(argv)
+    recipe = SamTeacherRecipe(**{f: getattr(args, f) for f in asdict(SamTeacherRecipe())})
+    info = train_sam_teacher(recipe, args.out, args.log)
+    print(json.dumps(info["val"], indent=2), f"\nwall {info['wall_s']:.0f}s")
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
+
+
+if __name__ == "__main__":
+    main()

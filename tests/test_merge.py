@@ -1,0 +1,223 @@
+"""The merge pipeline on tiny random teachers: stages, gradients, distributed equality, kill + resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import samclip
+from samclip.checkpoint import load_safetensors
+from samclip.merge.config import load_config
+from samclip.merge.run import build_streams, build_student
+from samclip.merge.trainer import MergeTrainer, clip_distillation_loss, sam_distillation_loss
+from samclip.models import CLIP, SamClip, clip_preset
+from samclip.tokenizer import ClipTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def teacher_dirs(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+    """Tiny random teachers in our format, and the same weights in the official formats."""
+    root = tmp_path_factory.mktemp("teachers")
+    torch.manual_seed(0)
+    sam = samclip.create_sam("sam-tiny")
+    samclip.save_pretrained(sam, root / "sam")
+    torch.save(sam.state_dict(), root / "sam_vit_tiny.pth")  # segment-anything layout
+    tok = ClipTokenizer.train(["a red star", "a blue ring next to a green square", "a photo of a heart"] * 5,
+                              vocab_size=100, context_length=16)
+    base = clip_preset("clip-tiny")
+    # 64-wide towers so the OpenAI-layout copy can be read without a config (heads = width // 64)
+    cfg = base.replace(
+        vision=base.vision.replace(width=64, heads=1),
+        text=base.text.replace(vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id,
+                               eot_token_id=tok.eot_token_id, width=64, heads=1),
+    )
+    clip = CLIP.from_config(cfg)
+    clip.tokenizer = tok
+    samclip.save_pretrained(clip, root / "clip")
+    sd = clip.state_dict()
+    openai = {(k[len("text."):] if k.startswith("text.") else k): v for k, v in sd.items()}
+    torch.save(openai, root / "clip_openai.pt")  # OpenAI layout (text keys at the top level)
+    tok.save(root / "tokenizer.json")
+    return {"root": root}
+
+
+def _overrides(teacher_dirs: dict[str, Path], out: Path, **extra: str) -> list[str]:
+    root = teacher_dirs["root"]
+    base = {
+        "out": str(out), "bf16": "false", "threads": "1", "checkpoint_every": "2",
+        "teachers.sam": str(root / "sam"), "teachers.clip": str(root / "clip"),
+        "head.mlp_hidden": "16",
+        "data.clip_images": "48", "data.sam_images": "12", "data.clip_render_size": "64",
+        "data.clip_sizes": "32,64", "data.stage3_sizes": "32,64,128", "data.clip_batch": "8",
+        "data.sam_batch": "2", "data.prompts_per_image": "2", "data.cache_teachers": "false",
+        "stage1.steps": "2", "stage2.steps": "4", "stage3.steps": "2",
+        "stage1.warmup": "1", "stage2.warmup": "1", "stage3.warmup": "1", "eval.every": "0",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _trainer(teacher_dirs: dict[str, Path], out: Path, **extra: str) -> MergeTrainer:
+    cfg = load_config(None, _overrides(teacher_dirs, out, **extra))
+    model, teachers = build_student(cfg)
+    clip_stream, sam_stream = build_streams(cfg, model.img_size, progress=False)
+    return MergeTrainer(cfg, model, teachers, clip_stream, sam_stream)
+
+
+def test_clip_head_blocks_start_as_the_last_backbone_block(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    tr = _trainer(teacher_dirs, tmp_path)
+    last = tr.model.backbone.blocks[-1].state_dict()
+    assert len(tr.model.clip_head.blocks) == 3
+    for blk in tr.model.clip_head.blocks:
+        for k, v in blk.state_dict().items():
+            assert torch.equal(v, last[k]), k
+    sam_t = samclip.load_sam(teacher_dirs["root"] / "sam")
+    for k, v in sam_t.state_dict().items():
+        assert torch.equal(tr.model.sam.state_dict()[k], v), k
+
+
+def test_stage1_changes_only_the_clip_head(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    tr = _trainer(teacher_dirs, tmp_path, **{"stage2.steps": "0", "stage3.steps": "0"})
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.run()
+    after = tr.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("clip_head.") for k in changed), sorted(changed)[:5]
+
+
+def test_stage2_gradients_reach_every_trainable_and_no_frozen_parameter(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    tr = _trainer(teacher_dirs, tmp_path)
+    tr._configure(2)
+    m = tr.model
+    ids = np.arange(4)
+    clip_distillation_loss(m, tr.teachers, tr.clip_stream, ids, 64, backbone_grad=True, bf16=False).backward()
+    (10 * sam_distillation_loss(m, tr.teachers, tr.sam_stream, np.arange(2), bf16=False)).backward()
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in m.named_parameters()
+                         if n.startswith(("sam.image_encoder.", "sam.mask_decoder.", "clip_head."))}
+    no_grad = sorted(n for n, p in m.named_parameters() if p.requires_grad and p.grad is None)
+    assert no_grad == [], no_grad
+    frozen_with_grad = sorted(n for n, p in m.named_parameters() if not p.requires_grad and p.grad is not None)
+    assert frozen_with_grad == []
+    teachers_with_grad = [n for n, p in tr.teachers.sam.named_parameters() if p.grad is not None]
+    assert teachers_with_grad == []
+
+
+def test_student_sam_head_equals_teacher_at_init(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """At initialisation the student's SAM head IS the teacher: the IoU term is exactly 0 and the
+    mask term equals the teacher-vs-teacher focal+dice floor."""
+    tr = _trainer(teacher_dirs, tmp_path)
+    m = tr.model.eval()
+    with torch.no_grad():
+        loss = sam_distillation_loss(m, tr.teachers, tr.sam_stream, np.arange(2), bf16=False, iou_weight=1.0)
+        loss_no_iou = sam_distillation_loss(m, tr.teachers, tr.sam_stream, np.arange(2), bf16=False, iou_weight=0.0)
+    assert torch.isclose(loss, loss_no_iou, atol=1e-6)
+
+
+def _run_cli(args: list[str], env_extra: dict[str, str] | None = None, **kw) -> subprocess.Popen:  # noqa: ANN003
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_safetensors(out / "model" / "model.safetensors")
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= atol, worst
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_matches_one_process(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "samclip.cli", "merge", "--no-eval"]
+    p = _run_cli(cmd + sum((["--set", s] for s in _overrides(teacher_dirs, one)), []))
+    out1 = p.communicate(timeout=300)[0].decode()
+    assert p.returncode == 0, out1[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "samclip.cli", "merge", "--no-eval"]
+    p = _run_cli(torchrun + sum((["--set", s] for s in _overrides(teacher_dirs, two)), []))
+    out2 = p.communicate(timeout=300)[0].decode()
+    assert p.returncode == 0, out2[-3000:]
+    w1, w2 = _final_weights(one), _final_weights(two)
+    # Same global batch, so the averaged gradients agree to float rounding (the shards run matmuls of
+    # another size). AdamW turns rounding noise on near-zero gradients into sign flips of at most one
+    # lr-sized update, so: nearly all elements agree to 1e-5 and none differs by more than ~2 x lr.
+    diffs = torch.cat([(w1[k].float() - w2[k].float()).abs().flatten() for k in w1])
+    assert (diffs <= 1e-5).float().mean() > 0.99, (diffs > 1e-5).float().mean()
+    assert diffs.max() <= 2e-3, diffs.max()
+    # and the run really trained something
+    init = samclip.load_sam(teacher_dirs["root"] / "sam").state_dict()
+    assert not torch.equal(w1["sam.image_encoder.blocks.0.attn.qkv.weight"],
+                           init["image_encoder.blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.slow
+def test_kill9_mid_stage2_then_resume_equals_uninterrupted(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    extra = {"checkpoint_every": "1", "stage2.steps": "6"}
+    cmd = [sys.executable, "-m", "samclip.cli", "merge", "--no-eval"]
+    p = _run_cli(cmd + sum((["--set", s] for s in _overrides(teacher_dirs, ref, **extra)), []))
+    out = p.communicate(timeout=300)[0].decode()
+    assert p.returncode == 0, out[-3000:]
+
+    args = cmd + sum((["--set", s] for s in _overrides(teacher_dirs, killed, **extra)), [])
+    p = _run_cli(args)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if latest.exists() and latest.read_text().startswith("s2-000000") and latest.read_text() >= "s2-0000003":
+            break
+        if p.poll() is not None:
+            pytest.fail("run finished before it could be killed: " + p.stdout.read().decode()[-2000:])
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    # every visible checkpoint is complete; temp folders are hidden
+    for ck in (killed / "checkpoints").iterdir():
+        if ck.is_dir() and not ck.name.startswith("."):
+            assert (ck / "model.safetensors").exists() and (ck / "state.json").exists(), ck
+    assert not (killed / "model").exists()
+    p = _run_cli(args + ["--resume"])
+    out = p.communicate(timeout=300)[0].decode()
+    assert p.returncode == 0, out[-3000:]
+    _assert_close(_final_weights(ref), _final_weights(killed), atol=0.0)
+
+
+def test_pipeline_runs_from_official_formats(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """segment-anything .pth + OpenAI-layout .pt (+ tokenizer.json): 2 training steps work."""
+    root = teacher_dirs["root"]
+    tr = _trainer(teacher_dirs, tmp_path, **{
+        "teachers.sam": str(root / "sam_vit_tiny.pth"), "teachers.clip": str(root / "clip_openai.pt"),
+        "teachers.clip_tokenizer": str(root / "tokenizer.json"),
+        "stage1.steps": "1", "stage2.steps": "1", "stage3.steps": "0",
+    })
+    before = tr.model.backbone.blocks[0].attn.qkv.weight.clone()
+    state = tr.run()
+    assert state.stage == 4  # all stages done
+    assert isinstance(tr.model, SamClip)
+    assert not torch.equal(before, tr.model.backbone.blocks[0].attn.qkv.weight)
+
+
+def test_bad_config_is_a_clear_cli_error(tmp_path) -> None:  # noqa: ANN001
+    p = _run_cli([sys.executable, "-m", "samclip.cli", "merge", "--set", "stage2.bogus=1"])
+    out = p.communicate(timeout=120)[0].decode()
+    assert p.returncode == 2 and "unknown config key" in out and "Traceback" not in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml")
+    p = _run_cli([sys.executable, "-m", "samclip.cli", "merge", "--config", str(bad)])
+    out = p.communicate(timeout=120)[0].decode()
+    assert p.returncode == 2 and "invalid TOML" in out and "Traceback" not in out

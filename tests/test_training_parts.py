@@ -1,0 +1,114 @@
+"""Prompt sampling, losses, scene banks and the teacher training steps on tiny inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import samclip
+from samclip.data.banks import build_bank
+from samclip.losses import (
+    clip_contrastive_loss,
+    cosine_distillation_loss,
+    dice_loss,
+    focal_dice,
+    mask_iou,
+    sam_loss,
+    sigmoid_focal_loss,
+)
+from samclip.prompts import corrective_points, interior_points, jitter_boxes, masks_to_boxes, sample_points
+
+
+def _square_masks() -> torch.Tensor:
+    m = torch.zeros(2, 20, 30, dtype=torch.bool)
+    m[0, 2:6, 3:9] = True
+    m[1, 10:19, 20:29] = True
+    return m
+
+
+def test_masks_to_boxes_xyxy() -> None:
+    boxes = masks_to_boxes(_square_masks())
+    assert boxes.tolist() == [[3, 2, 8, 5], [20, 10, 28, 18]]
+    assert masks_to_boxes(torch.zeros(1, 5, 5, dtype=torch.bool)).tolist() == [[0, 0, 0, 0]]
+
+
+def test_points_fall_inside_masks() -> None:
+    m = _square_masks()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        pts, ok = sample_points(m, g)
+        assert ok.all()
+        assert m[torch.arange(2), pts[:, 1].long(), pts[:, 0].long()].all()
+        ip = interior_points(m, g, margin=1)
+        assert m[torch.arange(2), ip[:, 1].long(), ip[:, 0].long()].all()
+
+
+def test_corrective_points_label_the_error() -> None:
+    target = _square_masks()
+    pred = torch.zeros_like(target)
+    pred[1] = target[1]
+    pred[1, 0, 0] = True  # one false-positive pixel
+    g = torch.Generator().manual_seed(0)
+    pts, labels = corrective_points(pred, target, g)
+    assert labels.tolist() == [1, 0]  # mask 0 missed -> positive click; mask 1 false positive -> negative
+    assert pts[1].tolist() == [0.0, 0.0]
+    _, labels = corrective_points(target, target, g)
+    assert labels.tolist() == [-1, -1]
+
+
+def test_jitter_boxes_is_bounded() -> None:
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 90.0]]).repeat(100, 1)
+    out = jitter_boxes(boxes, torch.Generator().manual_seed(0), size=(100, 60))
+    assert (out - boxes).abs().max() <= 20.0 + 1e-5
+    assert (out[:, 2] >= out[:, 0]).all() and (out[:, 2] <= 59).all()
+
+
+def test_losses_on_hand_made_tensors() -> None:
+    t = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    perfect = torch.tensor([[20.0, -20.0, 20.0, -20.0]])
+    wrong = -perfect
+    assert focal_dice(perfect, t) < 1e-3 < focal_dice(wrong, t)
+    assert dice_loss(perfect, t).item() < 1e-3 and dice_loss(wrong, t).item() > 0.6
+    # alpha = 0.25, gamma = 2 at logit 0 and target 1: 0.25 * 0.5^2 * log 2
+    assert torch.allclose(sigmoid_focal_loss(torch.zeros(1, 1), torch.ones(1, 1)),
+                          torch.tensor([0.25 * 0.25 * float(np.log(2))]), atol=1e-6)
+    assert mask_iou(perfect, t).item() == 1.0 and mask_iou(wrong, t).item() == 0.0
+    logits = torch.stack([wrong, perfect], 1).view(1, 2, 2, 2)
+    loss, parts = sam_loss(logits, torch.tensor([[0.0, 1.0]]), t.view(1, 2, 2))
+    assert parts["miou"].item() == 1.0 and parts["iou"].item() < 1e-6  # best output chosen; iou exact
+    e = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    assert cosine_distillation_loss(e, e).abs() < 1e-6
+    assert torch.isclose(cosine_distillation_loss(e, -e), torch.tensor(2.0))
+    low = clip_contrastive_loss(e, e, torch.tensor(4.6))
+    high = clip_contrastive_loss(e, e.roll(1, 0), torch.tensor(4.6))
+    assert low < high
+
+
+def test_scene_bank_is_consistent() -> None:
+    bank = build_bank("val", 6, 64, workers=1)
+    assert bank.images.shape == (6, 64, 64, 3) and bank.images.dtype == np.uint8
+    for i in range(6):
+        inst, sem = bank.instance_maps[i], bank.semantic[i]
+        assert ((inst > 0) == (sem > 0)).all()
+        assert int(inst.max()) == len(bank.objects[i])
+
+
+def test_sam_training_step_learns_something() -> None:
+    from samclip.teachers.sam_teacher import sam_training_step
+
+    torch.manual_seed(0)
+    model = samclip.create_sam("sam-tiny").train()
+    bank = build_bank("val", 4, 128, workers=1)
+    images, inst = torch.from_numpy(bank.images), torch.from_numpy(bank.instance_maps)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(15):
+        g.manual_seed(0)
+        loss, logs = sam_training_step(model, images, inst, g, 4, bf16=False)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert set(logs) == {"box_miou", "point_miou", "click2_miou"}
+    assert losses[-1] < 0.7 * losses[0], losses
