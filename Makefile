@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: env test lint demo clean
+.PHONY: env test lint demo teachers teacher-sam teacher-clip merge-default clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -26,6 +26,21 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/samclip demo
+
+# Reproduce the shipped embedded-default weights from scratch (2 CPU cores; see README for wall times)
+WEIGHTS := src/samclip/weights/tiny-synthetic
+teachers: teacher-sam teacher-clip
+
+teacher-sam: $(STAMP)
+	$(BIN)/python -m samclip.teachers.sam_teacher --out $(WEIGHTS)/sam --log runs/sam_teacher.jsonl \
+		--steps 2500 --prompts-per-image 6 --bf16 false --eval-every 500 --val-images 100
+
+teacher-clip: $(STAMP)
+	$(BIN)/python -m samclip.teachers.clip_teacher --out $(WEIGHTS)/clip --log runs/clip_teacher.jsonl
+
+merge-default: $(STAMP)
+	$(BIN)/samclip merge --config tiny-synthetic --set out=runs/merge-default
+	rm -rf $(WEIGHTS)/samclip && cp -r runs/merge-default/model $(WEIGHTS)/samclip
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

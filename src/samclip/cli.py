@@ -63,7 +63,7 @@ def _cmd_teachers(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick)
+    return run_demo(Path(args.out), quick=args.quick, fresh=args.fresh)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the embedded-default merge and write the report")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
+    demo.add_argument("--fresh", action="store_true", help="discard a previous demo run in --out")
     demo.set_defaults(func=_cmd_demo)
 
     merge = sub.add_parser("merge", help="merge a SAM and a CLIP into one model (SAM-CLIP recipe)")

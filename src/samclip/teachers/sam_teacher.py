@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..data import HELDOUT_PAIRS
 from ..data.banks import build_bank
 from ..eval.prompt_seg import prompt_miou
-from ..factory import create_sam, save_pretrained
+from ..factory import create_sam, load_sam, save_pretrained
 from ..losses import sam_loss
 from ..models import Sam
 from ..prompts import corrective_points, jitter_boxes, masks_to_boxes, sample_points
@@ -43,6 +43,7 @@ class SamTeacherRecipe:
     seed: int = 0
     bf16: bool = True
     eval_every: int = 1000
+    init: str = ""  # continue from these weights (a folder or name) instead of random init
 
 
 def _targets(inst: torch.Tensor, gen: torch.Generator, per_image: int) -> torch.Tensor:
@@ -114,7 +115,7 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
     bank = build_bank("train_teacher", recipe.train_images, 256, forbidden_pairs=HELDOUT_PAIRS, progress=True)
     val = build_bank("val", recipe.val_images, 256)
     render_s = time.time() - t0
-    model = create_sam(recipe.preset).train()
+    model = (load_sam(recipe.init) if recipe.init else create_sam(recipe.preset)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     log = TrainLog(log_path, total=recipe.steps, desc="sam teacher")
     rng = np.random.default_rng(recipe.seed)

@@ -1,0 +1,79 @@
+"""Baselines measured beside the merged model, built from the two teachers.
+
+- MaskCLIP-style dense CLIP (baseline a): the CLIP teacher's last block is read as value
+  embeddings (no query-key mixing), then ``ln_post`` and the projection give a CLIP-space vector per
+  patch, matched to class text embeddings.
+- Crop classification (OV-SAM's crop baseline; with SAM everything-mode it is SAM-CLIP's "SAM+CLIP"
+  row, baseline b): each mask's bounding box is cropped, pixels outside the mask greyed, the crop
+  resized to the CLIP teacher's input and classified.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models import CLIP
+
+
+def _clip_input(clip: CLIP, images: np.ndarray, size: int) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return clip.normalize_images(x)
+
+
+@torch.no_grad()
+def maskclip_patch_embeddings(clip: CLIP, image: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """HxWx3 uint8 -> GxGxE normalised per-patch CLIP embeddings (MaskCLIP's value-embedding trick)."""
+    v = clip.visual
+    size = size or v.config.image_size
+    x = _clip_input(clip, image[None], size)
+    x = v.conv1(x)
+    g = x.shape[-1]
+    x = x.flatten(2).transpose(1, 2)
+    cls = v.class_embedding.expand(1, 1, -1)
+    x = torch.cat([cls, x], dim=1) + v._positions((g, g))
+    x = v.ln_pre(x)
+    for blk in v.transformer.resblocks[:-1]:
+        x = blk(x)
+    last = v.transformer.resblocks[-1]
+    d = x.shape[-1]
+    w, b = last.attn.in_proj_weight, last.attn.in_proj_bias
+    value = F.linear(last.ln_1(x), w[2 * d :], b[2 * d :])
+    y = last.attn.out_proj(value)[:, 1:]
+    emb = v.ln_post(y) @ v.proj
+    return F.normalize(emb[0], dim=-1).reshape(g, g, -1)
+
+
+@torch.no_grad()
+def crop_embeddings(clip: CLIP, image: np.ndarray, masks: np.ndarray, pad: float = 0.1,
+                    batch: int = 64) -> torch.Tensor:
+    """HxWx3 uint8 image and NxHxW bool masks -> NxE normalised CLIP embeddings of the mask crops."""
+    size = clip.config.vision.image_size
+    h, w = image.shape[:2]
+    crops = []
+    grey = np.full_like(image, 128)
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        if len(ys) == 0:
+            crops.append(np.full((size, size, 3), 128, np.uint8))
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        side = max(y1 - y0, x1 - x0)
+        cy, cx, half = (y0 + y1) / 2, (x0 + x1) / 2, side * (1 + pad) / 2
+        ya, yb = int(max(0, cy - half)), int(min(h, cy + half + 1))
+        xa, xb = int(max(0, cx - half)), int(min(w, cx + half + 1))
+        masked = np.where(m[..., None], image, grey)[ya:yb, xa:xb]
+        canvas = np.full((int(2 * half) + 2, int(2 * half) + 2, 3), 128, np.uint8)
+        oy, ox = (canvas.shape[0] - masked.shape[0]) // 2, (canvas.shape[1] - masked.shape[1]) // 2
+        canvas[oy : oy + masked.shape[0], ox : ox + masked.shape[1]] = masked
+        t = torch.from_numpy(canvas).permute(2, 0, 1)[None].float()
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        crops.append(t[0].permute(1, 2, 0).clamp(0, 255).byte().numpy())
+    out = []
+    arr = np.stack(crops)
+    for i in range(0, len(arr), batch):
+        out.append(clip.encode_image(_clip_input(clip, arr[i : i + batch], size), normalize=True))
+    return torch.cat(out) if out else torch.zeros(0, clip.config.embed_dim)

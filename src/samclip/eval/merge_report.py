@@ -1,0 +1,60 @@
+"""Merged model vs its teachers on fresh seeds (the scene world's ``test`` split), one JSON.
+
+Keys (stable): ``clip_teacher.zero_shot_top1``, ``merged.zero_shot_top1@<size>`` for each size,
+``sam_teacher.box_miou`` / ``point_miou``, ``merged.box_miou`` / ``point_miou``, ``deltas`` (merged
+minus teacher, the issue's acceptance margins) and ``n`` (sample counts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data.banks import build_bank
+from ..models import CLIP, Sam, SamClip
+from ..teachers.clip_teacher import clip_encoders, single_object_eval_set
+from .prompt_seg import prompt_miou
+from .zeroshot import zero_shot_accuracy
+
+
+def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_single: int = 1000,
+                   n_scenes: int = 300, merged_sizes: tuple[int, ...] = (128, 256)) -> dict:
+    from ..merge.run import merged_encoders
+
+    teacher_size = clip_teacher.config.vision.image_size
+    imgs_t, labels = single_object_eval_set("test", n_single, teacher_size)
+    enc_img, enc_txt = clip_encoders(clip_teacher, clip_teacher.tokenizer)
+    clip_t = zero_shot_accuracy(enc_img, enc_txt, imgs_t, labels)["top1"]
+    merged_zs = {}
+    render = max(merged_sizes)
+    imgs_m, labels_m = single_object_eval_set("test", n_single, render)
+    for size in merged_sizes:
+        e_img, e_txt = merged_encoders(merged, size)
+        merged_zs[size] = zero_shot_accuracy(e_img, e_txt, imgs_m, labels_m)["top1"]
+    bank = build_bank("test", n_scenes, sam_teacher.img_size, workers=1)
+    sam_t = prompt_miou(sam_teacher, bank)
+    sam_m = prompt_miou(merged, bank)
+    best_size = max(merged_zs, key=merged_zs.get)
+    return {
+        "split": "test",
+        "clip_teacher": {"zero_shot_top1": clip_t, "size": teacher_size},
+        "sam_teacher": {k: sam_t[k] for k in ("box_miou", "point_miou", "point_miou_first")},
+        "merged": {
+            **{f"zero_shot_top1@{s}": v for s, v in merged_zs.items()},
+            **{k: sam_m[k] for k in ("box_miou", "point_miou", "point_miou_first")},
+        },
+        "deltas": {
+            "zero_shot_top1": merged_zs[best_size] - clip_t,
+            "zero_shot_top1_at_sam_size": merged_zs[max(merged_sizes)] - clip_t,
+            "box_miou": sam_m["box_miou"] - sam_t["box_miou"],
+            "point_miou": sam_m["point_miou"] - sam_t["point_miou"],
+        },
+        "n": {"zero_shot_images": n_single, "sam_images": n_scenes, "sam_instances": sam_m["instances"]},
+    }
+
+
+def write_json(data: dict, path: Path) -> Path:
+    from ..checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    return path

@@ -1,0 +1,80 @@
+"""Semantic segmentation metrics (confusion matrix, mIoU with and without background) and a reader
+for VOC-style data (RGB images + palettised / grey PNG label maps, 255 = ignore)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class ConfusionMatrix:
+    """Accumulates a KxK confusion matrix (rows = ground truth, cols = prediction); class 0 = background."""
+
+    num_classes: int
+    ignore_index: int = 255
+    matrix: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
+        """pred, target: HxW integer label maps of the same shape."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+        valid = target != self.ignore_index
+        t = target[valid].astype(np.int64)
+        p = pred[valid].astype(np.int64)
+        if t.size and (t.max() >= self.num_classes or p.max() >= self.num_classes or p.min() < 0):
+            raise ValueError(f"labels outside 0..{self.num_classes - 1}")
+        self.matrix += np.bincount(t * self.num_classes + p, minlength=self.num_classes**2).reshape(
+            self.num_classes, self.num_classes
+        )
+
+    def iou(self) -> np.ndarray:
+        """Per-class IoU (NaN for classes absent from both prediction and ground truth)."""
+        tp = np.diag(self.matrix).astype(np.float64)
+        denom = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, tp / denom, np.nan)
+
+    def summary(self, names: list[str] | None = None) -> dict:
+        iou = self.iou()
+        gt_present = self.matrix.sum(1) > 0
+        out = {
+            "miou": 100 * float(np.nanmean(np.where(gt_present, iou, np.nan))),
+            "miou_no_background": 100 * float(np.nanmean(np.where(gt_present[1:], iou[1:], np.nan))),
+            "pixel_accuracy": 100 * float(np.diag(self.matrix).sum() / max(1, self.matrix.sum())),
+        }
+        if names is not None:
+            out["per_class_iou"] = {n: (None if np.isnan(v) else round(100 * float(v), 2))
+                                    for n, v in zip(names, iou)}
+        return out
+
+
+def read_voc_folder(root: str | Path, split_file: str | None = None, limit: int | None = None):  # noqa: ANN201
+    """Yield (name, HxWx3 uint8 image, HxW uint8 labels) from a VOC-style folder.
+
+    Layout: ``JPEGImages/<name>.jpg`` and ``SegmentationClass/<name>.png`` (palette indices or grey
+    values are the class ids; 255 = ignore); names from ``split_file`` (one per line) or all PNGs.
+    """
+    root = Path(root)
+    img_dir, lab_dir = root / "JPEGImages", root / "SegmentationClass"
+    if not lab_dir.is_dir():
+        raise ValueError(f"{root}: no SegmentationClass/ folder (VOC layout expected)")
+    if split_file:
+        names = [n.strip() for n in Path(split_file).read_text().splitlines() if n.strip()]
+    else:
+        names = sorted(p.stem for p in lab_dir.glob("*.png"))
+    for name in names[:limit]:
+        img_path = next((img_dir / f"{name}{e}" for e in (".jpg", ".jpeg", ".png") if (img_dir / f"{name}{e}").exists()),
+                        None)
+        if img_path is None:
+            raise ValueError(f"{root}: image for {name!r} not found in JPEGImages/")
+        image = np.asarray(Image.open(img_path).convert("RGB"))
+        lab = Image.open(lab_dir / f"{name}.png")
+        labels = np.asarray(lab if lab.mode in ("P", "L") else lab.convert("L"))
+        yield name, image, labels

@@ -1,0 +1,50 @@
+"""Evaluation metrics and baselines on hand-made inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import samclip
+from samclip.eval.baselines import crop_embeddings, maskclip_patch_embeddings
+from samclip.eval.semseg import ConfusionMatrix, read_voc_folder
+
+
+def test_confusion_matrix_miou_by_hand() -> None:
+    cm = ConfusionMatrix(3)
+    target = np.array([[0, 0, 1, 1], [0, 2, 2, 255]])
+    pred = np.array([[0, 1, 1, 1], [0, 2, 0, 0]])
+    cm.update(pred, target)
+    # class 0: tp 2, fp 1 (pred 0 where gt 2), fn 1 -> 2/4; class 1: tp 2, fp 1 -> 2/3; class 2: tp 1, fn 1 -> 1/2
+    iou = cm.iou()
+    assert np.allclose(iou, [2 / 4, 2 / 3, 1 / 2])
+    s = cm.summary(["bg", "a", "b"])
+    assert s["miou"] == pytest.approx(100 * np.mean([0.5, 2 / 3, 0.5]))
+    assert s["miou_no_background"] == pytest.approx(100 * np.mean([2 / 3, 0.5]))
+    with pytest.raises(ValueError, match="shape"):
+        cm.update(pred[:1], target)
+
+
+def test_voc_reader(tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "SegmentationClass").mkdir()
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "JPEGImages" / "a.jpg")
+    lab = Image.fromarray(np.array([[0, 1, 1, 255, 0]] * 4, np.uint8), mode="L").convert("P")
+    lab.save(tmp_path / "SegmentationClass" / "a.png")
+    rows = list(read_voc_folder(tmp_path))
+    assert len(rows) == 1 and rows[0][1].shape == (4, 5, 3) and rows[0][2][0].tolist() == [0, 1, 1, 255, 0]
+    with pytest.raises(ValueError, match="VOC layout"):
+        list(read_voc_folder(tmp_path / "JPEGImages"))
+
+
+def test_maskclip_and_crop_baselines_shapes() -> None:
+    clip = samclip.create_clip("clip-tiny").eval()
+    img = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    dense = maskclip_patch_embeddings(clip, img)
+    assert dense.shape == (4, 4, 32) and torch.allclose(dense.norm(dim=-1), torch.ones(4, 4), atol=1e-5)
+    masks = np.zeros((2, 40, 60), bool)
+    masks[0, 5:20, 5:30] = True
+    emb = crop_embeddings(clip, img, masks)
+    assert emb.shape == (2, 32)
