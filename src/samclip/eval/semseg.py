@@ -70,8 +70,8 @@ def read_voc_folder(root: str | Path, split_file: str | None = None, limit: int 
     else:
         names = sorted(p.stem for p in lab_dir.glob("*.png"))
     for name in names[:limit]:
-        img_path = next((img_dir / f"{name}{e}" for e in (".jpg", ".jpeg", ".png") if (img_dir / f"{name}{e}").exists()),
-                        None)
+        candidates = [img_dir / f"{name}{e}" for e in (".jpg", ".jpeg", ".png")]
+        img_path = next((p for p in candidates if p.exists()), None)
         if img_path is None:
             raise ValueError(f"{root}: image for {name!r} not found in JPEGImages/")
         image = np.asarray(Image.open(img_path).convert("RGB"))
