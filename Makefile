@@ -33,7 +33,7 @@ teachers: teacher-sam teacher-clip
 
 teacher-sam: $(STAMP)
 	$(BIN)/python -m samclip.teachers.sam_teacher --out $(WEIGHTS)/sam --log runs/sam_teacher.jsonl \
-		--steps 2500 --prompts-per-image 6 --bf16 false --eval-every 500 --val-images 100
+		--steps 3000 --prompts-per-image 6 --bf16 false --eval-every 500 --val-images 100
 
 teacher-clip: $(STAMP)
 	$(BIN)/python -m samclip.teachers.clip_teacher --out $(WEIGHTS)/clip --log runs/clip_teacher.jsonl

@@ -1,8 +1,8 @@
 """Train the embedded default's SAM teacher on the scene world (class-agnostic instance masks).
 
 The real SAM architecture at the ``sam-synthetic`` preset, trained with SAM's recipe in small:
-per image a set of instances, prompted by noisy ground-truth boxes and by random interior points,
-then one corrective click (a point in the error region plus the previous mask logits as mask
+per image a set of instances, prompted by noisy ground-truth boxes (single-mask output) and by one
+random point (ambiguity-aware: best of the 3 multimask outputs), then one corrective click (a point in the error region plus the previous mask logits as mask
 prompt); focal + dice (20:1) on the best of the multimask outputs, plus IoU-prediction MSE.
 It never sees a word. ``python -m samclip.teachers.sam_teacher --out weights/...`` reproduces it.
 """
@@ -76,8 +76,9 @@ def sam_training_step(model: Sam, images: torch.Tensor, inst: torch.Tensor, gen:
 
     box_t = _targets(inst, gen, half)
     boxes = jitter_boxes(masks_to_boxes(box_t), gen, size=(s, s))
+    # a box is unambiguous: SAM trains it on the single-mask output (token 0), as it is used at test time
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        m, iou = model.decode(emb, boxes=boxes, multimask_output=True)
+        m, iou = model.decode(emb, boxes=boxes, multimask_output=False)
     loss, parts = sam_loss(m, iou, _low_res(box_t, low))
     total = total + loss
     logs["box_miou"] = float(parts["miou"])
