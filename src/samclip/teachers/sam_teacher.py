@@ -2,8 +2,9 @@
 
 The real SAM architecture at the ``sam-synthetic`` preset, trained with SAM's recipe in small:
 per image a set of instances, prompted by noisy ground-truth boxes (single-mask output) and by one
-random point (ambiguity-aware: best of the 3 multimask outputs), then one corrective click (a point in the error region plus the previous mask logits as mask
-prompt); focal + dice (20:1) on the best of the multimask outputs, plus IoU-prediction MSE.
+random point (ambiguity-aware: best of the 3 multimask outputs), then one corrective click (a point
+in the error region plus the previous mask logits as mask prompt); focal + dice (20:1), plus
+IoU-prediction MSE.
 It never sees a word. ``python -m samclip.teachers.sam_teacher --out weights/...`` reproduces it.
 """
 

@@ -1,0 +1,234 @@
+"""One backbone pass vs two models: the merged model through the Predictor against SAM + CLIP teachers.
+
+Jobs, on one HxW image (default 768x1024): classify into 12 labels, 16 single-point prompt decodes,
+and a 12-class semantic map (plus background), at the original size.
+
+  A (merged, one pass): ``Predictor.set_image`` (backbone + SAM neck), ``classify`` (CLIP head, pooled),
+    16 x ``predict``, ``semantic_segment`` (CLIP head per-patch; head tokens shared with classify).
+  B (two models): the SAM teacher through the same Predictor (set_image + 16 x predict), plus the CLIP
+    teacher: one tower pass at its native size for classification and one MaskCLIP-style dense pass
+    (``samclip.eval.baselines.maskclip_patch_embeddings``: value embeddings of the last block through
+    ``ln_post`` and ``proj``) for the semantic map, upsampled to the image and argmaxed like A's.
+    The dense pass runs at ``--clip-semseg-size``: by default the size giving the CLIP teacher the same
+    patch grid as the merged model's map ("matched"); a 448 px pass is timed too for reference.
+
+Text embeddings are computed before timing for both pipelines (same text tower; both cache them).
+Everything runs under bf16 autocast (as the Predictor does). Weights: ``tiny-synthetic`` shipped
+weights when present, else random weights of the same presets; ``--preset vit-b`` builds random
+SAM ViT-B (1024 px) + CLIP ViT-B/16 teachers and merges them (speed does not depend on the values).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/one_pass.py --preset vit-b --reps 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import samclip
+from samclip.data.captions import class_prompt_templates
+from samclip.eval.baselines import maskclip_patch_embeddings
+from samclip.models import CLIP, SamClip, clip_preset
+from samclip.predictor import BACKGROUND_PROMPTS, Predictor
+from samclip.tokenizer import ClipTokenizer
+
+LABELS = ["star", "ring", "heart", "circle", "square", "triangle", "cross", "arrow", "moon", "hexagon",
+          "diamond", "ellipse"]
+PRESETS = {"tiny-synthetic": ("sam-synthetic", "clip-synthetic"), "vit-b": ("sam-vit-b", "clip-vit-b-16")}
+
+
+def build_models(preset: str) -> tuple[SamClip, samclip.Sam, CLIP, str]:
+    """(merged, SAM teacher, CLIP teacher, where the weights came from)."""
+    if preset == "tiny-synthetic":
+        try:
+            return (samclip.load_model(preset), samclip.load_sam(preset), samclip.load_clip(preset),
+                    "shipped tiny-synthetic weights")
+        except (FileNotFoundError, KeyError, samclip.CheckpointError) as err:
+            note = f"random weights (tiny-synthetic weights unavailable: {type(err).__name__})"
+    else:
+        note = "random weights"
+    sam_name, clip_name = PRESETS[preset]
+    torch.manual_seed(0)
+    sam = samclip.create_sam(sam_name).eval()
+    base = clip_preset(clip_name)
+    corpus = [t.format(label) for label in LABELS for t in class_prompt_templates()] + list(BACKGROUND_PROMPTS)
+    tok = ClipTokenizer.train(corpus * 3, vocab_size=512, context_length=base.text.context_length)
+    cfg = base.replace(text=base.text.replace(vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id,
+                                              eot_token_id=tok.eot_token_id))
+    clip = CLIP.from_config(cfg).eval()
+    clip.tokenizer = tok
+    merged = SamClip.from_teachers(sam, clip).eval()
+    return merged, sam, clip, f"{note}: {sam_name} + {clip_name}"
+
+
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def clip_text_embeddings(clip: CLIP, labels: list[str]) -> torch.Tensor:
+    """(K+1)xE: background (mean of BACKGROUND_PROMPTS) then the template-averaged labels, normalised."""
+    from samclip.data.captions import class_prompts
+
+    rows = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for prompts in [list(BACKGROUND_PROMPTS), *[class_prompts(label) for label in labels]]:
+            emb = F.normalize(clip.encode_text(clip.tokenizer(prompts)).float(), dim=-1)
+            rows.append(F.normalize(emb.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def _rounded(obj: object) -> object:
+    if isinstance(obj, float):
+        return round(obj, 4)
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    return obj
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny-synthetic")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs of each pipeline first")
+    ap.add_argument("--height", type=int, default=768)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--latency-decodes", type=int, default=50)
+    ap.add_argument("--clip-semseg-size", type=int, default=0, help="0: the merged model's patch grid")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    merged, sam, clip, source = build_models(args.preset)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    points = np.stack([rng.uniform(0, args.width - 1, args.prompts), rng.uniform(0, args.height - 1, args.prompts)], 1)
+    ones = np.ones(1)
+
+    # ------------------------------------------------------------------ A: merged, one pass
+    pred = Predictor(merged, bf16=True)
+    pred.text_embeddings(LABELS)  # text side outside the timing (cached; the same for B)
+    pred._background_embedding()
+
+    def a_parts() -> dict[str, float]:
+        t = [time.perf_counter()]
+        pred.set_image(img)
+        t.append(time.perf_counter())
+        pred.classify(LABELS)
+        t.append(time.perf_counter())
+        for p in points:
+            pred.predict(point_coords=p[None], point_labels=ones)
+        t.append(time.perf_counter())
+        pred.semantic_segment(LABELS)
+        t.append(time.perf_counter())
+        names = ["set_image_s", "classify_s", "decodes_s", "semantic_segment_s"]
+        return {n: b - a for n, a, b in zip(names, t, t[1:])}
+
+    # ------------------------------------------------------------------ B: SAM + CLIP teachers
+    sam_pred = Predictor(sam, bf16=True)
+    txt = clip_text_embeddings(clip, LABELS)
+    scale = clip.logit_scale.detach().float().exp().clamp(max=100)
+    clip_size = clip.config.vision.image_size
+    grid = merged.img_size // merged.sam.config.image_encoder.patch_size
+    matched = args.clip_semseg_size or grid * clip.config.vision.patch_size
+
+    def clip_classify() -> np.ndarray:
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+        x = F.interpolate(x, size=(clip_size, clip_size), mode="bilinear", antialias=True, align_corners=False)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            emb = clip.encode_image(clip.normalize_images(x), normalize=True).float()
+        return (scale * emb @ txt[1:].T).softmax(-1)[0].numpy()
+
+    def clip_semseg(size: int) -> np.ndarray:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            patch = maskclip_patch_embeddings(clip, img, size).float()  # GxGxE
+        logits = scale * torch.einsum("ghe,ke->kgh", patch, txt)
+        up = F.interpolate(logits[None], (args.height, args.width), mode="bilinear", align_corners=False)[0]
+        return up.argmax(0).numpy()
+
+    def b_parts() -> dict[str, float]:
+        t = [time.perf_counter()]
+        sam_pred.set_image(img)
+        t.append(time.perf_counter())
+        for p in points:
+            sam_pred.predict(point_coords=p[None], point_labels=ones)
+        t.append(time.perf_counter())
+        clip_classify()
+        t.append(time.perf_counter())
+        clip_semseg(matched)
+        t.append(time.perf_counter())
+        if matched != 448:
+            clip_semseg(448)
+        t.append(time.perf_counter())
+        names = ["sam_set_image_s", "sam_decodes_s", "clip_classify_s", "clip_semseg_matched_s", "clip_semseg_448_s"]
+        return {n: b - a for n, a, b in zip(names, t, t[1:])}
+
+    for _ in range(args.warmup):
+        a_parts()
+        b_parts()
+    a_runs = [a_parts() for _ in range(args.reps)]
+    b_runs = [b_parts() for _ in range(args.reps)]
+    a = {k: statistics.median(r[k] for r in a_runs) for k in a_runs[0]}
+    b = {k: statistics.median(r[k] for r in b_runs) for k in b_runs[0]}
+    if matched == 448:
+        b["clip_semseg_448_s"] = b["clip_semseg_matched_s"]
+    a_total = statistics.median(sum(r.values()) for r in a_runs)
+    b_common = b["sam_set_image_s"] + b["sam_decodes_s"] + b["clip_classify_s"]
+    b_matched = b_common + b["clip_semseg_matched_s"]
+    b_448 = b_common + b["clip_semseg_448_s"]
+
+    # --------------------------------------------------------------- per-prompt decode latency
+    pred.set_image(img)
+    sam_pred.set_image(img)
+    lat_pts = rng.uniform(0, 1, (args.latency_decodes, 2)) * [args.width - 1, args.height - 1]
+    state = pred.state
+
+    def latencies(fn: Callable[[np.ndarray], object]) -> float:
+        fn(lat_pts[0])
+        out = []
+        for p in lat_pts:
+            t0 = time.perf_counter()
+            fn(p)
+            out.append(time.perf_counter() - t0)
+        return 1000 * statistics.median(out)
+
+    def raw_decode(p: np.ndarray) -> None:
+        coords = torch.tensor(p, dtype=torch.float32).reshape(1, 1, 2)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            merged.decode(state.sam_embeddings, coords, torch.ones(1, 1, dtype=torch.long))
+
+    res = {
+        "preset": args.preset, "weights": source, "threads": args.threads, "bf16_autocast": True,
+        "image_hw": [args.height, args.width], "frame": merged.img_size, "labels": len(LABELS),
+        "prompts": args.prompts, "reps": args.reps, "warmup": args.warmup,
+        "clip_semseg_size_matched": matched, "clip_classify_size": clip_size,
+        "A_merged": {**a, "total_s": a_total},
+        "B_two_models": {**b, "total_matched_s": b_matched, "total_448_s": b_448},
+        "ratio_B_over_A": b_matched / a_total,
+        "ratio_B448_over_A": b_448 / a_total,
+        "decode_latency_ms_median": {
+            "merged_predict": latencies(lambda p: pred.predict(point_coords=p[None], point_labels=ones)),
+            "merged_decode_only": latencies(raw_decode),
+            "sam_teacher_predict": latencies(lambda p: sam_pred.predict(point_coords=p[None], point_labels=ones)),
+        },
+    }
+    print(json.dumps(_rounded(res), indent=2))
+    print(f"target B/A >= 1.8x: matched grid {res['ratio_B_over_A']:.2f}x, CLIP dense pass at 448 "
+          f"{res['ratio_B448_over_A']:.2f}x; per-prompt predict "
+          f"{res['decode_latency_ms_median']['merged_predict']:.1f} ms (target <= 10 ms at ViT-B)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,807 @@
+"""One predictor for every task of the merged model, served from ONE backbone pass per image.
+
+    predictor = Predictor(samclip.load_model("tiny-synthetic"))
+    predictor.set_image(image)                      # HxWx3 uint8 RGB; the only backbone pass
+    masks, scores, low_res = predictor.predict(point_coords=[[120, 80]], point_labels=[1])
+    probs = predictor.classify(["star", "ring", "heart"])
+    sem = predictor.semantic_segment(["star", "ring"], refine=True)
+    inst = predictor.segment_text("star", vocabulary=["ring", "heart"])
+    everything = predictor.generate(vocabulary=["star", "ring", "heart"])
+
+Conventions (see :mod:`samclip.inference.image_input`):
+
+- The image is resized so its longest side is the model's native frame ``S`` (segment-anything's
+  ``ResizeLongestSide``) and padded bottom/right to SxS. ``original_size = (H, W)``; ``input_size = (h, w)``.
+- Every coordinate in this API is an (x, y) pixel position of the ORIGINAL image (X first; integer
+  values are pixel indices, the prompt encoder adds 0.5 for the pixel centre). Boxes are XYXY.
+  Points and boxes outside the image are clipped into it (x to [0, W-1], y to [0, H-1]).
+- Masks come back at the original size; low-resolution logits are 4Gx4G for a GxG token grid and
+  cover the whole padded frame (feed them back as ``mask_input``).
+- ``bf16=True`` runs the networks under bfloat16 autocast; outputs are float32.
+
+Works on a merged :class:`~samclip.models.SamClip` (all tasks) or a plain :class:`~samclip.models.Sam`
+(SAM tasks: ``predict``, ``predict_torch``, ``generate`` without vocabulary); CLIP tasks on a plain SAM
+raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.captions import class_prompt_templates, fix_articles
+from .inference.everything import box_nms, box_xyxy_to_xywh, build_point_grid, mask_iou, stability_score
+from .inference.image_input import (
+    clip_points,
+    frame_to_original,
+    mask_to_grid_weights,
+    original_to_frame,
+    preprocess_shape,
+    resize_uint8,
+    to_rgb_uint8,
+    valid_grid,
+)
+from .inference.regions import connected_components, peak_points
+from .models.sam import Sam
+from .models.samclip import Features, SamClip
+from .prompts import masks_to_boxes
+
+#: prompts of the explicit background class of :meth:`Predictor.semantic_segment` (used verbatim, averaged)
+BACKGROUND_PROMPTS: tuple[str, ...] = (
+    "background", "a plain background", "an empty background", "a textured background",
+)
+NEG = -1.0e4  # logit of a class that cannot win (finite, so softmax stays defined)
+_LOW_RES_OUTSIDE = -20.0  # mask-input logit for the padding outside the image
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass(eq=False)
+class ImageState:
+    """Everything cached from one backbone pass over one image.
+
+    ``sam_embeddings`` 1xCxGxG (SAM head input); ``tokens`` 1xGxGxD backbone tokens (None for a plain
+    SAM); CLIP-head outputs are filled in lazily on first use and reused afterwards. ``image`` is the
+    validated HxWx3 uint8 input, kept for passes at another size (``classify(size=...)``).
+    """
+
+    image: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    frame: int
+    sam_embeddings: torch.Tensor
+    tokens: torch.Tensor | None
+    head_tokens: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    patch_embeddings: torch.Tensor | None = None
+    other_sizes: dict[int, ImageState] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> int:
+        return self.sam_embeddings.shape[-1]
+
+
+@dataclass(eq=False)
+class SemanticResult:
+    """Semantic segmentation at the original size.
+
+    ``label_map`` HxW int64: 0 = background, ``i + 1`` = ``labels[i]``.
+    ``logits`` (K+1)xHxW float32, the per-class scores whose argmax is ``label_map`` (row 0 =
+    background): without refinement, CLIP logits ``exp(logit_scale) * cos(patch, text)`` (softmax over
+    axis 0 gives class probabilities, :attr:`probs`); with refinement, the SAM head's refined mask logits
+    of each present class, row 0 = ``mask_threshold`` (a pixel is background where no class is
+    positive) and ``NEG`` for classes that were not refined. Row 0 is ``NEG`` when ``background=False``.
+    ``names``: ``["background", *labels]``.
+    """
+
+    label_map: np.ndarray
+    logits: np.ndarray
+    names: list[str]
+    refined: bool = False
+
+    @property
+    def probs(self) -> np.ndarray:
+        """Softmax of :attr:`logits` over the class axis (meaningful for the coarse, CLIP logits)."""
+        z = self.logits - self.logits.max(axis=0, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=0, keepdims=True)
+
+
+@dataclass(eq=False)
+class Instance:
+    """One text-prompted instance: ``mask`` HxW bool, ``score`` (SAM predicted IoU x phrase probability
+    at the prompt point), ``box`` XYXY inclusive pixel indices, ``point`` (x, y) prompt, original pixels."""
+
+    mask: np.ndarray
+    score: float
+    box: tuple[float, float, float, float]
+    point: tuple[float, float]
+    predicted_iou: float
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _check_labels(labels: Any, what: str = "labels") -> list[str]:
+    if isinstance(labels, str):
+        raise ValueError(f"{what} must be a list of strings, not a single string; pass [{labels!r}]")
+    try:
+        out = list(labels)
+    except TypeError as err:
+        raise ValueError(f"{what} must be a list of strings, got {type(labels).__name__}") from err
+    if not out:
+        raise ValueError(f"{what} is empty; pass at least one class name")
+    seen: set[str] = set()
+    for label in out:
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"every entry of {what} must be a non-empty string, got {label!r}")
+        if label in seen:
+            raise ValueError(f"duplicate label {label!r} in {what}")
+        seen.add(label)
+    return out
+
+
+def _check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
+    if templates is None:
+        return tuple(class_prompt_templates())
+    if isinstance(templates, str):
+        templates = [templates]
+    out = tuple(templates)
+    if not out:
+        raise ValueError("templates is empty; pass None for the default templates")
+    for t in out:
+        if not isinstance(t, str) or "{}" not in t:
+            raise ValueError(f"every template must be a string containing '{{}}', got {t!r}")
+        try:
+            t.format("x")
+        except (IndexError, KeyError, ValueError) as err:
+            raise ValueError(f"template {t!r} must contain exactly one '{{}}' placeholder") from err
+    return out
+
+
+def _content_key(name: str, prompts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps([name, list(prompts)]).encode("utf-8")).hexdigest()
+
+
+def _float_tensor(x: Any, name: str) -> torch.Tensor:
+    """Array-like -> float64 CPU tensor; ValueError for non-numeric or non-finite input."""
+    try:
+        t = x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.from_numpy(
+            np.asarray(x, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be numeric, got {type(x).__name__}") from err
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+# -------------------------------------------------------------------------------------- predictor
+class Predictor:
+    """SAM's ``SamPredictor`` API plus CLIP tasks, all from one cached backbone pass per image.
+
+    Args:
+        model: a merged :class:`SamClip` (every task) or a plain :class:`Sam` (SAM tasks only); it is
+            put in eval mode. Inputs go to the device of its parameters.
+        bf16: run the networks under bfloat16 autocast (outputs are float32).
+    """
+
+    def __init__(self, model: SamClip | Sam, *, bf16: bool = True) -> None:
+        if not isinstance(model, SamClip | Sam):
+            raise TypeError(f"Predictor needs a SamClip or Sam model, got {type(model).__name__}")
+        self.model = model.eval()
+        self.bf16 = bf16
+        self.has_clip = isinstance(model, SamClip)
+        sam_cfg = model.sam.config if isinstance(model, SamClip) else model.config
+        self.patch_size = sam_cfg.image_encoder.patch_size
+        self.device = next(model.parameters()).device
+        self._states: list[ImageState] = []
+        self._state: ImageState | None = None
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_hits = 0
+        self._text_misses = 0
+
+    # ---------------------------------------------------------------------------------- image
+    def set_image(self, image: Any, *, size: int | None = None) -> ImageState:
+        """Run the backbone once on ``image`` and cache the result as the current image.
+
+        ``image``: HxWx3 uint8 RGB (see :func:`samclip.inference.to_rgb_uint8` for the accepted
+        variants: grayscale, RGBA, uint16, PIL). ``size``: frame size (a multiple of the patch size;
+        default the model's native ``img_size``). Returns the cached :class:`ImageState`.
+        """
+        state = self._encode([image], size, batch_size=1)[0]
+        self._states = [state]
+        self._state = state
+        return state
+
+    def set_images(self, images: Sequence[Any], *, size: int | None = None, batch_size: int = 4) -> list[ImageState]:
+        """Batched :meth:`set_image`: encode several images (``batch_size`` per backbone call) and
+        return their states in order. The first becomes current; switch with :meth:`select`."""
+        if isinstance(images, np.ndarray | torch.Tensor) and np.ndim(images) == 4:
+            images = list(images)
+        if not isinstance(images, Sequence) or isinstance(images, str) or not images:
+            raise ValueError("set_images needs a non-empty list of images")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._states = self._encode(list(images), size, batch_size)
+        self._state = self._states[0]
+        return list(self._states)
+
+    def select(self, which: int | ImageState) -> ImageState:
+        """Make an image current: an index into the last :meth:`set_images` call, or a returned state."""
+        if isinstance(which, ImageState):
+            self._state = which
+        else:
+            if not self._states:
+                raise RuntimeError("no images set: call set_images(images) first")
+            if not -len(self._states) <= int(which) < len(self._states):
+                raise IndexError(f"image index {which} out of range for {len(self._states)} images")
+            self._state = self._states[int(which)]
+        return self._state
+
+    def reset_image(self) -> None:
+        """Drop every cached image."""
+        self._states, self._state = [], None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._state is not None
+
+    @property
+    def state(self) -> ImageState:
+        """The current image's cached state; RuntimeError before :meth:`set_image`."""
+        if self._state is None:
+            raise RuntimeError("no image set: call predictor.set_image(image) before predicting")
+        return self._state
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self.state.original_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.state.input_size
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _frame_size(self, size: int | None) -> int:
+        if size is None:
+            return self.model.img_size
+        if int(size) != size or size < self.patch_size or size % self.patch_size:
+            raise ValueError(f"size must be a positive multiple of the patch size {self.patch_size}, got {size}")
+        return int(size)
+
+    def _encode(self, images: list[Any], size: int | None, batch_size: int) -> list[ImageState]:
+        frame = self._frame_size(size)
+        arrays = [to_rgb_uint8(im) for im in images]
+        states = []
+        for start in range(0, len(arrays), batch_size):
+            chunk = arrays[start : start + batch_size]
+            sizes = [preprocess_shape(a.shape[0], a.shape[1], frame) for a in chunk]
+            pixels = torch.cat([
+                self.model.preprocess(
+                    torch.tensor(resize_uint8(a, hw), device=self.device).permute(2, 0, 1)[None].float(), frame)
+                for a, hw in zip(chunk, sizes)
+            ])
+            with torch.no_grad(), self._autocast():
+                if self.has_clip:
+                    feats = self.model.features(pixels)
+                    emb, tokens = self.model.sam_embeddings(feats), feats.tokens
+                else:
+                    emb, tokens = self.model.image_embeddings(pixels), None
+            for i, (a, hw) in enumerate(zip(chunk, sizes)):
+                states.append(ImageState(
+                    image=a, original_size=(a.shape[0], a.shape[1]), input_size=hw, frame=frame,
+                    sam_embeddings=emb[i : i + 1], tokens=None if tokens is None else tokens[i : i + 1],
+                ))
+        return states
+
+    # ----------------------------------------------------------------------------- SAM prompts
+    def predict(
+        self,
+        point_coords: Any = None,
+        point_labels: Any = None,
+        box: Any = None,
+        mask_input: Any = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Segment the current image from one set of prompts (segment-anything's ``SamPredictor.predict``).
+
+        Args:
+            point_coords: Nx2 (x, y) original-image pixels (a single (x, y) is accepted too).
+            point_labels: N; 1 foreground, 0 background (-1 padding is ignored by the model).
+            box: length-4 XYXY in original-image pixels (or 1x4).
+            mask_input: 1x4Gx4G low-resolution logits, e.g. ``low_res_logits[i:i+1]`` of a previous call.
+            multimask_output: three masks (ambiguous prompts) instead of one.
+            return_logits: return mask logits instead of thresholded masks.
+        Returns:
+            masks CxHxW (bool, or float32 logits), scores C (predicted IoU), low_res_logits Cx4Gx4G;
+            C = 3 with ``multimask_output`` else 1.
+        """
+        pc = pl = None
+        if point_coords is not None or point_labels is not None:
+            if point_coords is None or point_labels is None:
+                raise ValueError("point_coords and point_labels must be given together")
+            pc = _float_tensor(point_coords, "point_coords")
+            pl = _float_tensor(point_labels, "point_labels")
+            if pc.shape == (2,):
+                pc = pc[None]
+            pl = pl.reshape(1) if pl.ndim == 0 else pl
+            if pc.ndim != 2 or pc.shape[-1] != 2:
+                raise ValueError(f"point_coords must be Nx2 (x, y), got shape {tuple(pc.shape)}")
+            if pl.ndim != 1 or pl.shape[0] != pc.shape[0]:
+                raise ValueError(
+                    f"point_labels must have one label per point ({pc.shape[0]}), got shape {tuple(pl.shape)}")
+            pc, pl = pc[None], pl[None]
+        bx = None
+        if box is not None:
+            bx = _float_tensor(box, "box")
+            if bx.numel() != 4:
+                raise ValueError(f"box must be length-4 XYXY, got shape {tuple(bx.shape)}")
+            bx = bx.reshape(1, 4)
+        mi = None
+        if mask_input is not None:
+            mi = _float_tensor(mask_input, "mask_input")
+            if mi.ndim not in (2, 3, 4) or (mi.ndim > 2 and math.prod(mi.shape[:-2]) != 1):
+                raise ValueError(f"mask_input must be 1x4Gx4G low-res logits, got shape {tuple(mi.shape)}")
+            mi = mi.reshape(1, 1, *mi.shape[-2:])
+        masks, scores, low = self.predict_torch(pc, pl, bx, mi, multimask_output, return_logits)
+        return masks[0].cpu().numpy(), scores[0].cpu().numpy(), low[0].cpu().numpy()
+
+    def predict_torch(
+        self,
+        point_coords: Any = None,
+        point_labels: Any = None,
+        boxes: Any = None,
+        mask_input: Any = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prompts on the current image; coordinates in ORIGINAL-image pixels (converted here).
+
+        Args:
+            point_coords: BxNx2 (x, y), with point_labels BxN (1 fg, 0 bg, -1 padding).
+            boxes: Bx4 XYXY.
+            mask_input: Bx1x4Gx4G low-resolution logits.
+        Returns:
+            masks BxCxHxW (bool, or float32 logits with ``return_logits``), iou predictions BxC,
+            low-resolution logits BxCx4Gx4G.
+        """
+        state = self.state
+        coords, labels, boxes_t, masks_t = self._prompt_tensors(state, point_coords, point_labels, boxes, mask_input)
+        low, iou = self._decode(state, coords, labels, boxes_t, masks_t, multimask_output)
+        masks = self.model.postprocess_masks(low, state.input_size, state.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low
+
+    def _prompt_tensors(self, state: ImageState, point_coords: Any, point_labels: Any, boxes: Any,
+                        mask_input: Any) -> tuple[torch.Tensor | None, ...]:
+        """Validate batched prompts and map them from original pixels into the input frame."""
+        batch: dict[str, int] = {}
+        coords = labels = None
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if point_coords is not None:
+            coords = _float_tensor(point_coords, "point_coords")
+            labels = _float_tensor(point_labels, "point_labels")
+            if coords.ndim != 3 or coords.shape[-1] != 2 or coords.shape[1] == 0:
+                raise ValueError(f"point_coords must be BxNx2 (x, y) with N >= 1, got shape {tuple(coords.shape)}")
+            if labels.shape != coords.shape[:2]:
+                raise ValueError(
+                    f"point_labels must be BxN = {tuple(coords.shape[:2])} (one per point), got {tuple(labels.shape)}")
+            if not ((labels == 0) | (labels == 1) | (labels == -1)).all():
+                bad = sorted({float(v) for v in labels.unique()} - {0.0, 1.0, -1.0})
+                raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 (padding), got {bad}")
+            batch["point_coords"] = coords.shape[0]
+            coords = original_to_frame(clip_points(coords, state.original_size), state.original_size,
+                                       state.input_size).float().to(self.device)
+            labels = labels.long().to(self.device)
+        boxes_t = None
+        if boxes is not None:
+            boxes_t = _float_tensor(boxes, "boxes")
+            if boxes_t.ndim != 2 or boxes_t.shape[-1] != 4:
+                raise ValueError(f"boxes must be Bx4 XYXY, got shape {tuple(boxes_t.shape)}")
+            if (boxes_t[:, 2] < boxes_t[:, 0]).any() or (boxes_t[:, 3] < boxes_t[:, 1]).any():
+                raise ValueError("boxes must be XYXY with x0 <= x1 and y0 <= y1")
+            batch["boxes"] = boxes_t.shape[0]
+            corners = clip_points(boxes_t.reshape(-1, 2, 2), state.original_size)
+            boxes_t = original_to_frame(corners, state.original_size, state.input_size).reshape(-1, 4)
+            boxes_t = boxes_t.float().to(self.device)
+        masks_t = None
+        if mask_input is not None:
+            masks_t = _float_tensor(mask_input, "mask_input")
+            low = 4 * state.grid
+            if masks_t.ndim != 4 or masks_t.shape[1] != 1 or tuple(masks_t.shape[-2:]) != (low, low):
+                raise ValueError(f"mask_input must be Bx1x{low}x{low} low-res logits, got shape {tuple(masks_t.shape)}")
+            batch["mask_input"] = masks_t.shape[0]
+            masks_t = masks_t.float().to(self.device)
+        if len(set(batch.values())) > 1:
+            raise ValueError(f"prompt batch sizes differ: {batch}")
+        return coords, labels, boxes_t, masks_t
+
+    def _decode(self, state: ImageState, coords: torch.Tensor | None, labels: torch.Tensor | None,
+                boxes: torch.Tensor | None, mask_input: torch.Tensor | None,
+                multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM head on cached embeddings; prompts already in input-frame pixels. Returns float32."""
+        with torch.no_grad(), self._autocast():
+            low, iou = self.model.decode(state.sam_embeddings, coords, labels, boxes, mask_input, multimask_output)
+        return low.float(), iou.float()
+
+    # ------------------------------------------------------------------------------------ text
+    def _require_clip(self, task: str) -> SamClip:
+        if not self.has_clip:
+            raise ValueError(
+                f"{task} needs a CLIP head, but this model ({type(self.model).__name__}) has no CLIP head; "
+                "use a merged SamClip model (samclip.load_model)")
+        return self.model  # type: ignore[return-value]
+
+    @property
+    def text_cache_info(self) -> dict[str, int]:
+        """Text-embedding cache statistics: ``hits`` / ``misses`` (per class) and ``size`` (entries)."""
+        return {"hits": self._text_hits, "misses": self._text_misses, "size": len(self._text_cache)}
+
+    def text_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+        """KxE L2-normalised class embeddings: the mean of the normalised embeddings of every template
+        filled with the label (articles fixed, "a apple" -> "an apple"), renormalised. Default templates:
+        :func:`samclip.data.class_prompt_templates`. Cached by a content hash of (label, templates)."""
+        self._require_clip("text_embeddings")
+        labels = _check_labels(labels)
+        templates = _check_templates(templates)
+        sets = [(_content_key(label, templates), [fix_articles(t.format(label)) for t in templates])
+                for label in labels]
+        return self._embed_prompt_sets(sets)
+
+    def _background_embedding(self) -> torch.Tensor:
+        return self._embed_prompt_sets([(_content_key("<background>", BACKGROUND_PROMPTS), list(BACKGROUND_PROMPTS))])
+
+    def _embed_prompt_sets(self, sets: list[tuple[str, list[str]]], chunk: int = 256) -> torch.Tensor:
+        model = self._require_clip("text embeddings")
+        missing = {key: prompts for key, prompts in sets if key not in self._text_cache}
+        self._text_hits += len(sets) - len(missing)
+        self._text_misses += len(missing)
+        if missing:
+            tokenizer = model.tokenizer
+            if tokenizer is None:
+                raise ValueError("the model has no tokenizer; attach one (model.tokenizer = ClipTokenizer...)")
+            prompts = [p for ps in missing.values() for p in ps]
+            parts = []
+            with torch.no_grad(), self._autocast():
+                for i in range(0, len(prompts), chunk):
+                    tokens = tokenizer(prompts[i : i + chunk]).to(self.device)
+                    parts.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+            emb = torch.cat(parts)
+            start = 0
+            for key, ps in missing.items():
+                self._text_cache[key] = F.normalize(emb[start : start + len(ps)].mean(0), dim=-1)
+                start += len(ps)
+        return torch.stack([self._text_cache[key] for key, _ in sets])
+
+    # ------------------------------------------------------------------------- CLIP head (image)
+    def _logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.detach().float().exp().clamp(max=100.0)
+
+    def _head_tokens(self, state: ImageState) -> torch.Tensor:
+        if state.head_tokens is None:
+            with torch.no_grad(), self._autocast():
+                state.head_tokens = self.model.clip_tokens(Features(state.tokens, state.frame))
+        return state.head_tokens
+
+    def _pooled(self, state: ImageState) -> torch.Tensor:
+        """1xE normalised pooled CLIP-head embedding; the max-pool covers only tokens over the image."""
+        if state.pooled is None:
+            gh, gw = valid_grid(state.input_size, self.patch_size)
+            tokens = self._head_tokens(state)[:, :gh, :gw]
+            with torch.no_grad(), self._autocast():
+                state.pooled = F.normalize(self.model.clip_head.pooled(tokens).float(), dim=-1)
+        return state.pooled
+
+    def _patch_embeddings(self, state: ImageState) -> torch.Tensor:
+        """GxGxE normalised per-patch CLIP-space embeddings."""
+        if state.patch_embeddings is None:
+            tokens = self._head_tokens(state)
+            with torch.no_grad(), self._autocast():
+                state.patch_embeddings = F.normalize(self.model.clip_head.per_patch(tokens).float(), dim=-1)[0]
+        return state.patch_embeddings
+
+    def _state_for_size(self, state: ImageState, size: int | None) -> ImageState:
+        if size is None or size == state.frame:
+            return state
+        frame = self._frame_size(size)
+        if frame not in state.other_sizes:
+            state.other_sizes[frame] = self._encode([state.image], frame, batch_size=1)[0]
+        return state.other_sizes[frame]
+
+    def classify(self, labels: Sequence[str], templates: Sequence[str] | None = None, *,
+                 size: int | None = None) -> np.ndarray:
+        """Zero-shot classification of the current image -> K probabilities (float32, sum 1).
+
+        ``softmax(exp(logit_scale) * cos(pooled image embedding, class embedding))``. The pooled CLIP-head
+        embedding comes from the cached pass (the model's native frame, where the merge's resolution
+        adaptation trains the CLIP head). ``size`` forces one extra backbone pass at that frame size
+        (e.g. ``model.config.clip_size``), cached per image.
+        """
+        self._require_clip("classify")
+        txt = self.text_embeddings(labels, templates)
+        state = self._state_for_size(self.state, size)
+        logits = self._logit_scale() * self._pooled(state) @ txt.T
+        return logits.softmax(-1)[0].cpu().numpy()
+
+    def _class_logits(self, state: ImageState, labels: list[str], templates: Sequence[str] | None,
+                      background: bool) -> torch.Tensor:
+        """(K+1)xGxG per-patch logits ``exp(logit_scale) * cos``; row 0 is the background class."""
+        txt = torch.cat([self._background_embedding(), self.text_embeddings(labels, templates)])
+        logits = self._logit_scale() * torch.einsum("ghe,ke->kgh", self._patch_embeddings(state), txt)
+        if not background:
+            logits[0] = NEG
+        return logits
+
+    def _grid_to_original(self, maps: torch.Tensor, state: ImageState) -> torch.Tensor:
+        """CxGxG maps over the padded frame -> CxHxW: upsample to the frame, crop the image, resize."""
+        h, w = state.input_size
+        up = F.interpolate(maps[None].float(), (state.frame, state.frame), mode="bilinear", align_corners=False)
+        return F.interpolate(up[..., :h, :w], state.original_size, mode="bilinear", align_corners=False)[0]
+
+    def _low_res_valid(self, state: ImageState, low: int) -> tuple[int, int]:
+        h, w = state.input_size
+        return math.ceil(h * low / state.frame), math.ceil(w * low / state.frame)
+
+    def semantic_segment(self, labels: Sequence[str], refine: bool = False, *, background: bool = True,
+                         threshold: float = 0.5, max_points: int = 3,
+                         templates: Sequence[str] | None = None) -> SemanticResult:
+        """Semantic segmentation of the current image into ``labels`` (+ background) at the original size.
+
+        Coarse (CLIP head): per-patch embeddings of the cached pass against the class embeddings and
+        a background class (:data:`BACKGROUND_PROMPTS`, averaged) that competes in the softmax; logits
+        are upsampled to the frame, cropped to the image and resized to (H, W); argmax.
+
+        ``refine=True`` (SAM-CLIP's composition): for every non-background class present in the coarse
+        map, up to ``max_points`` separated patch-centre points of highest class probability (the first
+        one always; further ones only where the probability exceeds ``threshold``) plus the coarse class
+        map as mask logits (log-odds of its probability, resized to the 4Gx4G mask-input size) go to
+        the SAM head (single-mask output); each pixel takes the class with the highest refined mask
+        logit, background where none is above ``mask_threshold`` (with ``background=False`` such pixels
+        keep their coarse class). ``background=False`` drops the background class from the competition.
+        """
+        self._require_clip("semantic_segment")
+        labels = _check_labels(labels)
+        if max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {max_points}")
+        state = self.state
+        names = ["background", *labels]
+        grid_logits = self._class_logits(state, labels, templates, background)
+        logits = self._grid_to_original(grid_logits, state)
+        label_map = logits.argmax(0)
+        present = [c for c in torch.unique(label_map).tolist() if c > 0]
+        if not refine or not present:
+            return SemanticResult(label_map.cpu().numpy(), logits.cpu().numpy(), names, refined=refine)
+
+        probs = grid_logits.softmax(0)
+        gh, gw = valid_grid(state.input_size, self.patch_size)
+        h, w = state.input_size
+        p = self.patch_size
+        radius = max(1, round(max(gh, gw) / 8))
+        coords = torch.zeros(len(present), max_points, 2)
+        point_labels = -torch.ones(len(present), max_points, dtype=torch.long)
+        for n, c in enumerate(present):
+            for m, (i, j) in enumerate(peak_points(probs[c, :gh, :gw], threshold, max_points, radius)):
+                coords[n, m] = torch.tensor([min((j + 0.5) * p, w - 1), min((i + 0.5) * p, h - 1)])
+                point_labels[n, m] = 1
+        low = 4 * state.grid
+        mask_in = torch.logit(probs[present].clamp(1e-4, 1 - 1e-4))[:, None]
+        mask_in = F.interpolate(mask_in, (low, low), mode="bilinear", align_corners=False)
+        lh, lw = self._low_res_valid(state, low)
+        mask_in[..., lh:, :] = _LOW_RES_OUTSIDE
+        mask_in[..., :, lw:] = _LOW_RES_OUTSIDE
+        low_logits, _ = self._decode(state, coords.to(self.device), point_labels.to(self.device), None,
+                                     mask_in.to(self.device), False)
+        refined = self.model.postprocess_masks(low_logits, state.input_size, state.original_size)[:, 0]
+        thr = self.model.mask_threshold
+        out = torch.full_like(logits, NEG)
+        out[0] = thr if background else NEG
+        out[present] = refined
+        new_map = out.argmax(0)
+        if not background:
+            new_map = torch.where(refined.max(0).values > thr, new_map, label_map)
+        return SemanticResult(new_map.cpu().numpy(), out.cpu().numpy(), names, refined=True)
+
+    def _check_masks(self, masks: Any, original_size: tuple[int, int]) -> torch.Tensor:
+        try:
+            m = masks.detach().cpu() if isinstance(masks, torch.Tensor) else torch.from_numpy(np.asarray(masks))
+        except TypeError as err:
+            raise ValueError(f"masks must be an NxHxW boolean array, got {type(masks).__name__}") from err
+        if m.ndim == 2:
+            m = m[None]
+        if m.ndim != 3 or tuple(m.shape[1:]) != tuple(original_size):
+            raise ValueError(f"masks must be NxHxW with (H, W) = {tuple(original_size)} (the original image), "
+                             f"got shape {tuple(m.shape)}")
+        if m.dtype != torch.bool:
+            if m.is_floating_point() or m.is_complex() or not ((m == 0) | (m == 1)).all():
+                raise ValueError(f"masks must be boolean (or 0/1 integers), got {m.dtype}; threshold logits first")
+            m = m.bool()
+        return m.to(self.device)
+
+    def label_masks(self, masks: Any, labels: Sequence[str],
+                    templates: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Classify masks of the current image by mask-pooling the per-patch CLIP embeddings.
+
+        ``masks``: NxHxW bool in original-image pixels (an HxW mask counts as N=1). Each mask becomes
+        per-patch area weights (pixel counts per token, see
+        :func:`samclip.inference.mask_to_grid_weights`); the area-weighted mean of the normalised patch
+        embeddings is normalised and matched to the class embeddings.
+        Returns ``(label_indices N int64, probs NxK float32)``. An EMPTY mask is flagged with label
+        index ``-1`` and an all-zero probability row.
+        """
+        self._require_clip("label_masks")
+        labels = _check_labels(labels)
+        state = self.state
+        m = self._check_masks(masks, state.original_size)
+        txt = self.text_embeddings(labels, templates)
+        if m.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, len(labels)), dtype=np.float32)
+        weights = mask_to_grid_weights(m, state.input_size, self.patch_size, state.grid)
+        area = weights.flatten(1).sum(1)
+        emb = torch.einsum("ngh,ghe->ne", weights, self._patch_embeddings(state))
+        emb = F.normalize(emb, dim=-1)
+        probs = (self._logit_scale() * emb @ txt.T).softmax(-1)
+        empty = area == 0
+        probs[empty] = 0.0
+        idx = probs.argmax(-1)
+        idx[empty] = -1
+        return idx.cpu().numpy().astype(np.int64), probs.cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------------- composed tasks
+    def segment_text(self, phrase: str, *, vocabulary: Sequence[str] | None = None, threshold: float = 0.5,
+                     templates: Sequence[str] | None = None, dedupe_iou: float = 0.7) -> list[Instance]:
+        """Instances of ``phrase`` in the current image.
+
+        Semantic map over ``[phrase, *vocabulary]`` + background (the vocabulary acts as distractors) at
+        the low-res mask resolution 4Gx4G; connected regions (8-connectivity) where the phrase wins and
+        its probability exceeds ``threshold`` (regions smaller than a quarter patch are dropped); one
+        foreground point per region at its probability peak; SAM head (multimask, best by predicted IoU).
+        Instances are sorted by score; duplicates with mask IoU > ``dedupe_iou`` and empty masks are dropped.
+        """
+        self._require_clip("segment_text")
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise ValueError(f"phrase must be a non-empty string, got {phrase!r}")
+        vocab = [] if vocabulary is None else _check_labels(vocabulary, "vocabulary")
+        labels = [phrase, *[v for v in vocab if v != phrase]]
+        state = self.state
+        probs = self._class_logits(state, labels, templates, True).softmax(0)
+        low = 4 * state.grid
+        lh, lw = self._low_res_valid(state, low)
+        probs = F.interpolate(probs[None], (low, low), mode="bilinear", align_corners=False)[0, :, :lh, :lw]
+        region = (probs.argmax(0) == 1) & (probs[1] > threshold)
+        comp, n = connected_components(region.cpu().numpy())
+        comp_t = torch.from_numpy(comp).to(probs.device)
+        cell = state.frame / low
+        min_cells = max(1, int((self.patch_size / cell) ** 2 / 4))
+        h, w = state.input_size
+        points, peaks = [], []
+        for r in range(1, n + 1):
+            inside = comp_t == r
+            if int(inside.sum()) < min_cells:
+                continue
+            idx = int(torch.where(inside, probs[1], -1.0).flatten().argmax())
+            i, j = divmod(idx, lw)
+            points.append([min((j + 0.5) * cell, w - 1), min((i + 0.5) * cell, h - 1)])
+            peaks.append(float(probs[1, i, j]))
+        if not points:
+            return []
+        coords = torch.tensor(points, dtype=torch.float32, device=self.device)
+        ones = torch.ones(len(points), 1, dtype=torch.long, device=self.device)
+        low_logits, iou = self._decode(state, coords[:, None], ones, None, None, True)
+        best = iou.argmax(1)
+        rows = torch.arange(len(points), device=self.device)
+        masks = self.model.postprocess_masks(low_logits[rows, best][:, None], state.input_size,
+                                             state.original_size)[:, 0] > self.model.mask_threshold
+        pred_iou = iou[rows, best]
+        scores = pred_iou * torch.tensor(peaks, device=self.device)
+        boxes = masks_to_boxes(masks)
+        orig_points = frame_to_original(coords, state.original_size, state.input_size)
+        kept: list[int] = []
+        for k in torch.argsort(scores, descending=True, stable=True).tolist():
+            if not masks[k].any():
+                continue
+            if kept and mask_iou(masks[k][None], masks[kept]).max() > dedupe_iou:
+                continue
+            kept.append(k)
+        return [Instance(mask=masks[k].cpu().numpy(), score=float(scores[k]),
+                         box=tuple(float(v) for v in boxes[k]), point=tuple(float(v) for v in orig_points[k]),
+                         predicted_iou=float(pred_iou[k])) for k in kept]
+
+    def generate(
+        self,
+        vocabulary: Sequence[str] | None = None,
+        *,
+        points_per_side: int = 16,
+        pred_iou_thresh: float = 0.7,
+        stability_score_thresh: float = 0.8,
+        stability_score_offset: float = 1.0,
+        nms_thresh: float = 0.7,
+        points_per_batch: int = 64,
+        min_area: int = 0,
+        templates: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Everything mode (segment-anything's ``SamAutomaticMaskGenerator`` without crops).
+
+        A ``points_per_side`` x ``points_per_side`` grid of foreground points over the image, decoded in
+        batches of ``points_per_batch`` with the three multimask outputs; masks are kept when predicted
+        IoU > ``pred_iou_thresh`` and stability score (IoU of the masks thresholded at
+        ``mask_threshold +/- stability_score_offset``, on logits upsampled to the input frame) >=
+        ``stability_score_thresh``; greedy box NMS at ``nms_thresh`` (scores: predicted IoU); masks with
+        fewer than ``min_area`` pixels (and empty ones) are dropped (no hole filling).
+
+        Returns dicts sorted by predicted IoU: ``segmentation`` HxW bool, ``area`` (pixels), ``bbox``
+        [x, y, w, h] (SAM's XYWH of the inclusive XYXY box), ``predicted_iou``, ``stability_score``,
+        ``point_coords`` [[x, y]] (original pixels) and, with ``vocabulary``, ``label`` and
+        ``label_score`` from :meth:`label_masks`.
+        """
+        vocab = None
+        if vocabulary is not None:
+            self._require_clip("generate(vocabulary=...)")
+            vocab = _check_labels(vocabulary, "vocabulary")
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        state = self.state
+        big_h, big_w = state.original_size
+        h, w = state.input_size
+        thr = self.model.mask_threshold
+        grid = torch.from_numpy(build_point_grid(points_per_side)).float() * torch.tensor([big_w, big_h])
+        frame_pts = original_to_frame(grid, state.original_size, state.input_size).to(self.device)
+        keep_low, keep_iou, keep_stab, keep_box, keep_pts = [], [], [], [], []
+        for start in range(0, len(grid), points_per_batch):
+            pts = frame_pts[start : start + points_per_batch]
+            ones = torch.ones(len(pts), 1, dtype=torch.long, device=self.device)
+            low, iou = self._decode(state, pts[:, None], ones, None, None, True)
+            c = low.shape[1]
+            low, iou = low.flatten(0, 1), iou.flatten()
+            src = grid[start : start + points_per_batch].repeat_interleave(c, 0)
+            sel = (iou > pred_iou_thresh).nonzero()[:, 0]
+            for i in range(0, len(sel), 16):
+                part = sel[i : i + 16]
+                up = F.interpolate(low[part][:, None], (state.frame, state.frame), mode="bilinear",
+                                   align_corners=False)[:, 0, :h, :w]
+                stab = stability_score(up, thr, stability_score_offset)
+                ok = (stab >= stability_score_thresh) & (up > thr).flatten(1).any(1)
+                if ok.any():
+                    keep_low.append(low[part][ok])
+                    keep_iou.append(iou[part][ok])
+                    keep_stab.append(stab[ok])
+                    keep_box.append(masks_to_boxes(up[ok] > thr))
+                    keep_pts.append(src[part.cpu()][ok.cpu()])
+        if not keep_low:
+            return []
+        lows, ious, stabs = torch.cat(keep_low), torch.cat(keep_iou), torch.cat(keep_stab)
+        pts_all = torch.cat(keep_pts)
+        order = box_nms(torch.cat(keep_box), ious, nms_thresh)
+        records: list[dict[str, Any]] = []
+        for i in range(0, len(order), 16):
+            part = order[i : i + 16]
+            masks = self.model.postprocess_masks(lows[part][:, None], state.input_size, state.original_size)[:, 0] > thr
+            boxes = box_xyxy_to_xywh(masks_to_boxes(masks))
+            areas = masks.flatten(1).sum(1)
+            for j, k in enumerate(part.tolist()):
+                area = int(areas[j])
+                if area == 0 or area < min_area:
+                    continue
+                records.append({
+                    "segmentation": masks[j].cpu().numpy(), "area": area,
+                    "bbox": [int(v) for v in boxes[j].tolist()], "predicted_iou": float(ious[k]),
+                    "stability_score": float(stabs[k]), "point_coords": [[float(v) for v in pts_all[k].tolist()]],
+                })
+        if vocab is not None and records:
+            idx, probs = self.label_masks(np.stack([r["segmentation"] for r in records]), vocab, templates)
+            for r, i, p in zip(records, idx, probs):
+                r["label"] = vocab[int(i)]
+                r["label_score"] = float(p[i])
+        return records
+
+
+__all__ = ["BACKGROUND_PROMPTS", "ImageState", "Instance", "Predictor", "SemanticResult"]

@@ -1,0 +1,474 @@
+"""The Predictor on a tiny random merged model: shapes, coordinate conventions, one backbone pass, caches,
+bad inputs; and its helpers (connected components, NMS, stability score, mask pooling weights)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import samclip
+from samclip.inference import (
+    box_nms,
+    build_point_grid,
+    connected_components,
+    mask_to_grid_weights,
+    preprocess_shape,
+    stability_score,
+    to_rgb_uint8,
+)
+from samclip.models import CLIP, ClipHeadConfig, SamClip, clip_preset
+from samclip.predictor import Instance, Predictor, SemanticResult
+from samclip.tokenizer import ClipTokenizer
+
+LABELS = ["star", "ring", "heart"]
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[SamClip, samclip.Sam]:
+    torch.manual_seed(0)
+    sam = samclip.create_sam("sam-tiny")
+    tok = ClipTokenizer.train(["a red star", "a blue ring next to a green square", "a photo of a heart",
+                               "a plain background"] * 5, vocab_size=100, context_length=16)
+    base = clip_preset("clip-tiny")
+    cfg = base.replace(text=base.text.replace(vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id,
+                                              eot_token_id=tok.eot_token_id))
+    clip = CLIP.from_config(cfg)
+    clip.tokenizer = tok
+    merged = SamClip.from_teachers(sam, clip, ClipHeadConfig(mlp_hidden=16, out_dim=clip.config.embed_dim))
+    return merged.eval(), sam.eval()
+
+
+@pytest.fixture(scope="module")
+def merged(models) -> SamClip:  # noqa: ANN001
+    return models[0]
+
+
+@pytest.fixture(scope="module")
+def plain_sam(models) -> samclip.Sam:  # noqa: ANN001
+    return models[1]
+
+
+def image(h: int = 90, w: int = 200, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def count_backbone(model: SamClip | samclip.Sam) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    encoder = model.backbone if isinstance(model, SamClip) else model.image_encoder
+    calls = [0]
+    handle = encoder.patch_embed.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls, handle
+
+
+# ----------------------------------------------------------------------------------- one pass
+def test_every_task_after_set_image_reuses_the_one_backbone_pass(merged: SamClip) -> None:
+    pred = Predictor(merged)
+    calls, handle = count_backbone(merged)
+    try:
+        state = pred.set_image(image())
+        assert calls[0] == 1
+        assert state.original_size == (90, 200) and state.input_size == (58, 128) and state.frame == 128
+
+        probs = pred.classify(LABELS)
+        assert probs.shape == (3,) and probs.dtype == np.float32 and abs(probs.sum() - 1) < 1e-5
+
+        sem = pred.semantic_segment(LABELS)
+        assert isinstance(sem, SemanticResult) and not sem.refined
+        assert sem.label_map.shape == (90, 200) and sem.logits.shape == (4, 90, 200)
+        assert sem.names == ["background", *LABELS]
+        assert set(np.unique(sem.label_map)) <= {0, 1, 2, 3}
+        assert np.allclose(sem.probs.sum(0), 1, atol=1e-4)
+        np.testing.assert_array_equal(sem.label_map, sem.logits.argmax(0))
+
+        ref = pred.semantic_segment(LABELS, refine=True, threshold=0.0)
+        assert ref.refined and ref.label_map.shape == (90, 200) and ref.logits.shape == (4, 90, 200)
+
+        masks, scores, low = pred.predict(point_coords=[[20, 30]], point_labels=[1])
+        assert masks.shape == (3, 90, 200) and masks.dtype == bool
+        assert scores.shape == (3,) and low.shape == (3, 32, 32)
+        masks1, scores1, low1 = pred.predict(box=[10, 10, 60, 50], mask_input=low[:1], multimask_output=False)
+        assert masks1.shape == (1, 90, 200) and scores1.shape == (1,) and low1.shape == (1, 32, 32)
+        logits, _, _ = pred.predict(point_coords=[[20, 30]], point_labels=[1], return_logits=True)
+        assert logits.dtype == np.float32 and logits.shape == (3, 90, 200)
+
+        m, iou, lo = pred.predict_torch(torch.tensor([[[5.0, 5.0]], [[150.0, 60.0]]]), torch.ones(2, 1),
+                                        boxes=torch.tensor([[0.0, 0.0, 50.0, 50.0], [100.0, 20.0, 190.0, 80.0]]))
+        assert m.shape == (2, 3, 90, 200) and iou.shape == (2, 3) and lo.shape == (2, 3, 32, 32)
+
+        idx, lp = pred.label_masks(masks, LABELS)
+        assert idx.shape == (3,) and lp.shape == (3, 3)
+
+        inst = pred.segment_text("star", vocabulary=["ring"], threshold=0.0)
+        assert all(isinstance(i, Instance) and i.mask.shape == (90, 200) for i in inst)
+
+        out = pred.generate(LABELS, points_per_side=4, pred_iou_thresh=-1e9, stability_score_thresh=0.0)
+        for r in out:
+            assert r["segmentation"].shape == (90, 200) and r["area"] == int(r["segmentation"].sum())
+            assert r["label"] in LABELS and 0 <= r["label_score"] <= 1
+        assert calls[0] == 1, "a task after set_image ran the backbone again"
+    finally:
+        handle.remove()
+
+
+def test_set_images_batches_and_select(merged: SamClip) -> None:
+    pred = Predictor(merged)
+    calls, handle = count_backbone(merged)
+    try:
+        states = pred.set_images([image(90, 200), image(60, 40, seed=1), image(128, 128, seed=2)], batch_size=4)
+    finally:
+        handle.remove()
+    assert calls[0] == 1 and len(states) == 3
+    assert pred.state is states[0]
+    assert pred.select(1).original_size == (60, 40)
+    masks, _, _ = pred.predict(point_coords=[[10, 10]], point_labels=[1])
+    assert masks.shape == (3, 60, 40)
+    assert pred.select(states[2]) is states[2]
+    single = Predictor(merged).set_image(image(60, 40, seed=1))
+    torch.testing.assert_close(states[1].sam_embeddings.float(), single.sam_embeddings.float(), atol=2e-2, rtol=0)
+    with pytest.raises(IndexError):
+        pred.select(5)
+
+
+def test_classify_size_runs_one_extra_pass_and_caches_it(merged: SamClip) -> None:
+    pred = Predictor(merged)
+    pred.set_image(image())
+    calls, handle = count_backbone(merged)
+    try:
+        a = pred.classify(LABELS, size=64)
+        b = pred.classify(LABELS, size=64)
+    finally:
+        handle.remove()
+    assert calls[0] == 1
+    np.testing.assert_allclose(a, b)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        pred.classify(LABELS, size=50)
+
+
+def test_text_embedding_cache(merged: SamClip) -> None:
+    pred = Predictor(merged)
+    pred.set_image(image())
+    pred.classify(LABELS)
+    info = pred.text_cache_info
+    assert info["misses"] == 3 and info["hits"] == 0
+    pred.classify(LABELS[::-1])
+    pred.label_masks(np.ones((1, 90, 200), bool), LABELS)
+    assert pred.text_cache_info["misses"] == 3 and pred.text_cache_info["hits"] == 6
+    pred.classify(LABELS, templates=["a {}"])  # other templates: another content key
+    assert pred.text_cache_info["misses"] == 6
+    emb = pred.text_embeddings(LABELS)
+    assert emb.shape == (3, merged.config.head.out_dim)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+
+
+# -------------------------------------------------------------------------- coordinate conventions
+def _box_stub(model, captured: list):  # noqa: ANN001, ANN202
+    """decode() whose low-res logits are +10 exactly where the cell centre is inside the prompted box
+    (input-frame pixels), else -10; records every call's prompts."""
+    grid = 8
+    low = 4 * grid
+    cell = model.img_size / low
+
+    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True):  # noqa: ANN001, ANN202
+        captured.append({"points": point_coords, "labels": point_labels, "boxes": boxes, "mask": mask_input})
+        n = next(x.shape[0] for x in (point_coords, boxes, mask_input) if x is not None)
+        centres = (torch.arange(low) + 0.5) * cell - 0.5
+        out = torch.full((n, 1, low, low), -10.0)
+        if boxes is not None:
+            for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+                inside = ((centres[None, :] >= x0) & (centres[None, :] <= x1)
+                          & (centres[:, None] >= y0) & (centres[:, None] <= y1))
+                out[i, 0][inside] = 10.0
+        c = 3 if multimask_output else 1
+        return out.expand(n, c, low, low).clone(), torch.full((n, c), 0.9)
+
+    return decode
+
+
+@pytest.mark.parametrize("size", [(90, 200), (200, 90)])
+def test_box_on_left_half_gives_mask_on_left_half(merged: SamClip, monkeypatch, size) -> None:  # noqa: ANN001
+    h, w = size
+    captured: list = []
+    monkeypatch.setattr(merged, "decode", _box_stub(merged, captured))
+    pred = Predictor(merged)
+    pred.set_image(image(h, w))
+    masks, _, _ = pred.predict(box=[0, 0, w / 2 - 1, h - 1], multimask_output=False)
+    assert masks.shape == (1, h, w)
+    tol = 8  # one low-res cell is 4 frame px = up to 6.25 original px
+    assert masks[0, : h - tol, : w // 2 - tol].all()  # the last rows depend on the stub's cell centres
+    assert not masks[0, :, w // 2 + tol :].any()
+    # top-left quadrant: both axes
+    masks, _, _ = pred.predict(box=[0, 0, w / 2 - 1, h / 2 - 1], multimask_output=False)
+    assert masks[0, : h // 2 - tol, : w // 2 - tol].all()
+    assert not masks[0, h // 2 + tol :].any() and not masks[0, :, w // 2 + tol :].any()
+    sx, sy = pred.input_size[1] / w, pred.input_size[0] / h
+    torch.testing.assert_close(captured[-1]["boxes"], torch.tensor([[0, 0, (w / 2 - 1) * sx, (h / 2 - 1) * sy]]))
+
+
+def test_point_coordinates_are_mapped_into_the_frame(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    captured: list = []
+    monkeypatch.setattr(merged, "decode", _box_stub(merged, captured))
+    pred = Predictor(merged)
+    pred.set_image(image(90, 200))  # input (58, 128)
+    pred.predict(point_coords=[[100, 45], [199, 0]], point_labels=[1, 0])
+    sx, sy = 128 / 200, 58 / 90
+    torch.testing.assert_close(captured[-1]["points"], torch.tensor([[[100 * sx, 45 * sy], [199 * sx, 0.0]]]))
+    torch.testing.assert_close(captured[-1]["labels"], torch.tensor([[1, 0]]))
+    # outside the image: clipped into it, no error
+    pred.predict(point_coords=[[-50, 1e6]], point_labels=[1])
+    torch.testing.assert_close(captured[-1]["points"], torch.tensor([[[0.0, 89 * sy]]]))
+    pred.predict(box=[-10, -10, 500, 500])
+    torch.testing.assert_close(captured[-1]["boxes"], torch.tensor([[0.0, 0.0, 199 * sx, 89 * sy]]))
+
+
+def test_semantic_map_is_cropped_and_resized_correctly(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    pred = Predictor(merged)
+    pred.set_image(image(90, 200))  # valid tokens: 4 rows x 8 columns of the 8x8 grid
+
+    def fake_logits(state, labels, templates, background):  # noqa: ANN001, ANN202
+        out = torch.zeros(len(labels) + 1, 8, 8)
+        out[1, :, :4] = 10.0  # label 1 on the left half of the frame = left half of the image
+        out[2, :, 4:] = 10.0
+        return out
+
+    monkeypatch.setattr(pred, "_class_logits", fake_logits)
+    sem = pred.semantic_segment(["a", "b"])
+    assert (sem.label_map[:, :90] == 1).all() and (sem.label_map[:, 110:] == 2).all()
+
+
+def test_segment_text_one_instance_per_region(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    pred = Predictor(merged)
+    pred.set_image(image(128, 128))
+
+    def fake_logits(state, labels, templates, background):  # noqa: ANN001, ANN202
+        out = torch.zeros(len(labels) + 1, 8, 8)
+        out[1, 1:3, 1:3] = 10.0  # two separate blobs of the phrase
+        out[1, 5:7, 5:7] = 10.0
+        return out
+
+    def disk_decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None,  # noqa: ANN001, ANN202
+                    multimask_output=True):
+        n = point_coords.shape[0]
+        yy, xx = torch.meshgrid(torch.arange(32) * 4.0 + 1.5, torch.arange(32) * 4.0 + 1.5, indexing="ij")
+        d = (xx[None] - point_coords[:, 0, 0, None, None]) ** 2 + (yy[None] - point_coords[:, 0, 1, None, None]) ** 2
+        out = torch.where(d < 15**2, 10.0, -10.0)[:, None].expand(n, 3, 32, 32)
+        return out.clone(), torch.tensor([[0.5, 0.9, 0.7]]).expand(n, 3)
+
+    monkeypatch.setattr(pred, "_class_logits", fake_logits)
+    monkeypatch.setattr(merged, "decode", disk_decode)
+    inst = pred.segment_text("star", vocabulary=["ring"])
+    assert len(inst) == 2
+    for i in inst:
+        x, y = i.point
+        assert i.mask[int(y), int(x)] and i.mask.shape == (128, 128)
+        assert i.box[0] <= x <= i.box[2] and i.box[1] <= y <= i.box[3]
+        assert abs(i.predicted_iou - 0.9) < 1e-6 and 0 < i.score <= 0.9
+    assert {(int(i.point[0]) // 64, int(i.point[1]) // 64) for i in inst} == {(0, 0), (1, 1)}
+
+
+def test_label_masks_pools_the_right_patches(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    pred = Predictor(merged)
+    pred.set_image(image(90, 200))
+    text = pred.text_embeddings(["left", "right"])
+    patch = torch.zeros(8, 8, text.shape[1])
+    patch[:, :4] = text[0]
+    patch[:, 4:] = text[1]
+    monkeypatch.setattr(pred, "_patch_embeddings", lambda state: patch)
+    masks = np.zeros((3, 90, 200), bool)
+    masks[0, :, :60] = True
+    masks[1, 10:80, 150:] = True
+    idx, probs = pred.label_masks(masks, ["left", "right"])
+    assert idx.tolist() == [0, 1, -1]  # the empty mask is flagged with -1 and a zero row
+    assert probs[0, 0] > 0.5 and probs[1, 1] > 0.5 and (probs[2] == 0).all()
+
+
+def test_mask_to_grid_weights_maps_pixels_to_patches() -> None:
+    masks = torch.zeros(2, 90, 200, dtype=torch.bool)
+    masks[0, :, :100] = True
+    masks[1] = True
+    wts = mask_to_grid_weights(masks, (58, 128), 16, 8)
+    assert wts.shape == (2, 8, 8)
+    assert wts[0].sum() == 90 * 100 and wts[1].sum() == 90 * 200
+    assert wts[0, :, 4:].sum() == 0 and wts[1, 4:].sum() == 0 and (wts[1, :4] > 0).all()
+
+
+# ----------------------------------------------------------------------------------- bad inputs
+def test_image_variants(merged: SamClip) -> None:
+    pred = Predictor(merged)
+    rgb = image(40, 30)
+    base = pred.set_image(rgb).sam_embeddings.float()
+    gray = rgb[..., 0]
+    np.testing.assert_array_equal(to_rgb_uint8(gray), np.repeat(gray[..., None], 3, 2))
+    assert pred.set_image(gray).original_size == (40, 30)
+    rgba = np.concatenate([rgb, np.zeros((40, 30, 1), np.uint8)], 2)
+    torch.testing.assert_close(pred.set_image(rgba).sam_embeddings.float(), base)
+    torch.testing.assert_close(pred.set_image(rgb.astype(np.uint16) * 257).sam_embeddings.float(), base)
+    torch.testing.assert_close(pred.set_image(Image.fromarray(rgb)).sam_embeddings.float(), base)
+    assert pred.set_image(Image.fromarray(rgba, "RGBA")).original_size == (40, 30)
+    assert pred.set_image(Image.fromarray(gray, "L")).original_size == (40, 30)
+    assert pred.set_image(torch.from_numpy(rgb)).input_size == (128, 96)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (10000, 10), (10, 10000)])
+def test_extreme_sizes(merged: SamClip, size) -> None:  # noqa: ANN001
+    pred = Predictor(merged)
+    state = pred.set_image(np.full((*size, 3), 128, np.uint8))
+    assert min(state.input_size) >= 1 and max(state.input_size) == 128
+    masks, _, _ = pred.predict(point_coords=[[0, 0]], point_labels=[1])
+    assert masks.shape == (3, *size)
+    sem = pred.semantic_segment(LABELS[:2])
+    assert sem.label_map.shape == size
+    assert preprocess_shape(10000, 10, 128) == (128, 1)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((20, 20, 3), np.float32), "uint8"),
+    (np.zeros((20, 20, 3), bool), "boolean"),
+    (np.zeros((20, 20, 3), np.int32), "dtype"),
+    (np.zeros((0, 20, 3), np.uint8), "empty"),
+    (np.zeros((20, 0), np.uint8), "empty"),
+    (np.zeros((3, 20, 20), np.uint8), "channel"),
+    (np.zeros((20, 20, 3, 1), np.uint8), "shape"),
+    ([[1, 2], [3, 4]], "uint8"),
+])
+def test_bad_images_raise_value_error(merged: SamClip, bad, match) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=match):
+        Predictor(merged).set_image(bad)
+
+
+def test_bad_prompts_and_labels(merged: SamClip) -> None:
+    pred = Predictor(merged)
+    with pytest.raises(RuntimeError, match="set_image"):
+        pred.predict(point_coords=[[1, 1]], point_labels=[1])
+    with pytest.raises(RuntimeError, match="set_image"):
+        pred.classify(LABELS)
+    pred.set_image(image())
+    cases = [
+        ({"point_coords": [[np.nan, 1]], "point_labels": [1]}, "NaN"),
+        ({"point_coords": [[np.inf, 1]], "point_labels": [1]}, "NaN or infinite"),
+        ({"point_coords": [[1, 1]], "point_labels": [2]}, "point_labels"),
+        ({"point_coords": [[1, 1], [2, 2]], "point_labels": [1]}, "one label per point"),
+        ({"point_coords": [[1, 1, 1]], "point_labels": [1]}, "Nx2"),
+        ({"point_coords": [[1, 1]]}, "together"),
+        ({"box": [1, 2, 3]}, "length-4"),
+        ({"box": [50, 2, 3, 40]}, "x0 <= x1"),
+        ({"mask_input": np.zeros((1, 16, 16))}, "1x32x32"),
+        ({"point_coords": "ab", "point_labels": [1]}, "numeric"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            pred.predict(**kwargs)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        pred.predict_torch(torch.zeros(2, 1, 2), torch.ones(2, 1), boxes=torch.zeros(3, 4))
+    for call in (pred.classify, pred.semantic_segment, lambda lab: pred.label_masks(np.ones((1, 90, 200), bool), lab)):
+        with pytest.raises(ValueError, match="empty"):
+            call([])
+        with pytest.raises(ValueError, match="duplicate label 'ring'"):
+            call(["ring", "star", "ring"])
+        with pytest.raises(ValueError, match="single string"):
+            call("ring")
+    with pytest.raises(ValueError, match="masks must be NxHxW"):
+        pred.label_masks(np.ones((1, 10, 10), bool), LABELS)
+    with pytest.raises(ValueError, match="boolean"):
+        pred.label_masks(np.full((1, 90, 200), 0.5), LABELS)
+    with pytest.raises(ValueError, match="template"):
+        pred.classify(LABELS, templates=["no placeholder"])
+    with pytest.raises(ValueError, match="phrase"):
+        pred.segment_text("")
+
+
+# ------------------------------------------------------------------------------------ plain SAM
+def test_plain_sam_predictor(plain_sam: samclip.Sam) -> None:
+    pred = Predictor(plain_sam)
+    calls, handle = count_backbone(plain_sam)
+    try:
+        pred.set_image(image(70, 100))
+        masks, scores, low = pred.predict(point_coords=[[50, 30]], point_labels=[1])
+        out = pred.generate(points_per_side=4, pred_iou_thresh=-1e9, stability_score_thresh=0.0)
+    finally:
+        handle.remove()
+    assert calls[0] == 1
+    assert masks.shape == (3, 70, 100) and scores.shape == (3,) and low.shape == (3, 32, 32)
+    assert isinstance(out, list)
+    for r in out:
+        assert set(r) == {"segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_coords"}
+        x, y, bw, bh = r["bbox"]
+        ys, xs = np.nonzero(r["segmentation"])
+        assert (x, y, x + bw, y + bh) == (xs.min(), ys.min(), xs.max(), ys.max())
+    for task in (lambda: pred.classify(LABELS), lambda: pred.semantic_segment(LABELS),
+                 lambda: pred.generate(LABELS), lambda: pred.segment_text("star")):
+        with pytest.raises(ValueError, match="no CLIP head"):
+            task()
+
+
+def test_generate_filters_and_nms(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    pred = Predictor(merged)
+    pred.set_image(image(64, 128))
+
+    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True):  # noqa: ANN001, ANN202
+        n = point_coords.shape[0]
+        out = torch.full((n, 3, 32, 32), -10.0)
+        left = point_coords[:, 0, 0] < 64
+        out[left, 0, :8, :16] = 10.0  # a confident, stable mask for every left point (duplicates)
+        out[:, 1] = 0.5  # unstable: logits within +-1 of the threshold everywhere
+        out[~left, 2, :8, 16:] = 10.0
+        return out, torch.tensor([0.9, 0.95, 0.3]).expand(n, 3).clone()
+
+    monkeypatch.setattr(merged, "decode", decode)
+    out = pred.generate(points_per_side=4, pred_iou_thresh=0.7, stability_score_thresh=0.8)
+    assert len(out) == 1  # right masks fail the IoU filter, unstable ones the stability filter; NMS merges
+    r = out[0]
+    assert r["predicted_iou"] == pytest.approx(0.9, abs=1e-6) and r["stability_score"] > 0.95
+    assert r["segmentation"][:30, :60].all() and not r["segmentation"][:, 70:].any()
+    assert not r["segmentation"][36:].any()
+    assert r["point_coords"][0][0] < 64
+    assert len(pred.generate(points_per_side=4, min_area=10**6)) == 0
+
+
+# -------------------------------------------------------------------------------------- helpers
+def _bfs_count(mask: np.ndarray) -> int:
+    seen = np.zeros_like(mask)
+    n = 0
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        n += 1
+        q = deque([(y, x)])
+        seen[y, x] = True
+        while q:
+            cy, cx = q.popleft()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = cy + dy, cx + dx
+                    if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        q.append((ny, nx))
+    return n
+
+
+def test_connected_components_matches_bfs() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = rng.random((rng.integers(1, 30), rng.integers(1, 30))) < rng.uniform(0.2, 0.7)
+        labels, n = connected_components(mask)
+        assert n == _bfs_count(mask)
+        assert ((labels > 0) == mask).all() and set(np.unique(labels[mask])) == set(range(1, n + 1))
+    spiral = np.zeros((9, 9), bool)
+    spiral[0, :] = spiral[:, 8] = spiral[8, :] = spiral[2:, 0] = spiral[2, :7] = True
+    assert connected_components(spiral)[1] == 1
+    diag = np.eye(4, dtype=bool)
+    assert connected_components(diag, 8)[1] == 1 and connected_components(diag, 4)[1] == 4
+    assert connected_components(np.zeros((3, 3), bool))[1] == 0
+
+
+def test_nms_stability_and_grid() -> None:
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9]], dtype=torch.float)
+    keep = box_nms(boxes, torch.tensor([0.5, 0.9, 0.3, 0.1]), 0.7)
+    assert keep.tolist() == [1, 2]
+    logits = torch.tensor([[[2.0, 0.5], [-0.5, -2.0]]])
+    assert stability_score(logits, 0.0, 1.0).item() == pytest.approx(1 / 3)
+    assert stability_score(torch.full((1, 2, 2), -5.0), 0.0, 1.0).item() == 0.0
+    grid = build_point_grid(4)
+    assert grid.shape == (16, 2) and grid.min() == 0.125 and grid.max() == 0.875
