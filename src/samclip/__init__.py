@@ -10,6 +10,7 @@ from .tokenizer import ClipTokenizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "CLIP", "CheckpointError", "ClipConfig", "ClipTokenizer", "Predictor", "Sam", "SamClip", "SamClipConfig", "SamConfig",
-    "create_clip", "create_sam", "list_pretrained", "load_clip", "load_model", "load_sam", "save_pretrained",
+    "CLIP", "CheckpointError", "ClipConfig", "ClipTokenizer", "Predictor", "Sam", "SamClip", "SamClipConfig",
+    "SamConfig", "create_clip", "create_sam", "list_pretrained", "load_clip", "load_model", "load_sam",
+    "save_pretrained",
 ]
