@@ -5,6 +5,7 @@ Examples:
   samclip merge --config configs/tiny-synthetic.toml --set stage2.steps=200
   torchrun --nproc_per_node 2 -m samclip.cli merge --config configs/tiny-synthetic.toml
   samclip merge --config configs/tiny-synthetic.toml --resume   # continue a killed run
+  samclip eval --model runs/demo/merge/model    # JSON + markdown report with baselines and overlays
   samclip teachers eval                         # the shipped teachers on fresh seeds (JSON)
   samclip teachers grid --out grids/            # PNG grids: samples, teacher predictions
 """
@@ -60,6 +61,30 @@ def _cmd_teachers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import harness
+    from .factory import load_clip, load_model, load_sam
+
+    model = load_model(args.model)
+    out = Path(args.out)
+    if args.benchmark == "scenes":
+        result = harness.scenes_benchmark(model, load_sam(args.sam_teacher), load_clip(args.clip_teacher), out,
+                                          quick=args.quick)
+    elif args.benchmark == "voc":
+        if not args.data or not args.labels:
+            raise UserError("--benchmark voc needs --data (VOC folder) and --labels (comma-separated, id order)")
+        labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+        result = harness.voc_benchmark(model, args.data, labels, limit=args.limit)
+    else:
+        if not args.data or not args.annotations:
+            raise UserError("--benchmark coco needs --data (images folder) and --annotations (instances json)")
+        result = harness.coco_box_prompt_ap(model, args.data, args.annotations, limit=args.limit)
+    paths = harness.write_reports(result, out)
+    print(json.dumps(result, indent=2))
+    print(f"reports: {paths[0]} {paths[1]}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -83,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out>")
     merge.add_argument("--no-eval", action="store_true", help="skip the periodic validation")
     merge.set_defaults(func=_cmd_merge)
+
+    ev = sub.add_parser("eval", help="evaluate a merged model (scene world, VOC-style or COCO-format data)")
+    ev.add_argument("--model", default="tiny-synthetic", help="merged model name or folder")
+    ev.add_argument("--benchmark", choices=["scenes", "voc", "coco"], default="scenes")
+    ev.add_argument("--data", help="VOC root, or COCO images folder")
+    ev.add_argument("--annotations", help="COCO instances json (coco benchmark)")
+    ev.add_argument("--labels", help="class names in id order after background (voc benchmark)")
+    ev.add_argument("--sam-teacher", default="tiny-synthetic", help="baseline SAM (scenes benchmark)")
+    ev.add_argument("--clip-teacher", default="tiny-synthetic", help="baseline CLIP (scenes benchmark)")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    ev.add_argument("--quick", action="store_true", help="fewer images (smoke test)")
+    ev.add_argument("--out", default="runs/eval")
+    ev.set_defaults(func=_cmd_eval)
 
     teachers = sub.add_parser("teachers", help="evaluate or visualise the embedded-default teachers")
     teachers.add_argument("action", choices=["eval", "grid"])

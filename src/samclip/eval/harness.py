@@ -1,0 +1,130 @@
+"""``samclip eval``: every measurement of a merged model in one JSON with stable keys + a markdown report.
+
+Benchmarks:
+- ``scenes`` (built in, fixed seeds of the test split): zero-shot top-1, prompt mIoU, semantic
+  segmentation (a)-(d) (see :mod:`samclip.eval.semseg_bench`), click / box labelling, overlays;
+- ``voc``: semantic mIoU on a VOC-style folder (``--data``, ``--labels`` in class-id order after
+  background);
+- ``coco``: box-prompted mask AP with pycocotools on COCO-format data (``--data`` images folder,
+  ``--annotations`` instances json): ground-truth boxes as prompts, the SAM head's masks scored by
+  their predicted IoU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import atomic_write_bytes
+from ..data import SHAPES, generate_scene, split_seeds, write_grid
+from ..models import CLIP, Sam, SamClip
+from ..predictor import Predictor
+from .merge_report import evaluate_merge
+from .semseg import ConfusionMatrix, read_voc_folder
+from .semseg_bench import labelling_benchmark, semseg_benchmark
+
+
+def scenes_benchmark(merged: SamClip, sam_t: Sam, clip_t: CLIP, out: Path, quick: bool = False) -> dict:
+    n = dict(n_single=150, n_scenes=20) if quick else {}
+    result = {"benchmark": "scenes", **evaluate_merge(merged, sam_t, clip_t, **n)}
+    result["semantic_segmentation"] = semseg_benchmark(merged, sam_t, clip_t, n_images=8 if quick else 100)
+    result["labelling"] = labelling_benchmark(merged, sam_t, clip_t, n_images=6 if quick else 60)
+    out.mkdir(parents=True, exist_ok=True)
+    result["overlays"] = str(write_overlays(merged, out / "overlays.png"))
+    return result
+
+
+def write_overlays(merged: SamClip, path: Path, n: int = 4) -> Path:
+    """Inputs with ground truth, the coarse (CLIP head) and refined (both heads) semantic maps."""
+    pred = Predictor(merged)
+    scenes = [generate_scene(s, merged.img_size) for s in split_seeds("test", n, start=700_000)]
+    maps = []
+    for sc in scenes:
+        pred.set_image(sc.image)
+        coarse = pred.semantic_segment(list(SHAPES)).label_map
+        fine = pred.semantic_segment(list(SHAPES), refine=True).label_map
+        maps.append([sc.semantic_mask.astype(np.int64), coarse, fine])
+    return write_grid(scenes, path, predictions=maps)
+
+
+def voc_benchmark(merged: SamClip, root: str, labels: list[str], refine: bool = True,
+                  limit: int | None = None) -> dict:
+    pred = Predictor(merged)
+    cm = ConfusionMatrix(len(labels) + 1)
+    n = 0
+    for _, image, target in read_voc_folder(root, limit=limit):
+        pred.set_image(image)
+        cm.update(pred.semantic_segment(labels, refine=refine).label_map, target)
+        n += 1
+    return {"benchmark": "voc", "refine": refine, "n_images": n, **cm.summary(["background", *labels])}
+
+
+def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, limit: int | None = None) -> dict:
+    """Mask AP of box-prompted masks (ground-truth boxes as prompts) with pycocotools' COCOeval."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(annotations)
+    pred = Predictor(model)
+    results = []
+    img_ids = sorted(gt.getImgIds())[:limit]
+    for img_id in img_ids:
+        info = gt.loadImgs(img_id)[0]
+        image = np.asarray(Image.open(Path(images_dir) / info["file_name"]).convert("RGB"))
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=img_id, iscrowd=False))
+        if not anns:
+            continue
+        pred.set_image(image)
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            masks, scores, _ = pred.predict(box=np.array([x, y, x + w, y + h], np.float32), multimask_output=False)
+            rle = mask_utils.encode(np.asfortranarray(masks[0].astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode()
+            results.append({"image_id": img_id, "category_id": a["category_id"], "segmentation": rle,
+                            "score": float(scores[0])})
+    if not results:
+        raise ValueError(f"{annotations}: no annotations to evaluate")
+    ev = COCOeval(gt, gt.loadRes(results), "segm")
+    ev.params.imgIds = img_ids
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return {"benchmark": "coco_box_prompt", "mask_ap": 100 * ev.stats[0], "mask_ap50": 100 * ev.stats[1],
+            "mask_ap75": 100 * ev.stats[2], "n_images": len(img_ids), "n_masks": len(results)}
+
+
+def markdown_report(result: dict) -> str:
+    lines = ["# samclip evaluation", ""]
+    if result.get("benchmark") == "scenes":
+        ss = result["semantic_segmentation"]
+        lines += ["## Zero-shot semantic segmentation (scene world, test split)", "",
+                  "| method | mIoU | mIoU w/o background | s / image |", "| --- | --- | --- | --- |"]
+        for key, title in (("clip_teacher_dense", "(a) CLIP teacher, MaskCLIP-style"),
+                           ("sam_plus_clip", "(b) SAM-teacher everything + CLIP-teacher crops"),
+                           ("merged_clip_head", "(c) merged, CLIP head"),
+                           ("merged_both_heads", "(d) merged, CLIP head + SAM head")):
+            r = ss[key]
+            lines.append(f"| {title} | {r['miou']:.1f} | {r['miou_no_background']:.1f} | "
+                         f"{r['seconds_per_image']:.3f} |")
+        lab = result["labelling"]
+        lines += ["", "## Click / box -> label accuracy", "",
+                  "| prompt | mask pooling (merged, one pass) | crop baseline (two models) |", "| --- | --- | --- |",
+                  f"| point | {lab['mask_pooling_point']:.1f} | {lab['crop_point']:.1f} |",
+                  f"| box | {lab['mask_pooling_box']:.1f} | {lab['crop_box']:.1f} |", "",
+                  "## Merged model vs teachers", "", "```json",
+                  json.dumps({k: result[k] for k in ("clip_teacher", "sam_teacher", "merged", "deltas")}, indent=2),
+                  "```", "", "![overlays: input, ground truth, CLIP head, both heads](overlays.png)", ""]
+    else:
+        lines += ["```json", json.dumps(result, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def write_reports(result: dict, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "eval.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "eval.md", markdown_report(result).encode())
+    return out / "eval.json", out / "eval.md"

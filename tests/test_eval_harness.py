@@ -1,0 +1,84 @@
+"""The evaluation harness end to end on tiny random models (mechanics, keys, file outputs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import samclip
+from samclip.data import SHAPES, class_prompts, generate_scene
+from samclip.eval import harness
+from samclip.models import CLIP, ClipHeadConfig, SamClip, clip_preset
+from samclip.tokenizer import ClipTokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):  # noqa: ANN201, ANN001
+    torch.manual_seed(0)
+    tok = ClipTokenizer.train([p for s in SHAPES for p in class_prompts(s)] + ["a plain background"],
+                              vocab_size=200, context_length=16)
+    base = clip_preset("clip-tiny")
+    clip = CLIP.from_config(base.replace(text=base.text.replace(
+        vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id))).eval()
+    clip.tokenizer = tok
+    sam = samclip.create_sam("sam-tiny").eval()
+    merged = SamClip.from_teachers(sam, clip, ClipHeadConfig(mlp_hidden=16, out_dim=32)).eval()
+    root = tmp_path_factory.mktemp("models")
+    for name, m in (("sam", sam), ("clip", clip), ("merged", merged)):
+        samclip.save_pretrained(m, root / name)
+    return {"root": root, "sam": sam, "clip": clip, "merged": merged}
+
+
+def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN001
+    result = harness.scenes_benchmark(tiny["merged"], tiny["sam"], tiny["clip"], tmp_path, quick=True)
+    ss = result["semantic_segmentation"]
+    for key in ("clip_teacher_dense", "sam_plus_clip", "merged_clip_head", "merged_both_heads"):
+        assert 0 <= ss[key]["miou"] <= 100 and ss[key]["seconds_per_image"] > 0
+    assert set(result["labelling"]) >= {"mask_pooling_point", "crop_point", "mask_pooling_box", "crop_box"}
+    assert {"clip_teacher", "sam_teacher", "merged", "deltas"} <= set(result)
+    j, md = harness.write_reports(result, tmp_path)
+    assert json.loads(j.read_text())["benchmark"] == "scenes" and "(d) merged" in md.read_text()
+    assert (tmp_path / "overlays.png").exists()
+
+
+def test_coco_and_voc_benchmarks(tiny, tmp_path) -> None:  # noqa: ANN001
+    from pycocotools import mask as mask_utils
+
+    images, anns, voc = [], [], tmp_path / "voc"
+    (tmp_path / "imgs").mkdir()
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "SegmentationClass").mkdir()
+    for i in range(2):
+        sc = generate_scene(i, 96)
+        Image.fromarray(sc.image).save(tmp_path / "imgs" / f"{i}.png")
+        Image.fromarray(sc.image).save(voc / "JPEGImages" / f"{i}.png")
+        Image.fromarray(sc.semantic_mask).save(voc / "SegmentationClass" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "height": 96, "width": 96})
+        for k, (obj, m) in enumerate(zip(sc.objects, sc.instance_masks)):
+            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            x0, y0, x1, y1 = obj.bbox_xyxy
+            anns.append({"id": 100 * i + k + 1, "image_id": i, "category_id": obj.category_id, "iscrowd": 0,
+                         "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                         "area": float(m.sum()), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    cats = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
+    ann_path = tmp_path / "instances.json"
+    ann_path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    r = harness.coco_box_prompt_ap(tiny["merged"], str(tmp_path / "imgs"), str(ann_path))
+    assert 0 <= r["mask_ap"] <= 100 and r["n_masks"] == len(anns)
+    r = harness.voc_benchmark(tiny["merged"], str(voc), list(SHAPES))
+    assert r["n_images"] == 2 and 0 <= r["miou"] <= 100
+
+
+def test_eval_cli_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001
+    cmd = [sys.executable, "-m", "samclip.cli", "eval", "--model", str(tiny["root"] / "merged"), "--benchmark", "voc"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "needs --data" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-m", "samclip.cli", "eval", "--model", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "no such file" in p.stderr and "Traceback" not in p.stderr
