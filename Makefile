@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	-bash scripts/install_chromium.sh  # Debian chromium for the browser test (skipped if unavailable)
 	$(BIN)/python -m pytest -x -q
 
 demo: $(STAMP)

@@ -17,11 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
+from .cli_export import add_export_command
+from .cli_tasks import add_task_commands
+from .errors import UserError
+from .merge.config import CONFIG_DIR
 
 
 def _resolve_config(path: str | None) -> Path | None:
@@ -129,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     teachers.add_argument("--out", default="runs/teacher_grids")
     teachers.add_argument("--quick", action="store_true", help="fewer evaluation images")
     teachers.set_defaults(func=_cmd_teachers)
+    add_export_command(sub)
+    add_task_commands(sub)  # classify, segment, semseg, label, everything, serve
     return parser
 
 

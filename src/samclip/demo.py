@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from .checkpoint import atomic_write_bytes
-from .cli import CONFIG_DIR, UserError
+from .errors import UserError
 from .eval.merge_report import evaluate_merge, write_json
 from .factory import load_clip, load_model, load_sam
-from .merge.config import load_config
+from .merge.config import CONFIG_DIR, load_config
 from .merge.run import run_merge
 
 QUICK = [

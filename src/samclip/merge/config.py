@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
 
 @dataclass
 class TeachersConfig:

@@ -32,9 +32,9 @@ from .sam_teacher import _bool
 @dataclass
 class ClipTeacherRecipe:
     preset: str = "clip-synthetic"
-    scene_images: int = 40000
-    single_images: int = 20000
-    steps: int = 2000
+    scene_images: int = 30000
+    single_images: int = 15000
+    steps: int = 1500
     batch: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.1

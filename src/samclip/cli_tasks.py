@@ -1,0 +1,401 @@
+"""Per-image task commands of the ``samclip`` CLI: classify, segment, semseg, label, everything, serve.
+
+Each task command takes one image, several, a folder, or a quoted glob (``"imgs/*.png"``), runs the
+backbone once per image and writes, into ``--out``, ``<name>.json`` (the result; masks as COCO RLE
+``{"size": [H, W], "counts": str}``) and ``<name>.png`` (the image with the result drawn on it).
+Files are written atomically (temporary file + ``os.replace``).
+
+Coordinates are (x, y) pixels of the ORIGINAL image (X first; after its EXIF orientation); boxes
+XYXY. Prompts outside ``0 <= x <= W, 0 <= y <= H`` are an error (not clipped). Output boxes are XYXY
+pixel edges (x1, y1 exclusive). See :mod:`samclip.serve` for the shared result format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_POINT_RE = re.compile(rf"^\s*({_NUM})\s*,\s*({_NUM})\s*(?::\s*([^\s]*)\s*)?$")
+_BOX_RE = re.compile(rf"^\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*$")
+
+_TASK_EPILOG = {
+    "classify": """examples:
+  samclip classify scene.png
+  samclip classify "imgs/*.png" --labels star,ring,heart --out runs/classify
+""",
+    "segment": """examples:
+  samclip segment scene.png --point 120,80                   # one foreground point
+  samclip segment scene.png --point 120,80 --point 30,40:0   # plus a background point
+  samclip segment scene.png --box 10,20,200,180 --multimask  # box prompt, three candidate masks
+  samclip segment scene.png --text star --labels ring,heart  # instances of a phrase
+""",
+    "semseg": """examples:
+  samclip semseg scene.png --labels star,ring,heart
+  samclip semseg "imgs/*.png" --labels star,ring --refine --out runs/semseg
+""",
+    "label": """examples:
+  samclip label scene.png --point 120,80                     # mask + label from the 12 scene shapes
+  samclip label scene.png --box 10,20,200,180 --labels star,ring,heart
+""",
+    "everything": """examples:
+  samclip everything scene.png
+  samclip everything "imgs/*.png" --labels star,ring,heart --points-per-side 24
+""",
+    "serve": """examples:
+  samclip serve                                   # tiny-synthetic on http://127.0.0.1:8000/
+  samclip serve --model runs/merge/model --port 8080 --cache-size 32
+  curl -F file=@scene.png http://127.0.0.1:8000/images        # -> {"image_id": ...}
+  curl -H 'content-type: application/json' -d '{"points": [[120, 80]]}' \\
+       http://127.0.0.1:8000/images/<image_id>/predict
+API spec: /openapi.json (interactive: /docs); web page: /
+""",
+}
+
+
+class TaskInputError(ValueError):
+    """Bad command-line input; ``samclip.cli.main`` prints it as one line and exits 2 (a ValueError, so
+    this holds under ``python -m samclip.cli`` too, where ``cli.UserError`` is a different class)."""
+
+
+def _user_error(msg: str) -> Exception:
+    return TaskInputError(msg)
+
+
+# ----------------------------------------------------------------------------------------- parsing
+def parse_point(text: str) -> tuple[float, float, int]:
+    """``"x,y"`` or ``"x,y:label"`` (label 1 foreground, default; 0 background) -> (x, y, label)."""
+    m = _POINT_RE.match(text)
+    if not m or m.group(3) not in (None, "0", "1"):
+        raise _user_error(f"--point {text!r}: expected x,y or x,y:label (label 1 = foreground, 0 = background), "
+                          "in original-image pixels, e.g. --point 120,80:1")
+    return float(m.group(1)), float(m.group(2)), 1 if m.group(3) is None else int(m.group(3))
+
+
+def parse_box(text: str) -> list[float]:
+    """``"x0,y0,x1,y1"`` (XYXY, original-image pixels) -> list."""
+    m = _BOX_RE.match(text)
+    if not m:
+        raise _user_error(f"--box {text!r}: expected x0,y0,x1,y1 (XYXY, original-image pixels), "
+                          "e.g. --box 10,20,200,180")
+    box = [float(v) for v in m.groups()]
+    if box[2] < box[0] or box[3] < box[1]:
+        raise _user_error(f"--box {text!r}: need x0 <= x1 and y0 <= y1 (XYXY)")
+    return box
+
+
+def _labels(text: str | None, what: str = "--labels", *, default: bool = True) -> list[str] | None:
+    from .serve import DEFAULT_VOCABULARY, PromptError, TooManyPrompts, check_labels
+
+    if text is None:
+        return list(DEFAULT_VOCABULARY) if default else None
+    try:
+        return check_labels(text, what=what, default=None)
+    except TooManyPrompts as err:
+        raise _user_error(str(err)) from None
+    except PromptError:
+        raise _user_error(f"{what} is empty; give comma-separated class names, e.g. {what} star,ring,heart") from None
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files, folders (their image files) and globs -> existing paths, in order, without duplicates."""
+    out: list[Path] = []
+    for item in items:
+        if glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise _user_error(f"no files match {item!r}")
+        elif os.path.isdir(item):
+            found = sorted(p for p in Path(item).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise _user_error(f"{item}: the folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif os.path.isfile(item):
+            found = [Path(item)]
+        else:
+            raise _user_error(f"{item}: no such file")
+        out += found
+    seen: set[Path] = set()
+    unique = []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """File stems for the outputs, made unique (``a``, ``a-2`` ...) when inputs share a name."""
+    used: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        stem = p.stem or "image"
+        n = used.get(stem, 0) + 1
+        used[stem] = n
+        stems.append(stem if n == 1 else f"{stem}-{n}")
+    return stems
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def resolve_device(name: str) -> str:
+    """``cpu`` or ``cuda[:N]`` (checked to be available)."""
+    import torch
+
+    if name == "cpu":
+        return name
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise _user_error(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
+                              "use --device cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise _user_error(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return name
+    raise _user_error(f"--device {name!r}: expected cpu or cuda[:N]")
+
+
+def _bf16(args: argparse.Namespace, device: str) -> bool:
+    return (args.dtype or ("bf16" if device.startswith("cuda") else "fp32")) == "bf16"
+
+
+# ---------------------------------------------------------------------------------------- commands
+def _prompts_for(args: argparse.Namespace) -> tuple[list[list[float]] | None, list[int] | None, list[float] | None]:
+    pts = [parse_point(p) for p in (args.point or [])]
+    box = parse_box(args.box) if args.box else None
+    points = [[x, y] for x, y, _ in pts] or None
+    labels = [lab for _, _, lab in pts] or None
+    return points, labels, box
+
+
+def _summary(task: str, path: Path, data: dict[str, Any]) -> str:
+    if task == "classify":
+        text = " | ".join(f"{r['label']} {r['prob']:.3f}" for r in data["ranking"][:3])
+    elif task == "segment" and "instances" in data:
+        text = f"{len(data['instances'])} instance(s) of {data['phrase']!r}"
+    elif task == "segment":
+        best = data["masks"][data["best"]]
+        text = f"{len(data['masks'])} mask(s), best score {best['score']:.3f}, {best['area']} px"
+    elif task == "semseg":
+        total = max(1, sum(s["area"] for s in data["segments"]) + data["background_area"])
+        parts = [f"{s['label']} {100 * s['area'] / total:.1f}%" for s in data["segments"]]
+        text = ", ".join(parts) or "background only"
+    elif task == "label":
+        text = f"{data['label']} ({data['label_score']:.3f}), mask {data['mask']['area']} px"
+    else:
+        text = f"{data['count']} mask(s)"
+    return f"{path}: {text}"
+
+
+def _run_task(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import serve
+
+    task = args.command
+    # ---- validate everything that can be checked before loading the model
+    paths = expand_inputs(args.inputs)
+    sizes = [serve.probe_image(p, serve.DEFAULT_MAX_PIXELS) for p in paths]
+    labels = None
+    if task in ("classify", "semseg", "label"):
+        labels = _labels(args.labels)
+    elif task == "everything":
+        labels = _labels(args.labels, default=False)
+    prompts_per_image: list[dict[str, Any]] = []
+    if task in ("segment", "label"):
+        if task == "segment" and args.text is not None:
+            if args.point or args.box:
+                raise _user_error("segment: give either --text or --point/--box prompts, not both")
+            if not args.text.strip():
+                raise _user_error("--text is empty; give a phrase, e.g. --text star")
+            labels = _labels(args.labels, default=False)
+        else:
+            points, point_labels, box = _prompts_for(args)
+            if points is None and box is None:
+                raise _user_error(f"{task}: give at least one --point x,y[:label] or a --box x0,y0,x1,y1")
+            for p, (w, h) in zip(paths, sizes):
+                try:
+                    prompts_per_image.append(serve.check_prompts(points, point_labels, box, (h, w)))
+                except ValueError as err:
+                    raise _user_error(f"{p}: {err}") from None
+    device = resolve_device(args.device)
+
+    from .factory import load_model
+    from .predictor import Predictor
+
+    predictor = Predictor(load_model(args.model, device=device), bf16=_bf16(args, device))
+    out_dir = Path(args.out)
+    stems = output_stems(paths)
+    bar = tqdm(list(zip(paths, stems)), desc=task, unit="img", disable=len(paths) < 2, file=sys.stderr)
+    for i, (path, stem) in enumerate(bar):
+        image = serve.read_image(path, serve.DEFAULT_MAX_PIXELS)
+        predictor.set_image(image)
+        title = None
+        if task == "classify":
+            res = serve.task_classify(predictor, labels)
+            title = " | ".join(f"{r['label']} {r['prob']:.2f}" for r in res.data["ranking"][:3])
+        elif task == "segment" and args.text is not None:
+            res = serve.task_segment_text(predictor, args.text, vocabulary=labels)
+            title = f"text: {args.text}"
+        elif task == "segment":
+            res = serve.task_predict(predictor, prompts_per_image[i], multimask=args.multimask)
+        elif task == "semseg":
+            res = serve.task_semseg(predictor, labels, refine=args.refine)
+        elif task == "label":
+            res = serve.task_label(predictor, prompts_per_image[i], labels, multimask=args.multimask)
+        else:
+            res = serve.task_everything(predictor, labels, points_per_side=args.points_per_side,
+                                  pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
+                                  min_area=args.min_area, max_masks=args.max_masks)
+        h, w = image.shape[:2]
+        data: dict[str, Any] = {
+            "image": str(path), "width": w, "height": h, "task": task, "model": str(args.model),
+            "coordinates": "(x, y) original-image pixels; boxes XYXY (output boxes: x1, y1 exclusive); "
+                           "masks COCO RLE",
+            **res.data,
+        }
+        if res.label_map is not None:
+            data["legend"] = res.legend
+        json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
+        write_atomic(json_path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+        write_atomic(png_path, serve.render_overlay(image, res, title=title))
+        tqdm.write(f"{_summary(task, path, data)} -> {json_path}")
+    print(f"wrote {len(paths)} JSON + PNG pair(s) to {out_dir}", file=sys.stderr)
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve.app import create_app
+    except ImportError as err:
+        raise _user_error(f"samclip serve needs the serve extra ({err.name} is missing): "
+                          "pip install 'samclip[serve]'") from None
+    device = resolve_device(args.device)
+    if args.port < 0 or args.port > 65535:
+        raise _user_error(f"--port {args.port}: expected 0..65535")
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+                     max_prompts=args.max_prompts, cache_size=args.cache_size, request_timeout_s=args.timeout,
+                     device=device, bf16=_bf16(args, device))
+    print(f"samclip: serving {args.model} at http://{args.host}:{args.port}/ "
+          "(API spec /openapi.json, docs /docs)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- parsers
+def _common(p: argparse.ArgumentParser, task: str) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IMAGE",
+                   help="image file(s), folder(s) or quoted glob(s) such as \"imgs/*.png\"")
+    p.add_argument("--model", default="tiny-synthetic", help="merged model name or folder (default: tiny-synthetic)")
+    p.add_argument("--out", default=f"runs/{task}",
+                   help=f"output folder for <name>.json + <name>.png (default: runs/{task})")
+    _device_args(p)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] (error when CUDA is unavailable)")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                   help="bf16 autocast or fp32 (default: fp32 on cpu, bf16 on cuda)")
+
+
+def _prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--point", action="append", metavar="X,Y[:L]",
+                   help="point prompt in original-image pixels; label L = 1 foreground (default) or 0 background; "
+                        "repeatable")
+    p.add_argument("--box", metavar="X0,Y0,X1,Y1", help="box prompt, XYXY original-image pixels")
+
+
+def add_task_commands(subparsers: Any) -> None:
+    """Register ``classify``, ``segment``, ``semseg``, ``label``, ``everything`` and ``serve``."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    labels_help = "comma-separated class names (default: the 12 scene-world shapes)"
+
+    p = subparsers.add_parser("classify", help="zero-shot classification of whole images", formatter_class=fmt,
+                              description="Zero-shot classification: probabilities over --labels per image.",
+                              epilog=_TASK_EPILOG["classify"])
+    _common(p, "classify")
+    p.add_argument("--labels", help=labels_help)
+    p.set_defaults(func=_run_task)
+
+    p = subparsers.add_parser("segment", help="SAM masks from point / box prompts (or --text)", formatter_class=fmt,
+                              description="Masks from point / box prompts (the same prompts for every image), or "
+                                          "instances of a phrase with --text.", epilog=_TASK_EPILOG["segment"])
+    _common(p, "segment")
+    _prompt_args(p)
+    p.add_argument("--multimask", action="store_true", help="three candidate masks (the overlay shows the best)")
+    p.add_argument("--text", help="segment the instances of this phrase instead of using point / box prompts")
+    p.add_argument("--labels", help="with --text: distractor classes competing with the phrase")
+    p.set_defaults(func=_run_task)
+
+    p = subparsers.add_parser("semseg", help="semantic segmentation into --labels + background", formatter_class=fmt,
+                              description="Semantic segmentation: one RLE per class present + a colour overlay.",
+                              epilog=_TASK_EPILOG["semseg"])
+    _common(p, "semseg")
+    p.add_argument("--labels", help=labels_help)
+    p.add_argument("--refine", action="store_true", help="refine each class with the SAM head (sharper edges)")
+    p.set_defaults(func=_run_task)
+
+    p = subparsers.add_parser("label", help="mask from a point / box prompt and its label", formatter_class=fmt,
+                              description="Segment from point / box prompts and name the mask from --labels.",
+                              epilog=_TASK_EPILOG["label"])
+    _common(p, "label")
+    _prompt_args(p)
+    p.add_argument("--labels", help=labels_help)
+    p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=True,
+                   help="pick the best of three candidate masks (default) or use the single-mask output")
+    p.set_defaults(func=_run_task)
+
+    p = subparsers.add_parser("everything", help="every mask from a point grid (optionally labelled)",
+                              formatter_class=fmt, epilog=_TASK_EPILOG["everything"],
+                              description="Everything mode: masks from a grid of point prompts, best first.")
+    _common(p, "everything")
+    p.add_argument("--labels", help="comma-separated vocabulary to label every mask (default: no labels)")
+    p.add_argument("--points-per-side", type=int, default=16, help="grid points per side (default 16)")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.7, help="keep masks above this predicted IoU")
+    p.add_argument("--stability-thresh", type=float, default=0.8, help="keep masks at least this stable")
+    p.add_argument("--min-area", type=int, default=0, help="drop masks smaller than this (pixels)")
+    p.add_argument("--max-masks", type=int, default=100, help="at most this many masks (<= 255)")
+    p.set_defaults(func=_run_task)
+
+    from .serve import DEFAULT_MAX_PIXELS
+
+    p = subparsers.add_parser("serve", help="HTTP service + web page (FastAPI / uvicorn)", formatter_class=fmt,
+                              description="Serve every task over HTTP: upload once (POST /images), then prompt "
+                                          "the cached image; a web page at /.", epilog=_TASK_EPILOG["serve"])
+    p.add_argument("--model", default="tiny-synthetic", help="merged model name or folder (default: tiny-synthetic)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (MB; 413 above; default 20)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"largest image in pixels, checked before decoding (413 above; default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--max-prompts", type=int, default=64, help="points + box, or labels, per request (default 64)")
+    p.add_argument("--cache-size", type=int, default=16, help="images kept in the LRU cache (default 16)")
+    p.add_argument("--timeout", type=float, default=60.0, help="request timeout in seconds (504; default 60)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _device_args(p)
+    p.set_defaults(func=_run_serve)
+
+
+__all__ = [
+    "TaskInputError", "add_task_commands", "expand_inputs", "output_stems", "parse_box", "parse_point", "write_atomic",
+]

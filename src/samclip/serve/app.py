@@ -1,0 +1,617 @@
+"""HTTP service: every task of a merged SAM-CLIP model behind a small JSON API, plus a web page at ``/``.
+
+    app = create_app("tiny-synthetic", max_upload_mb=20, cache_size=16)
+    uvicorn.run(app, host="127.0.0.1", port=8000)       # or: samclip serve --model tiny-synthetic
+
+Flow: ``POST /images`` (multipart field ``file``) decodes the image, runs the backbone ONCE and caches
+the result in an LRU keyed by ``image_id`` (a content hash: re-uploading the same bytes is free).
+Every other call (``/images/{id}/predict``, ``/label``, ``/classify``, ``/semseg``, ``/segment_text``,
+``/everything``) runs only the light heads on the cached state.
+
+Coordinates are (x, y) pixels of the ORIGINAL uploaded image (after its EXIF orientation), boxes
+XYXY; prompts outside ``0 <= x <= W, 0 <= y <= H`` are rejected with 422 (not clipped). Output masks
+are COCO RLE (``{"size": [H, W], "counts": str}``), output boxes XYXY pixel edges (x1, y1 exclusive).
+See :mod:`samclip.serve` for the shared conventions.
+
+Errors are always JSON ``{"error": <code>, "detail": <message>}``:
+
+===== ====================================================================================
+400   ``invalid_image``: not an image, truncated or corrupt (``POST /images``)
+404   ``image_not_found``: unknown or evicted ``image_id`` (upload it again); ``not_found``
+413   ``payload_too_large``: upload over ``max_upload_mb``, JSON body over 1 MiB;
+      ``image_too_large``: more than ``max_pixels`` pixels (checked from the header, before decoding)
+422   ``malformed_json``, ``invalid_request`` (schema / value errors), ``invalid_prompt`` (prompt
+      outside the image, bad labels), ``too_many_prompts`` (over ``max_prompts`` points + box, or labels)
+504   ``timeout``: the request (queueing for the model included) took over ``request_timeout_s``
+===== ====================================================================================
+
+Concurrency: the event loop never runs the model. Decoding and inference run in a thread pool;
+inference holds one lock around the model (torch modules are not re-entrant), so requests are
+served one at a time on the model while uploads decode in parallel. A timed-out request returns 504
+at once; if it has not reached the model yet it is dropped, otherwise its computation finishes in the
+background (torch cannot be interrupted) and later requests queue behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_VOCABULARY,
+    ImageDecodeError,
+    ImageTooLarge,
+    PromptError,
+    TaskResult,
+    TooManyPrompts,
+    check_labels,
+    check_prompts,
+    png_data_url,
+    read_image,
+    task_classify,
+    task_everything,
+    task_label,
+    task_predict,
+    task_segment_text,
+    task_semseg,
+)
+from .cache import CacheEntry, ImageCache
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_JSON_BYTES = 1 << 20  # request bodies other than uploads
+_MULTIPART_SLACK = 64 << 10  # multipart headers around the uploaded file
+_TEXT_CACHE_MAX = 4096  # bound the predictor's text-embedding cache (clients send arbitrary labels)
+T = TypeVar("T")
+
+
+# -------------------------------------------------------------------------------------------- errors
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "detail": detail}`` with HTTP ``status``."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+class _Cancelled(Exception):
+    """A job whose request already timed out (never reaches the client)."""
+
+
+_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                 415: "unsupported_media_type", 422: "invalid_request", 504: "timeout"}
+
+
+def _error(status: int, error: str, detail: Any, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+
+
+# -------------------------------------------------------------------------------------------- schemas
+Coord = Annotated[float, Field(allow_inf_nan=False)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromptBody(_Body):
+    """SAM prompts in ORIGINAL-image pixels: points (x, y) with labels (1 foreground, 0 background,
+    default all 1) and/or one XYXY box. Every coordinate must lie in ``[0, W] x [0, H]`` (422 otherwise)."""
+
+    points: list[tuple[Coord, Coord]] | None = Field(None, description="(x, y) points, original-image pixels")
+    point_labels: list[Literal[0, 1]] | None = Field(None, description="1 foreground / 0 background per point")
+    box: tuple[Coord, Coord, Coord, Coord] | None = Field(None, description="XYXY box, original-image pixels")
+    multimask: bool = Field(True, description="three candidate masks (the best is reported as `best`)")
+    png: bool = Field(False, description="also return the best mask as a palette-PNG data URL")
+
+
+class LabelBody(PromptBody):
+    labels: list[Text] | None = Field(None, description="vocabulary (default: the 12 scene-world shapes)")
+
+
+class ClassifyBody(_Body):
+    labels: list[Text] | None = Field(None, description="class names (default: the 12 scene-world shapes)")
+
+
+class SemsegBody(_Body):
+    labels: list[Text] | None = Field(None, description="class names (default: the 12 scene-world shapes)")
+    refine: bool = Field(False, description="refine each class with the SAM head")
+    png: bool = True
+
+
+class SegmentTextBody(_Body):
+    phrase: Text
+    vocabulary: list[Text] | None = Field(None, description="distractor classes competing with the phrase")
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    png: bool = True
+
+
+class EverythingBody(_Body):
+    labels: list[Text] | None = Field(None, description="vocabulary to label every mask (omit: no labels)")
+    points_per_side: int = Field(16, ge=2, le=64)
+    pred_iou_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    stability_score_thresh: float = Field(0.8, ge=0.0, le=1.0)
+    min_area: int = Field(0, ge=0)
+    max_masks: int = Field(100, ge=1, le=255)
+    png: bool = True
+
+
+class Rle(BaseModel):
+    size: list[int] = Field(description="[H, W]")
+    counts: str = Field(description="COCO compressed RLE string (pycocotools)")
+
+
+class MaskOut(BaseModel):
+    segmentation: Rle
+    area: int
+    box: list[int] = Field(description="XYXY pixel edges (x1, y1 exclusive)")
+    score: float | None = None
+    predicted_iou: float | None = None
+    stability_score: float | None = None
+    point: list[float] | None = None
+    label: str | None = None
+    label_score: float | None = None
+
+
+class LegendEntry(BaseModel):
+    id: int = Field(description="index in label_map_png")
+    name: str
+    color: str
+    area: int
+    score: float | None = None
+
+
+class _Prompts(BaseModel):
+    points: list[list[float]] | None = None
+    point_labels: list[int] | None = None
+    box: list[float] | None = None
+
+
+class _Visual(BaseModel):
+    legend: list[LegendEntry] = []
+    label_map_png: str | None = Field(None, description="palette PNG data URL; index 0 transparent")
+
+
+class UploadOut(BaseModel):
+    image_id: str
+    width: int
+    height: int
+    cached: bool = Field(description="the same bytes were already cached (no backbone pass)")
+    seconds: float
+
+
+class ImageOut(BaseModel):
+    image_id: str
+    width: int
+    height: int
+
+
+class PredictOut(_Prompts, _Visual):
+    masks: list[MaskOut]
+    scores: list[float]
+    best: int
+
+
+class LabelOut(_Prompts, _Visual):
+    mask: MaskOut
+    label: str | None
+    label_index: int
+    label_score: float
+    probs: dict[str, float]
+    labels: list[str]
+
+
+class Ranked(BaseModel):
+    label: str
+    prob: float
+
+
+class ClassifyOut(BaseModel):
+    labels: list[str]
+    probs: list[float]
+    top: str
+    ranking: list[Ranked]
+
+
+class Segment(MaskOut):
+    id: int
+
+
+class SemsegOut(_Visual):
+    labels: list[str]
+    refined: bool
+    background_area: int
+    segments: list[Segment]
+
+
+class SegmentTextOut(_Visual):
+    phrase: str
+    instances: list[MaskOut]
+
+
+class EverythingOut(_Visual):
+    masks: list[MaskOut]
+    count: int
+    labels: list[str] | None
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 404, 413, 422, 504)
+}
+
+
+# -------------------------------------------------------------------------------------------- limits
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int
+    max_pixels: int
+    max_prompts: int
+    request_timeout_s: float
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over a limit (413) before they are parsed: from ``Content-Length`` at
+    once, or while streaming (chunked uploads). ``POST /images`` gets the upload limit, others 1 MiB."""
+
+    def __init__(self, app: Any, upload_limit: int, other_limit: int = MAX_JSON_BYTES) -> None:
+        self.app, self.upload_limit, self.other_limit = app, upload_limit, other_limit
+
+    async def _send_413(self, send: Any, limit: int) -> None:
+        body = json.dumps({"error": "payload_too_large",
+                           "detail": f"request body over the limit of {limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = scope["path"].rstrip("/") == "/images" and scope["method"] == "POST"
+        limit = self.upload_limit + _MULTIPART_SLACK if upload else self.other_limit
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._send_413(send, limit)
+            return
+        received, exceeded, replied = 0, False, False
+
+        async def limited_receive() -> Any:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    raise StarletteHTTPException(413, f"request body over the limit of {limit} bytes")
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal replied
+            if exceeded:  # whatever the app answers after an overflow, the client gets our 413
+                if not replied:
+                    replied = True
+                    await self._send_413(send, limit)
+                return
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+
+# ------------------------------------------------------------------------------------------- service
+class Service:
+    """The model, its predictor, the image cache and the worker threads behind the endpoints."""
+
+    def __init__(self, model: Any, source: str, limits: Limits, cache: ImageCache, *, bf16: bool,
+                 vocabulary: tuple[str, ...], workers: int = 8) -> None:
+        from ..predictor import Predictor
+
+        self.model, self.source, self.limits, self.cache = model, source, limits, cache
+        self.predictor = Predictor(model, bf16=bf16)
+        self.bf16, self.vocabulary = bf16, vocabulary
+        self.lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="samclip-serve")
+        self.started = time.time()
+        self.requests = 0
+        self.timeouts = 0
+
+    async def call(self, job: Callable[[threading.Event], T]) -> T:
+        """Run ``job(cancelled)`` in the worker pool with the request timeout (504 when exceeded)."""
+        cancelled = threading.Event()
+        fut = asyncio.get_running_loop().run_in_executor(self.executor, job, cancelled)
+        try:
+            return await asyncio.wait_for(fut, self.limits.request_timeout_s)
+        except TimeoutError:
+            cancelled.set()
+            self.timeouts += 1
+            raise ApiError(504, "timeout", f"the request took longer than {self.limits.request_timeout_s:g} s "
+                                           "(model queue included); try again or use a smaller request") from None
+
+    def on_model(self, cancelled: threading.Event, fn: Callable[[Any], T], entry: CacheEntry | None = None) -> T:
+        """Inside a job: ``fn(predictor)`` under the model lock, on ``entry``'s cached image."""
+        with self.lock:
+            if cancelled.is_set():
+                raise _Cancelled
+            if entry is not None:
+                self.predictor.select(entry.state)
+            try:
+                return fn(self.predictor)
+            finally:
+                cache = self.predictor._text_cache  # noqa: SLF001 - bounded here: labels come from clients
+                if len(cache) > _TEXT_CACHE_MAX:
+                    cache.clear()
+
+    async def run_task(self, entry: CacheEntry, fn: Callable[[Any], TaskResult], png: bool) -> dict[str, Any]:
+        """Run a task on a cached image; the PNG is encoded after the model lock is released."""
+
+        def job(cancelled: threading.Event) -> dict[str, Any]:
+            res = self.on_model(cancelled, fn, entry)
+            out = dict(res.data)
+            if res.label_map is not None:
+                out["legend"] = res.legend
+                out["label_map_png"] = png_data_url(res.label_map_png()) if png else None
+            return out
+
+        return await self.call(job)
+
+    def entry(self, image_id: str) -> CacheEntry:
+        entry = self.cache.get(image_id)
+        if entry is None:
+            raise ApiError(404, "image_not_found",
+                           f"unknown image id {image_id!r}: never uploaded, or evicted from the cache of "
+                           f"{self.cache.max_items} images; upload it again with POST /images")
+        return entry
+
+    def prompts(self, body: PromptBody, entry: CacheEntry) -> dict[str, Any]:
+        return check_prompts(body.points, body.point_labels, body.box, (entry.height, entry.width),
+                             max_prompts=self.limits.max_prompts)
+
+    def labels(self, labels: list[str] | None, what: str = "labels", default: bool = True) -> list[str] | None:
+        if labels is None:  # the server's own vocabulary is exempt from max_prompts
+            return list(self.vocabulary) if default else None
+        return check_labels(labels, max_labels=self.limits.max_prompts, what=what,
+                            default=self.vocabulary if default else None)
+
+    def info(self) -> dict[str, Any]:
+        m = self.model
+        cfg = m.config.to_dict()
+        enc = cfg["sam"]["image_encoder"]
+        return {
+            "model": self.source, "model_class": type(m).__name__,
+            "parameters": int(sum(p.numel() for p in m.parameters())),
+            "device": str(self.predictor.device), "dtype": "bf16" if self.bf16 else "fp32",
+            "img_size": int(m.img_size), "patch_size": int(enc["patch_size"]), "grid": m.img_size // enc["patch_size"],
+            "embed_dim": enc["embed_dim"], "depth": enc["depth"], "mask_threshold": float(m.mask_threshold),
+            "text": {k: cfg["text"][k] for k in ("context_length", "width", "layers", "vocab_size")},
+            "clip_head": cfg["head"], "clip_size": cfg.get("clip_size"), "semseg_size": cfg.get("semseg_size"),
+            "vocabulary": list(self.vocabulary), "limits": asdict(self.limits), "cache": self.cache.info(),
+            "coordinates": "(x, y) original-image pixels; boxes XYXY; masks COCO RLE",
+            "config": cfg,
+        }
+
+
+def _load(model_source: Any, device: str | None) -> tuple[Any, str]:
+    from ..models import SamClip
+
+    if isinstance(model_source, SamClip):
+        model = model_source.eval()
+        if device is not None:
+            model.to(device)
+        return model, f"<{type(model_source).__name__} object>"
+    from ..factory import load_model
+
+    return load_model(model_source, device=device), os.fspath(model_source)
+
+
+# ----------------------------------------------------------------------------------------------- app
+def create_app(
+    model_source: Any = "tiny-synthetic",
+    *,
+    max_upload_mb: float = 20.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_prompts: int = 64,
+    cache_size: int = 16,
+    cache_max_mb: float | None = 4096.0,
+    request_timeout_s: float = 60.0,
+    device: str | None = None,
+    bf16: bool = False,
+    vocabulary: tuple[str, ...] | list[str] = DEFAULT_VOCABULARY,
+    workers: int = 8,
+) -> FastAPI:
+    """Build the FastAPI app for a merged model (a registered name, a saved folder, or a SamClip object).
+
+    Limits: ``max_upload_mb`` (upload bytes, 413), ``max_pixels`` (decompression-bomb guard from the
+    image header, 413), ``max_prompts`` (points + box, or labels, per request; 422), ``cache_size``
+    (images kept, LRU; also ``cache_max_mb`` of cached state), ``request_timeout_s`` (504).
+    ``bf16``: bfloat16 autocast (default fp32: faster and exact on most CPUs).
+    """
+    model, source = _load(model_source, device)
+    limits = Limits(int(max_upload_mb * (1 << 20)), int(max_pixels), int(max_prompts), float(request_timeout_s))
+    if limits.max_prompts < 1 or limits.max_pixels < 1 or limits.max_upload_bytes < 1 or limits.request_timeout_s <= 0:
+        raise ValueError(f"every limit must be positive: {limits}")
+    cache = ImageCache(cache_size, None if cache_max_mb is None else int(cache_max_mb * (1 << 20)))
+    svc = Service(model, source, limits, cache, bf16=bf16, vocabulary=tuple(vocabulary), workers=workers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        svc.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="samclip", version="0.1.0", lifespan=lifespan,
+        description="SAM-CLIP: every zero-shot task from one backbone pass per uploaded image. "
+                    "Coordinates are (x, y) original-image pixels, boxes XYXY, masks COCO RLE. "
+                    "Errors: JSON {error, detail}.",
+    )
+    app.state.service = svc
+    app.add_middleware(BodyLimitMiddleware, upload_limit=limits.max_upload_bytes)
+
+    # ---------------------------------------------------------------------------- error handlers
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.error, exc.detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")}
+                  for e in exc.errors()]
+        if any(e["type"] == "json_invalid" for e in errors):
+            return _error(422, "malformed_json", "the request body is not valid JSON", errors=errors)
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+        return _error(422, "invalid_request", detail, errors=errors)
+
+    @app.exception_handler(TooManyPrompts)
+    async def _too_many(_: Request, exc: TooManyPrompts) -> JSONResponse:
+        return _error(422, "too_many_prompts", str(exc))
+
+    @app.exception_handler(PromptError)
+    async def _prompt_error(_: Request, exc: PromptError) -> JSONResponse:
+        return _error(422, "invalid_prompt", str(exc))
+
+    @app.exception_handler(ImageTooLarge)
+    async def _too_large(_: Request, exc: ImageTooLarge) -> JSONResponse:
+        return _error(413, "image_too_large", str(exc))
+
+    @app.exception_handler(ImageDecodeError)
+    async def _bad_image(_: Request, exc: ImageDecodeError) -> JSONResponse:
+        return _error(400, "invalid_image", str(exc))
+
+    @app.exception_handler(ValueError)
+    async def _value_error(_: Request, exc: ValueError) -> JSONResponse:
+        return _error(422, "invalid_request", str(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    # --------------------------------------------------------------------------------- endpoints
+    @app.get("/health", summary="liveness (never waits for the model)")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "images": len(svc.cache), "model_busy": svc.lock.locked(),
+                "uptime_s": round(time.time() - svc.started, 1)}
+
+    @app.get("/info", summary="model configuration summary, limits and cache statistics")
+    async def info() -> dict[str, Any]:
+        return svc.info()
+
+    @app.post("/images", response_model=UploadOut, responses=_ERRORS,
+              summary="upload an image (multipart field `file`); runs the backbone once and caches it")
+    async def upload(file: Annotated[UploadFile, File(description="PNG / JPEG / WebP / ... image")]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        data = await file.read(limits.max_upload_bytes + 1)
+        if len(data) > limits.max_upload_bytes:
+            raise ApiError(413, "payload_too_large",
+                           f"the upload is over the limit of {limits.max_upload_bytes} bytes ({max_upload_mb:g} MB)")
+        image_id = hashlib.sha256(data).hexdigest()[:32]
+        entry = svc.cache.get(image_id)
+        if entry is not None:
+            return {"image_id": image_id, "width": entry.width, "height": entry.height, "cached": True,
+                    "seconds": time.perf_counter() - t0}
+
+        def job(cancelled: threading.Event) -> CacheEntry:
+            image = read_image(data, limits.max_pixels)  # outside the model lock
+            state = svc.on_model(cancelled, lambda p: p.set_image(image))
+            return svc.cache.put(image_id, state, image.shape[1], image.shape[0])
+
+        entry = await svc.call(job)
+        return {"image_id": image_id, "width": entry.width, "height": entry.height, "cached": False,
+                "seconds": time.perf_counter() - t0}
+
+    @app.get("/images/{image_id}", response_model=ImageOut, responses=_ERRORS, summary="a cached image's size")
+    async def image_info(image_id: str) -> dict[str, Any]:
+        e = svc.entry(image_id)
+        return {"image_id": image_id, "width": e.width, "height": e.height}
+
+    @app.delete("/images/{image_id}", responses=_ERRORS, summary="drop a cached image")
+    async def image_delete(image_id: str) -> dict[str, Any]:
+        if svc.cache.pop(image_id) is None:
+            svc.entry(image_id)  # raises the 404
+        return {"image_id": image_id, "deleted": True}
+
+    @app.post("/images/{image_id}/predict", response_model=PredictOut, responses=_ERRORS,
+              summary="SAM masks from points / box (original-image pixels, XYXY)")
+    async def predict(image_id: str, body: PromptBody) -> dict[str, Any]:
+        entry = svc.entry(image_id)
+        prompts = svc.prompts(body, entry)
+        return await svc.run_task(entry, lambda p: task_predict(p, prompts, multimask=body.multimask), body.png)
+
+    @app.post("/images/{image_id}/label", response_model=LabelOut, responses=_ERRORS,
+              summary="the best mask of points / box prompts and its label from a vocabulary")
+    async def label(image_id: str, body: LabelBody) -> dict[str, Any]:
+        entry = svc.entry(image_id)
+        prompts = svc.prompts(body, entry)
+        labels = svc.labels(body.labels)
+        return await svc.run_task(entry, lambda p: task_label(p, prompts, labels, multimask=body.multimask),
+                                  body.png)
+
+    @app.post("/images/{image_id}/classify", response_model=ClassifyOut, responses=_ERRORS,
+              summary="zero-shot classification of the whole image")
+    async def classify(image_id: str, body: ClassifyBody) -> dict[str, Any]:
+        entry = svc.entry(image_id)
+        labels = svc.labels(body.labels)
+        return await svc.run_task(entry, lambda p: task_classify(p, labels), False)
+
+    @app.post("/images/{image_id}/semseg", response_model=SemsegOut, responses=_ERRORS,
+              summary="semantic segmentation into labels + background (palette PNG + legend)")
+    async def semseg(image_id: str, body: SemsegBody) -> dict[str, Any]:
+        entry = svc.entry(image_id)
+        labels = svc.labels(body.labels)
+        return await svc.run_task(entry, lambda p: task_semseg(p, labels, refine=body.refine), body.png)
+
+    @app.post("/images/{image_id}/segment_text", response_model=SegmentTextOut, responses=_ERRORS,
+              summary="instances of a phrase")
+    async def segment_text(image_id: str, body: SegmentTextBody) -> dict[str, Any]:
+        entry = svc.entry(image_id)
+        vocab = svc.labels(body.vocabulary, "vocabulary", default=False)
+        return await svc.run_task(
+            entry, lambda p: task_segment_text(p, body.phrase, vocabulary=vocab, threshold=body.threshold), body.png)
+
+    @app.post("/images/{image_id}/everything", response_model=EverythingOut, responses=_ERRORS,
+              summary="every mask from a point grid, optionally labelled")
+    async def everything(image_id: str, body: EverythingBody) -> dict[str, Any]:
+        entry = svc.entry(image_id)
+        labels = svc.labels(body.labels, default=False)
+        return await svc.run_task(entry, lambda p: task_everything(
+            p, labels, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
+            stability_score_thresh=body.stability_score_thresh, min_area=body.min_area,
+            max_masks=body.max_masks), body.png)
+
+    # -------------------------------------------------------------------------------- web page
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    return app
+
+
+__all__ = ["ApiError", "BodyLimitMiddleware", "ImageCache", "Limits", "Service", "create_app"]

@@ -1,0 +1,167 @@
+"""`samclip classify|segment|semseg|label|everything` on generated scenes with a tiny random merged model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import samclip
+from samclip.cli import main
+from samclip.cli_tasks import output_stems, parse_point
+from samclip.data import SHAPES, class_prompts, generate_scene
+from samclip.models import CLIP, ClipHeadConfig, SamClip, clip_preset
+from samclip.serve import rle_decode
+from samclip.tokenizer import ClipTokenizer
+
+SIZE = 96
+
+
+def build_tiny_merged() -> SamClip:
+    torch.manual_seed(0)
+    tok = ClipTokenizer.train([p for s in SHAPES for p in class_prompts(s)] + ["a plain background"],
+                              vocab_size=200, context_length=16)
+    base = clip_preset("clip-tiny")
+    clip = CLIP.from_config(base.replace(text=base.text.replace(
+        vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id))).eval()
+    clip.tokenizer = tok
+    sam = samclip.create_sam("sam-tiny").eval()
+    return SamClip.from_teachers(sam, clip, ClipHeadConfig(mlp_hidden=16, out_dim=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):  # noqa: ANN001, ANN201
+    root = tmp_path_factory.mktemp("cli_tasks")
+    samclip.save_pretrained(build_tiny_merged(), root / "model")
+    imgs = root / "imgs"
+    imgs.mkdir()
+    for seed in range(2):
+        Image.fromarray(generate_scene(seed, SIZE).image).save(imgs / f"scene{seed}.png")
+    Image.fromarray(generate_scene(5, 64).image[:, :48]).save(imgs / "narrow.jpg")  # another size and format
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def run(env, *args: str, capsys) -> tuple[int, str, str]:  # noqa: ANN001
+    code = main([*args, "--model", str(env / "model")])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def load_outputs(out_dir, stem: str) -> dict:  # noqa: ANN001
+    data = json.loads((out_dir / f"{stem}.json").read_text())
+    with Image.open(out_dir / f"{stem}.png") as im:
+        assert im.size == (data["width"], data["height"])
+    assert not list(out_dir.glob(".*.tmp")), "temporary files left behind"
+    return data
+
+
+def check_rle(rle: dict, h: int, w: int) -> np.ndarray:
+    assert isinstance(rle["counts"], str) and rle["size"] == [h, w]
+    mask = rle_decode(rle)
+    assert mask.shape == (h, w)
+    return mask
+
+
+def test_classify_glob(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    code, out, _ = run(env, "classify", str(env / "imgs" / "*.png"), str(env / "imgs" / "narrow.jpg"),
+                       "--labels", "star, ring,heart", "--out", str(tmp_path), capsys=capsys)
+    assert code == 0 and out.count("->") == 3
+    for stem in ("scene0", "scene1", "narrow"):
+        d = load_outputs(tmp_path, stem)
+        assert d["task"] == "classify" and d["labels"] == ["star", "ring", "heart"]
+        assert abs(sum(d["probs"]) - 1) < 1e-4 and d["top"] in d["labels"]
+    assert load_outputs(tmp_path, "narrow")["width"] == 48
+
+
+def test_segment_points_box_text(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    img = str(env / "imgs" / "scene0.png")
+    code, _, _ = run(env, "segment", img, "--point", "40,50", "--point", "3,3:0", "--multimask",
+                     "--out", str(tmp_path), capsys=capsys)
+    d = load_outputs(tmp_path, "scene0")
+    assert code == 0 and len(d["masks"]) == 3 and d["points"] == [[40, 50], [3, 3]] and d["point_labels"] == [1, 0]
+    for m in d["masks"]:
+        assert int(check_rle(m["segmentation"], SIZE, SIZE).sum()) == m["area"]
+    code, _, _ = run(env, "segment", img, "--box", "10,10,60,70", "--out", str(tmp_path), capsys=capsys)
+    d = load_outputs(tmp_path, "scene0")
+    assert code == 0 and len(d["masks"]) == 1 and d["box"] == [10, 10, 60, 70]
+    code, _, _ = run(env, "segment", img, "--text", "star", "--labels", "ring,heart", "--out", str(tmp_path),
+                     capsys=capsys)
+    d = load_outputs(tmp_path, "scene0")
+    assert code == 0 and d["phrase"] == "star"
+    for inst in d["instances"]:
+        check_rle(inst["segmentation"], SIZE, SIZE)
+
+
+def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    img = str(env / "imgs" / "scene1.png")
+    code, _, _ = run(env, "semseg", img, "--labels", "star,ring", "--refine", "--out", str(tmp_path / "s"),
+                     capsys=capsys)
+    d = load_outputs(tmp_path / "s", "scene1")
+    assert code == 0 and d["refined"] and [e["name"] for e in d["legend"]] == ["star", "ring"]
+    total = d["background_area"]
+    for seg in d["segments"]:
+        total += int(check_rle(seg["segmentation"], SIZE, SIZE).sum())
+    assert total == SIZE * SIZE
+
+    code, out, _ = run(env, "label", img, "--point", "30,30", "--labels", "star,ring,heart", "--out",
+                       str(tmp_path / "l"), capsys=capsys)
+    d = load_outputs(tmp_path / "l", "scene1")
+    assert code == 0 and d["label"] in ("star", "ring", "heart") and d["label"] in out
+    check_rle(d["mask"]["segmentation"], SIZE, SIZE)
+
+    code, _, _ = run(env, "everything", img, "--labels", "star,ring", "--points-per-side", "4",
+                     "--pred-iou-thresh", "0", "--stability-thresh", "0", "--out", str(tmp_path / "e"), capsys=capsys)
+    d = load_outputs(tmp_path / "e", "scene1")
+    assert code == 0 and d["count"] == len(d["masks"]) >= 1
+    for m in d["masks"]:
+        assert m["label"] in ("star", "ring") and check_rle(m["segmentation"], SIZE, SIZE).sum() == m["area"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["classify", "{imgs}/missing.png"], "no such file"),
+    (["classify", "{root}/notes.txt"], "not an image"),
+    (["classify", "{imgs}/*.gif"], "no files match"),
+    (["classify", "{imgs}/scene0.png", "--labels", " , "], "--labels is empty"),
+    (["semseg", "{imgs}/scene0.png", "--labels", ""], "--labels is empty"),
+    (["segment", "{imgs}/scene0.png", "--point", "4;4"], "expected x,y"),
+    (["segment", "{imgs}/scene0.png", "--point", "4,4:7"], "expected x,y"),
+    (["segment", "{imgs}/scene0.png", "--point", "a,b"], "expected x,y"),
+    (["segment", "{imgs}/scene0.png", "--box", "1,2,3"], "expected x0,y0,x1,y1"),
+    (["segment", "{imgs}/scene0.png", "--box", "9,2,3,4"], "x0 <= x1"),
+    (["segment", "{imgs}/scene0.png"], "at least one --point"),
+    (["label", "{imgs}/scene0.png", "--point", "500,4"], "outside the 96x96 image"),
+    (["segment", "{imgs}/scene0.png", "--text", "star", "--point", "1,1"], "not both"),
+])
+def test_bad_inputs_exit_2(env, capsys, args, message) -> None:  # noqa: ANN001
+    args = [a.format(imgs=env / "imgs", root=env) for a in args]
+    code, _, err = run(env, *args, capsys=capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("samclip: error:") and message in lines[0], err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_unavailable_is_a_clear_error(env, capsys) -> None:  # noqa: ANN001
+    code, _, err = run(env, "classify", str(env / "imgs" / "scene0.png"), "--device", "cuda", capsys=capsys)
+    assert code == 2 and "CUDA is not available" in err
+
+
+def test_subprocess_no_traceback_and_help(env) -> None:  # noqa: ANN001
+    p = subprocess.run([sys.executable, "-m", "samclip.cli", "segment", str(env / "imgs" / "scene0.png"), "--point",
+                        "x", "--model", str(env / "model")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = subprocess.run([sys.executable, "-m", "samclip.cli", "segment", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "examples:" in p.stdout and "--point 120,80" in p.stdout
+
+
+def test_helpers() -> None:
+    assert parse_point("1.5, 2:0") == (1.5, 2.0, 0) and parse_point("3,4") == (3.0, 4.0, 1)
+    from pathlib import Path
+
+    assert output_stems([Path("a/x.png"), Path("b/x.png"), Path("y.jpg")]) == ["x", "x-2", "y"]

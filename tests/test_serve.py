@@ -1,0 +1,298 @@
+"""HTTP service on a tiny random merged model: every endpoint, the limits, error bodies, the LRU, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import struct
+import threading
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import samclip
+from samclip.data import SHAPES, class_prompts, generate_scene
+from samclip.models import CLIP, ClipHeadConfig, SamClip, clip_preset
+from samclip.serve import rle_decode
+from samclip.serve.app import create_app
+from samclip.serve.cache import ImageCache
+from samclip.tokenizer import ClipTokenizer
+
+SIZE = 96
+
+
+def build_tiny_merged() -> SamClip:
+    """A tiny random merged model whose tokenizer knows the scene-world class prompts."""
+    torch.manual_seed(0)
+    tok = ClipTokenizer.train([p for s in SHAPES for p in class_prompts(s)] + ["a plain background"],
+                              vocab_size=200, context_length=16)
+    base = clip_preset("clip-tiny")
+    clip = CLIP.from_config(base.replace(text=base.text.replace(
+        vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id))).eval()
+    clip.tokenizer = tok
+    sam = samclip.create_sam("sam-tiny").eval()
+    return SamClip.from_teachers(sam, clip, ClipHeadConfig(mlp_hidden=16, out_dim=32)).eval()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` (the pixel data is a stub)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def decode_data_url(url: str) -> Image.Image:
+    assert url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):  # noqa: ANN001, ANN201
+    folder = tmp_path_factory.mktemp("serve_model") / "merged"
+    samclip.save_pretrained(build_tiny_merged(), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list:
+    return [generate_scene(seed, SIZE) for seed in range(3)]
+
+
+@pytest.fixture(scope="module")
+def app(model_folder):  # noqa: ANN001, ANN201
+    return create_app(str(model_folder), max_upload_mb=0.05, max_pixels=200 * 200, max_prompts=8, cache_size=2,
+                      request_timeout_s=30)
+
+
+@pytest.fixture(scope="module")
+def client(app):  # noqa: ANN001, ANN201
+    with TestClient(app) as c:
+        yield c
+
+
+def upload(client: TestClient, image: np.ndarray) -> dict:
+    r = client.post("/images", files={"file": ("scene.png", png_bytes(image), "image/png")})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def assert_error(r: httpx.Response, status: int, error: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) >= {"error", "detail"} and body["detail"], body
+    if error is not None:
+        assert body["error"] == error, body
+    return body
+
+
+# --------------------------------------------------------------------------------------- happy paths
+def test_openapi_health_info_page(client) -> None:  # noqa: ANN001
+    spec = client.get("/openapi.json").json()
+    for path in ("/images", "/images/{image_id}/predict", "/images/{image_id}/label", "/images/{image_id}/classify",
+                 "/images/{image_id}/semseg", "/images/{image_id}/segment_text", "/images/{image_id}/everything",
+                 "/health", "/info"):
+        assert path in spec["paths"], path
+    assert client.get("/health").json()["status"] == "ok"
+    info = client.get("/info").json()
+    assert info["img_size"] == 128 and info["patch_size"] == 16 and info["vocabulary"] == list(SHAPES)
+    assert info["limits"]["max_prompts"] == 8 and info["cache"]["max_items"] == 2
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="prompt-canvas"' in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
+    sc = scenes[0]
+    up = upload(client, sc.image)
+    assert (up["width"], up["height"]) == (SIZE, SIZE) and len(up["image_id"]) == 32
+    assert upload(client, sc.image)["cached"] is True  # content-addressed: no second backbone pass
+    iid = up["image_id"]
+    x, y = sc.objects[0].prompt_point
+
+    r = client.post(f"/images/{iid}/predict", json={"points": [[x, y]], "png": True})
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert len(p["masks"]) == 3 and len(p["scores"]) == 3 and 0 <= p["best"] < 3
+    for m in p["masks"]:
+        mask = rle_decode(m["segmentation"])
+        assert mask.shape == (SIZE, SIZE) and int(mask.sum()) == m["area"]
+    png = decode_data_url(p["label_map_png"])
+    best = rle_decode(p["masks"][p["best"]]["segmentation"])
+    assert png.size == (SIZE, SIZE) and png.mode == "P"
+    assert np.array_equal(np.asarray(png) == 1, best)
+
+    r = client.post(f"/images/{iid}/predict", json={"box": [10, 10, 60, 70], "multimask": False})
+    assert r.status_code == 200 and len(r.json()["masks"]) == 1 and r.json()["label_map_png"] is None
+
+    r = client.post(f"/images/{iid}/label", json={"points": [[x, y], [2, 2]], "point_labels": [1, 0],
+                                                    "labels": ["star", "ring", "heart"]})
+    lab = r.json()
+    assert r.status_code == 200 and lab["label"] in ("star", "ring", "heart")
+    assert abs(sum(lab["probs"].values()) - 1) < 1e-4 and rle_decode(lab["mask"]["segmentation"]).shape == (SIZE, SIZE)
+
+    r = client.post(f"/images/{iid}/classify", json={"labels": ["star", "ring"]})
+    c = r.json()
+    assert r.status_code == 200 and abs(sum(c["probs"]) - 1) < 1e-4 and c["top"] in ("star", "ring")
+    assert len(client.post(f"/images/{iid}/classify", json={}).json()["probs"]) == len(SHAPES)  # default vocab
+
+    r = client.post(f"/images/{iid}/semseg", json={"labels": ["star", "ring"], "refine": True})
+    s = r.json()
+    assert r.status_code == 200 and [e["name"] for e in s["legend"]] == ["star", "ring"]
+    lm = np.asarray(decode_data_url(s["label_map_png"]))
+    assert lm.shape == (SIZE, SIZE) and lm.max() <= 2
+    assert sum(e["area"] for e in s["legend"]) + s["background_area"] == SIZE * SIZE
+    for seg in s["segments"]:
+        assert np.array_equal(rle_decode(seg["segmentation"]), lm == seg["id"])
+
+    r = client.post(f"/images/{iid}/segment_text", json={"phrase": "star", "vocabulary": ["ring"], "threshold": 0.0})
+    assert r.status_code == 200 and r.json()["phrase"] == "star"
+    for inst in r.json()["instances"]:
+        assert rle_decode(inst["segmentation"]).shape == (SIZE, SIZE)
+
+    r = client.post(f"/images/{iid}/everything", json={"labels": ["star", "ring"], "points_per_side": 4,
+                                                         "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+    e = r.json()
+    assert r.status_code == 200 and e["count"] == len(e["masks"]) == len(e["legend"]) >= 1
+    assert all(m["label"] in ("star", "ring") for m in e["masks"])
+    assert np.asarray(decode_data_url(e["label_map_png"])).max() == e["count"]
+
+    assert client.get(f"/images/{iid}").json() == {"image_id": iid, "width": SIZE, "height": SIZE}
+
+
+# ---------------------------------------------------------------------------------------- robustness
+def test_bad_uploads(client, scenes) -> None:  # noqa: ANN001
+    noise = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)  # ~77 kB > 0.05 MB
+    r = client.post("/images", files={"file": ("big.png", png_bytes(noise), "image/png")})
+    assert_error(r, 413, "payload_too_large")
+    huge = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)  # over the multipart slack too
+    assert_error(client.post("/images", files={"file": ("huge.png", png_bytes(huge), "image/png")}),
+                 413, "payload_too_large")
+
+    def chunked():  # no Content-Length: the limit is enforced while streaming  # noqa: ANN202
+        yield b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        for _ in range(200):
+            yield b"\x00" * 1024
+        yield b"\r\n--xx--\r\n"
+
+    r = client.post("/images", content=chunked(), headers={"content-type": "multipart/form-data; boundary=xx"})
+    assert_error(r, 413, "payload_too_large")
+    assert_error(client.post("/images", files={"file": ("x.png", b"definitely not an image", "image/png")}),
+                 400, "invalid_image")
+    truncated = png_bytes(scenes[1].image)
+    assert_error(client.post("/images", files={"file": ("t.png", truncated[: len(truncated) // 2], "image/png")}),
+                 400, "invalid_image")
+    assert_error(client.post("/images", files={"file": ("e.png", b"", "image/png")}), 400, "invalid_image")
+    body = assert_error(client.post("/images", files={"file": ("bomb.png", png_claiming(100_000, 100_000))}),
+                        413, "image_too_large")
+    assert "too large" in body["detail"]
+    cheap_but_big = png_bytes(np.zeros((300, 300, 3), np.uint8))  # 90k pixels > max_pixels 40k, few bytes
+    assert_error(client.post("/images", files={"file": ("b.png", cheap_but_big)}), 413, "image_too_large")
+    assert_error(client.post("/images", data={"nofile": "1"}), 422, "invalid_request")
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_bad_requests(client, scenes) -> None:  # noqa: ANN001
+    iid = upload(client, scenes[0].image)["image_id"]
+    url = f"/images/{iid}/predict"
+    assert_error(client.post("/images/deadbeef/predict", json={"points": [[1, 1]]}), 404, "image_not_found")
+    assert_error(client.post("/images/deadbeef/classify", json={}), 404, "image_not_found")
+    assert_error(client.post(url, content=b'{"points": [[1, 1]', headers={"content-type": "application/json"}),
+                 422, "malformed_json")
+    assert_error(client.post(url, json={"points": [[SIZE + 5, 1]]}), 422, "invalid_prompt")
+    assert_error(client.post(url, json={"points": [[-1, 1]]}), 422, "invalid_prompt")
+    assert_error(client.post(url, json={"box": [0, 0, SIZE + 1, 10]}), 422, "invalid_prompt")
+    assert_error(client.post(url, json={"box": [50, 0, 10, 10]}), 422, "invalid_prompt")
+    assert client.post(url, json={"box": [0, 0, SIZE, SIZE]}).status_code == 200  # edges are inside
+    assert_error(client.post(url, json={"points": [[1, 1]] * 9}), 422, "too_many_prompts")
+    assert_error(client.post(url, json={"points": [[1, 1]] * 8, "box": [0, 0, 5, 5]}), 422, "too_many_prompts")
+    assert_error(client.post(f"/images/{iid}/classify", json={"labels": [f"w{i}" for i in range(9)]}),
+                 422, "too_many_prompts")
+    assert_error(client.post(url, json={"points": [[1, 1]], "point_labels": [2]}), 422, "invalid_request")
+    assert_error(client.post(url, json={"points": [[1, 1]], "point_labels": [1, 0]}), 422, "invalid_prompt")
+    assert_error(client.post(url, content=b'{"points": [[NaN, 1]]}', headers={"content-type": "application/json"}),
+                 422)
+    assert_error(client.post(url, json={}), 422, "invalid_prompt")  # no prompt at all
+    assert_error(client.post(url, json={"points": [[1, 1]], "colour": "red"}), 422, "invalid_request")
+    assert_error(client.post(f"/images/{iid}/classify", json={"labels": []}), 422)
+    assert_error(client.post(f"/images/{iid}/classify", json={"labels": ["  "]}), 422)
+    assert_error(client.post(f"/images/{iid}/semseg", json={"labels": "star"}), 422)
+    assert_error(client.post(f"/images/{iid}/everything", json={"points_per_side": 1000}), 422)
+    assert_error(client.post(f"/images/{iid}/classify", content=b"x" * ((1 << 20) + 1),
+                             headers={"content-type": "application/json"}), 413, "payload_too_large")
+    assert_error(client.get("/no/such/route"), 404, "not_found")
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_lru_eviction(client, scenes) -> None:  # noqa: ANN001
+    ids = [upload(client, sc.image)["image_id"] for sc in scenes]  # cache_size=2
+    body = assert_error(client.post(f"/images/{ids[0]}/classify", json={}), 404, "image_not_found")
+    assert "upload it again" in body["detail"]
+    for iid in ids[1:]:
+        assert client.post(f"/images/{iid}/classify", json={}).status_code == 200
+    again = upload(client, scenes[0].image)
+    assert again["image_id"] == ids[0] and again["cached"] is False
+    assert client.post(f"/images/{ids[0]}/classify", json={}).status_code == 200
+    assert client.delete(f"/images/{ids[0]}").json()["deleted"] is True
+    assert_error(client.get(f"/images/{ids[0]}"), 404, "image_not_found")
+
+
+def test_cache_unit() -> None:
+    cache = ImageCache(2)
+    for k in "abc":
+        cache.put(k, object(), 1, 1)
+    assert "a" not in cache and cache.get("b") is not None and cache.evictions == 1
+    cache.put("d", object(), 1, 1)  # "c" is now the least recently used
+    assert "c" not in cache and "b" in cache
+
+
+# ------------------------------------------------------------------------------------ concurrency
+def test_timeout_and_event_loop_not_blocked(model_folder, scenes) -> None:  # noqa: ANN001
+    app = create_app(str(model_folder), request_timeout_s=0.5)
+    svc = app.state.service
+    real = svc.predictor.classify
+    release = threading.Event()
+
+    def slow_classify(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        release.wait(5)
+        return real(*args, **kwargs)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=10) as c:
+            r = await c.post("/images", files={"file": ("s.png", png_bytes(scenes[0].image), "image/png")})
+            iid = r.json()["image_id"]
+            svc.predictor.classify = slow_classify
+            slow = asyncio.create_task(c.post(f"/images/{iid}/classify", json={}))
+            await asyncio.sleep(0.1)
+            t0 = time.perf_counter()
+            health = await c.get("/health")  # answered while the model is busy
+            assert health.status_code == 200 and time.perf_counter() - t0 < 0.3
+            assert health.json()["model_busy"] is True
+            assert_error(await slow, 504, "timeout")
+            release.set()
+            svc.predictor.classify = real
+            for _ in range(50):  # the abandoned job finishes in the background, then the model is free again
+                r = await c.post(f"/images/{iid}/classify", json={"labels": ["star", "ring"]})
+                if r.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert r.status_code == 200, r.text
+
+    asyncio.run(scenario())
+    svc.executor.shutdown(wait=True)
