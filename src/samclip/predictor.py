@@ -188,14 +188,20 @@ class Predictor:
         model: a merged :class:`SamClip` (every task) or a plain :class:`Sam` (SAM tasks only); it is
             put in eval mode. Inputs go to the device of its parameters.
         bf16: run the networks under bfloat16 autocast (outputs are float32).
+        backend: ``"torch"`` (default) or ``"onnx"``: the image graph (backbone + both heads) and the
+            prompt decoder run on onnxruntime from ``onnx_dir`` (written by ``samclip export onnx`` from
+            this model); the text tower, pre- and post-processing stay in PyTorch. See :meth:`from_onnx`.
     """
 
-    def __init__(self, model: SamClip | Sam, *, bf16: bool = True) -> None:
+    def __init__(self, model: SamClip | Sam, *, bf16: bool = True, backend: str = "torch",
+                 onnx_dir: Any = None) -> None:
         if not isinstance(model, SamClip | Sam):
             raise TypeError(f"Predictor needs a SamClip or Sam model, got {type(model).__name__}")
         self.model = model.eval()
         self.bf16 = bf16
         self.has_clip = isinstance(model, SamClip)
+        self.backend = backend
+        self._onnx = self._onnx_engine(backend, onnx_dir)
         sam_cfg = model.sam.config if isinstance(model, SamClip) else model.config
         self.patch_size = sam_cfg.image_encoder.patch_size
         self.device = next(model.parameters()).device
@@ -204,6 +210,39 @@ class Predictor:
         self._text_cache: dict[str, torch.Tensor] = {}
         self._text_hits = 0
         self._text_misses = 0
+
+    @classmethod
+    def from_onnx(cls, onnx_dir: Any, model: SamClip | None = None, **kwargs: Any) -> Predictor:
+        """A predictor on an ONNX export; ``model`` (for the text tower) defaults to the model the export
+        was made from (the name or folder recorded in its manifest)."""
+        if model is None:
+            from .export.onnx_runtime import read_manifest
+            from .factory import load_model
+
+            source = read_manifest(onnx_dir).get("source")
+            if not source:
+                raise ValueError(f"{onnx_dir} was exported from an in-memory model; pass model=... (its text tower "
+                                 "is needed for the CLIP tasks)")
+            model = load_model(source)
+        return cls(model, backend="onnx", onnx_dir=onnx_dir, **kwargs)
+
+    def _onnx_engine(self, backend: str, onnx_dir: Any) -> Any:
+        """None for the PyTorch path; the onnxruntime engine for ``backend="onnx"``."""
+        if backend == "torch":
+            if onnx_dir is not None:
+                raise ValueError("onnx_dir is only used with backend='onnx'")
+            return None
+        if backend != "onnx":
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if not self.has_clip:
+            raise ValueError("the ONNX backend needs a merged SamClip model (the export holds both heads)")
+        if onnx_dir is None:
+            raise ValueError("backend='onnx' needs onnx_dir, a folder written by `samclip export onnx`")
+        from .export.onnx_runtime import OnnxBackend
+
+        engine = OnnxBackend(onnx_dir)
+        engine.check_model(self.model)
+        return engine
 
     # ---------------------------------------------------------------------------------- image
     def set_image(self, image: Any, *, size: int | None = None) -> ImageState:
@@ -271,7 +310,7 @@ class Predictor:
 
     def _frame_size(self, size: int | None) -> int:
         if size is None:
-            return self.model.img_size
+            return self.model.img_size if self._onnx is None else self._onnx.frame
         if int(size) != size or size < self.patch_size or size % self.patch_size:
             raise ValueError(f"size must be a positive multiple of the patch size {self.patch_size}, got {size}")
         return int(size)
@@ -288,18 +327,35 @@ class Predictor:
                     torch.tensor(resize_uint8(a, hw), device=self.device).permute(2, 0, 1)[None].float(), frame)
                 for a, hw in zip(chunk, sizes)
             ])
-            with torch.no_grad(), self._autocast():
-                if self.has_clip:
-                    feats = self.model.features(pixels)
-                    emb, tokens = self.model.sam_embeddings(feats), feats.tokens
-                else:
-                    emb, tokens = self.model.image_embeddings(pixels), None
+            extra: list[dict[str, torch.Tensor]] = [{} for _ in chunk]
+            if self._onnx is not None:
+                emb, tokens, extra = self._onnx_encode(pixels, sizes)
+            else:
+                with torch.no_grad(), self._autocast():
+                    if self.has_clip:
+                        feats = self.model.features(pixels)
+                        emb, tokens = self.model.sam_embeddings(feats), feats.tokens
+                    else:
+                        emb, tokens = self.model.image_embeddings(pixels), None
             for i, (a, hw) in enumerate(zip(chunk, sizes)):
                 states.append(ImageState(
                     image=a, original_size=(a.shape[0], a.shape[1]), input_size=hw, frame=frame,
-                    sam_embeddings=emb[i : i + 1], tokens=None if tokens is None else tokens[i : i + 1],
+                    sam_embeddings=emb[i : i + 1], tokens=None if tokens is None else tokens[i : i + 1], **extra[i],
                 ))
         return states
+
+    def _onnx_encode(self, pixels: torch.Tensor, sizes: list[tuple[int, int]],
+                     ) -> tuple[torch.Tensor, None, list[dict[str, torch.Tensor]]]:
+        """The ONNX image graph per image: SAM embeddings plus the CLIP head's pooled / per-patch embeddings
+        (cached in the state, so no backbone tokens are kept)."""
+        embs, extra = [], []
+        for i, hw in enumerate(sizes):
+            emb, patches, pooled = self._onnx.encode(pixels[i : i + 1].float().cpu().numpy(),
+                                                     valid_grid(hw, self.patch_size))
+            embs.append(torch.from_numpy(emb).to(self.device))
+            extra.append({"patch_embeddings": torch.from_numpy(patches[0]).to(self.device),
+                          "pooled": torch.from_numpy(pooled).to(self.device)})
+        return torch.cat(embs), None, extra
 
     # ----------------------------------------------------------------------------- SAM prompts
     def predict(
@@ -430,6 +486,13 @@ class Predictor:
                 boxes: torch.Tensor | None, mask_input: torch.Tensor | None,
                 multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM head on cached embeddings; prompts already in input-frame pixels. Returns float32."""
+        if self._onnx is not None:
+            def arr(t: torch.Tensor | None) -> np.ndarray | None:
+                return None if t is None else t.detach().float().cpu().numpy()
+
+            low, iou = self._onnx.decode(arr(state.sam_embeddings), arr(coords), arr(labels), arr(boxes),
+                                         arr(mask_input), multimask_output)
+            return torch.from_numpy(low).to(self.device), torch.from_numpy(iou).to(self.device)
         with torch.no_grad(), self._autocast():
             low, iou = self.model.decode(state.sam_embeddings, coords, labels, boxes, mask_input, multimask_output)
         return low.float(), iou.float()

@@ -1,0 +1,42 @@
+"""``samclip export onnx --model <name|folder> --out DIR [--size S] [--opset 17]``: deployment exports.
+
+Writes ``image_encoder.onnx`` (backbone + SAM neck + CLIP head, one pass), ``prompt_decoder.onnx``
+(multimask) / ``prompt_decoder_single.onnx`` and the ``samclip_onnx.json`` manifest; see
+:mod:`samclip.export.onnx_export`. Run them with ``samclip.Predictor.from_onnx(DIR)`` or
+:class:`samclip.export.OnnxBackend`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export.onnx_export import export_onnx
+
+    t0 = time.perf_counter()
+    out = export_onnx(args.model, Path(args.out), size=args.size, opset=args.opset, exporter=args.exporter)
+    manifest = json.loads((out / "samclip_onnx.json").read_text())
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    print(json.dumps({"out": str(out), "frame": manifest["frame"], "grid": manifest["grid"], "opset": manifest["opset"],
+                      "exporters": manifest["exporters"], "bytes": files,
+                      "seconds": round(time.perf_counter() - t0, 2)}, indent=2))
+    return 0
+
+
+def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``export`` on the ``samclip`` command line."""
+    p = subparsers.add_parser("export", help="export a merged model for deployment (ONNX)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("format", choices=["onnx"], help="export format")
+    p.add_argument("--model", default="tiny-synthetic", help="merged model name or folder (default: tiny-synthetic)")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
+    p.add_argument("--size", type=int, default=None, help="input frame in pixels (default: the model's native frame)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"], default="auto",
+                   help="torch.onnx exporter (auto: TorchScript-based, dynamo if that fails)")
+    p.set_defaults(func=_cmd_export)
+    return p

@@ -1,0 +1,335 @@
+"""Export a merged SAM-CLIP model to ONNX: one image graph (backbone + both heads) and prompt decoders.
+
+    samclip export onnx --model tiny-synthetic --out exports/tiny           # CLI
+    export_onnx("runs/demo/merge/model", "exports/demo", size=None, opset=17)  # Python
+
+The output folder holds
+
+- ``image_encoder.onnx``: ``pixels`` 1x3xSxS float32 (normalised with SAM's pixel mean / std, padded
+  bottom/right to SxS, S = the model's native frame unless ``size`` says otherwise) and ``valid_grid``
+  int64 [2] (token rows / columns over the image, ``ceil(h / patch), ceil(w / patch)``; pass [G, G] for a
+  full frame) -> ``image_embeddings`` 1xCxGxG (the SAM head's input), ``patch_embeddings`` 1xGxGxE
+  (L2-normalised per-patch CLIP-head embeddings) and ``image_embedding_clip`` 1xE (L2-normalised pooled
+  CLIP-head embedding; the max-pool covers only the ``valid_grid`` tokens, as in the predictor).
+  The backbone runs once for both heads.
+- ``prompt_decoder.onnx`` (multimask output, K = 3) and ``prompt_decoder_single.onnx`` (single-mask
+  output, K = 1): the multimask choice is baked into each graph, so both variants are exported.
+  Inputs ``image_embeddings`` 1xCxGxG, ``point_coords`` BxNx2 float32 (x, y pixels of the SxS input
+  frame; N and B dynamic), ``point_labels`` BxN float32 (-1 padding, 0 background, 1 foreground,
+  2 box top-left, 3 box bottom-right: a box is two extra points, as in segment-anything's ONNX export),
+  ``mask_input`` Bx1x4Gx4G logits and ``has_mask_input`` [1] (1.0: use ``mask_input``; 0.0: ignore it)
+  -> ``low_res_masks`` BxKx4Gx4G logits and ``iou_predictions`` BxK. Without a box, append a (0, 0)
+  point of label -1 (the prompt encoder's padding) to match the PyTorch model exactly;
+  :class:`samclip.export.OnnxBackend` does this for you.
+- ``samclip_onnx.json``: the manifest (model config, frame, grid, patch size, pixel mean / std, logit
+  scale, mask threshold, file and tensor names) so a runtime can pre/post-process without torch weights.
+
+The text tower is not exported: class embeddings are computed once per label and cached, so the
+predictor keeps using the PyTorch text tower (the ONNX graphs cover the image and the prompts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.layers import LayerNorm2d
+from ..models.sam import Sam
+from ..models.samclip import SamClip
+
+MANIFEST_NAME = "samclip_onnx.json"
+IMAGE_ENCODER_NAME = "image_encoder.onnx"
+DECODER_NAMES = {True: "prompt_decoder.onnx", False: "prompt_decoder_single.onnx"}  # keyed by multimask
+FORMAT = "samclip-onnx"
+FORMAT_VERSION = 1
+IMAGE_INPUTS = ("pixels", "valid_grid")
+IMAGE_OUTPUTS = ("image_embeddings", "patch_embeddings", "image_embedding_clip")
+DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
+
+
+# ------------------------------------------------------------------------------ export-only wrappers
+class _StaticLayerNorm2d(nn.Module):
+    """:class:`LayerNorm2d` with a constant normalised shape (the TorchScript exporter needs one when the
+    batch or point axis is dynamic); shares the original's parameters."""
+
+    def __init__(self, norm: LayerNorm2d) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+        self.channels = int(norm.weight.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+def _export_view(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` (same parameter tensors) with every LayerNorm2d made export-friendly;
+    the original module tree is not touched."""
+    if isinstance(module, LayerNorm2d):
+        return _StaticLayerNorm2d(module)
+    view = copy.copy(module)
+    view._modules = {name: None if child is None else _export_view(child) for name, child in module._modules.items()}
+    return view
+
+
+class ImageEncoderGraph(nn.Module):
+    """Backbone once, then the SAM neck and the CLIP head (per-patch and pooled), as one graph."""
+
+    def __init__(self, model: SamClip) -> None:
+        super().__init__()
+        self.model = _export_view(model)
+
+    def forward(self, pixels: torch.Tensor, valid_grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        feats = model.features(pixels)
+        emb = model.sam_embeddings(feats)
+        head = model.clip_tokens(feats)
+        patches = F.normalize(model.clip_head.per_patch(head), dim=-1)
+        rows = torch.arange(head.shape[1], device=head.device) < valid_grid[0]
+        cols = torch.arange(head.shape[2], device=head.device) < valid_grid[1]
+        outside = ~(rows[:, None] & cols[None, :])
+        masked = head.masked_fill(outside[None, :, :, None], float("-inf"))
+        pooled = F.normalize(model.clip_head.pooled(masked), dim=-1)
+        return emb, patches, pooled
+
+
+class PromptDecoderGraph(nn.Module):
+    """SAM's prompt encoder + mask decoder with segment-anything's ONNX prompt convention.
+
+    Reuses the model's prompt-encoder and mask-decoder modules (no weights are copied or changed).
+    Boxes arrive as two points labelled 2 / 3; -1 points are padding; the dense mask prompt is blended
+    with ``has_mask_input``. Coordinates are pixels of the exported frame (``frame`` pixels per side),
+    rescaled to the prompt encoder's native frame exactly as :meth:`Sam.decode` does.
+    """
+
+    def __init__(self, sam: Sam, frame: int, multimask_output: bool) -> None:
+        super().__init__()
+        self.prompt_encoder = _export_view(sam.prompt_encoder)
+        self.mask_decoder = _export_view(sam.mask_decoder)
+        self.multimask_output = multimask_output
+        grid = frame // sam.config.image_encoder.patch_size
+        self.scale = sam.img_size / frame
+        h, w = self.prompt_encoder.input_image_size
+        self.register_buffer("frame_wh", torch.tensor([float(w), float(h)]), persistent=False)
+        with torch.no_grad():
+            self.register_buffer("dense_pe", self.prompt_encoder.get_dense_pe((grid, grid)).clone(), persistent=False)
+
+    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        coords = (coords * self.scale + 0.5) / self.frame_wh  # pixel centres, normalised like the model
+        emb = pe.pe_layer._encode(coords)
+        lab = labels[..., None]
+        emb = torch.where(lab == -1, torch.zeros_like(emb), emb)
+        emb = emb + (lab == -1).to(emb.dtype) * pe.not_a_point_embed.weight
+        for i in range(4):
+            emb = emb + (lab == i).to(emb.dtype) * pe.point_embeddings[i].weight
+        return emb
+
+    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse = self._embed_points(point_coords, point_labels)
+        pe = self.prompt_encoder
+        dense = has_mask_input * pe.mask_downscaling(mask_input)
+        dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return self.mask_decoder(image_embeddings, self.dense_pe, sparse, dense, self.multimask_output)
+
+
+# ------------------------------------------------------------------------------------------- export
+EXPORTERS = ("auto", "torchscript", "dynamo")
+
+
+def _dynamic_shapes(module: nn.Module, input_names: tuple[str, ...],
+                    dynamic_axes: dict[str, dict[int, str]]) -> dict[str, Any] | None:
+    """``dynamic_axes`` (by input name) -> torch.export ``dynamic_shapes`` keyed by forward() argument."""
+    if not dynamic_axes:
+        return None
+    dims: dict[str, Any] = {}
+    params = list(inspect.signature(module.forward).parameters)
+    out: dict[str, Any] = {}
+    for param, name in zip(params, input_names):
+        axes = dynamic_axes.get(name)
+        out[param] = None if not axes else {i: dims.setdefault(label, torch.export.Dim(label))
+                                            for i, label in axes.items()}
+    return out
+
+
+def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: tuple[str, ...],
+                  output_names: tuple[str, ...], dynamic_axes: dict[str, dict[int, str]], opset: int,
+                  exporter: str = "auto") -> str:
+    """``torch.onnx.export`` with the TorchScript exporter (``exporter="auto"``: the dynamo exporter if that
+    fails). Returns the exporter used ("torchscript" or "dynamo")."""
+    errors = []
+    if exporter in ("auto", "torchscript"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, str(path), input_names=list(input_names),
+                                  output_names=list(output_names), dynamic_axes=dynamic_axes or None,
+                                  opset_version=opset, do_constant_folding=True, dynamo=False)
+            return "torchscript"
+        except Exception as err:  # noqa: BLE001 - any exporter failure -> try the other exporter
+            errors.append(f"torchscript: {err}")
+    if exporter in ("auto", "dynamo"):
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(module, args, input_names=list(input_names),
+                                            output_names=list(output_names), opset_version=opset, dynamo=True,
+                                            dynamic_shapes=_dynamic_shapes(module, input_names, dynamic_axes))
+                program.save(str(path), external_data=False)
+            return "dynamo"
+        except Exception as err:  # noqa: BLE001
+            errors.append(f"dynamo: {err}")
+    raise RuntimeError(f"ONNX export of {type(module).__name__} failed: " + "; ".join(errors))
+
+
+def _fingerprint(model: SamClip) -> list[float]:
+    """A few weight values, so a runtime can tell that a torch model is the one that was exported."""
+    parts = [model.backbone.patch_embed.proj.weight, model.sam.mask_decoder.iou_token.weight,
+             model.clip_head.mlp[-1].weight]
+    return [round(float(v), 6) for p in parts for v in p.detach().float().flatten()[:4].cpu()]
+
+
+def _load(model: SamClip | str | os.PathLike) -> tuple[SamClip, str | None]:
+    """The model and, when it was given by name or folder, that source (kept in the manifest)."""
+    if isinstance(model, SamClip):
+        return model, None
+    if isinstance(model, nn.Module):
+        raise TypeError(f"ONNX export needs a merged SamClip model, got {type(model).__name__}")
+    from .. import pretrained
+    from ..factory import load_model
+
+    source = str(model) if pretrained.is_registered("samclip", str(model)) else str(Path(model).resolve())
+    return load_model(model), source  # FileNotFoundError / KeyError / CheckpointError with a clear message
+
+
+def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, size: int | None = None,
+                opset: int = 17, overwrite: bool = True, exporter: str = "auto") -> Path:
+    """Export ``model`` (a :class:`SamClip`, a registered name or a saved folder) to the folder ``out``.
+
+    ``size``: the input frame S in pixels (a multiple of the patch size; default the native frame).
+    ``exporter``: "auto" (TorchScript-based ``torch.onnx.export(dynamo=False)``, the dynamo exporter if that
+    fails), "torchscript" or "dynamo". Everything is written to a temporary folder beside ``out`` and
+    renamed into place at the end, so ``out`` never holds a partial export. Returns ``out``.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if int(opset) != opset or opset < 14:
+        raise ValueError(f"opset must be an integer >= 14, got {opset}")
+    model, source = _load(model)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    enc = model.sam.config.image_encoder
+    frame = int(size or enc.img_size)
+    if frame < enc.patch_size or frame % enc.patch_size:
+        raise ValueError(f"size must be a positive multiple of the patch size {enc.patch_size}, got {size}")
+    grid = frame // enc.patch_size
+    was_training = model.training
+    model = model.eval()
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:
+        raise ValueError(f"export a float32 model (got {dtype}); call model.float() first")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+    try:
+        exporters = {}
+        pixels = torch.randn(1, 3, frame, frame, device=device)
+        valid = torch.tensor([grid, grid], dtype=torch.int64, device=device)
+        with torch.no_grad():
+            exporters[IMAGE_ENCODER_NAME] = _torch_export(
+                ImageEncoderGraph(model), (pixels, valid), tmp / IMAGE_ENCODER_NAME, IMAGE_INPUTS, IMAGE_OUTPUTS,
+                {}, opset, exporter)
+            c = model.sam.config.prompt_embed_dim
+            args = (torch.randn(1, c, grid, grid, device=device),
+                    torch.rand(2, 3, 2, device=device) * frame,
+                    torch.tensor([[1.0, 2.0, 3.0], [0.0, 1.0, -1.0]], device=device),
+                    torch.randn(2, 1, 4 * grid, 4 * grid, device=device),
+                    torch.ones(1, device=device))
+            dyn = {"point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"},
+                   "mask_input": {0: "batch"}, "low_res_masks": {0: "batch"}, "iou_predictions": {0: "batch"}}
+            for multimask, name in DECODER_NAMES.items():
+                exporters[name] = _torch_export(PromptDecoderGraph(model.sam, frame, multimask), args, tmp / name,
+                                                DECODER_INPUTS, DECODER_OUTPUTS, dyn, opset, exporter)
+        manifest = _manifest(model, frame, grid, opset, exporters, source)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _manifest(model: SamClip, frame: int, grid: int, opset: int, exporters: dict[str, str],
+              source: str | None) -> dict[str, Any]:
+    sam_cfg = model.sam.config
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_type": "samclip",
+        "source": source,
+        "config": model.config.to_dict(),
+        "frame": frame,
+        "native_frame": sam_cfg.image_encoder.img_size,
+        "grid": grid,
+        "patch_size": sam_cfg.image_encoder.patch_size,
+        "low_res": 4 * grid,
+        "embed_dim": sam_cfg.prompt_embed_dim,
+        "clip_dim": model.config.head.out_dim,
+        "num_multimask_outputs": sam_cfg.mask_decoder.num_multimask_outputs,
+        "pixel_mean": list(sam_cfg.pixel_mean),
+        "pixel_std": list(sam_cfg.pixel_std),
+        "mask_threshold": sam_cfg.mask_threshold,
+        "logit_scale": float(model.logit_scale.detach().float()),
+        "opset": opset,
+        "torch_version": torch.__version__,
+        "exporters": exporters,
+        "fingerprint": _fingerprint(model),
+        "files": {"image_encoder": IMAGE_ENCODER_NAME, "decoder_multimask": DECODER_NAMES[True],
+                  "decoder_single": DECODER_NAMES[False]},
+        "image_encoder": {"inputs": list(IMAGE_INPUTS), "outputs": list(IMAGE_OUTPUTS)},
+        "prompt_decoder": {"inputs": list(DECODER_INPUTS), "outputs": list(DECODER_OUTPUTS),
+                           "point_labels": {"-1": "padding", "0": "background", "1": "foreground",
+                                            "2": "box top-left", "3": "box bottom-right"}},
+        "text_tower": "not exported: use the PyTorch text tower (class embeddings are cached)",
+    }
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temporary folder to ``out`` (replacing an old export)."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / "x")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = [
+    "DECODER_NAMES", "IMAGE_ENCODER_NAME", "MANIFEST_NAME", "ImageEncoderGraph", "PromptDecoderGraph",
+    "export_onnx",
+]

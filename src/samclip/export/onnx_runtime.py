@@ -1,0 +1,221 @@
+"""Run an ONNX export (:func:`samclip.export.export_onnx`) with onnxruntime on the CPU.
+
+    backend = OnnxBackend("exports/tiny")
+    pixels, input_size = backend.preprocess(image)                        # HxWx3 uint8 -> 1x3xSxS
+    emb, patches, pooled = backend.encode(pixels, backend.valid_grid(input_size))
+    low_res, iou = backend.decode(emb, point_coords=[[[60.0, 40.0]]], point_labels=[[1]])
+
+Everything is numpy float32. :meth:`OnnxBackend.decode` follows :meth:`samclip.models.Sam.decode`: B prompt
+sets, coordinates in pixels of the SxS input frame, labels 1 / 0 / -1, boxes Bx4 XYXY, mask input Bx1x4Gx4G;
+it maps boxes to the two labelled points (2, 3) the graph expects and adds the padding point the
+PyTorch prompt encoder adds when there is no box, so results match the PyTorch model.
+``samclip.Predictor(model, backend="onnx", onnx_dir=...)`` uses this class for the image and prompt
+graphs (the text tower stays in PyTorch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .onnx_export import DECODER_NAMES, FORMAT, FORMAT_VERSION, IMAGE_ENCODER_NAME, MANIFEST_NAME
+
+
+class OnnxBackend:
+    """onnxruntime sessions (CPUExecutionProvider) for an exported folder, plus its manifest.
+
+    Args:
+        folder: a folder written by :func:`samclip.export.export_onnx` (``samclip export onnx``).
+        threads: intra-op threads per session (default: onnxruntime's choice).
+        providers: onnxruntime execution providers (default ``["CPUExecutionProvider"]``).
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        m = self.manifest
+        self.frame: int = int(m["frame"])
+        self.grid: int = int(m["grid"])
+        self.patch_size: int = int(m["patch_size"])
+        self.low_res: int = int(m["low_res"])
+        self.pixel_mean = np.asarray(m["pixel_mean"], dtype=np.float32).reshape(3, 1, 1)
+        self.pixel_std = np.asarray(m["pixel_std"], dtype=np.float32).reshape(3, 1, 1)
+        self.mask_threshold = float(m["mask_threshold"])
+        self.logit_scale = float(m["logit_scale"])
+        self.threads = threads
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self._sessions: dict[str, Any] = {}
+        self._session(IMAGE_ENCODER_NAME)  # fail early on a broken file
+
+    # ------------------------------------------------------------------------------- sessions
+    def _session(self, name: str) -> Any:  # noqa: ANN401 - onnxruntime.InferenceSession
+        if name not in self._sessions:
+            try:
+                import onnxruntime as ort
+            except ImportError as err:
+                raise ImportError("the ONNX backend needs onnxruntime: pip install 'samclip[onnx]'") from err
+            path = self.folder / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing; re-export with `samclip export onnx`")
+            opts = ort.SessionOptions()
+            if self.threads:
+                opts.intra_op_num_threads = int(self.threads)
+                opts.inter_op_num_threads = 1
+            self._sessions[name] = ort.InferenceSession(str(path), opts, providers=self.providers)
+        return self._sessions[name]
+
+    # ------------------------------------------------------------------------------------ image
+    def preprocess(self, image: Any) -> tuple[np.ndarray, tuple[int, int]]:  # noqa: ANN401
+        """An image (HxWx3 uint8 RGB, see :func:`samclip.inference.to_rgb_uint8`) -> (1x3xSxS normalised,
+        padded pixels, input_size (h, w) of the resized image inside the frame). No torch needed."""
+        from ..inference.image_input import preprocess_shape, resize_uint8, to_rgb_uint8
+
+        arr = to_rgb_uint8(image)
+        hw = preprocess_shape(arr.shape[0], arr.shape[1], self.frame)
+        x = (resize_uint8(arr, hw).transpose(2, 0, 1).astype(np.float32) - self.pixel_mean) / self.pixel_std
+        out = np.zeros((1, 3, self.frame, self.frame), dtype=np.float32)
+        out[0, :, : hw[0], : hw[1]] = x
+        return out, hw
+
+    def valid_grid(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """Token rows / columns that overlap an image of ``input_size`` (h, w) inside the frame."""
+        return math.ceil(input_size[0] / self.patch_size), math.ceil(input_size[1] / self.patch_size)
+
+    def encode(self, pixels: np.ndarray, valid_grid: tuple[int, int] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """1x3xSxS normalised, padded pixels -> (image_embeddings 1xCxGxG, patch_embeddings 1xGxGxE,
+        pooled 1xE); the CLIP embeddings are L2-normalised, the pooled one covers ``valid_grid`` tokens
+        (default: the whole frame)."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        if pixels.shape != (1, 3, self.frame, self.frame):
+            raise ValueError(f"pixels must be 1x3x{self.frame}x{self.frame} (the exported frame), got "
+                             f"{tuple(pixels.shape)}; re-export with --size for another frame size")
+        gh, gw = valid_grid if valid_grid is not None else (self.grid, self.grid)
+        valid = np.array([min(max(int(gh), 1), self.grid), min(max(int(gw), 1), self.grid)], dtype=np.int64)
+        emb, patches, pooled = self._session(IMAGE_ENCODER_NAME).run(None, {"pixels": pixels, "valid_grid": valid})
+        return emb, patches, pooled
+
+    # ---------------------------------------------------------------------------------- prompts
+    def run_decoder(self, image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
+                    mask_input: np.ndarray | None = None, multimask_output: bool = True,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """The raw decoder graph: BxNx2 points with labels -1 / 0 / 1 / 2 / 3 (segment-anything's ONNX
+        convention), optional Bx1x4Gx4G mask logits -> (low_res_masks BxKx4Gx4G, iou_predictions BxK)."""
+        emb = np.ascontiguousarray(image_embeddings, dtype=np.float32)
+        coords = np.ascontiguousarray(point_coords, dtype=np.float32)
+        labels = np.ascontiguousarray(point_labels, dtype=np.float32)
+        if emb.ndim != 4 or emb.shape[0] != 1 or emb.shape[-1] != self.grid:
+            raise ValueError(f"image_embeddings must be 1xCx{self.grid}x{self.grid}, got {tuple(emb.shape)}")
+        if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+            raise ValueError(f"point_coords must be BxNx2 with point_labels BxN, got {tuple(coords.shape)} "
+                             f"and {tuple(labels.shape)}")
+        b = coords.shape[0]
+        if mask_input is None:
+            mask = np.zeros((b, 1, self.low_res, self.low_res), dtype=np.float32)
+            has = np.zeros(1, dtype=np.float32)
+        else:
+            mask = np.ascontiguousarray(mask_input, dtype=np.float32)
+            if mask.shape[1:] != (1, self.low_res, self.low_res) or mask.shape[0] not in (1, b):
+                raise ValueError(f"mask_input must be Bx1x{self.low_res}x{self.low_res}, got {tuple(mask.shape)}")
+            mask = np.ascontiguousarray(np.broadcast_to(mask, (b, *mask.shape[1:])))
+            has = np.ones(1, dtype=np.float32)
+        low, iou = self._session(DECODER_NAMES[bool(multimask_output)]).run(None, {
+            "image_embeddings": emb, "point_coords": coords, "point_labels": labels,
+            "mask_input": mask, "has_mask_input": has})
+        return low, iou
+
+    def decode(self, image_embeddings: np.ndarray, point_coords: Any = None, point_labels: Any = None,  # noqa: ANN401
+               boxes: Any = None, mask_input: Any = None, multimask_output: bool = True,  # noqa: ANN401
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`samclip.models.Sam.decode` on onnxruntime: points BxNx2 / labels BxN (1, 0, -1), boxes Bx4
+        XYXY, mask_input Bx1x4Gx4G, all in input-frame pixels -> (low-res logits BxKx4Gx4G, IoU BxK)."""
+        parts_c, parts_l, b = [], [], None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels are required with point_coords")
+            c = np.asarray(point_coords, dtype=np.float32)
+            lab = np.asarray(point_labels, dtype=np.float32)
+            if c.ndim != 3 or c.shape[-1] != 2 or lab.shape != c.shape[:2]:
+                raise ValueError(f"point_coords must be BxNx2 with point_labels BxN, got {c.shape} and {lab.shape}")
+            parts_c.append(c)
+            parts_l.append(lab)
+            b = c.shape[0]
+        if boxes is not None:
+            bx = np.asarray(boxes, dtype=np.float32)
+            if bx.ndim != 2 or bx.shape[-1] != 4:
+                raise ValueError(f"boxes must be Bx4 XYXY, got shape {bx.shape}")
+            parts_c.append(bx.reshape(-1, 2, 2))
+            parts_l.append(np.tile(np.array([[2.0, 3.0]], dtype=np.float32), (bx.shape[0], 1)))
+            b = bx.shape[0] if b is None else b
+        elif parts_c:  # the PyTorch prompt encoder pads points with (0, 0) of label -1 when there is no box
+            parts_c.append(np.zeros((b, 1, 2), dtype=np.float32))
+            parts_l.append(-np.ones((b, 1), dtype=np.float32))
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input, dtype=np.float32)
+            b = mask_input.shape[0] if b is None else b
+        if b is None:
+            b = 1
+        if len({p.shape[0] for p in parts_c}) > 1:
+            raise ValueError(f"prompt batch sizes differ: {[p.shape[0] for p in parts_c]}")
+        if parts_c:
+            coords, labels = np.concatenate(parts_c, axis=1), np.concatenate(parts_l, axis=1)
+        else:  # no sparse prompt at all (mask only / nothing): zero points, like the PyTorch model
+            coords, labels = np.zeros((b, 0, 2), dtype=np.float32), np.zeros((b, 0), dtype=np.float32)
+        return self.run_decoder(image_embeddings, coords, labels, mask_input, multimask_output)
+
+    # ------------------------------------------------------------------------------------ checks
+    def check_model(self, model: Any) -> None:  # noqa: ANN401 - a SamClip
+        """ValueError unless ``model`` has the exported architecture and (by a weight fingerprint) weights."""
+        from .onnx_export import _fingerprint
+
+        if model.config.to_dict() != _jsonable(self.manifest["config"]):
+            raise ValueError(f"the ONNX export in {self.folder} was made from a model with another architecture "
+                             "than the one given; re-export it from this model")
+        ours = _fingerprint(model)
+        theirs = self.manifest.get("fingerprint") or []
+        if len(ours) != len(theirs) or any(abs(a - b) > 1e-3 * max(1.0, abs(b)) for a, b in zip(ours, theirs)):
+            raise ValueError(f"the ONNX export in {self.folder} was made from other weights than the given model; "
+                             "re-export it from this model")
+
+    def __repr__(self) -> str:
+        return f"OnnxBackend({str(self.folder)!r}, frame={self.frame}, grid={self.grid})"
+
+
+def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
+    """JSON turns tuples into lists; turn them back so a manifest config compares equal to ``to_dict()``."""
+    return {k: _jsonable(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v
+            for k, v in config.items()}
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``samclip_onnx.json`` of an export folder; FileNotFoundError / ValueError that say what is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder (expected the output of `samclip export onnx`)")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {MANIFEST_NAME}: not a samclip ONNX export "
+                                "(write one with `samclip export onnx --model <name|folder> --out DIR`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a samclip ONNX manifest (format {FORMAT!r} expected)")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {manifest.get('format_version')!r}; this samclip reads "
+                         f"{FORMAT_VERSION}; re-export the model")
+    missing = [k for k in ("frame", "grid", "patch_size", "low_res", "pixel_mean", "pixel_std", "mask_threshold",
+                           "logit_scale", "config") if k not in manifest]
+    if missing:
+        raise ValueError(f"{path} lacks the fields {missing}; re-export the model")
+    return manifest
+
+
+__all__ = ["OnnxBackend", "read_manifest"]

@@ -1,0 +1,234 @@
+"""ONNX export + onnxruntime backend on a tiny random merged model: graph parity with PyTorch (fp32),
+Predictor parity (backend="onnx" vs torch), the CLI and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+import samclip  # noqa: E402
+from samclip.cli import main as cli_main  # noqa: E402
+from samclip.data import SHAPES, class_prompts, generate_scene  # noqa: E402
+from samclip.export import OnnxBackend, export_onnx  # noqa: E402
+from samclip.export.onnx_export import DECODER_NAMES, IMAGE_ENCODER_NAME, MANIFEST_NAME  # noqa: E402
+from samclip.models import CLIP, ClipHeadConfig, SamClip, clip_preset  # noqa: E402
+from samclip.tokenizer import ClipTokenizer  # noqa: E402
+
+TOL = 1e-3
+LABELS = list(SHAPES[:3])
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial weights everywhere (zero-initialised tables would hide mapping errors)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 0:
+                continue
+            noise = torch.randn(p.shape, generator=gen)
+            if p.ndim >= 2 and "pos" in name:
+                p.copy_(0.5 * noise)
+            elif p.ndim >= 2:
+                p.copy_(noise * p[0].numel() ** -0.5)
+            elif name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(0.05 * noise)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):  # noqa: ANN001, ANN201
+    torch.manual_seed(0)
+    tok = ClipTokenizer.train([p for s in SHAPES for p in class_prompts(s)] + ["a plain background"],
+                              vocab_size=200, context_length=16)
+    base = clip_preset("clip-tiny")
+    clip = CLIP.from_config(base.replace(text=base.text.replace(
+        vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id))).eval()
+    clip.tokenizer = tok
+    sam = samclip.create_sam("sam-tiny").eval()
+    model = SamClip.from_teachers(sam, clip, ClipHeadConfig(mlp_hidden=16, out_dim=32)).eval()
+    _randomize(model.sam, 1)
+    _randomize(model.clip_head, 2)
+    root = tmp_path_factory.mktemp("onnx")
+    samclip.save_pretrained(model, root / "model")
+    out = export_onnx(root / "model", root / "export")
+    return {"model": model, "root": root, "dir": out, "backend": OnnxBackend(out, threads=1)}
+
+
+def _image(seed: int = 3, hw: tuple[int, int] = (96, 120)) -> np.ndarray:
+    return generate_scene(seed, max(hw)).image[: hw[0], : hw[1]]
+
+
+# ------------------------------------------------------------------------------------- the export
+def test_export_writes_graphs_and_manifest(tiny) -> None:  # noqa: ANN001
+    out = tiny["dir"]
+    names = {p.name for p in out.iterdir()}
+    assert names == {IMAGE_ENCODER_NAME, *DECODER_NAMES.values(), MANIFEST_NAME}
+    assert not [p for p in tiny["root"].iterdir() if p.name.startswith(".")]  # no temporary folder left
+    m = json.loads((out / MANIFEST_NAME).read_text())
+    assert (m["frame"], m["grid"], m["patch_size"], m["low_res"]) == (128, 8, 16, 32)
+    assert m["pixel_mean"] == list(tiny["model"].sam.config.pixel_mean)
+    assert m["logit_scale"] == pytest.approx(float(tiny["model"].logit_scale.detach()))
+    assert m["source"] == str((tiny["root"] / "model").resolve())
+    assert set(m["exporters"].values()) <= {"torchscript", "dynamo"}
+
+
+def test_image_graph_matches_torch(tiny) -> None:  # noqa: ANN001
+    model, backend = tiny["model"], tiny["backend"]
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    for gh, gw in ((8, 8), (6, 8), (8, 3)):
+        emb, patches, pooled = backend.encode(x.numpy(), (gh, gw))
+        with torch.no_grad():
+            feats = model.features(x)
+            ref_emb = model.sam_embeddings(feats)
+            ref_patches = model.patch_embeddings(feats)
+            head = model.clip_tokens(feats)[:, :gh, :gw]
+            ref_pooled = torch.nn.functional.normalize(model.clip_head.pooled(head), dim=-1)
+        assert emb.shape == (1, 32, 8, 8) and patches.shape == (1, 8, 8, 32) and pooled.shape == (1, 32)
+        assert np.abs(emb - ref_emb.numpy()).max() <= TOL
+        assert np.abs(patches - ref_patches.numpy()).max() <= TOL
+        assert np.abs(pooled - ref_pooled.numpy()).max() <= TOL
+
+
+def test_backend_preprocess_matches_the_predictor(tiny) -> None:  # noqa: ANN001
+    backend, image = tiny["backend"], _image()
+    pixels, hw = backend.preprocess(image)
+    state = samclip.Predictor(tiny["model"], bf16=False).set_image(image)
+    assert hw == state.input_size == (102, 128)
+    from samclip.inference.image_input import resize_uint8
+
+    ref = tiny["model"].preprocess(torch.tensor(resize_uint8(image, hw)).permute(2, 0, 1)[None].float(), 128)
+    assert np.abs(pixels - ref.numpy()).max() <= 1e-4
+    assert backend.valid_grid(hw) == (7, 8)
+
+
+PROMPTS = {
+    "1 point": ([[[40.0, 30.0]]], [[1]], None),
+    "3 points, one negative": ([[[40.0, 30.0], [90.5, 70.0], [10.0, 100.0]]], [[1, 0, 1]], None),
+    "box": (None, None, [[20.0, 15.0, 100.0, 80.0]]),
+    "box + point": ([[[60.0, 50.0]]], [[0]], [[20.0, 15.0, 100.0, 80.0]]),
+    "batch of 3, padded": ([[[40.0, 30.0], [0.0, 0.0]], [[5.0, 6.0], [70, 80]], [[127, 127], [64, 64]]],
+                           [[1, -1], [1, 0], [1, 1]], None),
+    "mask only / no prompt": (None, None, None),
+}
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_decoder_matches_torch(tiny, name, with_mask) -> None:  # noqa: ANN001
+    model, backend = tiny["model"], tiny["backend"]
+    with torch.no_grad():
+        emb = model.sam_embeddings(model.features(torch.randn(1, 3, 128, 128)))
+    pc, pl, box = PROMPTS[name]
+    b = len(pc) if pc is not None else len(box) if box is not None else 1
+    mask = torch.randn(b, 1, 32, 32) * 3 if with_mask else None
+    t = {"pc": None if pc is None else torch.tensor(pc, dtype=torch.float32),
+         "pl": None if pl is None else torch.tensor(pl), "box": None if box is None else torch.tensor(box)}
+    for multimask in (True, False):
+        with torch.no_grad():
+            ref_low, ref_iou = model.decode(emb, t["pc"], t["pl"], t["box"], mask, multimask)
+        low, iou = backend.decode(emb.numpy(), pc, pl, box, None if mask is None else mask.numpy(), multimask)
+        k = 3 if multimask else 1
+        assert low.shape == (b, k, 32, 32) and iou.shape == (b, k)
+        assert np.abs(low - ref_low.numpy()).max() <= TOL, name
+        assert np.abs(iou - ref_iou.numpy()).max() <= TOL, name
+
+
+# ----------------------------------------------------------------------------- predictor parity
+def test_predictor_onnx_matches_torch(tiny) -> None:  # noqa: ANN001
+    model = tiny["model"]
+    ref = samclip.Predictor(model, bf16=False)
+    onx = samclip.Predictor(model, bf16=False, backend="onnx", onnx_dir=tiny["dir"])
+    image = _image()
+    for p in (ref, onx):
+        p.set_image(image)
+    assert onx.state.tokens is None and onx.state.pooled is not None
+    for kwargs in ({"point_coords": [[50, 40]], "point_labels": [1]},
+                   {"box": [10, 12, 90, 80], "multimask_output": False},
+                   {"point_coords": [[50, 40], [100, 20]], "point_labels": [1, 0], "box": [10, 12, 110, 90]}):
+        m_ref, s_ref, low_ref = ref.predict(**kwargs)
+        m_onx, s_onx, low_onx = onx.predict(**kwargs)
+        assert m_onx.shape == m_ref.shape == (len(s_ref), 96, 120)
+        assert (m_onx == m_ref).mean() >= 0.99
+        assert np.abs(s_onx - s_ref).max() <= TOL and np.abs(low_onx - low_ref).max() <= TOL
+        m2_ref = ref.predict(**kwargs, mask_input=low_ref[:1])[0]
+        m2_onx = onx.predict(**kwargs, mask_input=low_onx[:1])[0]
+        assert (m2_onx == m2_ref).mean() >= 0.99
+    assert np.abs(onx.classify(LABELS) - ref.classify(LABELS)).max() <= TOL
+    for refine in (False, True):
+        a, b = ref.semantic_segment(LABELS, refine=refine), onx.semantic_segment(LABELS, refine=refine)
+        assert (a.label_map == b.label_map).mean() >= 0.99
+
+
+def test_export_at_another_frame_size(tiny, tmp_path) -> None:  # noqa: ANN001
+    out = export_onnx(tiny["model"], tmp_path / "s96", size=96)
+    assert json.loads((out / MANIFEST_NAME).read_text())["grid"] == 6
+    ref = samclip.Predictor(tiny["model"], bf16=False)
+    onx = samclip.Predictor(tiny["model"], bf16=False, backend="onnx", onnx_dir=out)
+    ref.set_image(_image(), size=96)
+    onx.set_image(_image())  # the exported frame is the default
+    assert onx.state.frame == 96 and onx.state.grid == 6
+    kwargs = {"point_coords": [[50, 40], [10, 70]], "point_labels": [1, 0], "box": [5, 5, 100, 90]}
+    (m_ref, s_ref, _), (m_onx, s_onx, _) = ref.predict(**kwargs), onx.predict(**kwargs)
+    assert (m_ref == m_onx).mean() >= 0.99 and np.abs(s_ref - s_onx).max() <= TOL
+    assert np.abs(onx.classify(LABELS) - ref.classify(LABELS)).max() <= TOL
+
+
+def test_from_onnx_uses_the_recorded_model(tiny) -> None:  # noqa: ANN001
+    p = samclip.Predictor.from_onnx(tiny["dir"], bf16=False)
+    assert p.backend == "onnx"
+    p.set_image(_image(5))
+    assert p.classify(LABELS).shape == (3,)
+
+
+# ----------------------------------------------------------------------------------------- errors
+def test_export_missing_model_is_a_clear_error(tiny, tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        export_onnx(tmp_path / "nope", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        export_onnx(tiny["model"], tmp_path / "out", size=100)
+    with pytest.raises(TypeError, match="merged SamClip"):
+        export_onnx(tiny["model"].sam, tmp_path / "out")
+    assert not list(tmp_path.iterdir())
+
+
+def test_backend_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(FileNotFoundError, match=MANIFEST_NAME):
+        OnnxBackend(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        OnnxBackend(tmp_path / "missing")
+    (tmp_path / MANIFEST_NAME).write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="not a samclip ONNX manifest"):
+        OnnxBackend(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        samclip.Predictor(tiny["model"], backend="onnx", onnx_dir=tmp_path / "missing")
+    backend = tiny["backend"]
+    with pytest.raises(ValueError, match="exported frame"):
+        backend.encode(np.zeros((1, 3, 64, 64), np.float32))
+    other = SamClip.from_config(tiny["model"].config).eval()
+    with pytest.raises(ValueError, match="other weights"):
+        samclip.Predictor(other, backend="onnx", onnx_dir=tiny["dir"])
+    with pytest.raises(ValueError, match="merged SamClip"):
+        samclip.Predictor(tiny["model"].sam, backend="onnx", onnx_dir=tiny["dir"])
+    with pytest.raises(ValueError, match="backend must be"):
+        samclip.Predictor(tiny["model"], backend="tensorrt")
+    p = samclip.Predictor(tiny["model"], backend="onnx", onnx_dir=tiny["dir"])
+    p.set_image(_image())
+    with pytest.raises(ValueError, match="exported frame"):
+        p.classify(LABELS, size=64)
+
+
+def test_cli_export(tiny, tmp_path, capsys) -> None:  # noqa: ANN001
+    assert cli_main(["export", "onnx", "--model", str(tiny["root"] / "model"), "--out", str(tmp_path / "e")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frame"] == 128 and IMAGE_ENCODER_NAME in summary["bytes"]
+    assert (tmp_path / "e" / MANIFEST_NAME).is_file()
+    assert cli_main(["export", "onnx", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "f")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
