@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data import HELDOUT_PAIRS, SHAPES, class_prompts, single_object_scene, split_seeds
 from ..data.banks import SceneBank, build_bank
@@ -34,8 +35,8 @@ class ClipTeacherRecipe:
     preset: str = "clip-synthetic"
     scene_images: int = 30000
     single_images: int = 15000
-    steps: int = 1500
-    batch: int = 256
+    steps: int = 1100
+    batch: int = 192
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup: int = 100
@@ -43,6 +44,27 @@ class ClipTeacherRecipe:
     bf16: bool = True
     eval_every: int = 500
     vocab_size: int = 512
+    shape_only_single: float = 0.5  # chance a single-object caption names only the shape
+    shape_only_scene: float = 0.2  # chance a multi-object caption names only the shapes
+
+
+# Natural captions do not always name colours: shape-only phrasings teach the text tower that a shape
+# word alone denotes the shape (without them, zero-shot shape classification stays near chance while
+# colour-driven retrieval works). Phrasings differ from the evaluation templates in captions.py.
+_SHAPE_ONLY = ("a {}", "one {}", "an image with a {}", "a {} on a background", "{}", "a single {} in the middle",
+               "a picture showing a {}", "the {}")
+
+
+def shape_only_caption(objects: list[tuple[str, str, str]], rng: np.random.Generator) -> str:
+    """A caption naming only the shapes of ``objects`` ((category, colour, texture) tuples)."""
+    from ..data.captions import fix_articles
+
+    shapes = [o[0] for o in objects]
+    if len(shapes) == 1:
+        return fix_articles(_SHAPE_ONLY[rng.integers(len(_SHAPE_ONLY))].format(shapes[0]))
+    named = [fix_articles(f"a {s}") for s in shapes[:3]]
+    text = ", ".join(named[:-1]) + " and " + named[-1]
+    return text if len(shapes) <= 3 else f"{text} and {len(shapes) - 3} more shapes"
 
 
 def clip_pixels(model: CLIP, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -71,6 +93,7 @@ def clip_encoders(model: CLIP, tokenizer: ClipTokenizer, bf16: bool = True):  # 
 
 def build_tokenizer(captions: list[str], vocab_size: int, context_length: int) -> ClipTokenizer:
     corpus = list(captions) + [p for s in SHAPES for p in class_prompts(s)]
+    corpus += [t.format(s) for s in SHAPES for t in _SHAPE_ONLY]
     return ClipTokenizer.train(corpus, vocab_size=vocab_size, context_length=context_length)
 
 
@@ -112,7 +135,6 @@ def train_clip_teacher(recipe: ClipTeacherRecipe, out: Path, log_path: Path | No
         eot_token_id=tokenizer.eot_token_id,
     ))
     model = CLIP.from_config(cfg).train()
-    tokens_all = tokenizer(bank.captions)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
@@ -124,12 +146,18 @@ def train_clip_teacher(recipe: ClipTeacherRecipe, out: Path, log_path: Path | No
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.choice(len(bank), recipe.batch, replace=False)
+        captions = []
+        for i in idx:
+            objs = bank.objects[i]
+            p = recipe.shape_only_single if len(objs) == 1 else recipe.shape_only_scene
+            captions.append(shape_only_caption(objs, rng) if rng.random() < p else bank.captions[i])
         images = torch.from_numpy(bank.images[idx])
         if rng.random() < 0.5:
             images = images.flip(2)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+        # short sequences (65 / 32 tokens): the math SDPA kernel trains ~1.3x faster than flash on CPU
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16), sdpa_kernel(SDPBackend.MATH):
             img = model.encode_image(clip_pixels(model, images), normalize=True)
-            txt = model.encode_text(tokens_all[idx], normalize=True)
+            txt = model.encode_text(tokenizer(captions), normalize=True)
             loss = clip_contrastive_loss(img.float(), txt.float(), model.logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
