@@ -8,27 +8,18 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import samclip
-from samclip.data import SHAPES, class_prompts, generate_scene
+from samclip.data import SHAPES, generate_scene
 from samclip.eval import harness
-from samclip.models import CLIP, ClipHeadConfig, SamClip, clip_preset
-from samclip.tokenizer import ClipTokenizer
+from samclip.testing import tiny_clip, tiny_merged_model
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):  # noqa: ANN201, ANN001
-    torch.manual_seed(0)
-    tok = ClipTokenizer.train([p for s in SHAPES for p in class_prompts(s)] + ["a plain background"],
-                              vocab_size=200, context_length=16)
-    base = clip_preset("clip-tiny")
-    clip = CLIP.from_config(base.replace(text=base.text.replace(
-        vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id))).eval()
-    clip.tokenizer = tok
-    sam = samclip.create_sam("sam-tiny").eval()
-    merged = SamClip.from_teachers(sam, clip, ClipHeadConfig(mlp_hidden=16, out_dim=32)).eval()
+    merged = tiny_merged_model()
+    sam, clip = merged.sam, tiny_clip()
     root = tmp_path_factory.mktemp("models")
     for name, m in (("sam", sam), ("clip", clip), ("merged", merged)):
         samclip.save_pretrained(m, root / name)

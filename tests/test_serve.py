@@ -13,32 +13,20 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import samclip
-from samclip.data import SHAPES, class_prompts, generate_scene
-from samclip.models import CLIP, ClipHeadConfig, SamClip, clip_preset
+from samclip.data import SHAPES, generate_scene
 from samclip.serve import rle_decode
 from samclip.serve.app import create_app
 from samclip.serve.cache import ImageCache
-from samclip.tokenizer import ClipTokenizer
+from samclip.testing import tiny_merged_model
 
 SIZE = 96
 
 
-def build_tiny_merged() -> SamClip:
-    """A tiny random merged model whose tokenizer knows the scene-world class prompts."""
-    torch.manual_seed(0)
-    tok = ClipTokenizer.train([p for s in SHAPES for p in class_prompts(s)] + ["a plain background"],
-                              vocab_size=200, context_length=16)
-    base = clip_preset("clip-tiny")
-    clip = CLIP.from_config(base.replace(text=base.text.replace(
-        vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id))).eval()
-    clip.tokenizer = tok
-    sam = samclip.create_sam("sam-tiny").eval()
-    return SamClip.from_teachers(sam, clip, ClipHeadConfig(mlp_hidden=16, out_dim=32)).eval()
+build_tiny_merged = tiny_merged_model
 
 
 def png_bytes(image: np.ndarray) -> bytes:
