@@ -140,8 +140,7 @@ class SamStream:
                     rle = {**rle, "counts": rle["counts"].encode()}
                 inst[mask_utils.decode(rle).astype(bool)] = i + 1
             images.append(square_resize(img, size))
-            inst_img = Image.fromarray(square_resize_nearest(inst, size))
-            maps.append(np.asarray(inst_img))
+            maps.append(square_resize_nearest(inst, size))
         if not images:
             raise ValueError(f"{folder}: no SA-1B style image + json pairs found")
         return cls(np.stack(images), np.stack(maps), per_image, seed)

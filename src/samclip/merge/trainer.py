@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,10 +125,8 @@ def sam_distillation_loss(model: SamClip, teachers: Teachers, stream: SamStream,
         s_pl, s_pi = model.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.long), multimask_output=True)
     loss = torch.zeros(())
     for s_l, s_i, t_l, t_i in ((s_bl, s_bi, t_bl, t_bi), (s_pl, s_pi, t_pl, t_pi)):
-        k = s_l.shape[1]
         mask_term = focal_dice(s_l.float().flatten(0, 1), torch.sigmoid(t_l).flatten(0, 1)).mean()
         loss = loss + mask_term / 2 + iou_weight * F.mse_loss(s_i.float(), t_i) / 2
-        del k
     return loss
 
 
@@ -319,7 +316,3 @@ def _tensorboard(path: Path):  # noqa: ANN202
     except Exception:  # tensorboard is optional
         return None
     return SummaryWriter(str(path))
-
-
-def elapsed(t0: float) -> float:
-    return time.time() - t0
