@@ -14,11 +14,11 @@ pytest.importorskip("onnx")
 
 import samclip  # noqa: E402
 from samclip.cli import main as cli_main  # noqa: E402
-from samclip.data import SHAPES, class_prompts, generate_scene  # noqa: E402
+from samclip.data import SHAPES, generate_scene  # noqa: E402
 from samclip.export import OnnxBackend, export_onnx  # noqa: E402
 from samclip.export.onnx_export import DECODER_NAMES, IMAGE_ENCODER_NAME, MANIFEST_NAME  # noqa: E402
-from samclip.models import CLIP, ClipHeadConfig, SamClip, clip_preset  # noqa: E402
-from samclip.tokenizer import ClipTokenizer  # noqa: E402
+from samclip.models import SamClip  # noqa: E402
+from samclip.testing import tiny_merged_model  # noqa: E402
 
 TOL = 1e-3
 LABELS = list(SHAPES[:3])
@@ -44,15 +44,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):  # noqa: ANN001, ANN201
-    torch.manual_seed(0)
-    tok = ClipTokenizer.train([p for s in SHAPES for p in class_prompts(s)] + ["a plain background"],
-                              vocab_size=200, context_length=16)
-    base = clip_preset("clip-tiny")
-    clip = CLIP.from_config(base.replace(text=base.text.replace(
-        vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id))).eval()
-    clip.tokenizer = tok
-    sam = samclip.create_sam("sam-tiny").eval()
-    model = SamClip.from_teachers(sam, clip, ClipHeadConfig(mlp_hidden=16, out_dim=32)).eval()
+    model = tiny_merged_model()
     _randomize(model.sam, 1)
     _randomize(model.clip_head, 2)
     root = tmp_path_factory.mktemp("onnx")

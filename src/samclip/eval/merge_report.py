@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ..data.banks import build_bank
 from ..models import CLIP, Sam, SamClip
-from ..teachers.clip_teacher import clip_encoders, single_object_eval_set
+from ..teachers.clip_teacher import clip_encoders
 from .prompt_seg import prompt_miou
-from .zeroshot import zero_shot_accuracy
+from .zeroshot import single_object_eval_set, zero_shot_accuracy
 
 
 def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_single: int = 1000,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import SHAPES, class_prompts
+from ..data import SHAPES, class_prompts, single_object_scene, split_seeds
 
 ImageEncoder = Callable[[np.ndarray], torch.Tensor]
 TextEncoder = Callable[[list[str]], torch.Tensor]
@@ -60,3 +60,13 @@ def retrieval_recall(encode_images: ImageEncoder, encode_texts: TextEncoder, ima
             "i2t_r5": 100 * (i2t == gt).any(1).float().mean().item(),
             "t2i_r1": 100 * (t2i[:, :1] == gt).any(1).float().mean().item(),
             "t2i_r5": 100 * (t2i == gt).any(1).float().mean().item(), "n": len(images)}
+
+
+def single_object_eval_set(split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """n single-object scenes of ``split`` -> (NxSxSx3 uint8, N labels indexing ``SHAPES``)."""
+    imgs, labels = [], []
+    for seed in split_seeds(split, n):
+        s = single_object_scene(seed, size)
+        imgs.append(s.image)
+        labels.append(SHAPES.index(s.objects[0].category))
+    return np.stack(imgs), np.asarray(labels)

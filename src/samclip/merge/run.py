@@ -10,10 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import SHAPES, single_object_scene, split_seeds
 from ..data.banks import build_bank
 from ..eval.prompt_seg import prompt_miou
-from ..eval.zeroshot import zero_shot_accuracy
+from ..eval.zeroshot import single_object_eval_set, zero_shot_accuracy
 from ..factory import load_clip, load_sam
 from ..models import ClipHeadConfig, SamClip
 from ..tokenizer import ClipTokenizer
@@ -40,20 +39,11 @@ def merged_encoders(model: SamClip, size: int, bf16: bool = True):  # noqa: ANN2
     return enc_img, enc_txt
 
 
-def single_object_set(split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    imgs, labels = [], []
-    for seed in split_seeds(split, n):
-        s = single_object_scene(seed, size)
-        imgs.append(s.image)
-        labels.append(SHAPES.index(s.objects[0].category))
-    return np.stack(imgs), np.asarray(labels)
-
-
 class SceneEvaluator:
     """Validation metrics on the scene world's val split: CLIP-head zero-shot top-1 and SAM-head mIoU."""
 
     def __init__(self, n_zero_shot: int, n_val: int, sam_size: int, clip_size: int) -> None:
-        self.zs = single_object_set("val", n_zero_shot, clip_size)
+        self.zs = single_object_eval_set("val", n_zero_shot, clip_size)
         self.val = build_bank("val", n_val, sam_size, workers=1)
         self.clip_size = clip_size
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..data import HELDOUT_PAIRS, SHAPES, class_prompts, single_object_scene, split_seeds
+from ..data import HELDOUT_PAIRS, SHAPES, class_prompts
 from ..data.banks import SceneBank, build_bank
-from ..eval.zeroshot import retrieval_recall, zero_shot_accuracy
+from ..eval.zeroshot import retrieval_recall, single_object_eval_set, zero_shot_accuracy
 from ..factory import save_pretrained
 from ..losses import clip_contrastive_loss
 from ..models import CLIP, clip_preset
@@ -95,16 +95,6 @@ def build_tokenizer(captions: list[str], vocab_size: int, context_length: int) -
     corpus = list(captions) + [p for s in SHAPES for p in class_prompts(s)]
     corpus += [t.format(s) for s in SHAPES for t in _SHAPE_ONLY]
     return ClipTokenizer.train(corpus, vocab_size=vocab_size, context_length=context_length)
-
-
-def single_object_eval_set(split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """n single-object scenes of ``split`` -> (NxSxSx3 uint8, N labels indexing ``SHAPES``)."""
-    imgs, labels = [], []
-    for seed in split_seeds(split, n):
-        s = single_object_scene(seed, size)
-        imgs.append(s.image)
-        labels.append(SHAPES.index(s.objects[0].category))
-    return np.stack(imgs), np.asarray(labels)
 
 
 def evaluate_clip(model: CLIP, tokenizer: ClipTokenizer, split: str = "val", n_single: int = 600,

@@ -21,10 +21,10 @@ import torch
 from ..data import HELDOUT_PAIRS, composition_scene, generate_scene, split_seeds, write_grid
 from ..data.banks import build_bank
 from ..eval.prompt_seg import prompt_miou
-from ..eval.zeroshot import retrieval_recall, zero_shot_accuracy
+from ..eval.zeroshot import retrieval_recall, single_object_eval_set, zero_shot_accuracy
 from ..factory import load_clip, load_sam
 from ..prompts import interior_points
-from .clip_teacher import clip_encoders, single_object_eval_set
+from .clip_teacher import clip_encoders
 
 
 def generation_speed(n: int = 100) -> dict[str, float]:
