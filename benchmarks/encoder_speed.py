@@ -10,20 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
-
-def timed(fn, reps: int) -> float:  # noqa: ANN001
-    fn()  # warm-up (allocator, kernels)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _timing import median_seconds
 
 
 def main() -> None:
@@ -65,11 +55,11 @@ def main() -> None:
             hf.get_image_embeddings(x)
 
     res = {"threads": args.threads, "size": args.size, "reps": args.reps}
-    res["transformers_fp32_s"] = timed(run_hf, args.reps)
+    res["transformers_fp32_s"] = median_seconds(run_hf, args.reps)
     if not args.skip_hf_bf16:
-        res["transformers_bf16_s"] = timed(run_hf_bf16, args.reps)
-    res["samclip_fp32_s"] = timed(run_ours, args.reps)
-    res["samclip_bf16_s"] = timed(run_ours_bf16, args.reps)
+        res["transformers_bf16_s"] = median_seconds(run_hf_bf16, args.reps)
+    res["samclip_fp32_s"] = median_seconds(run_ours, args.reps)
+    res["samclip_bf16_s"] = median_seconds(run_ours_bf16, args.reps)
     res["speedup_fp32_vs_transformers_fp32"] = res["transformers_fp32_s"] / res["samclip_fp32_s"]
     res["speedup_bf16_vs_transformers_fp32"] = res["transformers_fp32_s"] / res["samclip_bf16_s"]
     if "transformers_bf16_s" in res:

@@ -68,15 +68,6 @@ def build_models(preset: str) -> tuple[SamClip, samclip.Sam, CLIP, str]:
     return merged, sam, clip, f"{note}: {sam_name} + {clip_name}"
 
 
-def median_time(fn: Callable[[], object], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def clip_text_embeddings(clip: CLIP, labels: list[str]) -> torch.Tensor:
     """(K+1)xE: background (mean of BACKGROUND_PROMPTS) then the template-averaged labels, normalised."""
     from samclip.data.captions import class_prompts

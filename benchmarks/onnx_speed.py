@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from _timing import median_seconds
 
 
 def cpu_name() -> str:
@@ -37,16 +38,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def timed(fn, reps: int) -> float:  # noqa: ANN001
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
@@ -137,17 +128,18 @@ def main() -> None:
             "export_seconds": round(export_s, 2), "onnx_mb": sizes,
             "max_abs_diff_onnx_vs_torch_fp32": {**enc_diff, **dec_diff},
             "image_encoder_ms": {
-                "onnxruntime_fp32": 1e3 * timed(lambda: backend.encode(px, (grid, grid)), args.reps),
-                "torch_fp32": 1e3 * timed(torch_encode(False), args.reps),
+                "onnxruntime_fp32": 1e3 * median_seconds(lambda: backend.encode(px, (grid, grid)), args.reps),
+                "torch_fp32": 1e3 * median_seconds(torch_encode(False), args.reps),
             },
             "prompt_decode_ms": {
-                "onnxruntime_fp32": 1e3 * timed(lambda: backend.decode(got[0], pc, pl), args.decode_reps),
-                "torch_fp32": 1e3 * timed(torch_decode(False), args.decode_reps),
+                "onnxruntime_fp32": 1e3 * median_seconds(lambda: backend.decode(got[0], pc, pl), args.decode_reps),
+                "torch_fp32": 1e3 * median_seconds(torch_decode(False), args.decode_reps),
             },
         }
         if not args.skip_bf16:
-            result["image_encoder_ms"]["torch_bf16_autocast"] = 1e3 * timed(torch_encode(True), args.reps)
-            result["prompt_decode_ms"]["torch_bf16_autocast"] = 1e3 * timed(torch_decode(True), args.decode_reps)
+            result["image_encoder_ms"]["torch_bf16_autocast"] = 1e3 * median_seconds(torch_encode(True), args.reps)
+            result["prompt_decode_ms"]["torch_bf16_autocast"] = 1e3 * median_seconds(
+                torch_decode(True), args.decode_reps)
         for key in ("image_encoder_ms", "prompt_decode_ms"):
             r = result[key]
             for name in list(r):

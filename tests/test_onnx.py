@@ -13,6 +13,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 import samclip  # noqa: E402
+from conftest import randomize_  # noqa: E402
 from samclip.cli import main as cli_main  # noqa: E402
 from samclip.data import SHAPES, generate_scene  # noqa: E402
 from samclip.export import OnnxBackend, export_onnx  # noqa: E402
@@ -24,29 +25,12 @@ TOL = 1e-3
 LABELS = list(SHAPES[:3])
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial weights everywhere (zero-initialised tables would hide mapping errors)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 0:
-                continue
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim >= 2 and "pos" in name:
-                p.copy_(0.5 * noise)
-            elif p.ndim >= 2:
-                p.copy_(noise * p[0].numel() ** -0.5)
-            elif name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            else:
-                p.copy_(0.05 * noise)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):  # noqa: ANN001, ANN201
     model = tiny_merged_model()
-    _randomize(model.sam, 1)
-    _randomize(model.clip_head, 2)
+    randomize_(model.sam, 1)
+    randomize_(model.clip_head, 2)
+    model.eval()
     root = tmp_path_factory.mktemp("onnx")
     samclip.save_pretrained(model, root / "model")
     out = export_onnx(root / "model", root / "export")

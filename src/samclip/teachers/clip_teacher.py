@@ -8,10 +8,9 @@ Teacher-training captions never contain the held-out (colour, shape) pairs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,7 @@ from ..factory import save_pretrained
 from ..losses import clip_contrastive_loss
 from ..models import CLIP, clip_preset
 from ..tokenizer import ClipTokenizer
-from .common import TrainLog, cosine_lr
-from .sam_teacher import _bool
+from .common import TrainLog, cosine_lr, recipe_from_argv, write_training_info
 
 
 @dataclass
@@ -167,21 +165,12 @@ def train_clip_teacher(recipe: ClipTeacherRecipe, out: Path, log_path: Path | No
     log.close()
     model.tokenizer = tokenizer
     save_pretrained(model, out)
-    info = {"recipe": asdict(recipe), "val": metrics, "render_s": render_s, "wall_s": time.time() - t0,
-            "threads": torch.get_num_threads()}
-    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    return write_training_info(out, recipe, metrics, render_s, t0)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Train the scene-world CLIP teacher from scratch.")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--log", type=Path, default=None, help="JSONL log file")
-    for f, v in asdict(ClipTeacherRecipe()).items():
-        ap.add_argument(f"--{f.replace('_', '-')}", type=_bool if isinstance(v, bool) else type(v), default=v)
-    args = ap.parse_args(argv)
-    recipe = ClipTeacherRecipe(**{f: getattr(args, f) for f in asdict(ClipTeacherRecipe())})
-    info = train_clip_teacher(recipe, args.out, args.log)
+    recipe, out, log = recipe_from_argv(ClipTeacherRecipe, "Train the scene-world CLIP teacher from scratch.", argv)
+    info = train_clip_teacher(recipe, out, log)
     print(json.dumps(info["val"], indent=2), f"\nwall {info['wall_s']:.0f}s")
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 
 def cosine_lr(step: int, total: int, warmup: int, base: float, final_frac: float = 0.02) -> float:
@@ -50,3 +53,33 @@ class TrainLog:
         self.bar.close()
         if self.file:
             self.file.close()
+
+
+def parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
+
+
+def recipe_from_argv(recipe_cls: type, description: str, argv: list[str] | None) -> tuple[Any, Path, Path | None]:
+    """``--out``, ``--log`` and one ``--field`` flag per recipe dataclass field -> (recipe, out, log)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--log", type=Path, default=None, help="JSONL log file")
+    defaults = asdict(recipe_cls())
+    for f, v in defaults.items():
+        ap.add_argument(f"--{f.replace('_', '-')}", type=parse_bool if isinstance(v, bool) else type(v), default=v)
+    args = ap.parse_args(argv)
+    return recipe_cls(**{f: getattr(args, f) for f in defaults}), args.out, args.log
+
+
+def write_training_info(out: Path, recipe: Any, metrics: dict, render_s: float, t0: float) -> dict:
+    """``<out>/training.json``: the recipe, final validation metrics and wall times."""
+    import torch
+
+    info = {"recipe": asdict(recipe), "val": metrics, "render_s": render_s, "wall_s": time.time() - t0,
+            "threads": torch.get_num_threads()}
+    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info

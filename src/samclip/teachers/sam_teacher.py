@@ -10,10 +10,9 @@ It never sees a word. ``python -m samclip.teachers.sam_teacher --out weights/...
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from ..factory import create_sam, load_sam, save_pretrained
 from ..losses import sam_loss
 from ..models import Sam
 from ..prompts import corrective_points, jitter_boxes, masks_to_boxes, sample_points
-from .common import TrainLog, cosine_lr
+from .common import TrainLog, cosine_lr, recipe_from_argv, write_training_info
 
 
 @dataclass
@@ -144,31 +143,13 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
     log.event(recipe.steps, "val", **metrics)
     log.close()
     save_pretrained(model, out)
-    info = {"recipe": asdict(recipe), "val": metrics, "render_s": render_s,
-            "wall_s": time.time() - t0, "threads": torch.get_num_threads()}
-    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    return write_training_info(out, recipe, metrics, render_s, t0)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Train the scene-world SAM teacher from scratch.")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--log", type=Path, default=None, help="JSONL log file")
-    for f, v in asdict(SamTeacherRecipe()).items():
-        ap.add_argument(f"--{f.replace('_', '-')}", type=type(v) if not isinstance(v, bool) else _bool,
-                        default=v)
-    args = ap.parse_args(argv)
-    recipe = SamTeacherRecipe(**{f: getattr(args, f) for f in asdict(SamTeacherRecipe())})
-    info = train_sam_teacher(recipe, args.out, args.log)
+    recipe, out, log = recipe_from_argv(SamTeacherRecipe, "Train the scene-world SAM teacher from scratch.", argv)
+    info = train_sam_teacher(recipe, out, log)
     print(json.dumps(info["val"], indent=2), f"\nwall {info['wall_s']:.0f}s")
-
-
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
 
 
 if __name__ == "__main__":
