@@ -224,7 +224,7 @@ def test_sam_inference_on_tiny(tiny_sam: Sam) -> None:
     assert cfg.replace(mask_decoder=preset.mask_decoder) == preset
 
 
-@pytest.mark.parametrize("name", ["clip-vit-b-32", "clip-vit-b-16", "clip-vit-l-14"])
+@pytest.mark.parametrize("name", ["clip-vit-b-32", "clip-vit-b-16", "clip-vit-l-14", "clip-rn50", "clip-rn101"])
 def test_clip_inference_recovers_presets(name: str) -> None:
     state = _meta_state(lambda: CLIP.from_config(clip_preset(name)))
     assert infer_clip_config(state) == clip_preset(name)

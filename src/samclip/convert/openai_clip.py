@@ -16,6 +16,11 @@ Containers:
 - open_clip training checkpoints are ``{"epoch", "name", "state_dict": {...}, "optimizer": ...}``,
   often with ``module.`` prefixes (DistributedDataParallel); both are unwrapped.
 
+ResNet towers (RN50, RN101, RN50x4 ...) keep OpenAI's ModifiedResNet names (``visual.conv1..3``,
+``visual.bn1..3``, ``visual.layerS.N.{conv1..3,bn1..3,downsample.0,downsample.1}``,
+``visual.attnpool.{positional_embedding,q_proj,k_proj,v_proj,c_proj}``); BatchNorm
+``num_batches_tracked`` counters, absent from some exports, are filled with zeros.
+
 Architecture inference (:func:`infer_clip_config`) follows OpenAI's ``build_model``: widths from
 ``conv1`` / ``ln_final``, layers from resblock counts, patch size from ``conv1``, grid from
 ``visual.positional_embedding``, embed dim from ``text_projection``, context length and vocabulary
@@ -56,6 +61,8 @@ def from_openai(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[key] = value
         else:
             out["text." + key] = value
+    for key in [k for k in out if k.endswith(".running_mean")]:
+        out.setdefault(key[: -len("running_mean")] + "num_batches_tracked", torch.zeros((), dtype=torch.long))
     return out
 
 
@@ -89,17 +96,22 @@ def _heads(width: int) -> int:
 
 def infer_clip_config(state: dict[str, torch.Tensor], act: str = "quick_gelu") -> ClipConfig:
     """A :class:`ClipConfig` from a state dict in our layout (see the module docstring)."""
-    if "visual.proj" not in state and any(k.startswith("visual.layer1.") for k in state):
-        raise CheckpointError("ResNet CLIP checkpoints (ModifiedResNet image towers) are not supported")
-    conv1 = _need(state, "visual.conv1.weight")
-    v_width, patch = conv1.shape[0], conv1.shape[-1]
-    v_layers = _count(state, "visual.transformer.resblocks.")
-    grid = round((_need(state, "visual.positional_embedding").shape[0] - 1) ** 0.5)
-    v_fc = _need(state, "visual.transformer.resblocks.0.mlp.c_fc.weight")
-    vision = VisionTowerConfig(
-        image_size=grid * patch, patch_size=patch, width=v_width, layers=v_layers, heads=_heads(v_width),
-        mlp_ratio=v_fc.shape[0] / v_width, act=act,
-    )
+    if "visual.attnpool.positional_embedding" in state:
+        v_width = _need(state, "visual.layer1.0.conv1.weight").shape[0]
+        grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        depths = tuple(_count(state, f"visual.layer{i}.") for i in range(1, 5))
+        vision = VisionTowerConfig(image_size=grid * 32, width=v_width, layers=depths,
+                                   heads=v_width * 32 // HEAD_DIM, act=act)
+    else:
+        conv1 = _need(state, "visual.conv1.weight")
+        v_width, patch = conv1.shape[0], conv1.shape[-1]
+        v_layers = _count(state, "visual.transformer.resblocks.")
+        grid = round((_need(state, "visual.positional_embedding").shape[0] - 1) ** 0.5)
+        v_fc = _need(state, "visual.transformer.resblocks.0.mlp.c_fc.weight")
+        vision = VisionTowerConfig(
+            image_size=grid * patch, patch_size=patch, width=v_width, layers=v_layers, heads=_heads(v_width),
+            mlp_ratio=v_fc.shape[0] / v_width, act=act,
+        )
     vocab = _need(state, "text.token_embedding.weight").shape[0]
     t_width = _need(state, "text.ln_final.weight").shape[0]
     t_fc = _need(state, "text.transformer.resblocks.0.mlp.c_fc.weight")

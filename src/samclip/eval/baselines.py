@@ -2,7 +2,8 @@
 
 - MaskCLIP-style dense CLIP (baseline a): the CLIP teacher's last block is read as value
   embeddings (no query-key mixing), then ``ln_post`` and the projection give a CLIP-space vector per
-  patch, matched to class text embeddings.
+  patch, matched to class text embeddings. For a ResNet tower, the attention pool's value and output
+  projections are applied to every cell of the final feature map (MaskCLIP's ResNet variant).
 - Crop classification (OV-SAM's crop baseline; with SAM everything-mode it is SAM-CLIP's "SAM+CLIP"
   row, baseline b): each mask's bounding box is cropped, pixels outside the mask greyed, the crop
   resized to the CLIP teacher's input and classified.
@@ -30,6 +31,10 @@ def maskclip_patch_embeddings(clip: CLIP, image: np.ndarray, size: int | None = 
     v = clip.visual
     size = size or v.config.image_size
     x = _clip_input(clip, image[None], size)
+    if v.config.is_resnet:
+        fmap = v.feature_map(x)[0]  # CxGhxGw
+        emb = v.attnpool.c_proj(v.attnpool.v_proj(fmap.flatten(1).T))
+        return F.normalize(emb, dim=-1).reshape(fmap.shape[1], fmap.shape[2], -1)
     x = v.conv1(x)
     g = x.shape[-1]
     x = x.flatten(2).transpose(1, 2)

@@ -144,7 +144,7 @@ class CLIP(nn.Module):
     ``samclip.convert`` add or strip that prefix.
     """
 
-    def __init__(self, config: ClipConfig, visual: VisionTransformer, text: TextTransformer) -> None:
+    def __init__(self, config: ClipConfig, visual: nn.Module, text: TextTransformer) -> None:
         super().__init__()
         self.config = config
         self.visual = visual
@@ -155,11 +155,10 @@ class CLIP(nn.Module):
 
     @classmethod
     def from_config(cls, config: ClipConfig) -> CLIP:
-        return cls(
-            config,
-            VisionTransformer(config.vision, config.embed_dim),
-            TextTransformer(config.text, config.embed_dim),
-        )
+        from .clip_resnet import ModifiedResNet
+
+        tower = ModifiedResNet if config.vision.is_resnet else VisionTransformer
+        return cls(config, tower(config.vision, config.embed_dim), TextTransformer(config.text, config.embed_dim))
 
     def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
         """Bx3xHxW RGB in [0, 1] -> normalised tower input."""

@@ -112,20 +112,27 @@ class SamConfig(_Config):
 # ---------------------------------------------------------------------------------------------- CLIP
 @dataclass(frozen=True)
 class VisionTowerConfig(_Config):
-    """CLIP ViT image tower (class token, pre/post LayerNorm, projection)."""
+    """CLIP image tower. ``layers`` an int: a ViT (class token, pre/post LayerNorm, projection).
+    ``layers`` a tuple of 4 stage depths: OpenAI's ModifiedResNet (``width`` = stem width, ``heads`` =
+    attention-pool heads, ``patch_size`` unused, total stride 32), as in OpenAI's ``build_model``."""
 
     image_size: int = 224
     patch_size: int = 16
     width: int = 768
-    layers: int = 12
+    layers: int | tuple[int, ...] = 12
     heads: int = 12
     mlp_ratio: float = 4.0
     act: str = "quick_gelu"  # OpenAI CLIP: quick_gelu; most open_clip / DataComp models: gelu
     layer_norm_eps: float = 1e-5
 
     @property
+    def is_resnet(self) -> bool:
+        return isinstance(self.layers, tuple)
+
+    @property
     def grid_size(self) -> int:
-        return self.image_size // self.patch_size
+        """Side of the final feature grid at ``image_size``."""
+        return self.image_size // (32 if self.is_resnet else self.patch_size)
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,23 @@ CLIP_PRESETS: dict[str, ClipConfig] = {
             context_length=16, vocab_size=100, width=32, heads=2, layers=2, sot_token_id=98, eot_token_id=99
         ),
     ),
-    # the embedded default's CLIP teacher at 64 px; vocab / special ids come from its trained tokenizer
+    # OpenAI's ResNet towers (width = stem width, heads = width * 32 // 64)
+    "clip-rn50": ClipConfig(
+        embed_dim=1024,
+        vision=VisionTowerConfig(image_size=224, width=64, layers=(3, 4, 6, 3), heads=32),
+        text=TextTowerConfig(width=512, heads=8, layers=12),
+    ),
+    "clip-rn101": ClipConfig(
+        embed_dim=512,
+        vision=VisionTowerConfig(image_size=224, width=64, layers=(3, 4, 23, 3), heads=32),
+        text=TextTowerConfig(width=512, heads=8, layers=12),
+    ),
+    # The embedded default's CLIP teacher at 64 px (vocab / special ids come from its trained
+    # tokenizer): a tiny ModifiedResNet (a ViT this small trained from scratch on
+    # 2 CPU cores stays near chance on shape; the convolutional tower learns shape within minutes).
     "clip-synthetic": ClipConfig(
         embed_dim=128,
-        vision=VisionTowerConfig(image_size=64, patch_size=8, width=128, layers=6, heads=4, act="gelu"),
+        vision=VisionTowerConfig(image_size=64, width=16, layers=(1, 1, 1, 1), heads=8),
         text=TextTowerConfig(
             context_length=32, vocab_size=512, width=128, heads=4, layers=4, act="gelu",
             sot_token_id=510, eot_token_id=511,
@@ -90,6 +103,7 @@ _ALIASES = {
     "ViT-B-32": "clip-vit-b-32", "ViT-B/32": "clip-vit-b-32",
     "ViT-B-16": "clip-vit-b-16", "ViT-B/16": "clip-vit-b-16",
     "ViT-L-14": "clip-vit-l-14", "ViT-L/14": "clip-vit-l-14",
+    "RN50": "clip-rn50", "RN101": "clip-rn101",
 }
 
 
