@@ -32,9 +32,13 @@ demo: $(STAMP)
 WEIGHTS := src/samclip/weights/tiny-synthetic
 teachers: teacher-sam teacher-clip
 
+# SAM teacher: 3000 steps from scratch, then 2500 fine-tuning steps at a lower lr on more images
 teacher-sam: $(STAMP)
-	$(BIN)/python -m samclip.teachers.sam_teacher --out $(WEIGHTS)/sam --log runs/sam_teacher.jsonl \
+	$(BIN)/python -m samclip.teachers.sam_teacher --out runs/sam_teacher_stage1 --log runs/sam_teacher.jsonl \
 		--steps 3000 --prompts-per-image 6 --bf16 false --eval-every 500 --val-images 100
+	$(BIN)/python -m samclip.teachers.sam_teacher --out $(WEIGHTS)/sam --log runs/sam_teacher_ft.jsonl \
+		--init runs/sam_teacher_stage1 --steps 2500 --lr 4e-4 --warmup 50 --train-images 10000 \
+		--prompts-per-image 6 --bf16 false --eval-every 500 --val-images 100
 
 teacher-clip: $(STAMP)
 	$(BIN)/python -m samclip.teachers.clip_teacher --out $(WEIGHTS)/clip --log runs/clip_teacher.jsonl

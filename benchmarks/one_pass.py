@@ -15,7 +15,8 @@ and a 12-class semantic map (plus background), at the original size.
 Text embeddings are computed before timing for both pipelines (same text tower; both cache them).
 Everything runs under bf16 autocast (as the Predictor does). Weights: ``tiny-synthetic`` shipped
 weights when present, else random weights of the same presets; ``--preset vit-b`` builds random
-SAM ViT-B (1024 px) + CLIP ViT-B/16 teachers and merges them (speed does not depend on the values).
+SAM ViT-B (1024 px) + CLIP ViT-B/16 teachers and merges them (speed does not depend on the values);
+``--preset paper`` does the same with the paper's CLIP ViT-L/14 teacher.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/one_pass.py --preset vit-b --reps 1
 """
@@ -41,7 +42,9 @@ from samclip.tokenizer import ClipTokenizer
 
 LABELS = ["star", "ring", "heart", "circle", "square", "triangle", "cross", "arrow", "moon", "hexagon",
           "diamond", "ellipse"]
-PRESETS = {"tiny-synthetic": ("sam-synthetic", "clip-synthetic"), "vit-b": ("sam-vit-b", "clip-vit-b-16")}
+# "paper": SAM-CLIP's own pairing (SAM ViT-B merged with a CLIP ViT-L/14 teacher)
+PRESETS = {"tiny-synthetic": ("sam-synthetic", "clip-synthetic"), "vit-b": ("sam-vit-b", "clip-vit-b-16"),
+           "paper": ("sam-vit-b", "clip-vit-l-14")}
 
 
 def build_models(preset: str) -> tuple[SamClip, samclip.Sam, CLIP, str]:
@@ -133,7 +136,7 @@ def main() -> None:
     scale = clip.logit_scale.detach().float().exp().clamp(max=100)
     clip_size = clip.config.vision.image_size
     grid = merged.img_size // merged.sam.config.image_encoder.patch_size
-    matched = args.clip_semseg_size or grid * clip.config.vision.patch_size
+    matched = args.clip_semseg_size or grid * clip.config.vision.stride
 
     def clip_classify() -> np.ndarray:
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0

@@ -130,9 +130,14 @@ class VisionTowerConfig(_Config):
         return isinstance(self.layers, tuple)
 
     @property
+    def stride(self) -> int:
+        """Input pixels per cell of the final feature grid (the patch size, or 32 for a ResNet)."""
+        return 32 if self.is_resnet else self.patch_size
+
+    @property
     def grid_size(self) -> int:
         """Side of the final feature grid at ``image_size``."""
-        return self.image_size // (32 if self.is_resnet else self.patch_size)
+        return self.image_size // self.stride
 
 
 @dataclass(frozen=True)
