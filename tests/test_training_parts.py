@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import samclip
@@ -112,3 +113,16 @@ def test_sam_training_step_learns_something() -> None:
         losses.append(loss.item())
     assert set(logs) == {"box_miou", "point_miou", "click2_miou"}
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_clip_stream_mixes_single_object_scenes() -> None:
+    from samclip.data.scenes import single_object_scene, split_seeds
+    from samclip.merge.streams import ClipStream
+
+    stream = ClipStream.scene_world(6, 32, single_fraction=0.5)
+    assert len(stream) == 6
+    seed = split_seeds("train_merge", 1, start=8_000_000)[0]
+    assert np.array_equal(stream.images(np.array([3]))[0], single_object_scene(seed, 32).image)
+    assert len(ClipStream.scene_world(4, 32)) == 4
+    with pytest.raises(ValueError, match="clip_single_fraction"):
+        ClipStream.scene_world(4, 32, single_fraction=1.5)

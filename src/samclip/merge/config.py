@@ -37,6 +37,7 @@ class DataConfig:
     clip_images: int = 12000  # scene world: size of D_CLIP
     sam_images: int = 3000  # scene world: size of D_SAM
     clip_render_size: int = 192  # scene world: D_CLIP images are rendered at this size
+    clip_single_fraction: float = 0.0  # scene world: share of single-object scenes in D_CLIP
     clip_dir: str = ""  # real data: image folder or folder of .tar shards for D_CLIP
     sam_dir: str = ""  # real data: SA-1B style folder (image + per-image COCO-RLE json)
     clip_sizes: list[int] = field(default_factory=lambda: [128, 192])  # student sizes, stages I-II

@@ -87,7 +87,7 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
 def build_streams(cfg: MergeConfig, sam_size: int, progress: bool) -> tuple[ClipStream, SamStream]:
     d = cfg.data
     if d.source == "scenes":
-        return (ClipStream.scene_world(d.clip_images, d.clip_render_size, progress),
+        return (ClipStream.scene_world(d.clip_images, d.clip_render_size, progress, d.clip_single_fraction),
                 SamStream.scene_world(d.sam_images, sam_size, d.prompts_per_image, cfg.seed, progress))
     if d.source == "folders":
         if not d.clip_dir or not d.sam_dir:

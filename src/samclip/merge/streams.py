@@ -58,9 +58,17 @@ class ClipStream:
         return self._images[idx]
 
     @classmethod
-    def scene_world(cls, n: int, size: int, progress: bool = False) -> ClipStream:
-        bank = build_bank("train_merge", n, size, forbidden_pairs=HELDOUT_PAIRS, progress=progress)
-        return cls(bank.images)
+    def scene_world(cls, n: int, size: int, progress: bool = False, single_fraction: float = 0.0) -> ClipStream:
+        """``n`` train_merge images: multi-object scenes, and a ``single_fraction`` share of single-object
+        scenes (the CLIP teacher's training mix). Held-out (colour, shape) pairs never appear."""
+        if not 0.0 <= single_fraction <= 1.0:
+            raise ValueError(f"data.clip_single_fraction must be in [0, 1], got {single_fraction}")
+        n_single = round(n * single_fraction)
+        parts = [build_bank("train_merge", n - n_single, size, forbidden_pairs=HELDOUT_PAIRS, progress=progress)]
+        if n_single:
+            parts.append(build_bank("train_merge", n_single, size, kind="single", start=8_000_000,
+                                    forbidden_pairs=HELDOUT_PAIRS, progress=progress))
+        return cls(np.concatenate([p.images for p in parts]))
 
     @classmethod
     def from_folder(cls, folder: str | Path, size: int, limit: int | None = None) -> ClipStream:
