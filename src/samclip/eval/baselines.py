@@ -27,9 +27,16 @@ def _clip_input(clip: CLIP, images: np.ndarray, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def maskclip_patch_embeddings(clip: CLIP, image: np.ndarray, size: int | None = None) -> torch.Tensor:
-    """HxWx3 uint8 -> GxGxE normalised per-patch CLIP embeddings (MaskCLIP's value-embedding trick)."""
+    """HxWx3 uint8 -> GxGxE normalised per-patch CLIP embeddings (MaskCLIP's value-embedding trick).
+
+    ``size`` defaults to a ViT's native size; a ResNet (stride 32) runs at the image's shorter side
+    rounded down to 32 (at least its native size), as MaskCLIP does.
+    """
     v = clip.visual
-    size = size or v.config.image_size
+    if size is None:
+        size = v.config.image_size
+        if v.config.is_resnet:
+            size = max(size, min(image.shape[:2]) // 32 * 32)
     x = _clip_input(clip, image[None], size)
     if v.config.is_resnet:
         fmap = v.feature_map(x)[0]  # CxGhxGw

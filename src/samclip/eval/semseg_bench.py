@@ -43,12 +43,8 @@ def _clip_text(clip: CLIP) -> Callable[[list[str]], torch.Tensor]:
 
 @torch.no_grad()
 def dense_clip_map(clip: CLIP, image: np.ndarray, table: torch.Tensor) -> np.ndarray:
-    """(a): HxW label map from MaskCLIP-style per-patch CLIP-teacher features. A ViT teacher runs at
-    its native size; a ResNet teacher (stride 32) at the image side rounded to 32, as MaskCLIP does."""
-    size = None
-    if clip.config.vision.is_resnet:
-        size = max(clip.config.vision.image_size, min(image.shape[:2]) // 32 * 32)
-    emb = maskclip_patch_embeddings(clip, image, size)  # GxGxE
+    """(a): HxW label map from MaskCLIP-style per-patch CLIP-teacher features."""
+    emb = maskclip_patch_embeddings(clip, image)  # GxGxE
     logits = torch.einsum("ghe,ke->kgh", emb, table)[None]
     logits = F.interpolate(logits, image.shape[:2], mode="bilinear", align_corners=False)[0]
     return logits.argmax(0).numpy()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .clip_resnet import ModifiedResNet
 from .configs import ClipConfig, TextTowerConfig, VisionTowerConfig
 from .layers import make_activation
 
@@ -155,8 +156,6 @@ class CLIP(nn.Module):
 
     @classmethod
     def from_config(cls, config: ClipConfig) -> CLIP:
-        from .clip_resnet import ModifiedResNet
-
         tower = ModifiedResNet if config.vision.is_resnet else VisionTransformer
         return cls(config, tower(config.vision, config.embed_dim), TextTransformer(config.text, config.embed_dim))
 

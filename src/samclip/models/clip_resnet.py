@@ -78,7 +78,7 @@ class AttentionPool2d(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """BxCxHxW -> Bx(1+HW)xC: [mean token; spatial tokens] with positions added."""
-        b, c, h, w = x.shape
+        h, w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
         return x + self._positions(h, w).to(x.dtype)

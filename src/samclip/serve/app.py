@@ -488,25 +488,17 @@ def create_app(
         detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
         return _error(422, "invalid_request", detail, errors=errors)
 
-    @app.exception_handler(TooManyPrompts)
-    async def _too_many(_: Request, exc: TooManyPrompts) -> JSONResponse:
-        return _error(422, "too_many_prompts", str(exc))
+    def _message_handler(status: int, code: str):  # noqa: ANN202
+        async def handle(_: Request, exc: Exception) -> JSONResponse:
+            return _error(status, code, str(exc))
 
-    @app.exception_handler(PromptError)
-    async def _prompt_error(_: Request, exc: PromptError) -> JSONResponse:
-        return _error(422, "invalid_prompt", str(exc))
+        return handle
 
-    @app.exception_handler(ImageTooLarge)
-    async def _too_large(_: Request, exc: ImageTooLarge) -> JSONResponse:
-        return _error(413, "image_too_large", str(exc))
-
-    @app.exception_handler(ImageDecodeError)
-    async def _bad_image(_: Request, exc: ImageDecodeError) -> JSONResponse:
-        return _error(400, "invalid_image", str(exc))
-
-    @app.exception_handler(ValueError)
-    async def _value_error(_: Request, exc: ValueError) -> JSONResponse:
-        return _error(422, "invalid_request", str(exc))
+    # errors whose message is the detail (Starlette picks the handler by walking the exception MRO)
+    for exc_type, status, code in ((TooManyPrompts, 422, "too_many_prompts"), (PromptError, 422, "invalid_prompt"),
+                                   (ImageTooLarge, 413, "image_too_large"), (ImageDecodeError, 400, "invalid_image"),
+                                   (ValueError, 422, "invalid_request")):
+        app.add_exception_handler(exc_type, _message_handler(status, code))
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
