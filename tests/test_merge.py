@@ -97,6 +97,26 @@ def test_stage1_changes_only_the_clip_head(teacher_dirs, tmp_path) -> None:  # n
     assert changed and all(k.startswith("clip_head.") for k in changed), sorted(changed)[:5]
 
 
+def test_stage1_token_cache_equals_the_online_backbone_pass(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """Stage I with the frozen-backbone token cache trains the head exactly as without it (fp32)."""
+    runs = {}
+    for flag in ("false", "true"):
+        torch.manual_seed(0)  # the same random embedding-MLP init in both students
+        tr = _trainer(teacher_dirs, tmp_path / flag, **{"stage2.steps": "0", "stage3.steps": "0",
+                                                      "data.stage1_token_cache": flag})
+        tr._configure(1)
+        assert bool(tr.token_cache) == (flag == "true")
+        ids = np.arange(6)
+        with torch.no_grad():
+            loss = clip_distillation_loss(tr.model, tr.teachers, tr.clip_stream, ids, 64, backbone_grad=False,
+                                          bf16=False, cached_tokens=tr.token_cache.get(64))
+        tr.opt = None
+        tr.run()
+        runs[flag] = (loss, {k: v.clone() for k, v in tr.model.clip_head.state_dict().items()})
+    assert torch.allclose(runs["false"][0], runs["true"][0], atol=1e-5)
+    _assert_close(runs["false"][1], runs["true"][1], atol=1e-4)
+
+
 def test_stage2_gradients_reach_every_trainable_and_no_frozen_parameter(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
     tr = _trainer(teacher_dirs, tmp_path)
     tr._configure(2)

@@ -38,7 +38,9 @@ def _markdown(report: dict, merge_wall: float, curves: Path | None) -> str:
         "| --- | --- | --- | --- |",
     ]
     for k, v in zs.items():
-        lines.append(f"| zero-shot shape top-1, CLIP head at {k.split('@')[1]} px | {ct['zero_shot_top1']:.1f} "
+        size = int(k.split("@")[1])
+        mark = " (its `clip_size`, chosen on val)" if size == m.get("clip_size") else ""
+        lines.append(f"| zero-shot shape top-1, CLIP head at {size} px{mark} | {ct['zero_shot_top1']:.1f} "
                      f"(CLIP teacher, {ct['size']} px) | {v:.1f} | {v - ct['zero_shot_top1']:+.1f} |")
     lines.append(f"| box-prompt mIoU | {st['box_miou']:.1f} | {m['box_miou']:.1f} | {d['box_miou']:+.1f} |")
     lines.append(f"| point-prompt mIoU (best of 3) | {st['point_miou']:.1f} | {m['point_miou']:.1f} | "

@@ -46,6 +46,7 @@ class DataConfig:
     sam_batch: int = 4
     prompts_per_image: int = 4
     cache_teachers: bool = True
+    stage1_token_cache: bool = False  # hold the frozen backbone's tokens of all of D_CLIP in memory in stage I
     cache_dir: str = ""  # default: <out>/teacher_cache
 
 

@@ -42,17 +42,30 @@ def merged_encoders(model: SamClip, size: int, bf16: bool = True):  # noqa: ANN2
 class SceneEvaluator:
     """Validation metrics on the scene world's val split: CLIP-head zero-shot top-1 and SAM-head mIoU."""
 
-    def __init__(self, n_zero_shot: int, n_val: int, sam_size: int, clip_size: int) -> None:
-        self.zs = single_object_eval_set("val", n_zero_shot, clip_size)
+    def __init__(self, n_zero_shot: int, n_val: int, sam_size: int, clip_size: int,
+                 render_size: int | None = None) -> None:
+        # rendered once at the largest size and resized per evaluated size (as the test report does)
+        self.zs = single_object_eval_set("val", n_zero_shot, render_size or clip_size)
         self.val = build_bank("val", n_val, sam_size, workers=1)
         self.clip_size = clip_size
 
-    def __call__(self, model: SamClip) -> dict[str, float]:
+    def zero_shot_by_size(self, model: SamClip, sizes: list[int]) -> dict[int, float]:
+        """Val zero-shot top-1 of the CLIP head at each input size (images resized from the eval set)."""
+        model.eval()
+        out = {}
+        for size in sizes:
+            enc_img, enc_txt = merged_encoders(model, size)
+            out[size] = zero_shot_accuracy(enc_img, enc_txt, self.zs[0], self.zs[1])["top1"]
+        return out
+
+    def __call__(self, model: SamClip, sam: bool = True) -> dict[str, float]:
         model.eval()
         enc_img, enc_txt = merged_encoders(model, self.clip_size)
-        zs = zero_shot_accuracy(enc_img, enc_txt, self.zs[0], self.zs[1])
-        seg = prompt_miou(model, self.val)
-        return {"zero_shot_top1": zs["top1"], "box_miou": seg["box_miou"], "point_miou": seg["point_miou"]}
+        out = {"zero_shot_top1": zero_shot_accuracy(enc_img, enc_txt, self.zs[0], self.zs[1])["top1"]}
+        if sam:
+            seg = prompt_miou(model, self.val)
+            out.update(box_miou=seg["box_miou"], point_miou=seg["point_miou"])
+        return out
 
 
 def load_tokenizer(path: str, context_length: int) -> ClipTokenizer:
@@ -111,12 +124,19 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
     evaluator = None
     if evaluate and cfg.data.source == "scenes" and cfg.eval.every:
         evaluator = SceneEvaluator(cfg.eval.zero_shot_images, cfg.eval.val_images, sam_size,
-                                   max(cfg.data.clip_sizes))
+                                   max(cfg.data.clip_sizes), max(cfg.data.clip_sizes + cfg.data.stage3_sizes))
     trainer = MergeTrainer(cfg, student, teachers, clip_stream, sam_stream, evaluator)
     state = trainer.run(resume=resume)
     out = Path(cfg.out)
     summary = {"wall_s": time.time() - t0, "world_size": world, "stopped_early": state.stopped_early,
                "history": state.history}
+    if rank == 0 and evaluator is not None:
+        # the model's default classification size: the best on the VAL split among the trained sizes
+        sizes = sorted(set(cfg.data.clip_sizes) | set(cfg.data.stage3_sizes))
+        by_size = evaluator.zero_shot_by_size(student, sizes)
+        student.config = student.config.replace(clip_size=max(by_size, key=by_size.get))
+        summary["val_zero_shot_by_size"] = by_size
+        summary["clip_size"] = student.config.clip_size
     if rank == 0:
         student.eval()
         from ..factory import save_pretrained

@@ -32,6 +32,7 @@ from ..teachers.common import TrainLog, cosine_lr
 from .config import MergeConfig, dump_config
 from .streams import ClipStream, SamStream, step_rng
 from .teachers import Teachers
+from .token_cache import backbone_tokens
 
 STAGES = (1, 2, 3)
 
@@ -98,15 +99,21 @@ def to_student_pixels(model: SamClip, images: np.ndarray, size: int) -> torch.Te
 
 
 def clip_distillation_loss(model: SamClip, teachers: Teachers, stream: ClipStream, ids: np.ndarray,
-                           size: int, backbone_grad: bool, bf16: bool) -> torch.Tensor:
-    """L_CLIP = mean(1 - cos(student pooled CLIP-head embedding, teacher image embedding))."""
+                           size: int, backbone_grad: bool, bf16: bool,
+                           cached_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """L_CLIP = mean(1 - cos(student pooled CLIP-head embedding, teacher image embedding)).
+
+    ``cached_tokens`` (NxGxGxD, all stream images at ``size``; frozen backbone only) replaces the
+    backbone pass with a lookup."""
     images = stream.images(ids)
     target = teachers.clip_embeddings(ids, images)
-    x = to_student_pixels(model, images, size)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
-            feats = model.features(x)
-        student = model.clip_head.pooled(model.clip_tokens(feats))
+        if cached_tokens is not None:
+            tokens = cached_tokens[torch.as_tensor(ids)]
+        else:
+            with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
+                tokens = model.features(to_student_pixels(model, images, size)).tokens
+        student = model.clip_head.pooled(model.clip_head.tokens(tokens))
     return cosine_distillation_loss(student, target)
 
 
@@ -139,12 +146,14 @@ class MergeTrainer:
         self.teachers = teachers
         self.clip_stream = clip_stream
         self.sam_stream = sam_stream
-        self.evaluator = evaluator  # callable(model) -> dict with "zero_shot_top1", "box_miou", "point_miou"
+        # callable(model, sam=True) -> dict with "zero_shot_top1" (+ "box_miou", "point_miou" when sam)
+        self.evaluator = evaluator
         self.out = Path(cfg.out)
         self.rank, self.world = dist_info()
         self.state = RunState()
         self.opt: torch.optim.Optimizer | None = None
         self.log: TrainLog | None = None
+        self.token_cache: dict[int, torch.Tensor] = {}  # stage I: size -> NxGxGxD frozen tokens
 
     # ---------------------------------------------------------------------------- stage set-up
     def stage_config(self, stage: int):  # noqa: ANN201
@@ -167,6 +176,10 @@ class MergeTrainer:
         self.model.train()
         for frozen in m.frozen_modules():
             frozen.eval()
+        self.token_cache = {}
+        if stage == 1 and self.cfg.data.stage1_token_cache:
+            self.token_cache = {s: backbone_tokens(m, self.clip_stream, s, self.cfg.bf16, progress=self.rank == 0)
+                                for s in self.cfg.data.clip_sizes}
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for g in self.opt.param_groups for p in g["params"]]
@@ -183,7 +196,8 @@ class MergeTrainer:
         cids = rng.choice(len(self.clip_stream), cfg.data.clip_batch, replace=False)[self.rank :: self.world]
         self.opt.zero_grad(set_to_none=True)
         l_clip = clip_distillation_loss(self.model, self.teachers, self.clip_stream, cids, size,
-                                        backbone_grad=stage == 2, bf16=cfg.bf16)
+                                        backbone_grad=stage == 2, bf16=cfg.bf16,
+                                        cached_tokens=self.token_cache.get(size))
         l_clip.backward()
         logs = {"l_clip": l_clip.item(), "lr": lr, "size": size}
         if stage == 2:
@@ -242,7 +256,14 @@ class MergeTrainer:
         if self.evaluator is None:
             return
         if self.rank == 0:
-            metrics = self.evaluator(self.model)
+            # stages I and III train the CLIP head only: the SAM path is untouched, so its last
+            # measured mIoU carries over instead of being re-measured
+            last_sam = next((r for r in reversed(self.state.history) if "box_miou" in r), None)
+            if stage == 2 or last_sam is None:
+                metrics = self.evaluator(self.model)
+            else:
+                metrics = self.evaluator(self.model, sam=False)
+                metrics.update({k: last_sam[k] for k in ("box_miou", "point_miou")})
             row = {"stage": stage, "step": gstep, **metrics}
             self.state.history.append(row)
             self.log.event(gstep, f"eval stage {stage}", **metrics)
