@@ -169,3 +169,31 @@ def test_no_forbidden_runtime_imports() -> None:
            "bad=[m for m in ('torchvision','timm','open_clip') if m in sys.modules]; print(bad); " \
            "sys.exit(1 if bad else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_clip_head_region_pooling() -> None:
+    """Region pooling: the whole grid equals the ordinary pooled embedding; a region's embedding does
+    not depend on tokens outside it; an all-True key mask changes nothing."""
+    from samclip.models import ClipHead, ClipHeadConfig
+
+    enc = SAM_PRESETS["sam-tiny"].image_encoder
+    torch.manual_seed(0)
+    head = ClipHead(ClipHeadConfig(depth=2, mlp_hidden=32, out_dim=16), enc).eval()
+    g = 4
+    x = torch.randn(1, g, g, enc.embed_dim)
+    with torch.no_grad():
+        whole = head.region_pooled(x, torch.ones(1, g, g, dtype=torch.bool))
+        assert torch.allclose(whole, head.pooled(head.tokens(x)), atol=1e-5)
+        assert torch.allclose(head.tokens(x, torch.ones(1, g * g, dtype=torch.bool)), head.tokens(x), atol=1e-6)
+        region = torch.zeros(2, g, g, dtype=torch.bool)
+        region[0, :2, :2] = True
+        region[1, 1:, 3] = True
+        a = head.region_pooled(x, region)
+        y = x.clone()
+        y[0, 3, 0] += 5.0  # outside both regions
+        assert torch.allclose(a, head.region_pooled(y, region), atol=1e-5)
+        y[0, 0, 0] += 5.0  # inside region 0 only
+        b = head.region_pooled(y, region)
+        assert not torch.allclose(a[0], b[0], atol=1e-3) and torch.allclose(a[1], b[1], atol=1e-5)
+    with pytest.raises(ValueError, match="at least one token"):
+        head.region_pooled(x, torch.zeros(1, g, g, dtype=torch.bool))

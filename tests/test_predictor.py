@@ -279,9 +279,39 @@ def test_label_masks_pools_the_right_patches(merged: SamClip, monkeypatch) -> No
     masks = np.zeros((3, 90, 200), bool)
     masks[0, :, :60] = True
     masks[1, 10:80, 150:] = True
-    idx, probs = pred.label_masks(masks, ["left", "right"])
+    idx, probs = pred.label_masks(masks, ["left", "right"], pooling="mean")
     assert idx.tolist() == [0, 1, -1]  # the empty mask is flagged with -1 and a zero row
     assert probs[0, 0] > 0.5 and probs[1, 1] > 0.5 and (probs[2] == 0).all()
+    with pytest.raises(ValueError, match="pooling"):
+        pred.label_masks(masks, ["left", "right"], pooling="max")
+
+
+def test_label_masks_region_pooling_runs_the_head_on_the_covered_patches(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    pred = Predictor(merged)
+    state = pred.set_image(image(90, 200))
+    text = pred.text_embeddings(["left", "right"])
+    seen = []
+
+    def fake_region_pooled(tokens: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        assert tokens is state.tokens  # the cached pass, no new backbone run
+        seen.append(regions.clone())
+        left = regions[:, :, :4].flatten(1).sum(1) >= regions[:, :, 4:].flatten(1).sum(1)
+        return torch.where(left[:, None], text[0], text[1])
+
+    monkeypatch.setattr(merged.clip_head, "region_pooled", fake_region_pooled)
+    masks = np.zeros((4, 90, 200), bool)
+    masks[0, :, :60] = True
+    masks[1, 10:80, 150:] = True
+    masks[3, 45, 190] = True  # one pixel: covers no patch by 25%, so its most covered patch is used
+    idx, _ = pred.label_masks(masks, ["left", "right"])  # auto = region (tokens are cached)
+    assert idx.tolist() == [0, 1, -1, 1]
+    regions = seen[0]
+    assert regions.shape[0] == 3  # the empty mask never reaches the head
+    w = mask_to_grid_weights(torch.from_numpy(masks[[0, 1, 3]]), state.input_size, pred.patch_size, state.grid)
+    h_in, w_in = state.input_size
+    patch_area = (pred.patch_size * 90 / h_in) * (pred.patch_size * 200 / w_in)
+    assert torch.equal(regions[:2], w[:2] >= 0.25 * patch_area)
+    assert int(regions[2].sum()) == 1 and bool(regions[2][w[2] == w[2].max()].all())
 
 
 def test_mask_to_grid_weights_maps_pixels_to_patches() -> None:

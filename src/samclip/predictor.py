@@ -60,6 +60,7 @@ BACKGROUND_PROMPTS: tuple[str, ...] = (
 )
 NEG = -1.0e4  # logit of a class that cannot win (finite, so softmax stays defined)
 _LOW_RES_OUTSIDE = -20.0  # mask-input logit for the padding outside the image
+REGION_MIN_COVER = 0.25  # label_masks(pooling="region"): share of a patch a mask must cover to count
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -690,34 +691,63 @@ class Predictor:
             m = m.bool()
         return m.to(self.device)
 
-    def label_masks(self, masks: Any, labels: Sequence[str],
-                    templates: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Classify masks of the current image by mask-pooling the per-patch CLIP embeddings.
+    def label_masks(self, masks: Any, labels: Sequence[str], templates: Sequence[str] | None = None, *,
+                    pooling: str = "auto", min_cover: float = REGION_MIN_COVER) -> tuple[np.ndarray, np.ndarray]:
+        """Classify masks of the current image from the cached backbone pass.
 
-        ``masks``: NxHxW bool in original-image pixels (an HxW mask counts as N=1). Each mask becomes
-        per-patch area weights (pixel counts per token, see
-        :func:`samclip.inference.mask_to_grid_weights`); the area-weighted mean of the normalised patch
-        embeddings is normalised and matched to the class embeddings.
+        ``masks``: NxHxW bool in original-image pixels (an HxW mask counts as N=1); each becomes
+        per-patch area weights (pixel counts per token, :func:`samclip.inference.mask_to_grid_weights`).
+        ``pooling``:
+          - ``"region"``: the CLIP head runs again on the cached backbone tokens with its attention
+            restricted to the mask's tokens (patches at least ``min_cover`` covered; the most covered one
+            if none is), then its own max-pool / LayerNorm / MLP over them: the head's trained pooled
+            path, as if the region were the whole image (3 small blocks per mask, no backbone pass).
+          - ``"mean"``: area-weighted mean of the normalised per-patch embeddings (no extra compute).
+          - ``"auto"``: ``"region"`` when backbone tokens are cached (PyTorch), ``"mean"`` under ONNX.
         Returns ``(label_indices N int64, probs NxK float32)``. An EMPTY mask is flagged with label
         index ``-1`` and an all-zero probability row.
         """
         self._require_clip("label_masks")
+        if pooling not in ("auto", "region", "mean"):
+            raise ValueError(f"pooling must be 'auto', 'region' or 'mean', got {pooling!r}")
         labels = _check_labels(labels)
         state = self.state
+        if pooling == "auto":
+            pooling = "region" if state.tokens is not None else "mean"
+        if pooling == "region" and state.tokens is None:
+            raise ValueError("pooling='region' needs the backbone tokens, which an ONNX predictor does not keep")
         m = self._check_masks(masks, state.original_size)
         txt = self.text_embeddings(labels, templates)
         if m.shape[0] == 0:
             return np.zeros(0, dtype=np.int64), np.zeros((0, len(labels)), dtype=np.float32)
         weights = mask_to_grid_weights(m, state.input_size, self.patch_size, state.grid)
         area = weights.flatten(1).sum(1)
-        emb = torch.einsum("ngh,ghe->ne", weights, self._patch_embeddings(state))
+        empty = area == 0
+        emb = torch.zeros(len(m), txt.shape[-1], device=txt.device)
+        if pooling == "mean":
+            emb = torch.einsum("ngh,ghe->ne", weights, self._patch_embeddings(state))
+        elif not bool(empty.all()):
+            emb[~empty] = self._region_embeddings(state, weights[~empty], min_cover)
         emb = F.normalize(emb, dim=-1)
         probs = (self._logit_scale() * emb @ txt.T).softmax(-1)
-        empty = area == 0
         probs[empty] = 0.0
         idx = probs.argmax(-1)
         idx[empty] = -1
         return idx.cpu().numpy().astype(np.int64), probs.cpu().numpy().astype(np.float32)
+
+    def _region_embeddings(self, state: ImageState, weights: torch.Tensor,
+                           min_cover: float = REGION_MIN_COVER, chunk: int = 32) -> torch.Tensor:
+        """NxGxG per-patch mask areas (original pixels, none all-zero) -> NxE region-pooled embeddings."""
+        h, w = state.input_size
+        patch_area = (self.patch_size * state.original_size[0] / h) * (self.patch_size * state.original_size[1] / w)
+        regions = weights >= min_cover * patch_area
+        none = ~regions.flatten(1).any(1)
+        regions[none] = weights[none] == weights[none].flatten(1).amax(1)[:, None, None]
+        out = []
+        with torch.no_grad(), self._autocast():
+            for i in range(0, len(regions), chunk):
+                out.append(self.model.clip_head.region_pooled(state.tokens, regions[i : i + chunk]).float())
+        return torch.cat(out)
 
     # ------------------------------------------------------------------------- composed tasks
     def segment_text(self, phrase: str, *, vocabulary: Sequence[str] | None = None, threshold: float = 0.5,

@@ -46,11 +46,30 @@ class ClipHead(nn.Module):
         for b in self.blocks:
             b.load_state_dict(state)
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """BxGxGxD backbone tokens -> BxGxGxD head tokens."""
+    def tokens(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """BxGxGxD backbone tokens -> BxGxGxD head tokens; ``key_mask`` (Bx(G*G) bool) limits what the
+        head's attention sees."""
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, key_mask)
         return x
+
+    def region_pooled(self, x: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """Embeddings of image regions from one image's backbone tokens, as if each region were the image.
+
+        Args:
+            x: 1xGxGxD backbone tokens; regions: NxGxG bool token masks (each with at least one token).
+        Returns:
+            NxE (not normalised): per region, the head runs with attention restricted to the region's
+            tokens, then its usual max-pool (over the region), LayerNorm and MLP.
+        """
+        if regions.ndim != 3 or regions.shape[1:] != x.shape[1:3]:
+            raise ValueError(f"regions must be NxGxG with G = {tuple(x.shape[1:3])}, got {tuple(regions.shape)}")
+        flat = regions.flatten(1)
+        if not bool(flat.any(1).all()):
+            raise ValueError("every region needs at least one token")
+        t = self.tokens(x.expand(len(regions), -1, -1, -1), key_mask=flat)
+        pooled = t.flatten(1, 2).masked_fill(~flat[..., None], float("-inf")).amax(1)
+        return self.mlp(self.norm(pooled))
 
     def pooled(self, head_tokens: torch.Tensor) -> torch.Tensor:
         """BxGxGxD -> BxE (not normalised)."""

@@ -107,8 +107,9 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size - 1, self.head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, W, D) -> (B, H, W, D)."""
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, H, W, D) -> (B, H, W, D). ``key_mask`` (B, H*W) bool: only True tokens are attended to
+        (every row needs at least one True)."""
         b, h, w, _ = x.shape
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
@@ -117,6 +118,10 @@ class Attention(nn.Module):
             flat_q = q.reshape(b * self.num_heads, h * w, self.head_dim)
             bias = decomposed_rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, (h, w))
             bias = bias.reshape(b, self.num_heads, h * w, h * w)
+        if key_mask is not None:
+            blocked = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~key_mask, float("-inf"))
+            blocked = blocked[:, None, None, :]
+            bias = blocked if bias is None else bias + blocked
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
@@ -158,11 +163,16 @@ class Block(nn.Module):
         self.mlp = MLPBlock(dim, int(dim * cfg.mlp_ratio))
         self.window_size = window_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, W, D) -> (B, H, W, D)."""
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, H, W, D) -> (B, H, W, D). ``key_mask`` (B, H*W) bool restricts global attention to the
+        True tokens (windowed blocks do not take one)."""
         shortcut = x
         x = self.norm1(x)
-        if self.window_size > 0:
+        if key_mask is not None and self.window_size > 0:
+            raise ValueError("key_mask needs a global-attention block (window_size = 0)")
+        if key_mask is not None:
+            x = self.attn(x, key_mask)
+        elif self.window_size > 0:
             size = (x.shape[1], x.shape[2])
             x, padded = window_partition(x, self.window_size)
             x = self.attn(x)
