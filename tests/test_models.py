@@ -197,3 +197,15 @@ def test_clip_head_region_pooling() -> None:
         assert not torch.allclose(a[0], b[0], atol=1e-3) and torch.allclose(a[1], b[1], atol=1e-5)
     with pytest.raises(ValueError, match="at least one token"):
         head.region_pooled(x, torch.zeros(1, g, g, dtype=torch.bool))
+
+
+def test_bf16_switch_resolves_per_machine(monkeypatch) -> None:  # noqa: ANN001
+    """``None`` / "auto" follow the hardware probe; explicit values win; junk is a clear error."""
+    from samclip import precision
+
+    for fast in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert precision.resolve_bf16(None) is fast and precision.resolve_bf16("AUTO") is fast
+    assert precision.resolve_bf16(True) and precision.resolve_bf16("true") and not precision.resolve_bf16("fp32")
+    with pytest.raises(ValueError, match="bf16 must be"):
+        precision.resolve_bf16("half")

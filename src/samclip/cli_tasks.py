@@ -174,7 +174,9 @@ def resolve_device(name: str) -> str:
 
 
 def _bf16(args: argparse.Namespace, device: str) -> bool:
-    return (args.dtype or ("bf16" if device.startswith("cuda") else "fp32")) == "bf16"
+    from .precision import resolve_bf16
+
+    return resolve_bf16(args.dtype or "auto", device)
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -314,8 +316,8 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
 
 def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] (error when CUDA is unavailable)")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
-                   help="bf16 autocast or fp32 (default: fp32 on cpu, bf16 on cuda)")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="bf16 autocast or fp32 (auto: bf16 on GPUs and CPUs with AMX / AVX512-BF16, else fp32)")
 
 
 def _prompt_args(p: argparse.ArgumentParser) -> None:

@@ -17,7 +17,8 @@ Conventions (see :mod:`samclip.inference.image_input`):
   Points and boxes outside the image are clipped into it (x to [0, W-1], y to [0, H-1]).
 - Masks come back at the original size; low-resolution logits are 4Gx4G for a GxG token grid and
   cover the whole padded frame (feed them back as ``mask_input``).
-- ``bf16=True`` runs the networks under bfloat16 autocast; outputs are float32.
+- ``bf16=True`` runs the networks under bfloat16 autocast; outputs are float32. The default (``None``)
+  uses it only where it is fast (GPUs, CPUs with AMX / AVX512-BF16; see :mod:`samclip.precision`).
 
 Works on a merged :class:`~samclip.models.SamClip` (all tasks) or a plain :class:`~samclip.models.Sam`
 (SAM tasks: ``predict``, ``predict_torch``, ``generate`` without vocabulary); CLIP tasks on a plain SAM
@@ -52,6 +53,7 @@ from .inference.image_input import (
 from .inference.regions import connected_components, peak_points
 from .models.sam import Sam
 from .models.samclip import Features, SamClip
+from .precision import resolve_bf16
 from .prompts import masks_to_boxes
 
 #: prompts of the explicit background class of :meth:`Predictor.semantic_segment` (used verbatim, averaged)
@@ -188,24 +190,25 @@ class Predictor:
     Args:
         model: a merged :class:`SamClip` (every task) or a plain :class:`Sam` (SAM tasks only); it is
             put in eval mode. Inputs go to the device of its parameters.
-        bf16: run the networks under bfloat16 autocast (outputs are float32).
+        bf16: run the networks under bfloat16 autocast (outputs are float32); ``None``: only where the
+            device multiplies bf16 natively (elsewhere bf16 is emulated and many times slower than fp32).
         backend: ``"torch"`` (default) or ``"onnx"``: the image graph (backbone + both heads) and the
             prompt decoder run on onnxruntime from ``onnx_dir`` (written by ``samclip export onnx`` from
             this model); the text tower, pre- and post-processing stay in PyTorch. See :meth:`from_onnx`.
     """
 
-    def __init__(self, model: SamClip | Sam, *, bf16: bool = True, backend: str = "torch",
+    def __init__(self, model: SamClip | Sam, *, bf16: bool | None = None, backend: str = "torch",
                  onnx_dir: Any = None) -> None:
         if not isinstance(model, SamClip | Sam):
             raise TypeError(f"Predictor needs a SamClip or Sam model, got {type(model).__name__}")
         self.model = model.eval()
-        self.bf16 = bf16
         self.has_clip = isinstance(model, SamClip)
         self.backend = backend
         self._onnx = self._onnx_engine(backend, onnx_dir)
         sam_cfg = model.sam.config if isinstance(model, SamClip) else model.config
         self.patch_size = sam_cfg.image_encoder.patch_size
         self.device = next(model.parameters()).device
+        self.bf16 = resolve_bf16(bf16, self.device)
         self._states: list[ImageState] = []
         self._state: ImageState | None = None
         self._text_cache: dict[str, torch.Tensor] = {}

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..data.banks import SceneBank
+from ..precision import resolve_bf16
 from ..prompts import interior_points, masks_to_boxes
 
 
@@ -22,7 +23,7 @@ def _iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool = True,  # noqa: ANN001
+def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | None = None,  # noqa: ANN001
                 seed: int = 0, max_images: int | None = None) -> dict[str, float]:
     """mIoU over every instance of ``bank`` (images at the model's native size).
 
@@ -31,6 +32,7 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool = T
     the predicted IoU) and ``instances``; IoUs in percent.
     """
     model.eval()
+    bf16 = resolve_bf16(bf16)
     gen = torch.Generator().manual_seed(seed)
     n = len(bank) if max_images is None else min(len(bank), max_images)
     box_ious, point_best, point_ranked = [], [], []

@@ -71,7 +71,7 @@ class EvalConfig:
 class MergeConfig:
     out: str = "runs/merge"
     seed: int = 0
-    bf16: bool = True
+    bf16: str = "auto"  # true / false / auto: bf16 autocast only where the hardware multiplies bf16 natively
     grad_checkpointing: bool = False
     checkpoint_every: int = 100
     threads: int = 0  # 0: torch default
@@ -84,6 +84,13 @@ class MergeConfig:
     lambda_sam: float = 10.0
     backbone_lr_mult: float = 0.1
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def use_bf16(self) -> bool:
+        """``bf16`` resolved for this machine (see :mod:`samclip.precision`)."""
+        from ..precision import resolve_bf16
+
+        return resolve_bf16(self.bf16)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,7 +162,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> MergeConf
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         _set_path(data, key.strip(), value.strip())
-    return _build(MergeConfig, data, "")
+    cfg = _build(MergeConfig, data, "")
+    cfg.bf16 = str(cfg.bf16).lower()
+    cfg.use_bf16  # noqa: B018 - validates the value now, not mid-run
+    return cfg
 
 
 def dump_config(cfg: MergeConfig) -> str:

@@ -15,6 +15,7 @@ from ..eval.prompt_seg import prompt_miou
 from ..eval.zeroshot import single_object_eval_set, zero_shot_accuracy
 from ..factory import load_clip, load_sam
 from ..models import ClipHeadConfig, SamClip
+from ..precision import resolve_bf16
 from ..tokenizer import ClipTokenizer
 from .config import MergeConfig
 from .streams import ClipStream, SamStream
@@ -22,8 +23,9 @@ from .teachers import Teachers
 from .trainer import MergeTrainer, dist_info, init_distributed
 
 
-def merged_encoders(model: SamClip, size: int, bf16: bool = True):  # noqa: ANN201
-    """(encode_images, encode_texts) of the merged model's CLIP head at ``size`` px."""
+def merged_encoders(model: SamClip, size: int, bf16: bool | None = None):  # noqa: ANN201
+    """(encode_images, encode_texts) of the merged model's CLIP head at ``size`` px (bf16 None: auto)."""
+    bf16 = resolve_bf16(bf16)
 
     def enc_img(images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
@@ -93,7 +95,7 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
     student = SamClip.from_teachers(sam_t, clip_t, head, clip_size=max(cfg.data.clip_sizes),
                                     semseg_size=max(cfg.data.clip_sizes))
     cache_dir = Path(cfg.data.cache_dir or Path(cfg.out) / "teacher_cache")
-    teachers = Teachers(sam_t, clip_t, bf16=cfg.bf16, cache=cfg.data.cache_teachers, cache_dir=cache_dir)
+    teachers = Teachers(sam_t, clip_t, bf16=cfg.use_bf16, cache=cfg.data.cache_teachers, cache_dir=cache_dir)
     return student, teachers
 
 

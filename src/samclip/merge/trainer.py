@@ -178,7 +178,7 @@ class MergeTrainer:
             frozen.eval()
         self.token_cache = {}
         if stage == 1 and self.cfg.data.stage1_token_cache:
-            self.token_cache = {s: backbone_tokens(m, self.clip_stream, s, self.cfg.bf16, progress=self.rank == 0)
+            self.token_cache = {s: backbone_tokens(m, self.clip_stream, s, self.cfg.use_bf16, progress=self.rank == 0)
                                 for s in self.cfg.data.clip_sizes}
 
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -196,13 +196,13 @@ class MergeTrainer:
         cids = rng.choice(len(self.clip_stream), cfg.data.clip_batch, replace=False)[self.rank :: self.world]
         self.opt.zero_grad(set_to_none=True)
         l_clip = clip_distillation_loss(self.model, self.teachers, self.clip_stream, cids, size,
-                                        backbone_grad=stage == 2, bf16=cfg.bf16,
+                                        backbone_grad=stage == 2, bf16=cfg.use_bf16,
                                         cached_tokens=self.token_cache.get(size))
         l_clip.backward()
         logs = {"l_clip": l_clip.item(), "lr": lr, "size": size}
         if stage == 2:
             sids = rng.choice(len(self.sam_stream), cfg.data.sam_batch, replace=False)[self.rank :: self.world]
-            l_sam = sam_distillation_loss(self.model, self.teachers, self.sam_stream, sids, cfg.bf16)
+            l_sam = sam_distillation_loss(self.model, self.teachers, self.sam_stream, sids, cfg.use_bf16)
             (cfg.lambda_sam * l_sam).backward()
             logs["l_sam"] = l_sam.item()
         params = self.trainable()

@@ -26,6 +26,7 @@ from ..eval.zeroshot import retrieval_recall, single_object_eval_set, zero_shot_
 from ..factory import save_pretrained
 from ..losses import clip_contrastive_loss
 from ..models import CLIP, clip_preset
+from ..precision import resolve_bf16
 from ..tokenizer import ClipTokenizer
 from .common import TrainLog, cosine_lr, recipe_from_argv, write_training_info
 
@@ -41,7 +42,7 @@ class ClipTeacherRecipe:
     weight_decay: float = 0.1
     warmup: int = 150
     seed: int = 0
-    bf16: bool = True
+    bf16: str = "auto"  # true / false / auto (bf16 only where this CPU multiplies bf16 natively)
     eval_every: int = 1000
     vocab_size: int = 512
     shape_only_single: float = 0.5  # chance a single-object caption names only the shape
@@ -73,8 +74,9 @@ def clip_pixels(model: CLIP, images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return model.normalize_images(x)
 
 
-def clip_encoders(model: CLIP, tokenizer: ClipTokenizer, bf16: bool = True):  # noqa: ANN201
-    """(encode_images, encode_texts) callables for ``samclip.eval.zeroshot``."""
+def clip_encoders(model: CLIP, tokenizer: ClipTokenizer, bf16: bool | None = None):  # noqa: ANN201
+    """(encode_images, encode_texts) callables for ``samclip.eval.zeroshot`` (bf16 None: auto)."""
+    bf16 = resolve_bf16(bf16)
 
     def enc_img(images: np.ndarray) -> torch.Tensor:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -131,6 +133,7 @@ def train_clip_teacher(recipe: ClipTeacherRecipe, out: Path, log_path: Path | No
                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
     log = TrainLog(log_path, total=recipe.steps, desc="clip teacher")
     rng = np.random.default_rng(recipe.seed)
+    bf16 = resolve_bf16(recipe.bf16)
     for step in range(recipe.steps):
         lr = cosine_lr(step, recipe.steps, recipe.warmup, recipe.lr)
         for g in opt.param_groups:
@@ -145,7 +148,7 @@ def train_clip_teacher(recipe: ClipTeacherRecipe, out: Path, log_path: Path | No
         if rng.random() < 0.5:
             images = images.flip(2)
         # short sequences (65 / 32 tokens): the math SDPA kernel trains ~1.3x faster than flash on CPU
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16), sdpa_kernel(SDPBackend.MATH):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), sdpa_kernel(SDPBackend.MATH):
             img = model.encode_image(clip_pixels(model, images), normalize=True)
             txt = model.encode_text(tokenizer(captions), normalize=True)
             loss = clip_contrastive_loss(img.float(), txt.float(), model.logit_scale)

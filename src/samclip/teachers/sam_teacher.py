@@ -25,6 +25,7 @@ from ..eval.prompt_seg import prompt_miou
 from ..factory import create_sam, load_sam, save_pretrained
 from ..losses import sam_loss
 from ..models import Sam
+from ..precision import resolve_bf16
 from ..prompts import corrective_points, jitter_boxes, masks_to_boxes, sample_points
 from .common import TrainLog, cosine_lr, recipe_from_argv, write_training_info
 
@@ -41,7 +42,7 @@ class SamTeacherRecipe:
     weight_decay: float = 0.05
     warmup: int = 150
     seed: int = 0
-    bf16: bool = True
+    bf16: str = "auto"  # true / false / auto (bf16 only where this CPU multiplies bf16 natively)
     eval_every: int = 1000
     init: str = ""  # continue from these weights (a folder or name) instead of random init
 
@@ -129,7 +130,7 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
         inst = torch.from_numpy(bank.instance_maps[idx])
         if rng.random() < 0.5:  # horizontal flip (masks are class-agnostic)
             images, inst = images.flip(2), inst.flip(2)
-        loss, logs = sam_training_step(model, images, inst, gen, recipe.prompts_per_image, recipe.bf16)
+        loss, logs = sam_training_step(model, images, inst, gen, recipe.prompts_per_image, resolve_bf16(recipe.bf16))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
