@@ -243,3 +243,20 @@ def test_bad_config_is_a_clear_cli_error(tmp_path) -> None:  # noqa: ANN001
     p = _run_cli([sys.executable, "-m", "samclip.cli", "merge", "--config", str(bad)])
     out = p.communicate(timeout=120)[0].decode()
     assert p.returncode == 2 and "invalid TOML" in out and "Traceback" not in out
+
+
+def test_precision_and_device_knobs_resolve_or_fail_clearly(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """bf16 / device: "auto" resolves for this machine, explicit values are kept, bad ones fail at load."""
+    cfg = load_config(None, _overrides(teacher_dirs, tmp_path, bf16="auto", device="cpu"))
+    assert cfg.torch_device == torch.device("cpu") and isinstance(cfg.use_bf16, bool)
+    auto = load_config(None, _overrides(teacher_dirs, tmp_path, device="auto"))
+    assert auto.torch_device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="bf16 must be"):
+        load_config(None, _overrides(teacher_dirs, tmp_path, bf16="half"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_config(None, _overrides(teacher_dirs, tmp_path, device="cuda:0"))
+    with pytest.raises(ValueError, match="device"):
+        load_config(None, _overrides(teacher_dirs, tmp_path, device="tpu-ish"))
+    tr = _trainer(teacher_dirs, tmp_path, device="cpu")
+    assert all(p.device.type == "cpu" for p in tr.model.parameters())

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..data.banks import SceneBank
-from ..precision import resolve_bf16
+from ..precision import autocast, resolve_bf16
 from ..prompts import interior_points, masks_to_boxes
 
 
@@ -32,29 +32,31 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
     the predicted IoU) and ``instances``; IoUs in percent.
     """
     model.eval()
-    bf16 = resolve_bf16(bf16)
+    dev = next(model.parameters()).device
+    bf16 = resolve_bf16(bf16, dev)
     gen = torch.Generator().manual_seed(seed)
     n = len(bank) if max_images is None else min(len(bank), max_images)
     box_ious, point_best, point_ranked = [], [], []
     for start in range(0, n, batch_images):
-        imgs = torch.from_numpy(bank.images[start : start + batch_images]).permute(0, 3, 1, 2)
+        imgs = torch.from_numpy(bank.images[start : start + batch_images]).to(dev).permute(0, 3, 1, 2)
         size = imgs.shape[-2:]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(dev, bf16):
             emb = model.image_embeddings(model.preprocess(imgs))
         for j in range(imgs.shape[0]):
-            inst = torch.from_numpy(bank.instance_maps[start + j].astype(np.int64))
+            inst = torch.from_numpy(bank.instance_maps[start + j].astype(np.int64))  # prompts drawn on the CPU
             ids = torch.arange(1, int(inst.max()) + 1)
             masks = inst[None] == ids[:, None, None]
             masks = masks[masks.flatten(1).any(1)]
             if masks.shape[0] == 0:
                 continue
             e = emb[j : j + 1]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                low_b, _ = model.decode(e, boxes=masks_to_boxes(masks), multimask_output=False)
-                pts = interior_points(masks, gen)[:, None]
-                low_p, iou_p = model.decode(e, pts, torch.ones(pts.shape[:2], dtype=torch.long))
+            with autocast(dev, bf16):
+                low_b, _ = model.decode(e, boxes=masks_to_boxes(masks).to(dev), multimask_output=False)
+                pts = interior_points(masks, gen)[:, None].to(dev)
+                low_p, iou_p = model.decode(e, pts, torch.ones(pts.shape[:2], dtype=torch.long, device=dev))
             up_b = model.postprocess_masks(low_b, tuple(size), tuple(size)) > model.mask_threshold
             up_p = model.postprocess_masks(low_p, tuple(size), tuple(size)) > model.mask_threshold
+            masks = masks.to(dev)
             box_ious.append(_iou(up_b, masks)[:, 0])
             ious = _iou(up_p, masks)
             point_best.append(ious.max(1).values)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -72,6 +75,7 @@ class MergeConfig:
     out: str = "runs/merge"
     seed: int = 0
     bf16: str = "auto"  # true / false / auto: bf16 autocast only where the hardware multiplies bf16 natively
+    device: str = "auto"  # auto: cuda:<LOCAL_RANK> when CUDA is available, else cpu; or "cpu", "cuda:N"
     grad_checkpointing: bool = False
     checkpoint_every: int = 100
     threads: int = 0  # 0: torch default
@@ -90,7 +94,22 @@ class MergeConfig:
         """``bf16`` resolved for this machine (see :mod:`samclip.precision`)."""
         from ..precision import resolve_bf16
 
-        return resolve_bf16(self.bf16)
+        return resolve_bf16(self.bf16, self.torch_device)
+
+    @property
+    def torch_device(self) -> torch.device:
+        """``device`` resolved: under torchrun each process takes the GPU of its LOCAL_RANK."""
+        if self.device == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cpu")
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError as e:
+            raise ValueError(f"config device: {e} (expected auto, cpu or cuda[:N])") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device = {self.device!r} but CUDA is not available")
+        return dev
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,7 +183,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> MergeConf
         _set_path(data, key.strip(), value.strip())
     cfg = _build(MergeConfig, data, "")
     cfg.bf16 = str(cfg.bf16).lower()
-    cfg.use_bf16  # noqa: B018 - validates the value now, not mid-run
+    cfg.use_bf16  # noqa: B018 - validates bf16 and device now, not mid-run
     return cfg
 
 

@@ -15,7 +15,7 @@ from ..eval.prompt_seg import prompt_miou
 from ..eval.zeroshot import single_object_eval_set, zero_shot_accuracy
 from ..factory import load_clip, load_sam
 from ..models import ClipHeadConfig, SamClip
-from ..precision import resolve_bf16
+from ..precision import autocast, resolve_bf16
 from ..tokenizer import ClipTokenizer
 from .config import MergeConfig
 from .streams import ClipStream, SamStream
@@ -25,18 +25,19 @@ from .trainer import MergeTrainer, dist_info, init_distributed
 
 def merged_encoders(model: SamClip, size: int, bf16: bool | None = None):  # noqa: ANN201
     """(encode_images, encode_texts) of the merged model's CLIP head at ``size`` px (bf16 None: auto)."""
-    bf16 = resolve_bf16(bf16)
+    dev = next(model.parameters()).device
+    bf16 = resolve_bf16(bf16, dev)
 
     def enc_img(images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(dev).permute(0, 3, 1, 2).float()
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return model.encode_image(model.preprocess(x.clamp(0, 255), size), normalize=True).float()
+        with torch.no_grad(), autocast(dev, bf16):
+            return model.encode_image(model.preprocess(x.clamp(0, 255), size), normalize=True).float().cpu()
 
     def enc_txt(texts: list[str]) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return model.encode_text(model.tokenizer(texts), normalize=True).float()
+        with torch.no_grad(), autocast(dev, bf16):
+            return model.encode_text(model.tokenizer(texts).to(dev), normalize=True).float().cpu()
 
     return enc_img, enc_txt
 
@@ -94,6 +95,8 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
     head = ClipHeadConfig(depth=cfg.head.depth, mlp_hidden=cfg.head.mlp_hidden, out_dim=clip_t.config.embed_dim)
     student = SamClip.from_teachers(sam_t, clip_t, head, clip_size=max(cfg.data.clip_sizes),
                                     semseg_size=max(cfg.data.clip_sizes))
+    dev = cfg.torch_device
+    student, sam_t, clip_t = student.to(dev), sam_t.to(dev), clip_t.to(dev)
     cache_dir = Path(cfg.data.cache_dir or Path(cfg.out) / "teacher_cache")
     teachers = Teachers(sam_t, clip_t, bf16=cfg.use_bf16, cache=cfg.data.cache_teachers, cache_dir=cache_dir)
     return student, teachers
@@ -136,7 +139,8 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
         # the model's default classification size: the best on the VAL split among the trained sizes
         sizes = sorted(set(cfg.data.clip_sizes) | set(cfg.data.stage3_sizes))
         by_size = evaluator.zero_shot_by_size(student, sizes)
-        student.config = student.config.replace(clip_size=max(by_size, key=by_size.get))
+        best = max(by_size, key=by_size.get)  # dense maps follow: the per-patch path has no val metric here
+        student.config = student.config.replace(clip_size=best, semseg_size=best)
         summary["val_zero_shot_by_size"] = by_size
         summary["clip_size"] = student.config.clip_size
     if rank == 0:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import atomic_save_safetensors, load_safetensors
 from ..models import CLIP, Sam
+from ..precision import autocast
 from .streams import SamPrompts
 
 
@@ -36,6 +37,7 @@ class Teachers:
         for p in list(self.sam.parameters()) + list(self.clip.parameters()):
             p.requires_grad_(False)
         self.bf16 = bf16
+        self.device = next(self.sam.parameters()).device  # teacher outputs are cached on the CPU
         self.use_cache = cache
         self.cache_dir = cache_dir
         self.clip_cache: dict[int, torch.Tensor] = {}
@@ -52,11 +54,11 @@ class Teachers:
         missing = [j for j, i in enumerate(ids) if not (self.use_cache and int(i) in self.clip_cache)]
         if missing:
             size = self.clip.config.vision.image_size
-            x = torch.from_numpy(images[missing]).permute(0, 3, 1, 2).float() / 255.0
+            x = torch.from_numpy(images[missing]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
             if x.shape[-1] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                emb = self.clip.encode_image(self.clip.normalize_images(x), normalize=True).float()
+            with autocast(self.device, self.bf16):
+                emb = self.clip.encode_image(self.clip.normalize_images(x), normalize=True).float().cpu()
             fresh = dict(zip(missing, emb))
         else:
             fresh = {}
@@ -80,14 +82,16 @@ class Teachers:
         missing = [j for j, i in enumerate(ids) if not (self.use_cache and int(i) in self.sam_cache)]
         fresh: dict[int, tuple[torch.Tensor, ...]] = {}
         if missing:
-            x = self.sam.preprocess(torch.from_numpy(images[missing]).permute(0, 3, 1, 2))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            dev = self.device
+            x = self.sam.preprocess(torch.from_numpy(images[missing]).to(dev).permute(0, 3, 1, 2))
+            with autocast(dev, self.bf16):
                 emb = self.sam.image_embeddings(x)
-                boxes = torch.cat([prompts[j].boxes for j in missing])
+                boxes = torch.cat([prompts[j].boxes for j in missing]).to(dev)
                 bl, bi = self.sam.decode(emb, boxes=boxes, multimask_output=True)
-                pts = torch.cat([prompts[j].points for j in missing])[:, None]
-                pl, pi = self.sam.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.long),
+                pts = torch.cat([prompts[j].points for j in missing]).to(dev)[:, None]
+                pl, pi = self.sam.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.long, device=dev),
                                          multimask_output=True)
+            bl, bi, pl, pi = bl.cpu(), bi.cpu(), pl.cpu(), pi.cpu()
             half = prompts[missing[0]].boxes.shape[0]
             for k, j in enumerate(missing):
                 sl = slice(k * half, (k + 1) * half)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..models import SamClip
+from ..precision import autocast
 from .streams import ClipStream
 
 CHUNK = 256
@@ -41,7 +42,7 @@ def backbone_tokens(model: SamClip, stream: ClipStream, size: int, bf16: bool,
     for start in chunks:
         ids = np.arange(start, min(start + CHUNK, n))
         x = to_student_pixels(model, stream.images(ids), size)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(x.device, bf16):
             out.append(model.features(x).tokens.to(torch.bfloat16 if bf16 else torch.float32))
     model.train(was_training)
     return torch.cat(out)

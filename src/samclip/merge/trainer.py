@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..checkpoint import atomic_save_safetensors, atomic_write_bytes, load_safetensors
 from ..losses import cosine_distillation_loss, focal_dice
 from ..models import SamClip
+from ..precision import autocast
 from ..teachers.common import TrainLog, cosine_lr
 from .config import MergeConfig, dump_config
 from .streams import ClipStream, SamStream, step_rng
@@ -90,9 +91,13 @@ def _barrier() -> None:
 
 
 # ---------------------------------------------------------------------------------------- losses
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def to_student_pixels(model: SamClip, images: np.ndarray, size: int) -> torch.Tensor:
-    """BxSxSx3 uint8 -> Bx3x(size)x(size) SAM-normalised student input."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    """BxSxSx3 uint8 -> Bx3x(size)x(size) SAM-normalised student input, on the model's device."""
+    x = torch.from_numpy(images).to(model_device(model)).permute(0, 3, 1, 2).float()
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return model.preprocess(x.clamp(0, 255), size)
@@ -106,10 +111,11 @@ def clip_distillation_loss(model: SamClip, teachers: Teachers, stream: ClipStrea
     ``cached_tokens`` (NxGxGxD, all stream images at ``size``; frozen backbone only) replaces the
     backbone pass with a lookup."""
     images = stream.images(ids)
-    target = teachers.clip_embeddings(ids, images)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    dev = model_device(model)
+    target = teachers.clip_embeddings(ids, images).to(dev)
+    with autocast(dev, bf16):
         if cached_tokens is not None:
-            tokens = cached_tokens[torch.as_tensor(ids)]
+            tokens = cached_tokens[torch.as_tensor(ids, device=cached_tokens.device)].to(dev)
         else:
             with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
                 tokens = model.features(to_student_pixels(model, images, size)).tokens
@@ -123,14 +129,17 @@ def sam_distillation_loss(model: SamClip, teachers: Teachers, stream: SamStream,
     every multimask output) for the same image and prompts, plus MSE on the IoU predictions."""
     images = stream.images(ids)
     prompts = [stream.prompts(int(i)) for i in ids]
-    t_bl, t_bi, t_pl, t_pi = teachers.sam_outputs(ids, images, prompts)
-    x = model.preprocess(torch.from_numpy(images).permute(0, 3, 1, 2))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    dev = model_device(model)
+    t_bl, t_bi, t_pl, t_pi = (t.to(dev) for t in teachers.sam_outputs(ids, images, prompts))
+    x = model.preprocess(torch.from_numpy(images).to(dev).permute(0, 3, 1, 2))
+    with autocast(dev, bf16):
         emb = model.sam_embeddings(model.features(x))
-        s_bl, s_bi = model.decode(emb, boxes=torch.cat([p.boxes for p in prompts]), multimask_output=True)
-        pts = torch.cat([p.points for p in prompts])[:, None]
-        s_pl, s_pi = model.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.long), multimask_output=True)
-    loss = torch.zeros(())
+        boxes = torch.cat([p.boxes for p in prompts]).to(dev)
+        s_bl, s_bi = model.decode(emb, boxes=boxes, multimask_output=True)
+        pts = torch.cat([p.points for p in prompts]).to(dev)[:, None]
+        labels = torch.ones(pts.shape[:2], dtype=torch.long, device=dev)
+        s_pl, s_pi = model.decode(emb, pts, labels, multimask_output=True)
+    loss = torch.zeros((), device=dev)
     for s_l, s_i, t_l, t_i in ((s_bl, s_bi, t_bl, t_bi), (s_pl, s_pi, t_pl, t_pi)):
         mask_term = focal_dice(s_l.float().flatten(0, 1), torch.sigmoid(t_l).flatten(0, 1)).mean()
         loss = loss + mask_term / 2 + iou_weight * F.mse_loss(s_i.float(), t_i) / 2
@@ -276,7 +285,7 @@ class MergeTrainer:
         for frozen in self.model.frozen_modules():
             frozen.eval()
         if self.world > 1:
-            flag = torch.tensor([int(self.state.stopped_early)])
+            flag = torch.tensor([int(self.state.stopped_early)], device=model_device(self.model))
             dist.broadcast(flag, 0)
             self.state.stopped_early = bool(flag.item())
 
@@ -322,13 +331,14 @@ class MergeTrainer:
         if not latest.exists():
             return
         ckpt = root / latest.read_text().strip()
-        self.model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))
+        self.model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))  # copies onto the model's device
         self.state = RunState(**json.loads((ckpt / "state.json").read_text()))
         if self.state.stage in STAGES:
             self._configure(self.state.stage)
             opt_path = ckpt / "optimizer.pt"
             if opt_path.exists() and self.state.step > 0:
-                self.opt.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
+                self.opt.load_state_dict(torch.load(opt_path, map_location=model_device(self.model),
+                                                    weights_only=True))
 
 
 def _tensorboard(path: Path):  # noqa: ANN202
