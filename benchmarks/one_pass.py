@@ -13,8 +13,10 @@ and a 12-class semantic map (plus background), at the original size.
     patch grid as the merged model's map ("matched"); a 448 px pass is timed too for reference.
 
 Text embeddings are computed before timing for both pipelines (same text tower; both cache them).
-Everything runs under bf16 autocast (as the Predictor does). Weights: ``tiny-synthetic`` shipped
-weights when present, else random weights of the same presets; ``--preset vit-b`` builds random
+Both pipelines run in the same precision: ``--dtype auto`` (default) is bf16 autocast where the CPU
+multiplies bf16 natively (AMX / AVX512-BF16) and fp32 elsewhere, as the Predictor does.
+Weights: ``tiny-synthetic`` shipped weights when present, else random weights of the same presets;
+``--preset vit-b`` builds random
 SAM ViT-B (1024 px) + CLIP ViT-B/16 teachers and merges them (speed does not depend on the values);
 ``--preset paper`` does the same with the paper's CLIP ViT-L/14 teacher.
 
@@ -37,12 +39,14 @@ import samclip
 from samclip.data.captions import class_prompt_templates
 from samclip.eval.baselines import maskclip_patch_embeddings
 from samclip.models import CLIP, SamClip, clip_preset
+from samclip.precision import autocast, resolve_bf16
 from samclip.predictor import BACKGROUND_PROMPTS, Predictor
 from samclip.tokenizer import ClipTokenizer
 
 LABELS = ["star", "ring", "heart", "circle", "square", "triangle", "cross", "arrow", "moon", "hexagon",
           "diamond", "ellipse"]
 # "paper": SAM-CLIP's own pairing (SAM ViT-B merged with a CLIP ViT-L/14 teacher)
+BF16 = False  # set from --dtype in main()
 PRESETS = {"tiny-synthetic": ("sam-synthetic", "clip-synthetic"), "vit-b": ("sam-vit-b", "clip-vit-b-16"),
            "paper": ("sam-vit-b", "clip-vit-l-14")}
 
@@ -76,7 +80,7 @@ def clip_text_embeddings(clip: CLIP, labels: list[str]) -> torch.Tensor:
     from samclip.data.captions import class_prompts
 
     rows = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast("cpu", BF16):
         for prompts in [list(BACKGROUND_PROMPTS), *[class_prompts(label) for label in labels]]:
             emb = F.normalize(clip.encode_text(clip.tokenizer(prompts)).float(), dim=-1)
             rows.append(F.normalize(emb.mean(0), dim=-1))
@@ -102,8 +106,12 @@ def main() -> None:
     ap.add_argument("--latency-decodes", type=int, default=50)
     ap.add_argument("--clip-semseg-size", type=int, default=0, help="0: the merged model's patch grid")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="auto: bf16 autocast only where this CPU multiplies bf16 natively")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global BF16
+    BF16 = resolve_bf16(args.dtype)
 
     merged, sam, clip, source = build_models(args.preset)
     rng = np.random.default_rng(0)
@@ -112,7 +120,7 @@ def main() -> None:
     ones = np.ones(1)
 
     # ------------------------------------------------------------------ A: merged, one pass
-    pred = Predictor(merged, bf16=True)
+    pred = Predictor(merged, bf16=BF16)
     pred.text_embeddings(LABELS)  # text side outside the timing (cached; the same for B)
     pred._background_embedding()
 
@@ -131,7 +139,7 @@ def main() -> None:
         return {n: b - a for n, a, b in zip(names, t, t[1:])}
 
     # ------------------------------------------------------------------ B: SAM + CLIP teachers
-    sam_pred = Predictor(sam, bf16=True)
+    sam_pred = Predictor(sam, bf16=BF16)
     txt = clip_text_embeddings(clip, LABELS)
     scale = clip.logit_scale.detach().float().exp().clamp(max=100)
     clip_size = clip.config.vision.image_size
@@ -141,12 +149,12 @@ def main() -> None:
     def clip_classify() -> np.ndarray:
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
         x = F.interpolate(x, size=(clip_size, clip_size), mode="bilinear", antialias=True, align_corners=False)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), autocast("cpu", BF16):
             emb = clip.encode_image(clip.normalize_images(x), normalize=True).float()
         return (scale * emb @ txt[1:].T).softmax(-1)[0].numpy()
 
     def clip_semseg(size: int) -> np.ndarray:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("cpu", BF16):
             patch = maskclip_patch_embeddings(clip, img, size).float()  # GxGxE
         logits = scale * torch.einsum("ghe,ke->kgh", patch, txt)
         up = F.interpolate(logits[None], (args.height, args.width), mode="bilinear", align_corners=False)[0]
@@ -200,11 +208,11 @@ def main() -> None:
 
     def raw_decode(p: np.ndarray) -> None:
         coords = torch.tensor(p, dtype=torch.float32).reshape(1, 1, 2)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), autocast("cpu", BF16):
             merged.decode(state.sam_embeddings, coords, torch.ones(1, 1, dtype=torch.long))
 
     res = {
-        "preset": args.preset, "weights": source, "threads": args.threads, "bf16_autocast": True,
+        "preset": args.preset, "weights": source, "threads": args.threads, "bf16_autocast": BF16,
         "image_hw": [args.height, args.width], "frame": merged.img_size, "labels": len(LABELS),
         "prompts": args.prompts, "reps": args.reps, "warmup": args.warmup,
         "clip_semseg_size_matched": matched, "clip_classify_size": clip_size,
