@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):  # noqa: ANN201, ANN001
 def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN001
     result = harness.scenes_benchmark(tiny["merged"], tiny["sam"], tiny["clip"], tmp_path, quick=True)
     ss = result["semantic_segmentation"]
-    for key in ("clip_teacher_dense", "sam_plus_clip", "merged_clip_head", "merged_both_heads"):
+    for key in ("clip_teacher_dense", "sam_plus_clip", "merged_clip_head", "merged_both_heads", "merged_everything"):
         assert 0 <= ss[key]["miou"] <= 100 and ss[key]["seconds_per_image"] > 0
     assert set(result["labelling"]) >= {"mask_pooling_point", "crop_point", "mask_pooling_box", "crop_box"}
     assert {"clip_teacher", "sam_teacher", "merged", "deltas"} <= set(result)

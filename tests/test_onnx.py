@@ -153,7 +153,9 @@ def test_export_at_another_frame_size(tiny, tmp_path) -> None:  # noqa: ANN001
     kwargs = {"point_coords": [[50, 40], [10, 70]], "point_labels": [1, 0], "box": [5, 5, 100, 90]}
     (m_ref, s_ref, _), (m_onx, s_onx, _) = ref.predict(**kwargs), onx.predict(**kwargs)
     assert (m_ref == m_onx).mean() >= 0.99 and np.abs(s_ref - s_onx).max() <= TOL
-    assert np.abs(onx.classify(LABELS) - ref.classify(LABELS)).max() <= TOL
+    # an ONNX predictor has one frame for every task; the PyTorch one classifies at the model's clip_size
+    # unless told otherwise
+    assert np.abs(onx.classify(LABELS) - ref.classify(LABELS, size=96)).max() <= TOL
 
 
 def test_from_onnx_uses_the_recorded_model(tiny) -> None:  # noqa: ANN001

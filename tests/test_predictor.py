@@ -3,6 +3,7 @@ bad inputs; and its helpers (connected components, NMS, stability score, mask po
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 
 import numpy as np
@@ -502,3 +503,62 @@ def test_nms_stability_and_grid() -> None:
     assert stability_score(torch.full((1, 2, 2), -5.0), 0.0, 1.0).item() == 0.0
     grid = build_point_grid(4)
     assert grid.shape == (16, 2) and grid.min() == 0.125 and grid.max() == 0.875
+
+
+def test_clip_tasks_read_the_models_own_sizes_and_map_points_back(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    """With clip_size / semseg_size != the SAM frame, CLIP-head tasks use one extra cached pass at that
+    size, the SAM head still decodes on the SAM-size pass, and refinement points are mapped between frames."""
+    model = copy.deepcopy(merged)
+    model.config = model.config.replace(clip_size=64, semseg_size=64)  # sam-tiny's frame is 128
+    pred = Predictor(model)
+    calls, handle = count_backbone(model)
+    state = pred.set_image(image(100, 100))
+    probs = pred.classify(["star", "ring"])
+    sem = pred.semantic_segment(["star", "ring"])
+    assert calls[0] == 2 and set(state.other_sizes) == {64}  # one SAM-size pass + one 64 px pass, reused
+    assert probs.shape == (2,) and sem.label_map.shape == (100, 100)
+    handle.remove()
+    clip_state = state.other_sizes[64]
+    g = clip_state.grid
+    assert g == 4 and state.grid == 8
+
+    def fake_logits(st, labels, templates, background):  # noqa: ANN001, ANN202
+        assert st is clip_state
+        out = torch.full((len(labels) + 1, g, g), -5.0)
+        out[0] = 5.0
+        out[1, 1, 0] = 10.0  # "star" wins at patch row 1, column 0 of the 64 px grid
+        return out
+
+    seen = {}
+
+    def fake_decode(st, coords, labels, boxes, mask_in, multimask):  # noqa: ANN001, ANN202
+        seen.update(state=st, coords=coords.clone(), labels=labels.clone(), mask_in=mask_in)
+        return torch.zeros(coords.shape[0], 1, 4 * st.grid, 4 * st.grid), torch.zeros(coords.shape[0], 1)
+
+    monkeypatch.setattr(pred, "_class_logits", fake_logits)
+    monkeypatch.setattr(pred, "_decode", fake_decode)
+    pred.semantic_segment(["star", "ring"], refine=True)
+    assert seen["state"] is state  # the SAM head decodes on the SAM-size pass
+    first = seen["coords"][0, 0]
+    # patch (1, 0) of a 64 px frame is centred at (8, 24) there, i.e. (16, 48) in the 128 px frame
+    assert torch.allclose(first, torch.tensor([16.0, 48.0]))
+    assert seen["mask_in"].shape[-1] == 4 * state.grid
+
+
+def test_mask_embeddings_shapes_empty_rows_and_pooling_choice(merged: SamClip) -> None:
+    pred = Predictor(merged)
+    pred.set_image(image(90, 200))
+    masks = np.zeros((3, 90, 200), bool)
+    masks[0, :, :60] = True
+    masks[2, 40:60, 100:150] = True
+    for pooling in ("region", "mean"):
+        emb, empty = pred.mask_embeddings(masks, pooling=pooling)
+        assert emb.shape == (3, merged.clip_head.config.out_dim) and empty.tolist() == [False, True, False]
+        assert torch.allclose(emb[[0, 2]].norm(dim=-1), torch.ones(2), atol=1e-4) and (emb[1] == 0).all()
+    region, _ = pred.mask_embeddings(masks, pooling="region")
+    mean, _ = pred.mask_embeddings(masks, pooling="mean")
+    assert not torch.allclose(region[0], mean[0], atol=1e-3)  # two different poolings
+    emb, empty = pred.mask_embeddings(np.zeros((0, 90, 200), bool))
+    assert emb.shape == (0, merged.clip_head.config.out_dim) and empty.shape == (0,)
+    with pytest.raises(ValueError, match="NxHxW"):
+        pred.mask_embeddings(np.ones((2, 10, 10), bool))

@@ -585,18 +585,28 @@ class Predictor:
             state.other_sizes[frame] = self._encode([state.image], frame, batch_size=1)[0]
         return state.other_sizes[frame]
 
+    def _clip_state(self, size: int | None, task: str) -> ImageState:
+        """The pass a CLIP-head task reads: ``size`` if given, else the model's default for the task
+        (``config.clip_size`` for classification and region labels, ``config.semseg_size`` for dense maps;
+        the merge picks them on validation data). The native SAM-size pass is reused when they match it;
+        otherwise one extra backbone pass at that size is made and cached per image. ONNX predictors have
+        one fixed frame."""
+        if size is None and self._onnx is None and isinstance(self.model, SamClip):
+            cfg = self.model.config
+            size = cfg.semseg_size if task == "semseg" else cfg.clip_size
+        return self._state_for_size(self.state, size)
+
     def classify(self, labels: Sequence[str], templates: Sequence[str] | None = None, *,
                  size: int | None = None) -> np.ndarray:
         """Zero-shot classification of the current image -> K probabilities (float32, sum 1).
 
         ``softmax(exp(logit_scale) * cos(pooled image embedding, class embedding))``. The pooled CLIP-head
-        embedding comes from the cached pass (the model's native frame, where the merge's resolution
-        adaptation trains the CLIP head). ``size`` forces one extra backbone pass at that frame size
-        (e.g. ``model.config.clip_size``), cached per image.
+        embedding comes from the pass at ``size`` (default: the model's ``clip_size``; the cached SAM-size
+        pass itself when they are equal, else one extra backbone pass, cached per image).
         """
         self._require_clip("classify")
         txt = self.text_embeddings(labels, templates)
-        state = self._state_for_size(self.state, size)
+        state = self._clip_state(size, "classify")
         logits = self._logit_scale() * self._pooled(state) @ txt.T
         return logits.softmax(-1)[0].cpu().numpy()
 
@@ -620,8 +630,8 @@ class Predictor:
         return math.ceil(h * low / state.frame), math.ceil(w * low / state.frame)
 
     def semantic_segment(self, labels: Sequence[str], refine: bool = False, *, background: bool = True,
-                         threshold: float = 0.5, max_points: int = 3,
-                         templates: Sequence[str] | None = None) -> SemanticResult:
+                         threshold: float = 0.5, max_points: int = 3, templates: Sequence[str] | None = None,
+                         size: int | None = None) -> SemanticResult:
         """Semantic segmentation of the current image into ``labels`` (+ background) at the original size.
 
         Coarse (CLIP head): per-patch embeddings of the cached pass against the class embeddings and
@@ -635,24 +645,27 @@ class Predictor:
         the SAM head (single-mask output); each pixel takes the class with the highest refined mask
         logit, background where none is above ``mask_threshold`` (with ``background=False`` such pixels
         keep their coarse class). ``background=False`` drops the background class from the competition.
+        The CLIP-head map comes from the pass at ``size`` (default: the model's ``semseg_size``), the SAM
+        head always decodes on the cached SAM-size pass; points and mask input are mapped between frames.
         """
         self._require_clip("semantic_segment")
         labels = _check_labels(labels)
         if max_points < 1:
             raise ValueError(f"max_points must be >= 1, got {max_points}")
         state = self.state
+        clip_state = self._clip_state(size, "semseg")
         names = ["background", *labels]
-        grid_logits = self._class_logits(state, labels, templates, background)
-        logits = self._grid_to_original(grid_logits, state)
+        grid_logits = self._class_logits(clip_state, labels, templates, background)
+        logits = self._grid_to_original(grid_logits, clip_state)
         label_map = logits.argmax(0)
         present = [c for c in torch.unique(label_map).tolist() if c > 0]
         if not refine or not present:
             return SemanticResult(label_map.cpu().numpy(), logits.cpu().numpy(), names, refined=refine)
 
-        probs = grid_logits.softmax(0)
-        gh, gw = valid_grid(state.input_size, self.patch_size)
+        probs = grid_logits.softmax(0)  # over clip_state's grid (its whole padded frame)
+        gh, gw = valid_grid(clip_state.input_size, self.patch_size)
         h, w = state.input_size
-        p = self.patch_size
+        p = self.patch_size * state.frame / clip_state.frame  # a CLIP-state patch in SAM-frame pixels
         radius = max(1, round(max(gh, gw) / 8))
         coords = torch.zeros(len(present), max_points, 2)
         point_labels = -torch.ones(len(present), max_points, dtype=torch.long)
@@ -694,9 +707,9 @@ class Predictor:
             m = m.bool()
         return m.to(self.device)
 
-    def label_masks(self, masks: Any, labels: Sequence[str], templates: Sequence[str] | None = None, *,
-                    pooling: str = "auto", min_cover: float = REGION_MIN_COVER) -> tuple[np.ndarray, np.ndarray]:
-        """Classify masks of the current image from the cached backbone pass.
+    def mask_embeddings(self, masks: Any, *, pooling: str = "auto",
+                        min_cover: float = REGION_MIN_COVER) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP-space embeddings of masks of the current image, from the cached backbone pass.
 
         ``masks``: NxHxW bool in original-image pixels (an HxW mask counts as N=1); each becomes
         per-patch area weights (pixel counts per token, :func:`samclip.inference.mask_to_grid_weights`).
@@ -707,31 +720,44 @@ class Predictor:
             path, as if the region were the whole image (3 small blocks per mask, no backbone pass).
           - ``"mean"``: area-weighted mean of the normalised per-patch embeddings (no extra compute).
           - ``"auto"``: ``"region"`` when backbone tokens are cached (PyTorch), ``"mean"`` under ONNX.
-        Returns ``(label_indices N int64, probs NxK float32)``. An EMPTY mask is flagged with label
-        index ``-1`` and an all-zero probability row.
+        Region pooling reads the pass at the model's ``clip_size`` (where the head is trained on whole
+        images), mean pooling the one at ``semseg_size``; either is the cached SAM-size pass when equal.
+        Returns ``(embeddings NxE L2-normalised, empty N bool)``; an empty mask has an all-zero row.
         """
-        self._require_clip("label_masks")
+        self._require_clip("mask_embeddings")
         if pooling not in ("auto", "region", "mean"):
             raise ValueError(f"pooling must be 'auto', 'region' or 'mean', got {pooling!r}")
-        labels = _check_labels(labels)
-        state = self.state
+        m = self._check_masks(masks, self.state.original_size)
+        state = self._clip_state(None, "semseg" if pooling == "mean" else "classify")
         if pooling == "auto":
             pooling = "region" if state.tokens is not None else "mean"
         if pooling == "region" and state.tokens is None:
             raise ValueError("pooling='region' needs the backbone tokens, which an ONNX predictor does not keep")
-        m = self._check_masks(masks, state.original_size)
-        txt = self.text_embeddings(labels, templates)
+        dim = self.model.clip_head.config.out_dim
         if m.shape[0] == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, len(labels)), dtype=np.float32)
+            return torch.zeros(0, dim, device=self.device), torch.zeros(0, dtype=torch.bool, device=self.device)
         weights = mask_to_grid_weights(m, state.input_size, self.patch_size, state.grid)
-        area = weights.flatten(1).sum(1)
-        empty = area == 0
-        emb = torch.zeros(len(m), txt.shape[-1], device=txt.device)
+        empty = weights.flatten(1).sum(1) == 0
+        emb = torch.zeros(len(m), dim, device=self.device)
         if pooling == "mean":
             emb = torch.einsum("ngh,ghe->ne", weights, self._patch_embeddings(state))
         elif not bool(empty.all()):
             emb[~empty] = self._region_embeddings(state, weights[~empty], min_cover)
-        emb = F.normalize(emb, dim=-1)
+        return F.normalize(emb, dim=-1), empty
+
+    def label_masks(self, masks: Any, labels: Sequence[str], templates: Sequence[str] | None = None, *,
+                    pooling: str = "auto", min_cover: float = REGION_MIN_COVER) -> tuple[np.ndarray, np.ndarray]:
+        """Classify masks of the current image (embeddings from :meth:`mask_embeddings`, same arguments).
+
+        Returns ``(label_indices N int64, probs NxK float32)``. An EMPTY mask is flagged with label
+        index ``-1`` and an all-zero probability row.
+        """
+        self._require_clip("label_masks")
+        labels = _check_labels(labels)
+        emb, empty = self.mask_embeddings(masks, pooling=pooling, min_cover=min_cover)
+        txt = self.text_embeddings(labels, templates)
+        if emb.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, len(labels)), dtype=np.float32)
         probs = (self._logit_scale() * emb @ txt.T).softmax(-1)
         probs[empty] = 0.0
         idx = probs.argmax(-1)
@@ -769,7 +795,8 @@ class Predictor:
         vocab = [] if vocabulary is None else _check_labels(vocabulary, "vocabulary")
         labels = [phrase, *[v for v in vocab if v != phrase]]
         state = self.state
-        probs = self._class_logits(state, labels, templates, True).softmax(0)
+        # the CLIP-head map at the model's semseg size covers the same frame as the SAM-size pass
+        probs = self._class_logits(self._clip_state(None, "semseg"), labels, templates, True).softmax(0)
         low = 4 * state.grid
         lh, lw = self._low_res_valid(state, low)
         probs = F.interpolate(probs[None], (low, low), mode="bilinear", align_corners=False)[0, :, :lh, :lw]

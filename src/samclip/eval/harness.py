@@ -106,13 +106,14 @@ def markdown_report(result: dict) -> str:
         for key, title in (("clip_teacher_dense", "(a) CLIP teacher, MaskCLIP-style"),
                            ("sam_plus_clip", "(b) SAM-teacher everything + CLIP-teacher crops"),
                            ("merged_clip_head", "(c) merged, CLIP head"),
-                           ("merged_both_heads", "(d) merged, CLIP head + SAM head")):
+                           ("merged_both_heads", "(d) merged, CLIP head + SAM head"),
+                           ("merged_everything", "(e) merged, SAM-head everything + CLIP-head region labels")):
             r = ss[key]
             lines.append(f"| {title} | {r['miou']:.1f} | {r['miou_no_background']:.1f} | "
                          f"{r['seconds_per_image']:.3f} |")
         lab = result["labelling"]
         lines += ["", "## Click / box -> label accuracy", "",
-                  "| prompt | mask pooling (merged, one pass) | crop baseline (two models) |", "| --- | --- | --- |",
+                  "| prompt | region pooling (merged, one pass) | crop baseline (two models) |", "| --- | --- | --- |",
                   f"| point | {lab['mask_pooling_point']:.1f} | {lab['crop_point']:.1f} |",
                   f"| box | {lab['mask_pooling_box']:.1f} | {lab['crop_box']:.1f} |", "",
                   "## Merged model vs teachers", "", "```json",
