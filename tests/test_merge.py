@@ -217,6 +217,7 @@ def test_kill9_mid_stage2_then_resume_equals_uninterrupted(teacher_dirs, tmp_pat
     out = p.communicate(timeout=300)[0].decode()
     assert p.returncode == 0, out[-3000:]
     _assert_close(_final_weights(ref), _final_weights(killed), atol=0.0)
+    assert not [d for d in (killed / "checkpoints").glob(".*") if d.is_dir()]  # no leftovers after resume
 
 
 def test_pipeline_runs_from_official_formats(teacher_dirs, tmp_path) -> None:  # noqa: ANN001

@@ -316,11 +316,11 @@ class MergeTrainer:
             torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
         atomic_write_bytes(tmp / "state.json", self.state.to_json().encode())
         final = root / name
-        shutil.rmtree(final, ignore_errors=True)
+        _remove_hidden_first(final)
         os.replace(tmp, final)
         atomic_write_bytes(root / "latest", name.encode())
         for old in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_hidden_first(old)
         self.teachers.save()
         _barrier()
         return final
@@ -330,6 +330,10 @@ class MergeTrainer:
         latest = root / "latest"
         if not latest.exists():
             return
+        if self.rank == 0:  # leftovers of a killed run: half-written or half-deleted, never visible
+            for hidden in root.glob(".*"):
+                if hidden.is_dir():
+                    shutil.rmtree(hidden, ignore_errors=True)
         ckpt = root / latest.read_text().strip()
         self.model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))  # copies onto the model's device
         self.state = RunState(**json.loads((ckpt / "state.json").read_text()))
@@ -339,6 +343,17 @@ class MergeTrainer:
             if opt_path.exists() and self.state.step > 0:
                 self.opt.load_state_dict(torch.load(opt_path, map_location=model_device(self.model),
                                                     weights_only=True))
+
+
+def _remove_hidden_first(folder: Path) -> None:
+    """Delete a checkpoint folder so that a kill at any moment never leaves a visible, half-deleted one:
+    it is first renamed (atomically) to a hidden name, then removed."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f".del-{folder.name}-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _tensorboard(path: Path):  # noqa: ANN202
