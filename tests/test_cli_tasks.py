@@ -104,6 +104,9 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     d = load_outputs(tmp_path / "l", "scene1")
     assert code == 0 and d["label"] in ("star", "ring", "heart") and d["label"] in out
     check_rle(d["mask"]["segmentation"], SIZE, SIZE)
+    code, _, _ = run(env, "label", img, "--point", "30,30", "--labels", "star,ring,heart", "--pooling", "crop",
+                     "--out", str(tmp_path / "lc"), capsys=capsys)
+    assert code == 0 and load_outputs(tmp_path / "lc", "scene1")["label"] in ("star", "ring", "heart")
 
     code, _, _ = run(env, "everything", img, "--labels", "star,ring", "--points-per-side", "4",
                      "--pred-iou-thresh", "0", "--stability-thresh", "0", "--out", str(tmp_path / "e"), capsys=capsys)

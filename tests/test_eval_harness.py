@@ -31,7 +31,8 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     ss = result["semantic_segmentation"]
     for key in ("clip_teacher_dense", "sam_plus_clip", "merged_clip_head", "merged_both_heads", "merged_everything"):
         assert 0 <= ss[key]["miou"] <= 100 and ss[key]["seconds_per_image"] > 0
-    assert set(result["labelling"]) >= {"mask_pooling_point", "crop_point", "mask_pooling_box", "crop_box"}
+    assert set(result["labelling"]) >= {f"{m}_{k}" for m in ("mask_pooling", "region_pooling", "merged_crop", "crop")
+                                        for k in ("point", "box")}
     assert {"clip_teacher", "sam_teacher", "merged", "deltas"} <= set(result)
     j, md = harness.write_reports(result, tmp_path)
     assert json.loads(j.read_text())["benchmark"] == "scenes" and "(d) merged" in md.read_text()

@@ -304,7 +304,7 @@ def test_label_masks_region_pooling_runs_the_head_on_the_covered_patches(merged:
     masks[0, :, :60] = True
     masks[1, 10:80, 150:] = True
     masks[3, 45, 190] = True  # one pixel: covers no patch by 25%, so its most covered patch is used
-    idx, _ = pred.label_masks(masks, ["left", "right"])  # auto = region (tokens are cached)
+    idx, _ = pred.label_masks(masks, ["left", "right"], pooling="region")
     assert idx.tolist() == [0, 1, -1, 1]
     regions = seen[0]
     assert regions.shape[0] == 3  # the empty mask never reaches the head
@@ -562,3 +562,27 @@ def test_mask_embeddings_shapes_empty_rows_and_pooling_choice(merged: SamClip) -
     assert emb.shape == (0, merged.clip_head.config.out_dim) and empty.shape == (0,)
     with pytest.raises(ValueError, match="NxHxW"):
         pred.mask_embeddings(np.ones((2, 10, 10), bool))
+
+
+def test_crop_pooling_encodes_each_masks_crop_with_the_merged_model(merged: SamClip) -> None:
+    """pooling="crop": each mask's grey-outside square crop at clip_size goes through
+    the whole merged model; empty masks get zero rows and never reach it."""
+    from samclip.inference import mask_crops
+
+    pred = Predictor(merged, bf16=False)
+    img = image(90, 200)
+    pred.set_image(img)
+    masks = np.zeros((3, 90, 200), bool)
+    masks[0, 10:50, 5:60] = True
+    masks[2, 40:80, 120:190] = True
+    emb, empty = pred.mask_embeddings(masks, pooling="crop")
+    assert empty.tolist() == [False, True, False] and (emb[1] == 0).all()
+    size = merged.config.clip_size
+    crops = mask_crops(img, masks[[0, 2]], size)
+    assert crops.shape == (2, size, size, 3) and (crops[0, 0, 0] == 128).all()  # grey outside the mask
+    with torch.no_grad():
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2)
+        want = merged.encode_image(merged.preprocess(x, size), normalize=True)
+    assert torch.allclose(emb[[0, 2]], want, atol=1e-4)
+    idx, probs = pred.label_masks(masks, ["star", "ring"], pooling="crop")
+    assert idx[1] == -1 and probs.shape == (3, 2) and np.allclose(probs[[0, 2]].sum(1), 1, atol=1e-5)

@@ -262,7 +262,8 @@ def _run_task(args: argparse.Namespace) -> int:
         elif task == "semseg":
             res = serve.task_semseg(predictor, labels, refine=args.refine)
         elif task == "label":
-            res = serve.task_label(predictor, prompts_per_image[i], labels, multimask=args.multimask)
+            res = serve.task_label(predictor, prompts_per_image[i], labels, multimask=args.multimask,
+                                   pooling=args.pooling)
         else:
             res = serve.task_everything(predictor, labels, points_per_side=args.points_per_side,
                                   pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
@@ -365,6 +366,10 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--labels", help=labels_help)
     p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=True,
                    help="pick the best of three candidate masks (default) or use the single-mask output")
+    p.add_argument("--pooling", choices=["auto", "mean", "region", "crop"], default="auto",
+                   help="how the mask is labelled: mean / region pooling of the one cached pass (auto = mean), "
+                        "or crop: the mask's crop re-encoded by the model (an extra small pass, usually more "
+                        "accurate)")
     p.set_defaults(func=_run_task)
 
     p = subparsers.add_parser("everything", help="every mask from a point grid (optionally labelled)",

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..inference.crops import mask_crops
 from ..models import CLIP
 
 
@@ -64,28 +65,8 @@ def crop_embeddings(clip: CLIP, image: np.ndarray, masks: np.ndarray, pad: float
                     batch: int = 64) -> torch.Tensor:
     """HxWx3 uint8 image and NxHxW bool masks -> NxE normalised CLIP embeddings of the mask crops."""
     size = clip.config.vision.image_size
-    h, w = image.shape[:2]
-    crops = []
-    grey = np.full_like(image, 128)
-    for m in masks:
-        ys, xs = np.nonzero(m)
-        if len(ys) == 0:
-            crops.append(np.full((size, size, 3), 128, np.uint8))
-            continue
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        side = max(y1 - y0, x1 - x0)
-        cy, cx, half = (y0 + y1) / 2, (x0 + x1) / 2, side * (1 + pad) / 2
-        ya, yb = int(max(0, cy - half)), int(min(h, cy + half + 1))
-        xa, xb = int(max(0, cx - half)), int(min(w, cx + half + 1))
-        masked = np.where(m[..., None], image, grey)[ya:yb, xa:xb]
-        canvas = np.full((int(2 * half) + 2, int(2 * half) + 2, 3), 128, np.uint8)
-        oy, ox = (canvas.shape[0] - masked.shape[0]) // 2, (canvas.shape[1] - masked.shape[1]) // 2
-        canvas[oy : oy + masked.shape[0], ox : ox + masked.shape[1]] = masked
-        t = torch.from_numpy(canvas).permute(2, 0, 1)[None].float()
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        crops.append(t[0].permute(1, 2, 0).clamp(0, 255).byte().numpy())
+    arr = mask_crops(image, np.asarray(masks, bool), size, pad)
     out = []
-    arr = np.stack(crops)
     for i in range(0, len(arr), batch):
         out.append(clip.encode_image(_clip_input(clip, arr[i : i + batch], size), normalize=True))
     return torch.cat(out) if out else torch.zeros(0, clip.config.embed_dim)

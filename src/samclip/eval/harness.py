@@ -107,15 +107,17 @@ def markdown_report(result: dict) -> str:
                            ("sam_plus_clip", "(b) SAM-teacher everything + CLIP-teacher crops"),
                            ("merged_clip_head", "(c) merged, CLIP head"),
                            ("merged_both_heads", "(d) merged, CLIP head + SAM head"),
-                           ("merged_everything", "(e) merged, SAM-head everything + CLIP-head region labels")):
+                           ("merged_everything", "(e) merged, SAM-head everything + CLIP-head mask pooling")):
             r = ss[key]
             lines.append(f"| {title} | {r['miou']:.1f} | {r['miou_no_background']:.1f} | "
                          f"{r['seconds_per_image']:.3f} |")
         lab = result["labelling"]
         lines += ["", "## Click / box -> label accuracy", "",
-                  "| prompt | region pooling (merged, one pass) | crop baseline (two models) |", "| --- | --- | --- |",
-                  f"| point | {lab['mask_pooling_point']:.1f} | {lab['crop_point']:.1f} |",
-                  f"| box | {lab['mask_pooling_box']:.1f} | {lab['crop_box']:.1f} |", "",
+                  "| prompt | mask pooling (merged, one pass) | region pooling (merged, one pass) | "
+                  "merged model on the crop | crop baseline (two models) |", "| --- | --- | --- | --- | --- |",
+                  *(f"| {kind} | {lab[f'mask_pooling_{kind}']:.1f} | {lab[f'region_pooling_{kind}']:.1f} | "
+                    f"{lab[f'merged_crop_{kind}']:.1f} | {lab[f'crop_{kind}']:.1f} |" for kind in ("point", "box")),
+                  "",
                   "## Merged model vs teachers", "", "```json",
                   json.dumps({k: result[k] for k in ("clip_teacher", "sam_teacher", "merged", "deltas")}, indent=2),
                   "```", "", "![overlays: input, ground truth, CLIP head, both heads](overlays.png)", ""]

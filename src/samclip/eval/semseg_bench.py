@@ -6,7 +6,7 @@ Methods (the SAM-CLIP paper's comparison, in small):
   (c) ``merged_clip_head``    merged model, CLIP head only;
   (d) ``merged_both_heads``   merged model, CLIP head + SAM-head refinement;
   (e) ``merged_everything``   merged model, (b) in one pass: SAM-head everything-mode masks, each
-                              labelled by the CLIP head's region pooling on the same cached tokens.
+                              labelled by mask pooling of the CLIP head's per-patch embeddings.
 Every method sees the same images (test split, fresh seeds), the same class names (the 12 shapes)
 and the same background prompts; mIoU over 13 classes (with background) and 12 (without), plus
 seconds per image. Also: click / box labelling accuracy, mask pooling vs the crop baseline.
@@ -76,7 +76,7 @@ def _paint_masks(shape: tuple[int, int], masks: list[dict], classes: np.ndarray)
 @torch.no_grad()
 def merged_everything_map(predictor: Predictor, table: torch.Tensor, points_per_side: int = 16) -> np.ndarray:
     """(e): everything-mode masks of the merged model's SAM head on the image set last, each labelled
-    (background is one of the classes) by the CLIP head's region pooling: no second backbone pass."""
+    (background is one of the classes) by the Predictor's default mask pooling: no second backbone pass."""
     masks = predictor.generate(points_per_side=points_per_side)
     if not masks:
         return np.zeros(predictor.original_size, np.int64)
@@ -136,13 +136,17 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
 
 def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_images: int = 60,
                         size: int | None = None) -> dict:
-    """Click / box -> mask + label: accuracy of the merged model's mask pooling (one pass) vs OV-SAM's
-    crop baseline (SAM-teacher mask, crop classified by the CLIP teacher). Labels: the 12 shapes."""
+    """Click / box -> mask + label accuracy (labels: the 12 shapes). The merged model labels its own SAM-head
+    mask three ways: ``mask_pooling`` (one pass: mean of the per-patch CLIP-head embeddings in the mask),
+    ``region_pooling`` (one pass: the CLIP head re-run on the mask's tokens) and ``merged_crop`` (the mask's
+    crop re-encoded by the merged model: one small extra pass per mask); ``crop`` is OV-SAM's two-model
+    baseline (SAM-teacher mask, crop classified by the CLIP teacher)."""
     size = size or sam_teacher.img_size
     labels = list(SHAPES)
     merged_pred, sam_pred = Predictor(merged), Predictor(sam_teacher)
     clip_table = class_embeddings(_clip_text(clip_teacher), labels)
-    hits = {"mask_pooling_point": 0, "mask_pooling_box": 0, "crop_point": 0, "crop_box": 0}
+    methods = {"mask_pooling": "mean", "region_pooling": "region", "merged_crop": "crop"}
+    hits = {f"{k}_{kind}": 0 for k in [*methods, "crop"] for kind in ("point", "box")}
     total = 0
     gen = np.random.default_rng(0)
     for seed in split_seeds("test", n_images, start=600_000):
@@ -162,8 +166,9 @@ def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n
                 multi = kind == "point"
                 m, s, _ = merged_pred.predict(**kwargs, multimask_output=multi)
                 mask = m[int(np.argmax(s))]
-                idx, _ = merged_pred.label_masks(mask[None], labels)
-                hits[f"mask_pooling_{kind}"] += int(idx[0] == truth)
+                for name, pooling in methods.items():
+                    idx, _ = merged_pred.label_masks(mask[None], labels, pooling=pooling)
+                    hits[f"{name}_{kind}"] += int(idx[0] == truth)
                 m, s, _ = sam_pred.predict(**kwargs, multimask_output=multi)
                 mask = m[int(np.argmax(s))]
                 emb = crop_embeddings(clip_teacher, sc.image, mask[None])

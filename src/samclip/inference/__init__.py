@@ -1,6 +1,7 @@
 """Helpers of :class:`samclip.predictor.Predictor`: image input and coordinate mapping, everything-mode
 (point grid, stability score, NMS) and connected regions."""
 
+from .crops import mask_crops
 from .everything import box_iou, box_nms, box_xyxy_to_xywh, build_point_grid, mask_iou, stability_score
 from .image_input import (
     clip_points,
@@ -16,6 +17,6 @@ from .regions import connected_components, peak_points
 
 __all__ = [
     "box_iou", "box_nms", "box_xyxy_to_xywh", "build_point_grid", "clip_points", "connected_components",
-    "frame_to_original", "mask_iou", "mask_to_grid_weights", "original_to_frame", "peak_points",
+    "frame_to_original", "mask_crops", "mask_iou", "mask_to_grid_weights", "original_to_frame", "peak_points",
     "preprocess_shape", "resize_uint8", "stability_score", "to_rgb_uint8", "valid_grid",
 ]

@@ -353,12 +353,12 @@ def task_predict(pred: Predictor, prompts: dict[str, Any], *, multimask: bool = 
 
 
 def task_label(pred: Predictor, prompts: dict[str, Any], labels: Sequence[str], *,
-               multimask: bool = True) -> TaskResult:
-    """Prompts -> the best mask (highest predicted IoU) and its label from ``labels`` (mask pooling of
-    the per-patch CLIP embeddings). ``label`` is None for an empty mask."""
+               multimask: bool = True, pooling: str = "auto") -> TaskResult:
+    """Prompts -> the best mask (highest predicted IoU) and its label from ``labels``
+    (:meth:`Predictor.label_masks` with ``pooling``). ``label`` is None for an empty mask."""
     masks, scores = _predict_masks(pred, prompts, multimask)
     best = int(np.argmax(scores))
-    idx, probs = pred.label_masks(masks[best][None], list(labels))
+    idx, probs = pred.label_masks(masks[best][None], list(labels), pooling=pooling)
     i = int(idx[0])
     label = labels[i] if i >= 0 else None
     rec = mask_record(masks[best], score=float(scores[best]))

@@ -1,0 +1,38 @@
+"""Square crops of masked objects: the input of crop-and-classify labelling (OV-SAM's crop baseline,
+and ``Predictor.mask_embeddings(pooling="crop")``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+GREY = 128
+
+
+def mask_crops(image: np.ndarray, masks: np.ndarray, size: int, pad: float = 0.1) -> np.ndarray:
+    """HxWx3 uint8 RGB image and NxHxW bool masks (original pixels) -> NxSxSx3 uint8 crops.
+
+    Each crop is the square around the mask's bounding box (side = longer box side x (1 + ``pad``),
+    centred on the box), pixels outside the mask set to grey, the part beyond the image edge grey too,
+    resized to ``size`` x ``size`` (bilinear, antialiased). An empty mask gives an all-grey crop.
+    """
+    h, w = image.shape[:2]
+    grey = np.full_like(image, GREY)
+    crops = np.full((len(masks), size, size, 3), GREY, np.uint8)
+    for k, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if len(ys) == 0:
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        cy, cx, half = (y0 + y1) / 2, (x0 + x1) / 2, max(y1 - y0, x1 - x0) * (1 + pad) / 2
+        ya, yb = int(max(0, cy - half)), int(min(h, cy + half + 1))
+        xa, xb = int(max(0, cx - half)), int(min(w, cx + half + 1))
+        masked = np.where(m[..., None], image, grey)[ya:yb, xa:xb]
+        canvas = np.full((int(2 * half) + 2, int(2 * half) + 2, 3), GREY, np.uint8)
+        oy, ox = (canvas.shape[0] - masked.shape[0]) // 2, (canvas.shape[1] - masked.shape[1]) // 2
+        canvas[oy : oy + masked.shape[0], ox : ox + masked.shape[1]] = masked
+        t = torch.from_numpy(canvas).permute(2, 0, 1)[None].float()
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        crops[k] = t[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
+    return crops
