@@ -84,14 +84,6 @@ def merged_everything_map(predictor: Predictor, table: torch.Tensor, points_per_
     return _paint_masks(predictor.original_size, masks, (emb @ table.T.to(emb.device)).argmax(-1).cpu().numpy())
 
 
-def _merged_text(model: SamClip) -> Callable[[list[str]], torch.Tensor]:
-    def enc(texts: list[str]) -> torch.Tensor:
-        with torch.no_grad():
-            return model.encode_text(model.tokenizer(texts), normalize=True).float()
-
-    return enc
-
-
 def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_images: int = 100,
                      size: int | None = None, points_per_side: int = 16) -> dict:
     """Run (a)-(e) on ``n_images`` test scenes; returns mIoU, per-class IoU and time per image."""
@@ -99,7 +91,9 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
     labels = list(SHAPES)
     names = ["background", *labels]
     table = _text_table(_clip_text(clip_teacher), labels)
-    merged_table = _text_table(_merged_text(merged), labels)
+    from ..merge.run import merged_encoders  # local: merge.run imports the eval package
+
+    merged_table = _text_table(merged_encoders(merged, merged.config.clip_size)[1], labels)
     merged_pred = Predictor(merged)
     sam_pred = Predictor(sam_teacher)
     cms = {k: ConfusionMatrix(len(names)) for k in ("a", "b", "c", "d", "e")}
