@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -115,6 +116,32 @@ def test_stage1_token_cache_equals_the_online_backbone_pass(teacher_dirs, tmp_pa
         runs[flag] = (loss, {k: v.clone() for k, v in tr.model.clip_head.state_dict().items()})
     assert torch.allclose(runs["false"][0], runs["true"][0], atol=1e-5)
     _assert_close(runs["false"][1], runs["true"][1], atol=1e-4)
+
+
+def test_stage3_token_cache_holds_a_prefix_at_every_size_and_draws_from_it(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """Stage III's cache: the first N images at each stage-III size, equal to the online backbone's tokens;
+    its batches only draw those N (so nothing uncached is looked up) and only the CLIP head changes."""
+    tr = _trainer(teacher_dirs, tmp_path, **{"data.stage3_token_cache_images": "10"})
+    tr._configure(3)
+    assert tr.token_cache_images == 10 and sorted(tr.token_cache) == [32, 64, 128]
+    assert [tuple(t.shape[:3]) for t in tr.token_cache.values()] == [(10, 2, 2), (10, 4, 4), (10, 8, 8)]
+    ids = np.array([0, 3, 9])
+    with torch.no_grad():
+        online = clip_distillation_loss(tr.model, tr.teachers, tr.clip_stream, ids, 128, backbone_grad=False,
+                                        bf16=False)
+        cached = clip_distillation_loss(tr.model, tr.teachers, tr.clip_stream, ids, 128, backbone_grad=False,
+                                        bf16=False, cached_tokens=tr.token_cache[128])
+    assert torch.allclose(online, cached, atol=1e-5)
+    seen = []
+    real = tr.clip_stream.images
+    tr.clip_stream.images = lambda idx: (seen.extend(int(i) for i in idx), real(idx))[1]
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    for step in range(3):
+        tr.train_step(3, step)
+    assert seen and max(seen) < 10
+    changed = {k for k, v in tr.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.startswith("clip_head.") for k in changed)
+    assert _trainer(teacher_dirs, tmp_path / "off")._token_cache_images(3) == 0
 
 
 def test_stage2_gradients_reach_every_trainable_and_no_frozen_parameter(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
@@ -261,3 +288,92 @@ def test_precision_and_device_knobs_resolve_or_fail_clearly(teacher_dirs, tmp_pa
         load_config(None, _overrides(teacher_dirs, tmp_path, device="tpu-ish"))
     tr = _trainer(teacher_dirs, tmp_path, device="cpu")
     assert all(p.device.type == "cpu" for p in tr.model.parameters())
+
+
+def test_dense_validation_metric_reads_each_size_and_restores_the_config(teacher_dirs, tmp_path,  # noqa: ANN001
+                                                                          monkeypatch) -> None:  # noqa: ANN001
+    """The metric that picks ``semseg_size``: GT-mask labelling through ``Predictor.label_masks`` with the
+    model's semseg pass at each size in turn; the model's config is left as it was."""
+    from samclip.merge.run import SceneEvaluator
+    from samclip.predictor import Predictor
+
+    tr = _trainer(teacher_dirs, tmp_path)
+    model = tr.model
+    before = model.config
+    seen = []
+    real = Predictor.label_masks
+
+    def spy(self, masks, labels, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append((self.model.config.semseg_size, self._clip_state(None, "semseg").frame))
+        return real(self, masks, labels, *a, **k)
+
+    monkeypatch.setattr(Predictor, "label_masks", spy)
+    ev = SceneEvaluator(4, 3, model.img_size, 64)
+    acc = ev.mask_label_accuracy_by_size(model, [64, 128])
+    assert sorted(acc) == [64, 128] and all(0.0 <= v <= 100.0 for v in acc.values())
+    assert sorted(set(seen)) == [(64, 64), (128, 128)]
+    assert model.config == before
+
+
+def test_region_token_cover_and_masked_pooling() -> None:
+    from samclip.merge.regions import token_cover
+    from samclip.models import ClipHeadConfig
+    from samclip.models.clip_head import ClipHead
+
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, :, :32] = True  # left half
+    masks[1, 5:7, 40:42] = True  # 4 pixels: no patch 30% covered -> the most covered one
+    sel = token_cover(masks, 4, 0.3)
+    assert sel[0, :, :2].all() and not sel[0, :, 2:].any()
+    assert sel[1].sum() == 1 and sel[1, 0, 2]
+    encoder = samclip.create_sam("sam-tiny").config.image_encoder
+    head = ClipHead(ClipHeadConfig(depth=1, mlp_hidden=8, out_dim=6), encoder)
+    tokens = torch.randn(2, 4, 4, 32)
+    assert torch.allclose(head.masked_pooled(tokens, torch.ones(2, 4, 4, dtype=torch.bool)), head.pooled(tokens))
+    one = torch.zeros(2, 4, 4, dtype=torch.bool)
+    one[:, 1, 2] = True  # a single token: its own per-patch embedding
+    assert torch.allclose(head.masked_pooled(tokens, one), head.per_patch(tokens)[:, 1, 2], atol=1e-6)
+    with pytest.raises(ValueError, match="at least one token"):
+        head.masked_pooled(tokens, torch.zeros(2, 4, 4, dtype=torch.bool))
+
+
+def test_region_distillation_trains_only_the_head_and_cached_equals_online(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """region_weight > 0: stage I gets the region term (logged), still changes only the CLIP head, and the
+    D_SAM token cache gives the same region loss as the online backbone pass."""
+    losses = {}
+    for flag in ("false", "true"):
+        torch.manual_seed(0)
+        tr = _trainer(teacher_dirs, tmp_path / flag, **{"stage2.steps": "0", "stage3.steps": "0",
+                                                      "region_weight": "1.0", "data.region_images": "3",
+                                                      "data.stage1_token_cache": flag})
+        tr._configure(1)
+        regions = tr.regions
+        assert len(regions) > 0 and regions.targets.shape == (len(regions), tr.model.clip_head.config.out_dim)
+        assert sorted(regions.select) == [32, 64] and regions.select[64].shape[1:] == (4, 4)
+        assert bool(tr.region_tokens) == (flag == "true")
+        with torch.no_grad():
+            losses[flag] = tr.region_loss(0, 64)
+        tr.opt = None
+        before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+        tr.run()
+        changed = {k for k, v in tr.model.state_dict().items() if not torch.equal(before[k], v)}
+        assert changed and all(k.startswith("clip_head.") for k in changed)
+        rows = [json.loads(x) for x in (tmp_path / flag / "log.jsonl").read_text().splitlines()]
+        assert any("l_region" in r for r in rows)
+    assert torch.allclose(losses["false"], losses["true"], atol=1e-5)
+
+
+def test_teacher_cache_on_disk_is_reused_only_for_the_same_data(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """Outputs are cached per stream index: a second run over the same streams reads them back, a run over
+    other images (here: another D_CLIP size and single-object share) must not."""
+    cache = {"data.cache_teachers": "true", "data.cache_dir": str(tmp_path / "cache")}
+    tr = _trainer(teacher_dirs, tmp_path / "a", **cache)
+    ids = np.arange(5)
+    first = tr.teachers.clip_embeddings(ids, tr.clip_stream.images(ids))
+    tr.teachers.sam_outputs(ids[:2], tr.sam_stream.images(ids[:2]), [tr.sam_stream.prompts(i) for i in range(2)])
+    tr.teachers.save()
+    same = _trainer(teacher_dirs, tmp_path / "b", **cache)
+    assert sorted(same.teachers.clip_cache) == list(range(5)) and sorted(same.teachers.sam_cache) == [0, 1]
+    assert torch.equal(same.teachers.clip_embeddings(ids, same.clip_stream.images(ids)), first)
+    other = _trainer(teacher_dirs, tmp_path / "c", **cache, **{"data.clip_single_fraction": "0.5"})
+    assert not other.teachers.clip_cache and sorted(other.teachers.sam_cache) == [0, 1]

@@ -9,6 +9,7 @@ from collections import deque
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import samclip
@@ -284,7 +285,38 @@ def test_label_masks_pools_the_right_patches(merged: SamClip, monkeypatch) -> No
     assert idx.tolist() == [0, 1, -1]  # the empty mask is flagged with -1 and a zero row
     assert probs[0, 0] > 0.5 and probs[1, 1] > 0.5 and (probs[2] == 0).all()
     with pytest.raises(ValueError, match="pooling"):
-        pred.label_masks(masks, ["left", "right"], pooling="max")
+        pred.label_masks(masks, ["left", "right"], pooling="maximum")
+
+
+def test_label_masks_max_pooling_reads_the_covered_head_tokens(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    """pooling="max": the head's max-pool limited to each mask's patches (>= 25% covered, else the most
+    covered one), on the cached head tokens of the classification pass: no backbone or head re-run."""
+    pred = Predictor(merged)
+    state = pred.set_image(image(90, 200))
+    head_tokens = pred._head_tokens(state)
+    seen = []
+    real = merged.clip_head.masked_pooled
+
+    def spy(tokens: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        assert torch.equal(tokens[0], head_tokens[0])
+        seen.append(select.clone())
+        return real(tokens, select)
+
+    monkeypatch.setattr(merged.clip_head, "masked_pooled", spy)
+    monkeypatch.setattr(merged, "features", lambda *a, **k: pytest.fail("no new backbone pass"))
+    masks = np.zeros((3, 90, 200), bool)
+    masks[0, :, :60] = True
+    masks[2, 45, 190] = True  # one pixel -> its patch only
+    emb, empty = pred.mask_embeddings(masks, pooling="max")
+    assert empty.tolist() == [False, True, False] and (emb[1] == 0).all()
+    select = seen[0]
+    assert select.shape[0] == 2 and int(select[1].sum()) == 1
+    w = mask_to_grid_weights(torch.from_numpy(masks[[0]]), state.input_size, pred.patch_size, state.grid)
+    h_in, w_in = state.input_size
+    assert torch.equal(select[0], w[0] >= 0.25 * (pred.patch_size * 90 / h_in) * (pred.patch_size * 200 / w_in))
+    r, c = (int(v) for v in torch.nonzero(select[1])[0])
+    expected = F.normalize(merged.clip_head.per_patch(head_tokens)[0, r, c], dim=-1)  # one token: its own
+    assert torch.allclose(emb[2], expected, atol=1e-5)
 
 
 def test_label_masks_region_pooling_runs_the_head_on_the_covered_patches(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
@@ -551,7 +583,7 @@ def test_mask_embeddings_shapes_empty_rows_and_pooling_choice(merged: SamClip) -
     masks = np.zeros((3, 90, 200), bool)
     masks[0, :, :60] = True
     masks[2, 40:60, 100:150] = True
-    for pooling in ("region", "mean"):
+    for pooling in ("max", "region", "mean"):
         emb, empty = pred.mask_embeddings(masks, pooling=pooling)
         assert emb.shape == (3, merged.clip_head.config.out_dim) and empty.tolist() == [False, True, False]
         assert torch.allclose(emb[[0, 2]].norm(dim=-1), torch.ones(2), atol=1e-4) and (emb[1] == 0).all()

@@ -366,10 +366,10 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--labels", help=labels_help)
     p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=True,
                    help="pick the best of three candidate masks (default) or use the single-mask output")
-    p.add_argument("--pooling", choices=["auto", "mean", "region", "crop"], default="auto",
-                   help="how the mask is labelled: mean / region pooling of the one cached pass (auto = mean), "
-                        "or crop: the mask's crop re-encoded by the model (an extra small pass, usually more "
-                        "accurate)")
+    p.add_argument("--pooling", choices=["auto", "max", "mean", "region", "crop"], default="auto",
+                   help="how the mask is labelled: max / mean / region pooling of the one cached pass "
+                        "(auto = max; mean under ONNX), or crop: the mask's crop re-encoded by the model (an "
+                        "extra small pass, usually more accurate)")
     p.set_defaults(func=_run_task)
 
     p = subparsers.add_parser("everything", help="every mask from a point grid (optionally labelled)",

@@ -715,30 +715,30 @@ class Predictor:
         ``masks``: NxHxW bool in original-image pixels (an HxW mask counts as N=1); each becomes
         per-patch area weights (pixel counts per token, :func:`samclip.inference.mask_to_grid_weights`).
         ``pooling``:
+          - ``"max"``: the head's own max-pool / LayerNorm / MLP limited to the mask's patches (at least
+            ``min_cover`` covered; the most covered one if none is), on the cached head tokens (no extra
+            compute beyond a masked max); what the merge's region distillation trains, when it is on.
           - ``"region"``: the CLIP head runs again on the cached backbone tokens with its attention
-            restricted to the mask's tokens (patches at least ``min_cover`` covered; the most covered one
-            if none is), then its own max-pool / LayerNorm / MLP over them: the head's trained pooled
-            path, as if the region were the whole image (3 small blocks per mask, no backbone pass).
+            restricted to the mask's patches, then the same masked max-pool / LayerNorm / MLP: the head's
+            trained pooled path, as if the region were the whole image (3 small blocks per mask).
           - ``"mean"``: area-weighted mean of the normalised per-patch embeddings (no extra compute).
           - ``"crop"``: NOT one pass: each mask's square crop (grey outside the mask,
             :func:`samclip.inference.mask_crops`) is encoded by the whole model (backbone + CLIP head,
             pooled) at ``clip_size``, batched: OV-SAM's crop-and-classify with the one merged model.
-          - ``"auto"``: ``"mean"``: one backbone pass serves every task, under ONNX too. ``samclip eval``'s
-            labelling benchmark measures all three (shipped tiny-synthetic model, SAM-head masks of clicked
-            objects: mean 14 / region 10 / crop 25% for points, 15 / 13 / 30% for boxes, chance 8%): a CLIP
-            head distilled on whole images recognises an object's crop much better than its part of a
-            scene's token grid, so ``"crop"`` is there when accuracy matters more than the extra passes.
-        Region pooling reads the pass at the model's ``clip_size`` (where the head is trained on whole
-        images), mean pooling the one at ``semseg_size``; either is the cached SAM-size pass when equal.
+          - ``"auto"``: ``"max"`` (``"mean"`` under ONNX, whose image graph outputs per-patch embeddings):
+            one backbone pass serves every task. ``samclip eval``'s labelling benchmark measures them all;
+            ``"crop"`` stays the most accurate on the shipped model, at one extra small pass per mask.
+        Max and region pooling read the pass at the model's ``clip_size`` (where the head is trained), mean
+        pooling the one at ``semseg_size``; either is the cached SAM-size pass when equal.
         Returns ``(embeddings NxE L2-normalised, empty N bool)``; an empty mask has an all-zero row.
         """
         self._require_clip("mask_embeddings")
-        if pooling not in ("auto", "region", "mean", "crop"):
-            raise ValueError(f"pooling must be 'auto', 'region', 'mean' or 'crop', got {pooling!r}")
+        if pooling not in ("auto", "max", "region", "mean", "crop"):
+            raise ValueError(f"pooling must be 'auto', 'max', 'region', 'mean' or 'crop', got {pooling!r}")
         m = self._check_masks(masks, self.state.original_size)
         if pooling == "auto":
-            pooling = "mean"
-        if pooling in ("region", "crop") and self._onnx is not None:
+            pooling = "mean" if self._onnx is not None else "max"
+        if pooling in ("max", "region", "crop") and self._onnx is not None:
             raise ValueError(f"pooling={pooling!r} needs the PyTorch model; an ONNX predictor supports 'mean'")
         if pooling == "crop":
             return self._crop_embeddings(m)
@@ -751,6 +751,8 @@ class Predictor:
         emb = torch.zeros(len(m), dim, device=self.device)
         if pooling == "mean":
             emb = torch.einsum("ngh,ghe->ne", weights, self._patch_embeddings(state))
+        elif pooling == "max" and not bool(empty.all()):
+            emb[~empty] = self._max_embeddings(state, weights[~empty], min_cover)
         elif not bool(empty.all()):
             emb[~empty] = self._region_embeddings(state, weights[~empty], min_cover)
         return F.normalize(emb, dim=-1), empty
@@ -788,14 +790,27 @@ class Predictor:
                 out[rows] = self.model.encode_image(self.model.preprocess(x, size), normalize=True).float()
         return out, empty
 
-    def _region_embeddings(self, state: ImageState, weights: torch.Tensor,
-                           min_cover: float = REGION_MIN_COVER, chunk: int = 32) -> torch.Tensor:
-        """NxGxG per-patch mask areas (original pixels, none all-zero) -> NxE region-pooled embeddings."""
+    def _region_tokens(self, state: ImageState, weights: torch.Tensor, min_cover: float) -> torch.Tensor:
+        """NxGxG per-patch mask areas (original pixels) -> NxGxG bool: patches at least ``min_cover``
+        covered, or the most covered one when none is."""
         h, w = state.input_size
         patch_area = (self.patch_size * state.original_size[0] / h) * (self.patch_size * state.original_size[1] / w)
         regions = weights >= min_cover * patch_area
         none = ~regions.flatten(1).any(1)
         regions[none] = weights[none] == weights[none].flatten(1).amax(1)[:, None, None]
+        return regions
+
+    def _max_embeddings(self, state: ImageState, weights: torch.Tensor, min_cover: float) -> torch.Tensor:
+        """NxGxG per-patch mask areas (none all-zero) -> NxE: the head's max-pool over each mask's tokens."""
+        regions = self._region_tokens(state, weights, min_cover)
+        tokens = self._head_tokens(state)
+        with torch.no_grad(), self._autocast():
+            return self.model.clip_head.masked_pooled(tokens.expand(len(regions), -1, -1, -1), regions).float()
+
+    def _region_embeddings(self, state: ImageState, weights: torch.Tensor,
+                           min_cover: float = REGION_MIN_COVER, chunk: int = 32) -> torch.Tensor:
+        """NxGxG per-patch mask areas (original pixels, none all-zero) -> NxE region-pooled embeddings."""
+        regions = self._region_tokens(state, weights, min_cover)
         out = []
         with torch.no_grad(), self._autocast():
             for i in range(0, len(regions), chunk):

@@ -113,9 +113,11 @@ def markdown_report(result: dict) -> str:
                          f"{r['seconds_per_image']:.3f} |")
         lab = result["labelling"]
         lines += ["", "## Click / box -> label accuracy", "",
-                  "| prompt | mask pooling (merged, one pass) | region pooling (merged, one pass) | "
-                  "merged model on the crop | crop baseline (two models) |", "| --- | --- | --- | --- | --- |",
-                  *(f"| {kind} | {lab[f'mask_pooling_{kind}']:.1f} | {lab[f'region_pooling_{kind}']:.1f} | "
+                  "| prompt | mean pooling (merged, one pass) | max pooling (merged, one pass) | "
+                  "region pooling (merged, one pass) | merged model on the crop | crop baseline (two models) |",
+                  "| --- | --- | --- | --- | --- | --- |",
+                  *(f"| {kind} | {lab[f'mask_pooling_{kind}']:.1f} | {lab[f'max_pooling_{kind}']:.1f} | "
+                    f"{lab[f'region_pooling_{kind}']:.1f} | "
                     f"{lab[f'merged_crop_{kind}']:.1f} | {lab[f'crop_{kind}']:.1f} |" for kind in ("point", "box")),
                   "",
                   "## Merged model vs teachers", "", "```json",

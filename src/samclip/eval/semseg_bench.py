@@ -131,7 +131,8 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
 def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_images: int = 60,
                         size: int | None = None) -> dict:
     """Click / box -> mask + label accuracy (labels: the 12 shapes). The merged model labels its own SAM-head
-    mask three ways: ``mask_pooling`` (one pass: mean of the per-patch CLIP-head embeddings in the mask),
+    mask four ways: ``mask_pooling`` (one pass: mean of the per-patch CLIP-head embeddings in the mask),
+    ``max_pooling`` (one pass: the head's max-pool limited to the mask's patches),
     ``region_pooling`` (one pass: the CLIP head re-run on the mask's tokens) and ``merged_crop`` (the mask's
     crop re-encoded by the merged model: one small extra pass per mask); ``crop`` is OV-SAM's two-model
     baseline (SAM-teacher mask, crop classified by the CLIP teacher)."""
@@ -139,7 +140,7 @@ def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n
     labels = list(SHAPES)
     merged_pred, sam_pred = Predictor(merged), Predictor(sam_teacher)
     clip_table = class_embeddings(_clip_text(clip_teacher), labels)
-    methods = {"mask_pooling": "mean", "region_pooling": "region", "merged_crop": "crop"}
+    methods = {"mask_pooling": "mean", "max_pooling": "max", "region_pooling": "region", "merged_crop": "crop"}
     hits = {f"{k}_{kind}": 0 for k in [*methods, "crop"] for kind in ("point", "box")}
     total = 0
     gen = np.random.default_rng(0)

@@ -50,6 +50,11 @@ class DataConfig:
     prompts_per_image: int = 4
     cache_teachers: bool = True
     stage1_token_cache: bool = False  # hold the frozen backbone's tokens of all of D_CLIP in memory in stage I
+    # stage III (backbone frozen again): tokens of the first N D_CLIP images at every stage3 size held in
+    # memory, and stage III draws its batches from those N; 0 = off (every step runs the backbone)
+    stage3_token_cache_images: int = 0
+    region_images: int = 16  # region distillation (region_weight > 0): D_SAM images per stage-I step
+    region_min_cover: float = 0.25  # a region's tokens: patches its mask covers >= this share of (as the Predictor)
     cache_dir: str = ""  # default: <out>/teacher_cache
 
 
@@ -87,6 +92,10 @@ class MergeConfig:
     stage3: StageConfig = field(default_factory=lambda: StageConfig(steps=100, lr=8e-4))
     lambda_sam: float = 10.0
     backbone_lr_mult: float = 0.1
+    # stage I only, NOT in the SAM-CLIP paper (0 = the paper's recipe): weight of the region-distillation
+    # term (samclip.merge.regions): masked max-pool of the CLIP head over each D_SAM mask vs the teacher's crop
+    region_weight: float = 0.0
+    region_start: int = 0  # the first stage-I step with the region term (the head learns whole images first)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property

@@ -123,7 +123,7 @@ class SamStream:
 
     @classmethod
     def scene_world(cls, n: int, size: int, per_image: int, seed: int, progress: bool = False) -> SamStream:
-        bank = build_bank("train_merge", n, size, start=5_000_000, progress=progress)
+        bank = build_bank("train_merge", n, size, start=5_000_000, forbidden_pairs=HELDOUT_PAIRS, progress=progress)
         return cls(bank.images, bank.instance_maps, per_image, seed)
 
     @classmethod
@@ -155,6 +155,10 @@ class SamStream:
 
     def images(self, idx: np.ndarray) -> np.ndarray:
         return self._images[idx]
+
+    def instance_map(self, i: int) -> np.ndarray:
+        """SxS uint8 instance ids of image ``i`` (0 = no instance)."""
+        return self._inst[i]
 
     def prompts(self, i: int) -> SamPrompts:
         """The fixed prompts of image ``i`` (a pure function of (seed, i))."""

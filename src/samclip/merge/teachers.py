@@ -3,8 +3,9 @@
 CLIP teacher: image embeddings (L2-normalised) of D_CLIP images at the teacher's own resolution and
 normalisation, cached per (image id, teacher resolution). SAM teacher: mask logits and IoU
 predictions (all multimask outputs) for each D_SAM image's fixed prompts, cached per image. The cache
-lives in memory and is saved to / loaded from ``cache_dir`` (safetensors), keyed by a fingerprint of
-the teacher weights so a different teacher never reuses stale outputs.
+lives in memory and is saved to / loaded from ``cache_dir`` (safetensors), keyed by fingerprints of
+the teacher weights and of the data stream (:meth:`Teachers.bind_streams`), so neither a different
+teacher nor different images ever reuse stale outputs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,19 @@ def fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def stream_fingerprint(stream, samples: int = 16) -> str:  # noqa: ANN001
+    """Hash of a data stream: its length, a spread of its images (and instance maps and prompt settings for
+    D_SAM)."""
+    h = hashlib.sha256(str(len(stream)).encode())
+    for i in np.linspace(0, len(stream) - 1, min(samples, len(stream))).astype(int):
+        h.update(np.ascontiguousarray(stream.images(np.array([i]))).tobytes())
+        if hasattr(stream, "instance_map"):
+            h.update(np.ascontiguousarray(stream.instance_map(int(i))).tobytes())
+    if hasattr(stream, "per_image"):
+        h.update(f"{stream.per_image}/{stream.seed}".encode())
+    return h.hexdigest()[:12]
+
+
 class Teachers:
     def __init__(self, sam: Sam, clip: CLIP, *, bf16: bool, cache: bool, cache_dir: Path | None) -> None:
         self.sam, self.clip = sam.eval(), clip.eval()
@@ -44,22 +58,37 @@ class Teachers:
         self.sam_cache: dict[int, tuple[torch.Tensor, ...]] = {}
         self.clip_key = f"clip_{fingerprint(clip)}_{clip.config.vision.image_size}"
         self.sam_key = f"sam_{fingerprint(sam)}"
-        if cache and cache_dir is not None:
+
+    def bind_streams(self, clip_stream, sam_stream) -> None:  # noqa: ANN001
+        """Key the cache by the data too (outputs are cached per stream index, so a run with other images
+        must never read them), then load what the cache folder holds for these teachers and streams."""
+        self.clip_key = f"{self.clip_key.split('-')[0]}-{stream_fingerprint(clip_stream)}"
+        self.sam_key = f"{self.sam_key.split('-')[0]}-{stream_fingerprint(sam_stream)}"
+        self.clip_cache, self.sam_cache = {}, {}
+        if self.use_cache and self.cache_dir is not None:
             self._load()
 
     # ---------------------------------------------------------------------------------- CLIP
+    @property
+    def clip_image_size(self) -> int:
+        return self.clip.config.vision.image_size
+
+    @torch.no_grad()
+    def clip_image_embeddings(self, images: np.ndarray) -> torch.Tensor:
+        """BxSxSx3 uint8 images (any S; resized to the teacher's size) -> BxE normalised, on the CPU; uncached."""
+        size = self.clip_image_size
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        with autocast(self.device, self.bf16):
+            return self.clip.encode_image(self.clip.normalize_images(x), normalize=True).float().cpu()
+
     @torch.no_grad()
     def clip_embeddings(self, ids: np.ndarray, images: np.ndarray) -> torch.Tensor:
         """BxSxSx3 uint8 D_CLIP images (ids = stream indices) -> BxE normalised teacher embeddings."""
         missing = [j for j, i in enumerate(ids) if not (self.use_cache and int(i) in self.clip_cache)]
         if missing:
-            size = self.clip.config.vision.image_size
-            x = torch.from_numpy(images[missing]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-            if x.shape[-1] != size:
-                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            with autocast(self.device, self.bf16):
-                emb = self.clip.encode_image(self.clip.normalize_images(x), normalize=True).float().cpu()
-            fresh = dict(zip(missing, emb))
+            fresh = dict(zip(missing, self.clip_image_embeddings(images[missing])))
         else:
             fresh = {}
         rows = []

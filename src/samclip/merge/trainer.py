@@ -31,6 +31,7 @@ from ..models import SamClip
 from ..precision import autocast
 from ..teachers.common import TrainLog, cosine_lr
 from .config import MergeConfig, dump_config
+from .regions import RegionSet, build_regions, region_distillation_loss
 from .streams import ClipStream, SamStream, step_rng
 from .teachers import Teachers
 from .token_cache import backbone_tokens
@@ -155,6 +156,7 @@ class MergeTrainer:
         self.teachers = teachers
         self.clip_stream = clip_stream
         self.sam_stream = sam_stream
+        teachers.bind_streams(clip_stream, sam_stream)
         # callable(model, sam=True) -> dict with "zero_shot_top1" (+ "box_miou", "point_miou" when sam)
         self.evaluator = evaluator
         self.out = Path(cfg.out)
@@ -162,7 +164,10 @@ class MergeTrainer:
         self.state = RunState()
         self.opt: torch.optim.Optimizer | None = None
         self.log: TrainLog | None = None
-        self.token_cache: dict[int, torch.Tensor] = {}  # stage I: size -> NxGxGxD frozen tokens
+        self.token_cache: dict[int, torch.Tensor] = {}  # stages I / III: size -> NxGxGxD frozen tokens
+        self.token_cache_images = 0  # how many D_CLIP images the cache holds (0: no cache)
+        self.regions: RegionSet | None = None  # stage I region distillation (cfg.region_weight > 0)
+        self.region_tokens: dict[int, torch.Tensor] = {}  # stage I: size -> D_SAM frozen tokens
 
     # ---------------------------------------------------------------------------- stage set-up
     def stage_config(self, stage: int):  # noqa: ANN201
@@ -185,10 +190,30 @@ class MergeTrainer:
         self.model.train()
         for frozen in m.frozen_modules():
             frozen.eval()
-        self.token_cache = {}
-        if stage == 1 and self.cfg.data.stage1_token_cache:
-            self.token_cache = {s: backbone_tokens(m, self.clip_stream, s, self.cfg.use_bf16, progress=self.rank == 0)
-                                for s in self.cfg.data.clip_sizes}
+        self.token_cache, self.token_cache_images = {}, self._token_cache_images(stage)
+        if self.token_cache_images:
+            sizes = self.cfg.data.stage3_sizes if stage == 3 else self.cfg.data.clip_sizes
+            self.token_cache = {s: backbone_tokens(m, self.clip_stream, s, self.cfg.use_bf16, progress=self.rank == 0,
+                                                   limit=self.token_cache_images, stage=stage)
+                                for s in sizes}
+        self.regions, self.region_tokens = None, {}
+        if stage == 1 and self.cfg.region_weight > 0:
+            patch = m.sam.config.image_encoder.patch_size
+            self.regions = build_regions(self.sam_stream, self.teachers, self.cfg.data.clip_sizes, patch,
+                                         self.cfg.data.region_min_cover)
+            if self.cfg.data.stage1_token_cache:
+                self.region_tokens = {s: backbone_tokens(m, self.sam_stream, s, self.cfg.use_bf16, stage=1,
+                                                         progress=self.rank == 0)
+                                      for s in self.cfg.data.clip_sizes}
+
+    def _token_cache_images(self, stage: int) -> int:
+        """How many D_CLIP images the frozen-token cache of ``stage`` holds (0: none; stage II never)."""
+        data, n = self.cfg.data, len(self.clip_stream)
+        if stage == 1 and data.stage1_token_cache:
+            return n
+        if stage == 3 and data.stage3_token_cache_images > 0:
+            return min(n, data.stage3_token_cache_images)
+        return 0
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for g in self.opt.param_groups for p in g["params"]]
@@ -202,13 +227,19 @@ class MergeTrainer:
         rng = step_rng(cfg.seed, stage, step, 0)
         sizes = cfg.data.stage3_sizes if stage == 3 else cfg.data.clip_sizes
         size = int(sizes[rng.integers(len(sizes))])
-        cids = rng.choice(len(self.clip_stream), cfg.data.clip_batch, replace=False)[self.rank :: self.world]
+        pool = self.token_cache_images or len(self.clip_stream)  # a stage-III cache holds the first ``pool`` images
+        cids = rng.choice(pool, cfg.data.clip_batch, replace=False)[self.rank :: self.world]
         self.opt.zero_grad(set_to_none=True)
         l_clip = clip_distillation_loss(self.model, self.teachers, self.clip_stream, cids, size,
                                         backbone_grad=stage == 2, bf16=cfg.use_bf16,
                                         cached_tokens=self.token_cache.get(size))
         l_clip.backward()
         logs = {"l_clip": l_clip.item(), "lr": lr, "size": size}
+        if stage == 1 and self.regions is not None and step >= cfg.region_start:
+            l_region = self.region_loss(step, size)
+            if l_region is not None:
+                (cfg.region_weight * l_region).backward()
+                logs["l_region"] = l_region.item()
         if stage == 2:
             sids = rng.choice(len(self.sam_stream), cfg.data.sam_batch, replace=False)[self.rank :: self.world]
             l_sam = sam_distillation_loss(self.model, self.teachers, self.sam_stream, sids, cfg.use_bf16)
@@ -219,6 +250,29 @@ class MergeTrainer:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.opt.step()
         return logs
+
+    def region_loss(self, step: int, size: int) -> torch.Tensor | None:
+        """Stage I's region-distillation term on ``data.region_images`` D_SAM images (this rank's slice of a
+        batch that is a pure function of (seed, step)); None when the slice has no regions."""
+        cfg, regions = self.cfg, self.regions
+        rng = step_rng(cfg.seed, 1, step, 1)
+        n_img = min(cfg.data.region_images, len(self.sam_stream))
+        img_ids = rng.choice(len(self.sam_stream), n_img, replace=False)[self.rank :: self.world]
+        per_image = [regions.by_image[i] for i in img_ids]
+        if not any(len(r) for r in per_image):
+            return None
+        ridx = torch.as_tensor(np.concatenate(per_image))
+        owner = torch.cat([torch.full((len(r),), k, dtype=torch.long) for k, r in enumerate(per_image)])
+        dev = model_device(self.model)
+        with autocast(dev, cfg.use_bf16):
+            if size in self.region_tokens:
+                tokens = self.region_tokens[size][torch.as_tensor(img_ids)].to(dev)
+            else:
+                with torch.no_grad():
+                    tokens = self.model.features(to_student_pixels(self.model, self.sam_stream.images(img_ids),
+                                                                   size)).tokens
+            return region_distillation_loss(self.model.clip_head, tokens, regions.select[size][ridx].to(dev),
+                                            owner.to(dev), regions.targets[ridx].to(dev))
 
     # ------------------------------------------------------------------------------------- run
     def run(self, resume: bool = False) -> RunState:

@@ -67,8 +67,21 @@ class ClipHead(nn.Module):
         flat = regions.flatten(1)
         if not bool(flat.any(1).all()):
             raise ValueError("every region needs at least one token")
-        t = self.tokens(x.expand(len(regions), -1, -1, -1), key_mask=flat)
-        pooled = t.flatten(1, 2).masked_fill(~flat[..., None], float("-inf")).amax(1)
+        return self.masked_pooled(self.tokens(x.expand(len(regions), -1, -1, -1), key_mask=flat), regions)
+
+    def masked_pooled(self, head_tokens: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Embeddings of regions from the head's tokens: the pooled path with its max-pool limited to each
+        region's tokens (the full-image attention is kept; cf. :meth:`region_pooled`).
+
+        Args:
+            head_tokens: NxGxGxD (row n belongs to region n); select: NxGxG bool, each with a token.
+        Returns:
+            NxE (not normalised).
+        """
+        flat = select.flatten(1)
+        if not bool(flat.any(1).all()):
+            raise ValueError("every region needs at least one token")
+        pooled = head_tokens.flatten(1, 2).masked_fill(~flat[..., None], float("-inf")).amax(1)
         return self.mlp(self.norm(pooled))
 
     def pooled(self, head_tokens: torch.Tensor) -> torch.Tensor:
