@@ -245,8 +245,8 @@ def test_trained_model_labels_clicked_object(browser, tmp_path) -> None:  # noqa
     it and shows the label the model itself assigns (Predictor.predict + label_masks on the same click).
 
     Whether that label is the object's true category is a property of the model, not of the page: the
-    shipped tiny-synthetic merged model labels clicked objects correctly only ~14% of the time (one-pass
-    mask pooling; its CLIP head reaches 96% zero-shot on whole single-object images but not on parts of a
+    shipped tiny-synthetic merged model labels clicked objects correctly only ~26% of the time (one-pass
+    max pooling; its CLIP head reaches 95% zero-shot on whole single-object images but not on parts of a
     scene), so click-labelling accuracy is measured and reported by ``samclip eval`` (labelling benchmark)
     instead of asserted here."""
     try:
