@@ -43,6 +43,7 @@ from .inference.crops import mask_crops
 from .inference.everything import box_nms, box_xyxy_to_xywh, build_point_grid, mask_iou, stability_score
 from .inference.image_input import (
     clip_points,
+    covered_tokens,
     frame_to_original,
     mask_to_grid_weights,
     original_to_frame,
@@ -795,10 +796,7 @@ class Predictor:
         covered, or the most covered one when none is."""
         h, w = state.input_size
         patch_area = (self.patch_size * state.original_size[0] / h) * (self.patch_size * state.original_size[1] / w)
-        regions = weights >= min_cover * patch_area
-        none = ~regions.flatten(1).any(1)
-        regions[none] = weights[none] == weights[none].flatten(1).amax(1)[:, None, None]
-        return regions
+        return covered_tokens(weights, min_cover * patch_area)
 
     def _max_embeddings(self, state: ImageState, weights: torch.Tensor, min_cover: float) -> torch.Tensor:
         """NxGxG per-patch mask areas (none all-zero) -> NxE: the head's max-pool over each mask's tokens."""

@@ -5,6 +5,7 @@ from .crops import mask_crops
 from .everything import box_iou, box_nms, box_xyxy_to_xywh, build_point_grid, mask_iou, stability_score
 from .image_input import (
     clip_points,
+    covered_tokens,
     frame_to_original,
     mask_to_grid_weights,
     original_to_frame,
@@ -17,6 +18,6 @@ from .regions import connected_components, peak_points
 
 __all__ = [
     "box_iou", "box_nms", "box_xyxy_to_xywh", "build_point_grid", "clip_points", "connected_components",
-    "frame_to_original", "mask_crops", "mask_iou", "mask_to_grid_weights", "original_to_frame", "peak_points",
-    "preprocess_shape", "resize_uint8", "stability_score", "to_rgb_uint8", "valid_grid",
+    "covered_tokens", "frame_to_original", "mask_crops", "mask_iou", "mask_to_grid_weights", "original_to_frame",
+    "peak_points", "preprocess_shape", "resize_uint8", "stability_score", "to_rgb_uint8", "valid_grid",
 ]

@@ -141,6 +141,16 @@ def mask_to_grid_weights(masks: torch.Tensor, input_size: tuple[int, int], patch
     return out
 
 
+def covered_tokens(cover: torch.Tensor, min_cover: float) -> torch.Tensor:
+    """NxGxG per-patch mask cover (any unit) and a threshold in that unit -> NxGxG bool: the patches
+    covered at least ``min_cover``, or each mask's most covered patch when none is (so a small mask
+    still has a token)."""
+    select = cover >= min_cover
+    none = ~select.flatten(1).any(1)
+    select[none] = cover[none] == cover[none].flatten(1).amax(1)[:, None, None]
+    return select
+
+
 def valid_grid(input_size: tuple[int, int], patch: int) -> tuple[int, int]:
     """Token rows / columns that overlap the image (the rest cover only padding)."""
     return math.ceil(input_size[0] / patch), math.ceil(input_size[1] / patch)

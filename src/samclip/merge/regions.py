@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference.crops import mask_crops
+from ..inference import covered_tokens, mask_crops
 from ..losses import cosine_distillation_loss
 from .streams import SamStream
 from .teachers import Teachers
@@ -42,11 +42,7 @@ class RegionSet:
 def token_cover(masks: torch.Tensor, grid: int, min_cover: float) -> torch.Tensor:
     """NxSxS bool masks (square frame) -> NxGxG bool: tokens whose patch the mask covers at least
     ``min_cover`` of, or the most covered token when none does."""
-    cover = F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0]
-    select = cover >= min_cover
-    none = ~select.flatten(1).any(1)
-    select[none] = cover[none] == cover[none].flatten(1).amax(1)[:, None, None]
-    return select
+    return covered_tokens(F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0], min_cover)
 
 
 @torch.no_grad()
@@ -54,30 +50,26 @@ def build_regions(stream: SamStream, teachers: Teachers, sizes: list[int], patch
                   min_pixels: int = 30, batch: int = 256) -> RegionSet:
     """Every instance of at least ``min_pixels`` pixels of every stream image, with its token selection at
     each student size and the teacher's embedding of its crop (computed once)."""
-    image_ids, masks_per_image = [], []
+    image_ids, by_image, crops = [], [], []
+    select: dict[int, list[torch.Tensor]] = {s: [] for s in sizes}
     for i in range(len(stream)):
         inst = stream.instance_map(i)
         keep = [m for m in (inst == k for k in np.unique(inst) if k > 0) if m.sum() >= min_pixels]
+        by_image.append(np.arange(len(image_ids), len(image_ids) + len(keep)))
         image_ids += [i] * len(keep)
-        masks_per_image.append(keep)
+        if not keep:
+            continue
+        masks = np.stack(keep)
+        for s in sizes:
+            select[s].append(token_cover(torch.from_numpy(masks), s // patch, min_cover))
+        crops.append(mask_crops(stream.images(np.array([i]))[0], masks, teachers.clip_image_size))
     if not image_ids:
         raise ValueError("region distillation: D_SAM has no instance masks of at least "
                          f"{min_pixels} pixels")
-    select: dict[int, list[torch.Tensor]] = {s: [] for s in sizes}
-    crops = []
-    for i, keep in enumerate(masks_per_image):
-        if not keep:
-            continue
-        m = torch.from_numpy(np.stack(keep))
-        for s in sizes:
-            select[s].append(token_cover(m, s // patch, min_cover))
-        crops.append(mask_crops(stream.images(np.array([i]))[0], np.stack(keep), teachers.clip_image_size))
     crops_arr = np.concatenate(crops)
     targets = torch.cat([teachers.clip_image_embeddings(crops_arr[j : j + batch])
                          for j in range(0, len(crops_arr), batch)])
-    ids = np.asarray(image_ids)
-    return RegionSet(ids, {s: torch.cat(v) for s, v in select.items()}, targets,
-                     [np.nonzero(ids == i)[0] for i in range(len(stream))])
+    return RegionSet(np.asarray(image_ids), {s: torch.cat(v) for s, v in select.items()}, targets, by_image)
 
 
 def region_distillation_loss(head, tokens: torch.Tensor, select: torch.Tensor,  # noqa: ANN001

@@ -69,25 +69,24 @@ class SceneEvaluator:
         from ..predictor import Predictor
 
         model.eval()
-        config, out = model.config, {}
+        config, hits, total = model.config, dict.fromkeys(sizes, 0), 0
+        pred = Predictor(model)
         try:
-            for size in sizes:
-                model.config = config.replace(semseg_size=size)
-                pred, hits, total = Predictor(model), 0, 0
-                for j in range(min(n_images, len(self.val))):
-                    inst, objects = self.val.instance_maps[j], self.val.objects[j]
-                    ids = [i for i in range(len(objects)) if (inst == i + 1).any()]
-                    if not ids:
-                        continue
-                    pred.set_image(self.val.images[j])
-                    idx, _ = pred.label_masks(np.stack([inst == i + 1 for i in ids]), list(SHAPES),
-                                              pooling="mean")
-                    hits += sum(int(k == SHAPES.index(objects[i][0])) for k, i in zip(idx, ids))
-                    total += len(ids)
-                out[size] = 100.0 * hits / max(1, total)
+            for j in range(min(n_images, len(self.val))):
+                inst, objects = self.val.instance_maps[j], self.val.objects[j]
+                ids = [i for i in range(len(objects)) if (inst == i + 1).any()]
+                if not ids:
+                    continue
+                pred.set_image(self.val.images[j])  # one SAM-frame pass; each size's pass is cached beside it
+                masks, truth = np.stack([inst == i + 1 for i in ids]), [SHAPES.index(objects[i][0]) for i in ids]
+                for size in sizes:
+                    model.config = config.replace(semseg_size=size)
+                    idx, _ = pred.label_masks(masks, list(SHAPES), pooling="mean")
+                    hits[size] += sum(int(k == t) for k, t in zip(idx, truth))
+                total += len(ids)
         finally:
             model.config = config
-        return out
+        return {size: 100.0 * hits[size] / max(1, total) for size in sizes}
 
     def __call__(self, model: SamClip, sam: bool = True) -> dict[str, float]:
         model.eval()

@@ -56,14 +56,14 @@ class Teachers:
         self.cache_dir = cache_dir
         self.clip_cache: dict[int, torch.Tensor] = {}
         self.sam_cache: dict[int, tuple[torch.Tensor, ...]] = {}
-        self.clip_key = f"clip_{fingerprint(clip)}_{clip.config.vision.image_size}"
-        self.sam_key = f"sam_{fingerprint(sam)}"
+        self._teacher_keys = (f"clip_{fingerprint(clip)}_{clip.config.vision.image_size}", f"sam_{fingerprint(sam)}")
+        self.clip_key, self.sam_key = self._teacher_keys  # + data fingerprints once bound to the streams
 
     def bind_streams(self, clip_stream, sam_stream) -> None:  # noqa: ANN001
         """Key the cache by the data too (outputs are cached per stream index, so a run with other images
         must never read them), then load what the cache folder holds for these teachers and streams."""
-        self.clip_key = f"{self.clip_key.split('-')[0]}-{stream_fingerprint(clip_stream)}"
-        self.sam_key = f"{self.sam_key.split('-')[0]}-{stream_fingerprint(sam_stream)}"
+        self.clip_key = f"{self._teacher_keys[0]}-{stream_fingerprint(clip_stream)}"
+        self.sam_key = f"{self._teacher_keys[1]}-{stream_fingerprint(sam_stream)}"
         self.clip_cache, self.sam_cache = {}, {}
         if self.use_cache and self.cache_dir is not None:
             self._load()

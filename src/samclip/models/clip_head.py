@@ -64,10 +64,10 @@ class ClipHead(nn.Module):
         """
         if regions.ndim != 3 or regions.shape[1:] != x.shape[1:3]:
             raise ValueError(f"regions must be NxGxG with G = {tuple(x.shape[1:3])}, got {tuple(regions.shape)}")
-        flat = regions.flatten(1)
-        if not bool(flat.any(1).all()):
-            raise ValueError("every region needs at least one token")
-        return self.masked_pooled(self.tokens(x.expand(len(regions), -1, -1, -1), key_mask=flat), regions)
+        if not bool(regions.flatten(1).any(1).all()):
+            raise ValueError("every region needs at least one token")  # before attention over no keys
+        return self.masked_pooled(self.tokens(x.expand(len(regions), -1, -1, -1), key_mask=regions.flatten(1)),
+                                  regions)
 
     def masked_pooled(self, head_tokens: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
         """Embeddings of regions from the head's tokens: the pooled path with its max-pool limited to each
