@@ -326,6 +326,9 @@ def test_region_token_cover_and_masked_pooling() -> None:
     sel = token_cover(masks, 4, 0.3)
     assert sel[0, :, :2].all() and not sel[0, :, 2:].any()
     assert sel[1].sum() == 1 and sel[1, 0, 2]
+    ringed = token_cover(masks, 4, 0.3, context=1)  # one ring of neighbours, clipped at the grid's edge
+    assert ringed[0, :, :3].all() and not ringed[0, :, 3].any()
+    assert int(ringed[1].sum()) == 6 and ringed[1, :2, 1:4].all()
     encoder = samclip.create_sam("sam-tiny").config.image_encoder
     head = ClipHead(ClipHeadConfig(depth=1, mlp_hidden=8, out_dim=6), encoder)
     tokens = torch.randn(2, 4, 4, 32)

@@ -14,6 +14,8 @@ from PIL import Image
 
 import samclip
 from samclip.inference import (
+    REGION_CONTEXT,
+    REGION_MIN_COVER,
     box_nms,
     build_point_grid,
     connected_components,
@@ -21,6 +23,7 @@ from samclip.inference import (
     preprocess_shape,
     stability_score,
     to_rgb_uint8,
+    valid_grid,
 )
 from samclip.models import CLIP, ClipHeadConfig, SamClip, clip_preset
 from samclip.predictor import Instance, Predictor, SemanticResult
@@ -289,8 +292,9 @@ def test_label_masks_pools_the_right_patches(merged: SamClip, monkeypatch) -> No
 
 
 def test_label_masks_max_pooling_reads_the_covered_head_tokens(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
-    """pooling="max": the head's max-pool limited to each mask's patches (>= 25% covered, else the most
-    covered one), on the cached head tokens of the classification pass: no backbone or head re-run."""
+    """pooling="max": the head's max-pool limited to each mask's patches (>= REGION_MIN_COVER covered, else
+    the most covered one), grown by REGION_CONTEXT rings of neighbours that stay inside the image, on the
+    cached head tokens of the classification pass: no backbone or head re-run."""
     pred = Predictor(merged)
     state = pred.set_image(image(90, 200))
     head_tokens = pred._head_tokens(state)
@@ -307,16 +311,26 @@ def test_label_masks_max_pooling_reads_the_covered_head_tokens(merged: SamClip, 
     masks = np.zeros((3, 90, 200), bool)
     masks[0, :, :60] = True
     masks[2, 45, 190] = True  # one pixel -> its patch only
-    emb, empty = pred.mask_embeddings(masks, pooling="max")
+    emb, empty = pred.mask_embeddings(masks, pooling="max", context=0)
     assert empty.tolist() == [False, True, False] and (emb[1] == 0).all()
     select = seen[0]
     assert select.shape[0] == 2 and int(select[1].sum()) == 1
     w = mask_to_grid_weights(torch.from_numpy(masks[[0]]), state.input_size, pred.patch_size, state.grid)
     h_in, w_in = state.input_size
-    assert torch.equal(select[0], w[0] >= 0.25 * (pred.patch_size * 90 / h_in) * (pred.patch_size * 200 / w_in))
+    core = w[0] >= REGION_MIN_COVER * (pred.patch_size * 90 / h_in) * (pred.patch_size * 200 / w_in)
+    assert torch.equal(select[0], core)
     r, c = (int(v) for v in torch.nonzero(select[1])[0])
     expected = F.normalize(merged.clip_head.per_patch(head_tokens)[0, r, c], dim=-1)  # one token: its own
     assert torch.allclose(emb[2], expected, atol=1e-5)
+
+    pred.mask_embeddings(masks, pooling="max")  # default: REGION_CONTEXT rings around the core
+    ringed = seen[1]
+    rows, cols = valid_grid(state.input_size, pred.patch_size)
+    grown = F.max_pool2d(core[None, None].float(), 2 * REGION_CONTEXT + 1, 1, REGION_CONTEXT)[0, 0] > 0
+    grown[rows:], grown[:, cols:] = False, False
+    assert REGION_CONTEXT >= 1 and rows < state.grid  # the 90x200 image leaves padding rows to stay out of
+    assert torch.equal(ringed[0], grown) and int(ringed[0].sum()) > int(core.sum())
+    assert bool(ringed[1, r, c]) and int(ringed[1].sum()) > 1 and not ringed[1, rows:].any()
 
 
 def test_label_masks_region_pooling_runs_the_head_on_the_covered_patches(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
@@ -335,15 +349,15 @@ def test_label_masks_region_pooling_runs_the_head_on_the_covered_patches(merged:
     masks = np.zeros((4, 90, 200), bool)
     masks[0, :, :60] = True
     masks[1, 10:80, 150:] = True
-    masks[3, 45, 190] = True  # one pixel: covers no patch by 25%, so its most covered patch is used
-    idx, _ = pred.label_masks(masks, ["left", "right"], pooling="region")
+    masks[3, 45, 190] = True  # one pixel: covers no patch by half, so its most covered patch is used
+    idx, _ = pred.label_masks(masks, ["left", "right"], pooling="region", context=0)
     assert idx.tolist() == [0, 1, -1, 1]
     regions = seen[0]
     assert regions.shape[0] == 3  # the empty mask never reaches the head
     w = mask_to_grid_weights(torch.from_numpy(masks[[0, 1, 3]]), state.input_size, pred.patch_size, state.grid)
     h_in, w_in = state.input_size
     patch_area = (pred.patch_size * 90 / h_in) * (pred.patch_size * 200 / w_in)
-    assert torch.equal(regions[:2], w[:2] >= 0.25 * patch_area)
+    assert torch.equal(regions[:2], w[:2] >= REGION_MIN_COVER * patch_area)
     assert int(regions[2].sum()) == 1 and bool(regions[2][w[2] == w[2].max()].all())
 
 

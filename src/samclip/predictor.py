@@ -42,6 +42,8 @@ from .data.captions import class_prompt_templates, fix_articles
 from .inference.crops import mask_crops
 from .inference.everything import box_nms, box_xyxy_to_xywh, build_point_grid, mask_iou, stability_score
 from .inference.image_input import (
+    REGION_CONTEXT,
+    REGION_MIN_COVER,
     clip_points,
     covered_tokens,
     frame_to_original,
@@ -64,7 +66,6 @@ BACKGROUND_PROMPTS: tuple[str, ...] = (
 )
 NEG = -1.0e4  # logit of a class that cannot win (finite, so softmax stays defined)
 _LOW_RES_OUTSIDE = -20.0  # mask-input logit for the padding outside the image
-REGION_MIN_COVER = 0.25  # label_masks(pooling="region"): share of a patch a mask must cover to count
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -709,16 +710,17 @@ class Predictor:
             m = m.bool()
         return m.to(self.device)
 
-    def mask_embeddings(self, masks: Any, *, pooling: str = "auto",
-                        min_cover: float = REGION_MIN_COVER) -> tuple[torch.Tensor, torch.Tensor]:
+    def mask_embeddings(self, masks: Any, *, pooling: str = "auto", min_cover: float = REGION_MIN_COVER,
+                        context: int = REGION_CONTEXT) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP-space embeddings of masks of the current image, from the cached backbone pass.
 
         ``masks``: NxHxW bool in original-image pixels (an HxW mask counts as N=1); each becomes
         per-patch area weights (pixel counts per token, :func:`samclip.inference.mask_to_grid_weights`).
         ``pooling``:
           - ``"max"``: the head's own max-pool / LayerNorm / MLP limited to the mask's patches (at least
-            ``min_cover`` covered; the most covered one if none is), on the cached head tokens (no extra
-            compute beyond a masked max); what the merge's region distillation trains, when it is on.
+            ``min_cover`` covered; the most covered one if none is) grown by ``context`` rings of
+            neighbouring patches (:func:`samclip.inference.covered_tokens`), on the cached head tokens (no
+            extra compute beyond a masked max); what the merge's region distillation trains, when it is on.
           - ``"region"``: the CLIP head runs again on the cached backbone tokens with its attention
             restricted to the mask's patches, then the same masked max-pool / LayerNorm / MLP: the head's
             trained pooled path, as if the region were the whole image (3 small blocks per mask).
@@ -753,13 +755,14 @@ class Predictor:
         if pooling == "mean":
             emb = torch.einsum("ngh,ghe->ne", weights, self._patch_embeddings(state))
         elif pooling == "max" and not bool(empty.all()):
-            emb[~empty] = self._max_embeddings(state, weights[~empty], min_cover)
+            emb[~empty] = self._max_embeddings(state, weights[~empty], min_cover, context)
         elif not bool(empty.all()):
-            emb[~empty] = self._region_embeddings(state, weights[~empty], min_cover)
+            emb[~empty] = self._region_embeddings(state, weights[~empty], min_cover, context)
         return F.normalize(emb, dim=-1), empty
 
     def label_masks(self, masks: Any, labels: Sequence[str], templates: Sequence[str] | None = None, *,
-                    pooling: str = "auto", min_cover: float = REGION_MIN_COVER) -> tuple[np.ndarray, np.ndarray]:
+                    pooling: str = "auto", min_cover: float = REGION_MIN_COVER,
+                    context: int = REGION_CONTEXT) -> tuple[np.ndarray, np.ndarray]:
         """Classify masks of the current image (embeddings from :meth:`mask_embeddings`, same arguments).
 
         Returns ``(label_indices N int64, probs NxK float32)``. An EMPTY mask is flagged with label
@@ -767,7 +770,7 @@ class Predictor:
         """
         self._require_clip("label_masks")
         labels = _check_labels(labels)
-        emb, empty = self.mask_embeddings(masks, pooling=pooling, min_cover=min_cover)
+        emb, empty = self.mask_embeddings(masks, pooling=pooling, min_cover=min_cover, context=context)
         txt = self.text_embeddings(labels, templates)
         if emb.shape[0] == 0:
             return np.zeros(0, dtype=np.int64), np.zeros((0, len(labels)), dtype=np.float32)
@@ -791,24 +794,25 @@ class Predictor:
                 out[rows] = self.model.encode_image(self.model.preprocess(x, size), normalize=True).float()
         return out, empty
 
-    def _region_tokens(self, state: ImageState, weights: torch.Tensor, min_cover: float) -> torch.Tensor:
+    def _region_tokens(self, state: ImageState, weights: torch.Tensor, min_cover: float, context: int) -> torch.Tensor:
         """NxGxG per-patch mask areas (original pixels) -> NxGxG bool: patches at least ``min_cover``
-        covered, or the most covered one when none is."""
+        covered (or the most covered one when none is), grown by ``context`` rings inside the image."""
         h, w = state.input_size
         patch_area = (self.patch_size * state.original_size[0] / h) * (self.patch_size * state.original_size[1] / w)
-        return covered_tokens(weights, min_cover * patch_area)
+        return covered_tokens(weights, min_cover * patch_area, context, valid_grid(state.input_size, self.patch_size))
 
-    def _max_embeddings(self, state: ImageState, weights: torch.Tensor, min_cover: float) -> torch.Tensor:
+    def _max_embeddings(self, state: ImageState, weights: torch.Tensor, min_cover: float,
+                        context: int) -> torch.Tensor:
         """NxGxG per-patch mask areas (none all-zero) -> NxE: the head's max-pool over each mask's tokens."""
-        regions = self._region_tokens(state, weights, min_cover)
+        regions = self._region_tokens(state, weights, min_cover, context)
         tokens = self._head_tokens(state)
         with torch.no_grad(), self._autocast():
             return self.model.clip_head.masked_pooled(tokens.expand(len(regions), -1, -1, -1), regions).float()
 
-    def _region_embeddings(self, state: ImageState, weights: torch.Tensor,
-                           min_cover: float = REGION_MIN_COVER, chunk: int = 32) -> torch.Tensor:
+    def _region_embeddings(self, state: ImageState, weights: torch.Tensor, min_cover: float, context: int,
+                           chunk: int = 32) -> torch.Tensor:
         """NxGxG per-patch mask areas (original pixels, none all-zero) -> NxE region-pooled embeddings."""
-        regions = self._region_tokens(state, weights, min_cover)
+        regions = self._region_tokens(state, weights, min_cover, context)
         out = []
         with torch.no_grad(), self._autocast():
             for i in range(0, len(regions), chunk):

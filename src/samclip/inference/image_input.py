@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def to_rgb_uint8(image: Any) -> np.ndarray:
@@ -141,13 +142,31 @@ def mask_to_grid_weights(masks: torch.Tensor, input_size: tuple[int, int], patch
     return out
 
 
-def covered_tokens(cover: torch.Tensor, min_cover: float) -> torch.Tensor:
+#: the token rule of mask labelling (Predictor.label_masks, pooling "max" / "region") and of the merge's region
+#: distillation: patches a mask covers at least this share of ...
+REGION_MIN_COVER = 0.5
+#: ... grown by this many rings of neighbouring patches (the object's outline)
+REGION_CONTEXT = 1
+
+
+def covered_tokens(cover: torch.Tensor, min_cover: float, context: int = 0,
+                   valid: tuple[int, int] | None = None) -> torch.Tensor:
     """NxGxG per-patch mask cover (any unit) and a threshold in that unit -> NxGxG bool: the patches
     covered at least ``min_cover``, or each mask's most covered patch when none is (so a small mask
-    still has a token)."""
+    still has a token), grown by ``context`` rings of neighbouring patches (a (2c+1)x(2c+1) dilation:
+    tokens just outside an object see its outline, which is where a shape is told apart). ``valid``:
+    (rows, cols) of the grid that overlap the image (:func:`valid_grid`); the ring never reaches the
+    padding beyond them."""
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
     select = cover >= min_cover
     none = ~select.flatten(1).any(1)
     select[none] = cover[none] == cover[none].flatten(1).amax(1)[:, None, None]
+    if context:
+        select = F.max_pool2d(select[:, None].float(), 2 * context + 1, 1, context)[:, 0] > 0
+        if valid is not None:
+            select[:, valid[0]:, :] = False
+            select[:, :, valid[1]:] = False
     return select
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ..inference.image_input import REGION_CONTEXT, REGION_MIN_COVER
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -54,7 +56,10 @@ class DataConfig:
     # memory, and stage III draws its batches from those N; 0 = off (every step runs the backbone)
     stage3_token_cache_images: int = 0
     region_images: int = 16  # region distillation (region_weight > 0): D_SAM images per stage-I step
-    region_min_cover: float = 0.25  # a region's tokens: patches its mask covers >= this share of (as the Predictor)
+    # a region's tokens (as the Predictor's label_masks): patches its mask covers >= this share of, grown by
+    # region_context rings of neighbouring patches
+    region_min_cover: float = REGION_MIN_COVER
+    region_context: int = REGION_CONTEXT
     cache_dir: str = ""  # default: <out>/teacher_cache
 
 

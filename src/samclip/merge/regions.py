@@ -39,15 +39,15 @@ class RegionSet:
         return len(self.image_ids)
 
 
-def token_cover(masks: torch.Tensor, grid: int, min_cover: float) -> torch.Tensor:
+def token_cover(masks: torch.Tensor, grid: int, min_cover: float, context: int = 0) -> torch.Tensor:
     """NxSxS bool masks (square frame) -> NxGxG bool: tokens whose patch the mask covers at least
-    ``min_cover`` of, or the most covered token when none does."""
-    return covered_tokens(F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0], min_cover)
+    ``min_cover`` of, or the most covered token when none does, grown by ``context`` rings of neighbours."""
+    return covered_tokens(F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0], min_cover, context)
 
 
 @torch.no_grad()
 def build_regions(stream: SamStream, teachers: Teachers, sizes: list[int], patch: int, min_cover: float,
-                  min_pixels: int = 30, batch: int = 256) -> RegionSet:
+                  context: int = 0, min_pixels: int = 30, batch: int = 256) -> RegionSet:
     """Every instance of at least ``min_pixels`` pixels of every stream image, with its token selection at
     each student size and the teacher's embedding of its crop (computed once)."""
     image_ids, by_image, crops = [], [], []
@@ -61,7 +61,7 @@ def build_regions(stream: SamStream, teachers: Teachers, sizes: list[int], patch
             continue
         masks = np.stack(keep)
         for s in sizes:
-            select[s].append(token_cover(torch.from_numpy(masks), s // patch, min_cover))
+            select[s].append(token_cover(torch.from_numpy(masks), s // patch, min_cover, context))
         crops.append(mask_crops(stream.images(np.array([i]))[0], masks, teachers.clip_image_size))
     if not image_ids:
         raise ValueError("region distillation: D_SAM has no instance masks of at least "
