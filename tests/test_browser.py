@@ -5,7 +5,7 @@ and skips with the reason when it is still missing. With the tiny RANDOM model t
 right category, so the main test checks the mechanics: the overlay drawn on the canvas is the
 server's mask and covers the clicked pixel, the label comes from the vocabulary, the semantic map
 shows a legend with both words. ``test_trained_model_labels_clicked_object`` checks the category with
-the shipped ``tiny-synthetic`` model and skips while that does not exist.
+the shipped ``tiny-synthetic`` model on held-out single-object scenes and skips while that does not exist.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SIZE = 128
 TIMEOUT_MS = 30_000
+CLICK_LABEL_MIN_ACCURACY = 0.75  # trained model, held-out single-object scenes (chance: 1/12)
 
 
 build_tiny_merged = tiny_merged_model
@@ -241,30 +242,31 @@ def test_page_reports_errors(browser, server, tmp_path) -> None:  # noqa: ANN001
 
 
 def test_trained_model_labels_clicked_object(browser, tmp_path) -> None:  # noqa: ANN001
-    """With the shipped trained model, clicking the largest object of a validation scene draws a mask over
-    it and shows the label the model itself assigns (Predictor.predict + label_masks on the same click).
+    """With the shipped trained model: on held-out single-object scene-world images (the first 12 seeds of
+    the test split, at 192 px), clicking the object draws a mask over it and labels it; the page's label
+    is the model's own (Predictor.predict + label_masks on the same click), and most labels are the
+    object's true category (chance is 1/12).
 
-    Whether that label is the object's true category is a property of the model, not of the page: the
-    shipped tiny-synthetic merged model labels clicked objects correctly only ~26% of the time (one-pass
-    max pooling; its CLIP head reaches 95% zero-shot on whole single-object images but not on parts of a
-    scene), so click-labelling accuracy is measured and reported by ``samclip eval`` (labelling benchmark)
-    instead of asserted here."""
+    The bar is CLICK_LABEL_MIN_ACCURACY, not 100%: one-pass labelling reads an 8x8 grid of CLIP-head
+    tokens at 128 px, and the shipped tiny model labels such clicks right 82.5% of the time on the first 40
+    of these scenes (11 of these 12; its whole-image zero-shot is 95.5%); ``samclip eval``'s labelling
+    benchmark measures click / box labelling on crowded scenes."""
     try:
         model = samclip.load_model("tiny-synthetic")
     except Exception as err:  # noqa: BLE001
         pytest.skip(f"the trained tiny-synthetic merged model is not available: {err}")
-    from samclip.data import SHAPES
+    from samclip.data import SHAPES, single_object_scene, split_seeds
     from samclip.predictor import Predictor
 
     predictor = Predictor(model)
     proc, url = start_server("tiny-synthetic", tmp_path)
     results = []
     try:
-        for seed in (20_000_003, 20_000_011, 20_000_017):  # validation-split scenes
-            scene = generate_scene(seed, 192, min_objects=2, max_objects=3)
+        for seed in split_seeds("test", 12):
+            scene = single_object_scene(seed, 192)
             path = tmp_path / f"scene{seed}.png"
             Image.fromarray(scene.image).save(path)
-            obj = max(scene.objects, key=lambda o: o.area_fraction)
+            obj = scene.objects[0]
             x, y = (int(v) for v in obj.prompt_point)
             predictor.set_image(scene.image)
             masks, scores, _ = predictor.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
@@ -273,10 +275,13 @@ def test_trained_model_labels_clicked_object(browser, tmp_path) -> None:  # noqa
             try:
                 click_image(page, x, y)
                 page.wait_for_function("() => window.samclipState.lastMode === 'mask' && !window.samclipState.busy")
-                assert overlay_alpha(page)[y, x] > 0, "the overlay does not cover the clicked object"
-                results.append((SHAPES[int(idx[0])], page.locator("#mask-label").get_attribute("data-label")))
+                assert overlay_alpha(page)[y, x] > 0, f"seed {seed}: the overlay does not cover the clicked object"
+                shown = page.locator("#mask-label").get_attribute("data-label")
+                results.append((obj.category, SHAPES[int(idx[0])], shown))
             finally:
                 page.close()
     finally:
         stop_server(proc)
-    assert all(want == got for want, got in results), results
+    assert all(model_label == shown for _, model_label, shown in results), results
+    accuracy = sum(truth == shown for truth, _, shown in results) / len(results)
+    assert accuracy >= CLICK_LABEL_MIN_ACCURACY, f"click labels right {accuracy:.0%} of the time: {results}"
