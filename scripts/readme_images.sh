@@ -17,3 +17,8 @@ for task in segment label semseg everything classify; do
   cp "$tmp/$task/scene.png" "docs/images/$task.png"
 done
 echo "updated docs/images/{segment,label,semseg,everything,classify}.png"
+if [ -x /usr/bin/chromium ]; then
+  $BIN/python scripts/page_screenshot.py  # docs/images/page.png: the web page after one click
+else
+  echo "no /usr/bin/chromium: docs/images/page.png not regenerated (make test installs it)"
+fi
