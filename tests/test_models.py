@@ -209,3 +209,26 @@ def test_bf16_switch_resolves_per_machine(monkeypatch) -> None:  # noqa: ANN001
     assert precision.resolve_bf16(True) and precision.resolve_bf16("true") and not precision.resolve_bf16("fp32")
     with pytest.raises(ValueError, match="bf16 must be"):
         precision.resolve_bf16("half")
+
+
+def test_clip_head_dense_pool_window() -> None:
+    """dense_pool=k: each patch's embedding is the pooled path over the k x k tokens centred on it (cut at
+    the grid's edge); k=1 is each token alone; even or non-positive k is refused."""
+    from samclip.models import ClipHead, ClipHeadConfig
+
+    enc = SAM_PRESETS["sam-tiny"].image_encoder
+    torch.manual_seed(0)
+    one = ClipHead(ClipHeadConfig(depth=1, mlp_hidden=32, out_dim=16), enc).eval()
+    three = ClipHead(ClipHeadConfig(depth=1, mlp_hidden=32, out_dim=16, dense_pool=3), enc).eval()
+    three.load_state_dict(one.state_dict())
+    t = torch.randn(2, 5, 5, enc.embed_dim)
+    with torch.no_grad():
+        assert torch.allclose(one.per_patch(t), one.mlp(one.norm(t)))
+        dense = three.per_patch(t)
+        assert dense.shape == (2, 5, 5, 16)
+        for i, j in ((0, 0), (2, 3), (4, 4)):
+            window = t[:, max(0, i - 1) : i + 2, max(0, j - 1) : j + 2]
+            assert torch.allclose(dense[:, i, j], three.pooled(window), atol=1e-5)
+    for bad in (0, 2, -1):
+        with pytest.raises(ValueError, match="dense_pool"):
+            ClipHeadConfig(dense_pool=bad)

@@ -27,7 +27,7 @@ LABELS = list(SHAPES[:3])
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):  # noqa: ANN001, ANN201
-    model = tiny_merged_model()
+    model = tiny_merged_model(dense_pool=3)  # the per-patch window max-pool is part of the graph
     randomize_(model.sam, 1)
     randomize_(model.clip_head, 2)
     model.eval()

@@ -22,8 +22,9 @@ def tiny_clip(seed: int = 0) -> CLIP:
     return clip
 
 
-def tiny_merged_model(seed: int = 0) -> SamClip:
+def tiny_merged_model(seed: int = 0, dense_pool: int = 1) -> SamClip:
     """A random merged model from ``sam-tiny`` (128 px frame, grid 8) and :func:`tiny_clip`."""
     clip = tiny_clip(seed)
     sam = create_sam("sam-tiny").eval()
-    return SamClip.from_teachers(sam, clip, ClipHeadConfig(mlp_hidden=16, out_dim=clip.config.embed_dim)).eval()
+    head = ClipHeadConfig(mlp_hidden=16, out_dim=clip.config.embed_dim, dense_pool=dense_pool)
+    return SamClip.from_teachers(sam, clip, head).eval()

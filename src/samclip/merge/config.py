@@ -34,6 +34,7 @@ class TeachersConfig:
 class HeadConfig:
     depth: int = 3
     mlp_hidden: int = 256
+    dense_pool: int = 1  # the model's per-patch max-pool window (ClipHeadConfig.dense_pool; not trained)
 
 
 @dataclass

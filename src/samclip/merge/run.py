@@ -119,7 +119,8 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
         clip_t.tokenizer = load_tokenizer(cfg.teachers.clip_tokenizer, clip_t.config.text.context_length)
     if getattr(clip_t, "tokenizer", None) is None:
         raise ValueError("the CLIP teacher has no tokenizer; the merged model needs one for zero-shot use")
-    head = ClipHeadConfig(depth=cfg.head.depth, mlp_hidden=cfg.head.mlp_hidden, out_dim=clip_t.config.embed_dim)
+    head = ClipHeadConfig(depth=cfg.head.depth, mlp_hidden=cfg.head.mlp_hidden, out_dim=clip_t.config.embed_dim,
+                          dense_pool=cfg.head.dense_pool)
     student = SamClip.from_teachers(sam_t, clip_t, head, clip_size=max(cfg.data.clip_sizes),
                                     semseg_size=max(cfg.data.clip_sizes))
     dev = cfg.torch_device

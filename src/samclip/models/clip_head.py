@@ -23,6 +23,13 @@ class ClipHeadConfig(_Config):
     mlp_hidden: int = 1024  # both hidden layers of the embedding MLP
     out_dim: int = 512  # the CLIP text-embedding dimension
     window_size: int = 0  # 0: global attention, like the last block of SAM's encoders
+    # per-patch (dense) embeddings: the head's max-pool over a dense_pool x dense_pool window of tokens around
+    # each patch (stride 1), then LayerNorm + MLP; 1 = each token alone. Not trained: an inference setting
+    dense_pool: int = 1
+
+    def __post_init__(self) -> None:
+        if self.dense_pool < 1 or self.dense_pool % 2 == 0:
+            raise ValueError(f"dense_pool must be an odd number >= 1, got {self.dense_pool}")
 
 
 class ClipHead(nn.Module):
@@ -89,7 +96,14 @@ class ClipHead(nn.Module):
         return self.mlp(self.norm(head_tokens.amax(dim=(1, 2))))
 
     def per_patch(self, head_tokens: torch.Tensor) -> torch.Tensor:
-        """BxGxGxD -> BxGxGxE (not normalised)."""
+        """BxGxGxD -> BxGxGxE (not normalised): for each patch, the pooled path (max-pool, LayerNorm, MLP)
+        over the ``dense_pool`` x ``dense_pool`` window of tokens centred on it (cut at the grid's edge).
+        The head is trained only through max-pools over many tokens; one token alone reads poorly, a small
+        window reads like what the head was trained on."""
+        k = self.config.dense_pool
+        if k > 1:
+            x = F.max_pool2d(head_tokens.permute(0, 3, 1, 2), k, stride=1, padding=k // 2)
+            head_tokens = x.permute(0, 2, 3, 1)
         return self.mlp(self.norm(head_tokens))
 
     def forward(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
