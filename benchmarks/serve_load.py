@@ -24,9 +24,6 @@ import io
 import itertools
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +32,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+
+from samclip.testing import serve_subprocess
 
 SHAPE_NAMES = ["circle", "square", "triangle", "star", "hexagon", "ring", "cross", "heart", "crescent", "arrow",
                "ellipse", "pentagon"]
@@ -78,32 +77,6 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, port: int, cache_size: int, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    fh = open(log, "w")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen([sys.executable, "-m", "samclip.cli", "serve", "--model", model, "--host", "127.0.0.1",
-                             "--port", str(port), "--cache-size", str(cache_size), "--log-level", "warning"],
-                            stdout=fh, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("server did not answer /health within 120 s")
-
-
 def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 1) if values else None
 
@@ -123,10 +96,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp_dir:
         tmp = Path(tmp_dir)
         model, note = resolve_model(args.model, tmp)
-        port = free_port()
-        proc = start_server(model, port, max(args.images, 16), tmp / "server.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
+        cache = ("--cache-size", str(max(args.images, 16)))
+        with serve_subprocess(model, tmp / "server.log", *cache, timeout=120) as (proc, url):
             rss_start = rss_mb(proc.pid)
             scenes = [generate_scene(1000 + i, args.image_size) for i in range(args.images)]
             ids, upload_s = [], []
@@ -186,12 +157,6 @@ def main() -> None:
             wall = time.perf_counter() - t0
             health = httpx.get(f"{url}/health", timeout=10).json()
             rss_end = rss_mb(proc.pid)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
     done = sum(len(v) for v in latencies.values())
     print(json.dumps({

@@ -4,37 +4,19 @@ has installed chromium). Starts ``samclip serve`` with the shipped model on a fr
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
+import tempfile
 from pathlib import Path
 
-import httpx
 from playwright.sync_api import sync_playwright
+
+from samclip.testing import serve_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 CLICK = (135, 144)  # the same object as `samclip segment --point 135,144` in scripts/readme_images.sh
 
 
 def main() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "samclip.cli", "serve", "--model", "tiny-synthetic",
-                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise SystemExit("the server did not start")
+    with tempfile.TemporaryDirectory() as tmp, serve_subprocess("tiny-synthetic", Path(tmp) / "server.log") as (_, url):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless=new", "--no-sandbox"])
             page = browser.new_page(viewport={"width": 1100, "height": 640})
@@ -47,14 +29,11 @@ def main() -> None:
                              box["y"] + (CLICK[1] + 0.5) * box["height"] / st["h"])
             page.wait_for_function("() => window.samclipState.lastMode === 'mask' && !window.samclipState.busy")
             out = ROOT / "docs/images/page.png"
-            tmp = out.with_suffix(".tmp.png")
-            page.screenshot(path=str(tmp))
-            tmp.replace(out)
+            tmp_png = out.with_suffix(".tmp.png")
+            page.screenshot(path=str(tmp_png))
+            tmp_png.replace(out)
             print(f"wrote {out} (label: {page.locator('#mask-label').get_attribute('data-label')})")
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,7 @@ the shipped ``tiny-synthetic`` model on held-out single-object scenes and skips 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,9 +20,10 @@ import pytest
 from PIL import Image
 
 import samclip
-from samclip.data import SHAPES, generate_scene
+from samclip.data import SHAPES, generate_scene, single_object_scene, split_seeds
+from samclip.predictor import Predictor
 from samclip.serve import rle_decode
-from samclip.testing import tiny_merged_model
+from samclip.testing import serve_subprocess, tiny_merged_model
 
 pytest.importorskip("playwright.sync_api")
 
@@ -65,46 +63,6 @@ def browser(chromium):  # noqa: ANN001, ANN201
         b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, tmp_dir: Path):  # noqa: ANN201
-    """``samclip serve`` in a subprocess on a free loopback port; returns (process, base_url)."""
-    port = _free_port()
-    log = open(tmp_dir / f"server-{port}.log", "w")  # noqa: SIM115 - closed with the process
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "samclip.cli", "serve", "--model", model, "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
-                            env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.close()
-            raise RuntimeError(f"server exited: {(tmp_dir / f'server-{port}.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                proc.log = log
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start in 90 s")
-
-
-def stop_server(proc) -> None:  # noqa: ANN001
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    proc.log.close()
-
-
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory) -> Path:  # noqa: ANN001
     folder = tmp_path_factory.mktemp("browser_model") / "merged"
@@ -114,9 +72,9 @@ def model_folder(tmp_path_factory) -> Path:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def server(model_folder, tmp_path_factory):  # noqa: ANN001, ANN201
-    proc, url = start_server(str(model_folder), tmp_path_factory.mktemp("server_logs"))
-    yield url
-    stop_server(proc)
+    log = tmp_path_factory.mktemp("server_logs") / "server.log"
+    with serve_subprocess(str(model_folder), log, timeout=90) as (_, url):
+        yield url
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -255,13 +213,9 @@ def test_trained_model_labels_clicked_object(browser, tmp_path) -> None:  # noqa
         model = samclip.load_model("tiny-synthetic")
     except Exception as err:  # noqa: BLE001
         pytest.skip(f"the trained tiny-synthetic merged model is not available: {err}")
-    from samclip.data import SHAPES, single_object_scene, split_seeds
-    from samclip.predictor import Predictor
-
     predictor = Predictor(model)
-    proc, url = start_server("tiny-synthetic", tmp_path)
     results = []
-    try:
+    with serve_subprocess("tiny-synthetic", tmp_path / "server.log", timeout=90) as (_, url):
         for seed in split_seeds("test", 12):
             scene = single_object_scene(seed, 192)
             path = tmp_path / f"scene{seed}.png"
@@ -280,8 +234,6 @@ def test_trained_model_labels_clicked_object(browser, tmp_path) -> None:  # noqa
                 results.append((obj.category, SHAPES[int(idx[0])], shown))
             finally:
                 page.close()
-    finally:
-        stop_server(proc)
     assert all(model_label == shown for _, model_label, shown in results), results
     accuracy = sum(truth == shown for truth, _, shown in results) / len(results)
     assert accuracy >= CLICK_LABEL_MIN_ACCURACY, f"click labels right {accuracy:.0%} of the time: {results}"

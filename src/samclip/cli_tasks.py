@@ -369,7 +369,7 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--pooling", choices=["auto", "max", "mean", "region", "crop"], default="auto",
                    help="how the mask is labelled: max / mean / region pooling of the one cached pass "
                         "(auto = max; mean under ONNX), or crop: the mask's crop re-encoded by the model (an "
-                        "extra small pass, usually more accurate)")
+                        "extra small pass per mask)")
     p.set_defaults(func=_run_task)
 
     p = subparsers.add_parser("everything", help="every mask from a point grid (optionally labelled)",

@@ -729,8 +729,8 @@ class Predictor:
             :func:`samclip.inference.mask_crops`) is encoded by the whole model (backbone + CLIP head,
             pooled) at ``clip_size``, batched: OV-SAM's crop-and-classify with the one merged model.
           - ``"auto"``: ``"max"`` (``"mean"`` under ONNX, whose image graph outputs per-patch embeddings):
-            one backbone pass serves every task. ``samclip eval``'s labelling benchmark measures them all;
-            ``"crop"`` stays the most accurate on the shipped model, at one extra small pass per mask.
+            one backbone pass serves every task. ``samclip eval``'s labelling benchmark measures them all
+            (on the shipped model max pooling beats even ``"crop"``, which costs one extra pass per mask).
         Max and region pooling read the pass at the model's ``clip_size`` (where the head is trained), mean
         pooling the one at ``semseg_size``; either is the cached SAM-size pass when equal.
         Returns ``(embeddings NxE L2-normalised, empty N bool)``; an empty mask has an all-zero row.

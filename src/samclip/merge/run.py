@@ -169,7 +169,8 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
         by_size = evaluator.zero_shot_by_size(student, sizes)
         best = max(by_size, key=by_size.get)
         # dense maps follow the pooled size: the dense path's own val metric is reported beside it, but on the
-        # embedded default it sits near chance at every size (11-13%, 8% is chance), too noisy to choose by
+        # embedded default it sat near chance at every size (11-13% with single-token reads, 8% is chance), too
+        # noisy to choose by
         dense = evaluator.mask_label_accuracy_by_size(student, sizes)
         student.config = student.config.replace(clip_size=best, semseg_size=best)
         summary["val_zero_shot_by_size"] = by_size

@@ -262,7 +262,7 @@ class MergeTrainer:
         if not any(len(r) for r in per_image):
             return None
         ridx = torch.as_tensor(np.concatenate(per_image))
-        owner = torch.cat([torch.full((len(r),), k, dtype=torch.long) for k, r in enumerate(per_image)])
+        owner = torch.as_tensor(np.repeat(np.arange(len(per_image)), [len(r) for r in per_image]))
         dev = model_device(self.model)
         with autocast(dev, cfg.use_bf16):
             if size in self.region_tokens:
