@@ -37,7 +37,8 @@ class SamTeacherRecipe:
     val_images: int = 200
     steps: int = 3000
     batch_images: int = 8
-    prompts_per_image: int = 8  # half boxes, half points
+    prompts_per_image: int = 8
+    box_fraction: float = 0.5  # share of each image's prompts that are boxes (the rest: a point + a corrective click)
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 150
@@ -64,10 +65,14 @@ def _low_res(masks: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def sam_training_step(model: Sam, images: torch.Tensor, inst: torch.Tensor, gen: torch.Generator,
-                      per_image: int, bf16: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """One SAM-style step on a batch: BxSxSx3 uint8 images and BxSxS instance maps -> (loss, logs)."""
+                      per_image: int, bf16: bool, box_fraction: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+    """One SAM-style step on a batch: BxSxSx3 uint8 images and BxSxS instance maps -> (loss, logs).
+
+    Per image ``round(per_image * box_fraction)`` box prompts (at least 1) and the rest point prompts
+    (at least 1), each point followed by a corrective click.
+    """
     s = images.shape[1]
-    half = per_image // 2
+    n_box = min(per_image - 1, max(1, round(per_image * box_fraction)))
     x = model.preprocess(images.permute(0, 3, 1, 2))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         emb = model.image_embeddings(x)
@@ -75,7 +80,7 @@ def sam_training_step(model: Sam, images: torch.Tensor, inst: torch.Tensor, gen:
     logs: dict[str, float] = {}
     total = torch.zeros(())
 
-    box_t = _targets(inst, gen, half)
+    box_t = _targets(inst, gen, n_box)
     boxes = jitter_boxes(masks_to_boxes(box_t), gen, size=(s, s))
     # a box is unambiguous: SAM trains it on the single-mask output (token 0), as it is used at test time
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -84,7 +89,7 @@ def sam_training_step(model: Sam, images: torch.Tensor, inst: torch.Tensor, gen:
     total = total + loss
     logs["box_miou"] = float(parts["miou"])
 
-    pt_t = _targets(inst, gen, per_image - half)
+    pt_t = _targets(inst, gen, per_image - n_box)
     pts, _ = sample_points(pt_t, gen)
     labels = torch.ones(pts.shape[0], 1, dtype=torch.long)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -130,12 +135,13 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
         inst = torch.from_numpy(bank.instance_maps[idx])
         if rng.random() < 0.5:  # horizontal flip (masks are class-agnostic)
             images, inst = images.flip(2), inst.flip(2)
-        loss, logs = sam_training_step(model, images, inst, gen, recipe.prompts_per_image, resolve_bf16(recipe.bf16))
+        loss, logs = sam_training_step(model, images, inst, gen, recipe.prompts_per_image, resolve_bf16(recipe.bf16),
+                                       recipe.box_fraction)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        log.step(step, loss=float(loss), lr=lr, **logs)
+        log.step(step, loss=loss.item(), lr=lr, **logs)
         if recipe.eval_every and (step + 1) % recipe.eval_every == 0 and step + 1 < recipe.steps:
             log.event(step, "val", **prompt_miou(model, val))
             model.train()
