@@ -196,6 +196,13 @@ def test_two_process_torchrun_matches_one_process(teacher_dirs, tmp_path) -> Non
     p = _run_cli(cmd + sum((["--set", s] for s in _overrides(teacher_dirs, one)), []))
     out1 = p.communicate(timeout=300)[0].decode()
     assert p.returncode == 0, out1[-3000:]
+    # the summary says where the wall time went; the log has each stage's set-up
+    summary = json.loads((one / "summary.json").read_text())
+    assert set(summary["setup_s"]) == {"models", "streams", "evaluator"}
+    parts = sum(summary["setup_s"].values()) + summary["train_s"] + summary["final_eval_and_save_s"]
+    assert 0 < parts <= summary["wall_s"] + 1e-6
+    events = [json.loads(line).get("event") for line in (one / "log.jsonl").read_text().splitlines()]
+    assert {"setup stage 1", "setup stage 2"} <= set(events)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "samclip.cli", "merge", "--no-eval"]
     p = _run_cli(torchrun + sum((["--set", s] for s in _overrides(teacher_dirs, two)), []))

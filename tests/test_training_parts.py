@@ -126,3 +126,43 @@ def test_clip_stream_mixes_single_object_scenes() -> None:
     assert len(ClipStream.scene_world(4, 32)) == 4
     with pytest.raises(ValueError, match="clip_single_fraction"):
         ClipStream.scene_world(4, 32, single_fraction=1.5)
+
+
+@pytest.mark.parametrize(("per_image", "fraction", "boxes"), [(4, 0.5, 2), (8, 0.75, 6), (4, 0.0, 1), (4, 1.0, 3)])
+def test_sam_training_step_box_fraction(monkeypatch: pytest.MonkeyPatch, per_image: int, fraction: float,
+                                        boxes: int) -> None:
+    """box_fraction sets each image's box share; at least one box and one point prompt always remain."""
+    from samclip.teachers import sam_teacher
+
+    seen: list[int] = []
+    real = sam_teacher.jitter_boxes
+
+    def spy(b: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(b.shape[0])
+        return real(b, *args, **kwargs)
+
+    monkeypatch.setattr(sam_teacher, "jitter_boxes", spy)
+    torch.manual_seed(0)
+    model = samclip.create_sam("sam-tiny")
+    bank = build_bank("val", 2, 64, workers=1)
+    g = torch.Generator().manual_seed(0)
+    loss, _ = sam_teacher.sam_training_step(model, torch.from_numpy(bank.images), torch.from_numpy(bank.instance_maps),
+                                            g, per_image, bf16=False, box_fraction=fraction)
+    assert seen == [2 * boxes] and torch.isfinite(loss)
+
+
+def test_clip_stream_hflip_adds_a_mirrored_view_of_every_image() -> None:
+    from samclip.merge.streams import ClipStream
+    from samclip.merge.teachers import stream_fingerprint
+
+    plain = ClipStream.scene_world(4, 32)
+    flip = ClipStream.scene_world(4, 32, hflip=True)
+    assert len(plain) == 4 and len(flip) == 8
+    got = flip.images(np.array([1, 5, 0, 7]))
+    base = plain.images(np.array([1, 1, 0, 3]))
+    assert np.array_equal(got[0], base[0]) and np.array_equal(got[2], base[2])
+    assert np.array_equal(got[1], base[1][:, ::-1]) and np.array_equal(got[3], base[3][:, ::-1])
+    assert np.array_equal(plain.images(np.array([1]))[0], base[0])  # the held images are never modified
+    assert stream_fingerprint(plain) != stream_fingerprint(flip)  # the teacher cache cannot mix them
+    with pytest.raises(IndexError):
+        flip.images(np.array([8]))

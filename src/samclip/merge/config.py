@@ -44,6 +44,7 @@ class DataConfig:
     sam_images: int = 3000  # scene world: size of D_SAM
     clip_render_size: int = 192  # scene world: D_CLIP images are rendered at this size
     clip_single_fraction: float = 0.0  # scene world: share of single-object scenes in D_CLIP
+    clip_hflip: bool = False  # D_CLIP also holds every image mirrored left-right (2N items, see ClipStream)
     clip_dir: str = ""  # real data: image folder or folder of .tar shards for D_CLIP
     sam_dir: str = ""  # real data: SA-1B style folder (image + per-image COCO-RLE json)
     clip_sizes: list[int] = field(default_factory=lambda: [128, 192])  # student sizes, stages I-II
@@ -103,6 +104,13 @@ class MergeConfig:
     region_weight: float = 0.0
     region_start: int = 0  # the first stage-I step with the region term (the head learns whole images first)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def trained_clip_sizes(self) -> list[int]:
+        """The CLIP-head input sizes the run trains at: ``data.clip_sizes``, plus ``data.stage3_sizes`` when
+        stage III has steps (sorted, unique). The final evaluation chooses ``clip_size`` among these."""
+        sizes = set(self.data.clip_sizes) | (set(self.data.stage3_sizes) if self.stage3.steps > 0 else set())
+        return sorted(sizes)
 
     @property
     def use_bf16(self) -> bool:

@@ -46,19 +46,35 @@ def square_resize(img: np.ndarray, size: int) -> np.ndarray:
 
 
 class ClipStream:
-    """D_CLIP: N images held at one render size; ``images(idx)`` -> BxSxSx3 uint8."""
+    """D_CLIP: N images held at one render size; ``images(idx)`` -> BxSxSx3 uint8.
 
-    def __init__(self, images: np.ndarray) -> None:
+    With ``hflip`` the stream has 2N items: item ``N + i`` is image ``i`` mirrored left-right, a view of
+    its own (its own teacher embedding, cached tokens and cache entry), so distillation sees twice the
+    images at no rendering or storage cost.
+    """
+
+    def __init__(self, images: np.ndarray, hflip: bool = False) -> None:
         self._images = images
+        self.hflip = hflip
 
     def __len__(self) -> int:
-        return len(self._images)
+        return len(self._images) * (2 if self.hflip else 1)
 
     def images(self, idx: np.ndarray) -> np.ndarray:
-        return self._images[idx]
+        idx = np.asarray(idx)
+        if not self.hflip:
+            return self._images[idx]
+        n = len(self._images)
+        if ((idx < 0) | (idx >= 2 * n)).any():
+            raise IndexError(f"D_CLIP index out of range [0, {2 * n})")
+        out = self._images[idx % n]
+        mirrored = idx >= n
+        out[mirrored] = out[mirrored, :, ::-1]
+        return out
 
     @classmethod
-    def scene_world(cls, n: int, size: int, progress: bool = False, single_fraction: float = 0.0) -> ClipStream:
+    def scene_world(cls, n: int, size: int, progress: bool = False, single_fraction: float = 0.0,
+                    hflip: bool = False) -> ClipStream:
         """``n`` train_merge images: multi-object scenes, and a ``single_fraction`` share of single-object
         scenes (the CLIP teacher's training mix). Held-out (colour, shape) pairs never appear."""
         if not 0.0 <= single_fraction <= 1.0:
@@ -68,15 +84,15 @@ class ClipStream:
         if n_single:
             parts.append(build_bank("train_merge", n_single, size, kind="single", start=8_000_000,
                                     forbidden_pairs=HELDOUT_PAIRS, progress=progress))
-        return cls(np.concatenate([p.images for p in parts]))
+        return cls(np.concatenate([p.images for p in parts]), hflip)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, size: int, limit: int | None = None) -> ClipStream:
+    def from_folder(cls, folder: str | Path, size: int, limit: int | None = None, hflip: bool = False) -> ClipStream:
         """Images from a folder tree, or from ``.tar`` shards inside it, centre-cropped to ``size``."""
         imgs = [square_resize(im, size) for im in _iter_folder_images(Path(folder), limit)]
         if not imgs:
             raise ValueError(f"{folder}: no images found (extensions {sorted(IMAGE_EXTS)} or .tar shards)")
-        return cls(np.stack(imgs))
+        return cls(np.stack(imgs), hflip)
 
 
 def _iter_folder_images(folder: Path, limit: int | None):  # noqa: ANN202

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,12 +191,14 @@ class MergeTrainer:
         self.model.train()
         for frozen in m.frozen_modules():
             frozen.eval()
+        t0 = time.perf_counter()
         self.token_cache, self.token_cache_images = {}, self._token_cache_images(stage)
         if self.token_cache_images:
             sizes = self.cfg.data.stage3_sizes if stage == 3 else self.cfg.data.clip_sizes
             self.token_cache = {s: backbone_tokens(m, self.clip_stream, s, self.cfg.use_bf16, progress=self.rank == 0,
                                                    limit=self.token_cache_images, stage=stage)
                                 for s in sizes}
+        t1 = time.perf_counter()
         self.regions, self.region_tokens = None, {}
         if stage == 1 and self.cfg.region_weight > 0:
             patch = m.sam.config.image_encoder.patch_size
@@ -205,6 +208,10 @@ class MergeTrainer:
                 self.region_tokens = {s: backbone_tokens(m, self.sam_stream, s, self.cfg.use_bf16, stage=1,
                                                          progress=self.rank == 0)
                                       for s in self.cfg.data.clip_sizes}
+        if self.log is not None and self.rank == 0:  # where a stage's set-up time goes (the JSONL log)
+            done = sum(self.stage_config(s).steps for s in STAGES if s < stage) + self.state.step
+            self.log.event(done, f"setup stage {stage}", token_cache_s=t1 - t0,
+                           regions_s=time.perf_counter() - t1)
 
     def _token_cache_images(self, stage: int) -> int:
         """How many D_CLIP images the frozen-token cache of ``stage`` holds (0: none; stage II never)."""
