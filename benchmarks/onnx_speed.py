@@ -5,7 +5,8 @@ Two workloads, each the median of ``--reps`` runs after one warm-up:
 - ``image_encoder``: backbone + SAM neck + CLIP head (per-patch and pooled), one 1x3xSxS image
   (PyTorch runs the same export wrapper module that was exported);
 - ``prompt_decode``: one prompt (a foreground point, multimask output) on cached image embeddings
-  (PyTorch: ``model.decode``; ONNX: the ``prompt_decoder.onnx`` graph through :class:`OnnxBackend`).
+  (PyTorch: ``model.decode``; ONNX: the ``prompt_decoder.onnx`` graph through :class:`OnnxBackend`, in fp32
+  and as the int8 export of ``samclip export onnx --decoder-precision int8``, with its mask agreement).
 
 Model: ``--model`` (a merged-model name or folder; default ``tiny-synthetic``) when it exists, otherwise
 (or with ``--preset``) a randomly initialised merged model of a preset shape: ``vit-b`` = sam-vit-b
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -76,7 +79,7 @@ def main() -> None:
     import onnxruntime
 
     from samclip.export import OnnxBackend, export_onnx
-    from samclip.export.onnx_export import ImageEncoderGraph
+    from samclip.export.onnx_export import DECODER_NAMES, MANIFEST_NAME, ImageEncoderGraph, _quantize_in_place
 
     model, described = build_model(args)
     frame = model.img_size
@@ -88,6 +91,16 @@ def main() -> None:
         export_s = time.perf_counter() - t0
         sizes = {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(out.glob("*.onnx"))}
         backend = OnnxBackend(out, threads=args.threads)
+        # the int8 export: the same folder with quantized decoders (hard links for the image graph)
+        out8 = Path(tmp) / "export_int8"
+        shutil.copytree(out, out8, copy_function=os.link)
+        for name in DECODER_NAMES.values():
+            _quantize_in_place(out8 / name)
+        manifest8 = json.loads((out8 / MANIFEST_NAME).read_text())
+        (out8 / MANIFEST_NAME).unlink()
+        (out8 / MANIFEST_NAME).write_text(json.dumps({**manifest8, "decoder_precision": "int8"}))
+        sizes["prompt_decoder.onnx (int8)"] = round((out8 / DECODER_NAMES[True]).stat().st_size / 2**20, 1)
+        backend8 = OnnxBackend(out8, threads=args.threads)
 
         pixels = torch.randn(1, 3, frame, frame, generator=torch.Generator().manual_seed(0))
         valid = torch.tensor([grid, grid])
@@ -120,6 +133,11 @@ def main() -> None:
         low, iou = backend.decode(got[0], pc, pl)
         dec_diff = {"low_res_masks": float(np.abs(low - ref_low.numpy()).max()),
                     "iou_predictions": float(np.abs(iou - ref_iou.numpy()).max())}
+        low8, iou8 = backend8.decode(got[0], pc, pl)
+        a, b = low8 > 0, ref_low.numpy() > 0
+        int8_vs_torch = {"low_res_masks_max_abs_diff": float(np.abs(low8 - ref_low.numpy()).max()),
+                         "iou_predictions_max_abs_diff": float(np.abs(iou8 - ref_iou.numpy()).max()),
+                         "mask_iou": float((a & b).sum() / max(1, (a | b).sum()))}
 
         result = {
             "benchmark": "onnx_speed", "model": described, "frame": frame, "grid": grid,
@@ -127,12 +145,14 @@ def main() -> None:
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "cpu": cpu_name(),
             "export_seconds": round(export_s, 2), "onnx_mb": sizes,
             "max_abs_diff_onnx_vs_torch_fp32": {**enc_diff, **dec_diff},
+            "int8_decoder_vs_torch_fp32": int8_vs_torch,
             "image_encoder_ms": {
                 "onnxruntime_fp32": 1e3 * median_seconds(lambda: backend.encode(px, (grid, grid)), args.reps),
                 "torch_fp32": 1e3 * median_seconds(torch_encode(False), args.reps),
             },
             "prompt_decode_ms": {
                 "onnxruntime_fp32": 1e3 * median_seconds(lambda: backend.decode(got[0], pc, pl), args.decode_reps),
+                "onnxruntime_int8": 1e3 * median_seconds(lambda: backend8.decode(got[0], pc, pl), args.decode_reps),
                 "torch_fp32": 1e3 * median_seconds(torch_decode(False), args.decode_reps),
             },
         }
@@ -145,6 +165,8 @@ def main() -> None:
             for name in list(r):
                 r[name] = round(r[name], 3)
             r["speedup_onnx_vs_torch_fp32"] = round(r["torch_fp32"] / r["onnxruntime_fp32"], 2)
+        d = result["prompt_decode_ms"]
+        d["speedup_onnx_int8_vs_torch_fp32"] = round(d["torch_fp32"] / d["onnxruntime_int8"], 2)
     print(json.dumps(result, indent=2))
 
 

@@ -210,3 +210,31 @@ def test_cli_export(tiny, tmp_path, capsys) -> None:  # noqa: ANN001
     assert (tmp_path / "e" / MANIFEST_NAME).is_file()
     assert cli_main(["export", "onnx", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "f")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_int8_decoder_export_is_smaller_and_close(tiny, tmp_path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "int8"
+    assert cli_main(["export", "onnx", "--model", str(tiny["root"] / "model"), "--out", str(out),
+                     "--decoder-precision", "int8"]) == 0
+    assert json.loads(capsys.readouterr().out)["decoder_precision"] == "int8"
+    assert json.loads((out / MANIFEST_NAME).read_text())["decoder_precision"] == "int8"
+    assert {p.name for p in out.iterdir()} == {IMAGE_ENCODER_NAME, *DECODER_NAMES.values(), MANIFEST_NAME}
+    onnx = pytest.importorskip("onnx")
+    for name in DECODER_NAMES.values():  # integer matmuls on uint8 weights (files shrink only at real sizes)
+        ops = [{n.op_type for n in onnx.load(str(d / name)).graph.node} for d in (out, tiny["dir"])]
+        assert "MatMulInteger" in ops[0] and "MatMulInteger" not in ops[1]
+    backend = OnnxBackend(out, threads=1)
+    assert backend.decoder_precision == "int8" and tiny["backend"].decoder_precision == "fp32"
+    model = tiny["model"]
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    pts, labels = [[[40.0, 30.0]], [[100.0, 90.0]]], [[1], [1]]
+    with torch.no_grad():
+        emb = model.sam_embeddings(model.features(x))
+        ref, ref_iou = model.decode(emb, torch.tensor(pts), torch.tensor(labels), multimask_output=True)
+    low, iou = backend.decode(emb.numpy(), pts, labels)
+    err = np.abs(low - ref.numpy())
+    assert 0 < err.max() <= 0.1 * float(ref.abs().max())  # quantized (not identical), yet close
+    assert ((low > 0) == (ref.numpy() > 0)).mean() >= 0.97
+    assert np.abs(iou - ref_iou.numpy()).max() <= 0.05
+    with pytest.raises(ValueError, match="decoder_precision"):
+        export_onnx(model, tmp_path / "bad", decoder_precision="fp16")

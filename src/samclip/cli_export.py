@@ -1,4 +1,5 @@
-"""``samclip export onnx --model <name|folder> --out DIR [--size S] [--opset 17]``: deployment exports.
+"""``samclip export onnx --model <name|folder> --out DIR [--size S] [--opset 17] [--decoder-precision int8]``:
+deployment exports.
 
 Writes ``image_encoder.onnx`` (backbone + SAM neck + CLIP head, one pass), ``prompt_decoder.onnx``
 (multimask) / ``prompt_decoder_single.onnx`` and the ``samclip_onnx.json`` manifest; see
@@ -18,11 +19,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export.onnx_export import export_onnx
 
     t0 = time.perf_counter()
-    out = export_onnx(args.model, Path(args.out), size=args.size, opset=args.opset, exporter=args.exporter)
+    out = export_onnx(args.model, Path(args.out), size=args.size, opset=args.opset, exporter=args.exporter,
+                      decoder_precision=args.decoder_precision)
     manifest = json.loads((out / "samclip_onnx.json").read_text())
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     print(json.dumps({"out": str(out), "frame": manifest["frame"], "grid": manifest["grid"], "opset": manifest["opset"],
-                      "exporters": manifest["exporters"], "bytes": files,
+                      "exporters": manifest["exporters"], "decoder_precision": manifest["decoder_precision"],
+                      "bytes": files,
                       "seconds": round(time.perf_counter() - t0, 2)}, indent=2))
     return 0
 
@@ -38,5 +41,7 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"], default="auto",
                    help="torch.onnx exporter (auto: TorchScript-based, dynamo if that fails)")
+    p.add_argument("--decoder-precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: dynamically quantized prompt-decoder weights (smaller, faster decode; default fp32)")
     p.set_defaults(func=_cmd_export)
     return p

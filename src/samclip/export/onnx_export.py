@@ -21,6 +21,10 @@ The output folder holds
   -> ``low_res_masks`` BxKx4Gx4G logits and ``iou_predictions`` BxK. Without a box, append a (0, 0)
   point of label -1 (the prompt encoder's padding) to match the PyTorch model exactly;
   :class:`samclip.export.OnnxBackend` does this for you.
+  With ``decoder_precision="int8"`` both decoders are written with int8 weights (onnxruntime dynamic
+  quantization of the MatMul / Gemm weights, activations quantized on the fly; the convolutions stay
+  float): smaller files and a faster decode at a small cost in accuracy (``benchmarks/onnx_speed.py``
+  measures both); the manifest's ``decoder_precision`` says which an export holds.
 - ``samclip_onnx.json``: the manifest (model config, frame, grid, patch size, pixel mean / std, logit
   scale, mask threshold, file and tensor names) so a runtime can pre/post-process without torch weights.
 
@@ -35,6 +39,7 @@ import copy
 import inspect
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -53,6 +58,7 @@ from ..models.samclip import SamClip
 MANIFEST_NAME = "samclip_onnx.json"
 IMAGE_ENCODER_NAME = "image_encoder.onnx"
 DECODER_NAMES = {True: "prompt_decoder.onnx", False: "prompt_decoder_single.onnx"}  # keyed by multimask
+DECODER_PRECISIONS = ("fp32", "int8")
 FORMAT = "samclip-onnx"
 FORMAT_VERSION = 1
 IMAGE_INPUTS = ("pixels", "valid_grid")
@@ -218,16 +224,20 @@ def _load(model: SamClip | str | os.PathLike) -> tuple[SamClip, str | None]:
 
 
 def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, size: int | None = None,
-                opset: int = 17, overwrite: bool = True, exporter: str = "auto") -> Path:
+                opset: int = 17, overwrite: bool = True, exporter: str = "auto",
+                decoder_precision: str = "fp32") -> Path:
     """Export ``model`` (a :class:`SamClip`, a registered name or a saved folder) to the folder ``out``.
 
     ``size``: the input frame S in pixels (a multiple of the patch size; default the native frame).
     ``exporter``: "auto" (TorchScript-based ``torch.onnx.export(dynamo=False)``, the dynamo exporter if that
-    fails), "torchscript" or "dynamo". Everything is written to a temporary folder beside ``out`` and
+    fails), "torchscript" or "dynamo". ``decoder_precision``: "fp32" (default) or "int8" (dynamically
+    quantized decoder weights, see the module docstring). Everything is written to a temporary folder beside ``out`` and
     renamed into place at the end, so ``out`` never holds a partial export. Returns ``out``.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if decoder_precision not in DECODER_PRECISIONS:
+        raise ValueError(f"decoder_precision must be one of {DECODER_PRECISIONS}, got {decoder_precision!r}")
     if int(opset) != opset or opset < 14:
         raise ValueError(f"opset must be an integer >= 14, got {opset}")
     model, source = _load(model)
@@ -272,7 +282,10 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
             for multimask, name in DECODER_NAMES.items():
                 exporters[name] = _torch_export(PromptDecoderGraph(model.sam, frame, multimask), args, tmp / name,
                                                 DECODER_INPUTS, DECODER_OUTPUTS, dyn, opset, exporter)
+                if decoder_precision == "int8":
+                    _quantize_in_place(tmp / name)
         manifest = _manifest(model, frame, grid, opset, exporters, source)
+        manifest["decoder_precision"] = decoder_precision
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _move_into_place(tmp, out)
     except BaseException:
@@ -281,6 +294,24 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
     finally:
         model.train(was_training)
     return out
+
+
+def _quantize_in_place(path: Path) -> None:
+    """Replace the ONNX graph at ``path`` by its dynamically quantized version (uint8 weights of MatMul /
+    Gemm, as segment-anything's own ONNX export offers; onnxruntime's quantizer)."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as err:
+        raise ImportError("decoder_precision='int8' needs onnxruntime: pip install 'samclip[onnx]'") from err
+    quantized = path.with_suffix(".int8.onnx")
+    logger = logging.getLogger()  # the quantizer logs a pre-processing hint at WARNING on the root logger
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(path, quantized, weight_type=QuantType.QUInt8)
+    finally:
+        logger.setLevel(level)
+    os.replace(quantized, path)
 
 
 def _manifest(model: SamClip, frame: int, grid: int, opset: int, exporters: dict[str, str],
@@ -330,6 +361,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 __all__ = [
-    "DECODER_NAMES", "IMAGE_ENCODER_NAME", "MANIFEST_NAME", "ImageEncoderGraph", "PromptDecoderGraph",
-    "export_onnx",
+    "DECODER_NAMES", "DECODER_PRECISIONS", "IMAGE_ENCODER_NAME", "MANIFEST_NAME", "ImageEncoderGraph",
+    "PromptDecoderGraph", "export_onnx",
 ]

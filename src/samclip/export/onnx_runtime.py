@@ -48,6 +48,7 @@ class OnnxBackend:
         self.pixel_std = np.asarray(m["pixel_std"], dtype=np.float32).reshape(3, 1, 1)
         self.mask_threshold = float(m["mask_threshold"])
         self.logit_scale = float(m["logit_scale"])
+        self.decoder_precision: str = str(m.get("decoder_precision", "fp32"))  # "int8": quantized decoder weights
         self.threads = threads
         self.providers = list(providers or ["CPUExecutionProvider"])
         self._sessions: dict[str, Any] = {}
@@ -184,7 +185,8 @@ class OnnxBackend:
                              "re-export it from this model")
 
     def __repr__(self) -> str:
-        return f"OnnxBackend({str(self.folder)!r}, frame={self.frame}, grid={self.grid})"
+        return (f"OnnxBackend({str(self.folder)!r}, frame={self.frame}, grid={self.grid}, "
+                f"decoder_precision={self.decoder_precision!r})")
 
 
 def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
