@@ -37,6 +37,16 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     j, md = harness.write_reports(result, tmp_path)
     assert json.loads(j.read_text())["benchmark"] == "scenes" and "(d) merged" in md.read_text()
     assert (tmp_path / "overlays.png").exists()
+    assert result["split"] == "test" and "test split" in md.read_text()
+
+
+def test_scene_benchmark_on_the_val_split(tiny, tmp_path) -> None:  # noqa: ANN001
+    """split="val" (choosing settings) reads other scenes than the reported test split."""
+    val = harness.scenes_benchmark(tiny["merged"], tiny["sam"], tiny["clip"], tmp_path, quick=True, split="val")
+    assert val["split"] == "val" and "val split" in harness.markdown_report(val)
+    assert val["n"] == {"zero_shot_images": 150, "sam_images": 20, "sam_instances": val["n"]["sam_instances"]}
+    with pytest.raises(ValueError, match="split"):
+        harness.scenes_benchmark(tiny["merged"], tiny["sam"], tiny["clip"], tmp_path, quick=True, split="train")
 
 
 def test_coco_and_voc_benchmarks(tiny, tmp_path) -> None:  # noqa: ANN001

@@ -68,7 +68,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.benchmark == "scenes":
         result = harness.scenes_benchmark(model, load_sam(args.sam_teacher), load_clip(args.clip_teacher), out,
-                                          quick=args.quick)
+                                          quick=args.quick, split=args.split)
     elif args.benchmark == "voc":
         if not args.data or not args.labels:
             raise UserError("--benchmark voc needs --data (VOC folder) and --labels (comma-separated, id order)")
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--clip-teacher", default="tiny-synthetic", help="baseline CLIP (scenes benchmark)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     ev.add_argument("--quick", action="store_true", help="fewer images (smoke test)")
+    ev.add_argument("--split", choices=["test", "val"], default="test",
+                    help="scenes benchmark seeds: test (report numbers) or val (choose settings; default test)")
     ev.add_argument("--out", default="runs/eval")
     ev.set_defaults(func=_cmd_eval)
 

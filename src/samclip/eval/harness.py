@@ -1,8 +1,9 @@
 """``samclip eval``: every measurement of a merged model in one JSON with stable keys + a markdown report.
 
 Benchmarks:
-- ``scenes`` (built in, fixed seeds of the test split): zero-shot top-1, prompt mIoU, semantic
-  segmentation (a)-(d) (see :mod:`samclip.eval.semseg_bench`), click / box labelling, overlays;
+- ``scenes`` (built in, fixed seeds of the test split, or of the val split with ``split="val"`` to choose
+  settings without touching test): zero-shot top-1, prompt mIoU, semantic segmentation (a)-(e) (see
+  :mod:`samclip.eval.semseg_bench`), click / box labelling, overlays;
 - ``voc``: semantic mIoU on a VOC-style folder (``--data``, ``--labels`` in class-id order after
   background);
 - ``coco``: box-prompted mask AP with pycocotools on COCO-format data (``--data`` images folder,
@@ -25,21 +26,27 @@ from .merge_report import evaluate_merge
 from .semseg import ConfusionMatrix, read_voc_folder
 from .semseg_bench import labelling_benchmark, semseg_benchmark
 
+SPLITS = ("test", "val")
 
-def scenes_benchmark(merged: SamClip, sam_t: Sam, clip_t: CLIP, out: Path, quick: bool = False) -> dict:
+
+def scenes_benchmark(merged: SamClip, sam_t: Sam, clip_t: CLIP, out: Path, quick: bool = False,
+                     split: str = "test") -> dict:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     n = dict(n_single=150, n_scenes=20) if quick else {}
-    result = {"benchmark": "scenes", **evaluate_merge(merged, sam_t, clip_t, **n)}
-    result["semantic_segmentation"] = semseg_benchmark(merged, sam_t, clip_t, n_images=8 if quick else 100)
-    result["labelling"] = labelling_benchmark(merged, sam_t, clip_t, n_images=6 if quick else 60)
+    result = {"benchmark": "scenes", **evaluate_merge(merged, sam_t, clip_t, **n, split=split)}
+    result["semantic_segmentation"] = semseg_benchmark(merged, sam_t, clip_t, n_images=8 if quick else 100,
+                                                       split=split)
+    result["labelling"] = labelling_benchmark(merged, sam_t, clip_t, n_images=6 if quick else 60, split=split)
     out.mkdir(parents=True, exist_ok=True)
-    result["overlays"] = str(write_overlays(merged, out / "overlays.png"))
+    result["overlays"] = str(write_overlays(merged, out / "overlays.png", split=split))
     return result
 
 
-def write_overlays(merged: SamClip, path: Path, n: int = 4) -> Path:
+def write_overlays(merged: SamClip, path: Path, n: int = 4, split: str = "test") -> Path:
     """Inputs with ground truth, the coarse (CLIP head) and refined (both heads) semantic maps."""
     pred = Predictor(merged)
-    scenes = [generate_scene(s, merged.img_size) for s in split_seeds("test", n, start=700_000)]
+    scenes = [generate_scene(s, merged.img_size) for s in split_seeds(split, n, start=700_000)]
     maps = []
     for sc in scenes:
         pred.set_image(sc.image)
@@ -101,7 +108,7 @@ def markdown_report(result: dict) -> str:
     lines = ["# samclip evaluation", ""]
     if result.get("benchmark") == "scenes":
         ss = result["semantic_segmentation"]
-        lines += ["## Zero-shot semantic segmentation (scene world, test split)", "",
+        lines += [f"## Zero-shot semantic segmentation (scene world, {result.get('split', 'test')} split)", "",
                   "| method | mIoU | mIoU w/o background | s / image |", "| --- | --- | --- | --- |"]
         for key, title in (("clip_teacher_dense", "(a) CLIP teacher, MaskCLIP-style"),
                            ("sam_plus_clip", "(b) SAM-teacher everything + CLIP-teacher crops"),

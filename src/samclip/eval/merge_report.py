@@ -1,4 +1,5 @@
-"""Merged model vs its teachers on fresh seeds (the scene world's ``test`` split), one JSON.
+"""Merged model vs its teachers on fresh seeds (the scene world's ``test`` split; ``val`` to choose settings),
+one JSON.
 
 Keys (stable): ``clip_teacher.zero_shot_top1``, ``merged.zero_shot_top1@<size>`` for each size,
 ``sam_teacher.box_miou`` / ``point_miou``, ``merged.box_miou`` / ``point_miou``, ``deltas`` (merged
@@ -18,29 +19,29 @@ from .zeroshot import single_object_eval_set, zero_shot_accuracy
 
 
 def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_single: int = 1000,
-                   n_scenes: int = 300, merged_sizes: tuple[int, ...] | None = None) -> dict:
-    """Teachers vs merged model on the test split. ``merged_sizes``: CLIP-head input sizes to measure
-    (default: 128, the model's ``clip_size`` and the SAM size). The headline zero-shot delta is at the
+                   n_scenes: int = 300, merged_sizes: tuple[int, ...] | None = None, split: str = "test") -> dict:
+    """Teachers vs merged model on ``split`` (default the test split). ``merged_sizes``: CLIP-head input
+    sizes to measure (default: 128, the model's ``clip_size`` and the SAM size). The headline zero-shot delta is at the
     model's ``clip_size`` (chosen on the val split by the merge), never the best size on test."""
     from ..merge.run import merged_encoders
 
     clip_size = merged.config.clip_size
     merged_sizes = tuple(sorted(set(merged_sizes or (128, merged.img_size)) | {clip_size}))
     teacher_size = clip_teacher.config.vision.image_size
-    imgs_t, labels = single_object_eval_set("test", n_single, teacher_size)
+    imgs_t, labels = single_object_eval_set(split, n_single, teacher_size)
     enc_img, enc_txt = clip_encoders(clip_teacher, clip_teacher.tokenizer)
     clip_t = zero_shot_accuracy(enc_img, enc_txt, imgs_t, labels)["top1"]
     merged_zs = {}
     render = max(merged_sizes)
-    imgs_m, labels_m = single_object_eval_set("test", n_single, render)
+    imgs_m, labels_m = single_object_eval_set(split, n_single, render)
     for size in merged_sizes:
         e_img, e_txt = merged_encoders(merged, size)
         merged_zs[size] = zero_shot_accuracy(e_img, e_txt, imgs_m, labels_m)["top1"]
-    bank = build_bank("test", n_scenes, sam_teacher.img_size, workers=1)
+    bank = build_bank(split, n_scenes, sam_teacher.img_size, workers=1)
     sam_t = prompt_miou(sam_teacher, bank)
     sam_m = prompt_miou(merged, bank)
     return {
-        "split": "test",
+        "split": split,
         "clip_teacher": {"zero_shot_top1": clip_t, "size": teacher_size},
         "sam_teacher": {k: sam_t[k] for k in ("box_miou", "point_miou", "point_miou_first")},
         "merged": {

@@ -85,8 +85,9 @@ def merged_everything_map(predictor: Predictor, table: torch.Tensor, points_per_
 
 
 def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_images: int = 100,
-                     size: int | None = None, points_per_side: int = 16) -> dict:
-    """Run (a)-(e) on ``n_images`` test scenes; returns mIoU, per-class IoU and time per image."""
+                     size: int | None = None, points_per_side: int = 16, split: str = "test") -> dict:
+    """Run (a)-(e) on ``n_images`` scenes of ``split`` ("test" to report, "val" to choose settings);
+    returns mIoU, per-class IoU and time per image."""
     size = size or sam_teacher.img_size
     labels = list(SHAPES)
     names = ["background", *labels]
@@ -98,7 +99,7 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
     sam_pred = Predictor(sam_teacher)
     cms = {k: ConfusionMatrix(len(names)) for k in ("a", "b", "c", "d", "e")}
     times = {k: 0.0 for k in cms}
-    scenes = [generate_scene(s, size) for s in split_seeds("test", n_images, start=500_000)]
+    scenes = [generate_scene(s, size) for s in split_seeds(split, n_images, start=500_000)]
     for sc in scenes:
         gt = sc.semantic_mask.astype(np.int64)
         t = time.perf_counter()
@@ -129,13 +130,13 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
 
 
 def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_images: int = 60,
-                        size: int | None = None) -> dict:
+                        size: int | None = None, split: str = "test") -> dict:
     """Click / box -> mask + label accuracy (labels: the 12 shapes). The merged model labels its own SAM-head
     mask four ways: ``mask_pooling`` (one pass: mean of the per-patch CLIP-head embeddings in the mask),
     ``max_pooling`` (one pass: the head's max-pool limited to the mask's patches),
     ``region_pooling`` (one pass: the CLIP head re-run on the mask's tokens) and ``merged_crop`` (the mask's
     crop re-encoded by the merged model: one small extra pass per mask); ``crop`` is OV-SAM's two-model
-    baseline (SAM-teacher mask, crop classified by the CLIP teacher)."""
+    baseline (SAM-teacher mask, crop classified by the CLIP teacher). Scenes of ``split``."""
     size = size or sam_teacher.img_size
     labels = list(SHAPES)
     merged_pred, sam_pred = Predictor(merged), Predictor(sam_teacher)
@@ -144,7 +145,7 @@ def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n
     hits = {f"{k}_{kind}": 0 for k in [*methods, "crop"] for kind in ("point", "box")}
     total = 0
     gen = np.random.default_rng(0)
-    for seed in split_seeds("test", n_images, start=600_000):
+    for seed in split_seeds(split, n_images, start=600_000):
         sc = generate_scene(seed, size)
         merged_pred.set_image(sc.image)
         sam_pred.set_image(sc.image)
