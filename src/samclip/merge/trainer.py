@@ -208,7 +208,7 @@ class MergeTrainer:
                 self.region_tokens = {s: backbone_tokens(m, self.sam_stream, s, self.cfg.use_bf16, stage=1,
                                                          progress=self.rank == 0)
                                       for s in self.cfg.data.clip_sizes}
-        if self.log is not None and self.rank == 0:  # where a stage's set-up time goes (the JSONL log)
+        if self.log is not None and self.rank == 0 and sc.steps:  # where a stage's set-up time goes (JSONL log)
             done = sum(self.stage_config(s).steps for s in STAGES if s < stage) + self.state.step
             self.log.event(done, f"setup stage {stage}", token_cache_s=t1 - t0,
                            regions_s=time.perf_counter() - t1)

@@ -1,0 +1,47 @@
+"""The shipped embedded-default weights: they load through the public API, fit the size budget, and the
+merged model's settings are the ones its reproduction command (``make merge-default``) would write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import samclip
+from samclip.merge.config import CONFIG_DIR, load_config
+from samclip.pretrained import WEIGHTS_DIR
+
+ROOT = WEIGHTS_DIR / "tiny-synthetic"
+MB = 2**20
+
+pytestmark = pytest.mark.skipif(not (ROOT / "samclip" / "model.safetensors").exists(),
+                                reason="shipped tiny-synthetic weights not present")
+
+
+def _size(folder: str) -> int:
+    return sum(p.stat().st_size for p in (ROOT / folder).iterdir() if p.is_file())
+
+
+def test_shipped_weights_fit_the_budget() -> None:
+    assert _size("sam") + _size("clip") <= 25 * MB  # the two teachers together
+    assert _size("samclip") <= 25 * MB  # the merged model
+
+
+def test_shipped_models_load_and_agree_with_the_merge_config() -> None:
+    sam, clip, merged = samclip.load_sam("tiny-synthetic"), samclip.load_clip("tiny-synthetic"), \
+        samclip.load_model("tiny-synthetic")
+    assert sam.config == merged.sam.config  # the merged SAM head has the teacher's architecture
+    assert clip.config.text == merged.config.text and merged.tokenizer is not None
+    cfg = load_config(CONFIG_DIR / "tiny-synthetic.toml")
+    head = merged.config.head
+    assert (head.depth, head.mlp_hidden, head.dense_pool) == (cfg.head.depth, cfg.head.mlp_hidden, cfg.head.dense_pool)
+    assert merged.config.clip_size in cfg.trained_clip_sizes
+
+
+def test_repo_configs_are_the_packaged_ones() -> None:
+    """configs/*.toml (what users read and edit) and the packaged copies (what ``--config NAME`` loads) agree."""
+    repo = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.name for p in repo.glob("*.toml"))
+    assert names == sorted(p.name for p in CONFIG_DIR.glob("*.toml")) and names
+    for name in names:
+        assert (repo / name).read_text() == (CONFIG_DIR / name).read_text(), name
