@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -79,7 +77,7 @@ def main() -> None:
     import onnxruntime
 
     from samclip.export import OnnxBackend, export_onnx
-    from samclip.export.onnx_export import DECODER_NAMES, MANIFEST_NAME, ImageEncoderGraph, _quantize_in_place
+    from samclip.export.onnx_export import DECODER_NAMES, ImageEncoderGraph
 
     model, described = build_model(args)
     frame = model.img_size
@@ -91,14 +89,7 @@ def main() -> None:
         export_s = time.perf_counter() - t0
         sizes = {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(out.glob("*.onnx"))}
         backend = OnnxBackend(out, threads=args.threads)
-        # the int8 export: the same folder with quantized decoders (hard links for the image graph)
-        out8 = Path(tmp) / "export_int8"
-        shutil.copytree(out, out8, copy_function=os.link)
-        for name in DECODER_NAMES.values():
-            _quantize_in_place(out8 / name)
-        manifest8 = json.loads((out8 / MANIFEST_NAME).read_text())
-        (out8 / MANIFEST_NAME).unlink()
-        (out8 / MANIFEST_NAME).write_text(json.dumps({**manifest8, "decoder_precision": "int8"}))
+        out8 = export_onnx(model, Path(tmp) / "export_int8", decoder_precision="int8")  # what users get
         sizes["prompt_decoder.onnx (int8)"] = round((out8 / DECODER_NAMES[True]).stat().st_size / 2**20, 1)
         backend8 = OnnxBackend(out8, threads=args.threads)
 

@@ -172,7 +172,7 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
     train_s = time.time() - tic
     tic = time.time()
     out = Path(cfg.out)
-    summary = {"wall_s": None, "world_size": world, "stopped_early": state.stopped_early,
+    summary = {"world_size": world, "stopped_early": state.stopped_early,
                "setup_s": setup_s, "train_s": train_s, "history": state.history}
     if rank == 0 and evaluator is not None:
         # the model's default classification size: the best on the VAL split among the trained sizes (sizes
@@ -189,14 +189,14 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
         summary["val_mask_label_accuracy_by_size"] = dense
         summary["clip_size"] = student.config.clip_size
         summary["semseg_size"] = student.config.semseg_size
-    summary["wall_s"] = time.time() - t0
     if rank == 0:
         student.eval()
         from ..factory import save_pretrained
 
         save_pretrained(student, out / "model")
         summary["final_eval_and_save_s"] = time.time() - tic
-        summary["wall_s"] = time.time() - t0
+    summary["wall_s"] = time.time() - t0
+    if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if state.history:
             from .curves import draw_curves

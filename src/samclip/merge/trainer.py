@@ -209,9 +209,12 @@ class MergeTrainer:
                                                          progress=self.rank == 0)
                                       for s in self.cfg.data.clip_sizes}
         if self.log is not None and self.rank == 0 and sc.steps:  # where a stage's set-up time goes (JSONL log)
-            done = sum(self.stage_config(s).steps for s in STAGES if s < stage) + self.state.step
-            self.log.event(done, f"setup stage {stage}", token_cache_s=t1 - t0,
+            self.log.event(self.global_step(stage, self.state.step), f"setup stage {stage}", token_cache_s=t1 - t0,
                            regions_s=time.perf_counter() - t1)
+
+    def global_step(self, stage: int, step: int) -> int:
+        """``step`` of ``stage`` counted over the whole run (the steps of the earlier stages first)."""
+        return sum(self.stage_config(s).steps for s in STAGES if s < stage) + step
 
     def _token_cache_images(self, stage: int) -> int:
         """How many D_CLIP images the frozen-token cache of ``stage`` holds (0: none; stage II never)."""
@@ -289,7 +292,7 @@ class MergeTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "config.toml", dump_config(self.cfg).encode())
         total = sum(self.stage_config(s).steps for s in STAGES)
-        done = sum(self.stage_config(s).steps for s in STAGES if s < self.state.stage) + self.state.step
+        done = self.global_step(self.state.stage, self.state.step)
         self.log = TrainLog(self.out / "log.jsonl" if self.rank == 0 else None, total=total, desc="merge")
         self.log.bar.update(done)
         self.tb = _tensorboard(self.out / "tb") if self.rank == 0 else None
@@ -301,7 +304,7 @@ class MergeTrainer:
             while self.state.step < sc.steps and not (stage == 2 and self.state.stopped_early):
                 step = self.state.step
                 logs = self.train_step(stage, step)
-                gstep = sum(self.stage_config(s).steps for s in STAGES if s < stage) + step
+                gstep = self.global_step(stage, step)
                 self.log.step(gstep, stage=stage, **logs)
                 if self.tb:
                     for k, v in logs.items():
