@@ -34,6 +34,10 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     assert set(result["labelling"]) >= {f"{m}_{k}" for m in ("mask_pooling", "region_pooling", "merged_crop", "crop")
                                         for k in ("point", "box")}
     assert {"clip_teacher", "sam_teacher", "merged", "deltas"} <= set(result)
+    assert 0 <= result["clip_teacher"]["zero_shot_top1_flip_tta"] <= 100
+    clip_size = result["merged"]["clip_size"]  # the tiny model has no TTA: its classification is one view
+    assert result["merged"]["tta_views"] == [[clip_size, False]]
+    assert result["merged"]["zero_shot_top1"] == result["merged"][f"zero_shot_top1@{clip_size}"]
     j, md = harness.write_reports(result, tmp_path)
     assert json.loads(j.read_text())["benchmark"] == "scenes" and "(d) merged" in md.read_text()
     assert (tmp_path / "overlays.png").exists()

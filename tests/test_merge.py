@@ -322,6 +322,26 @@ def test_dense_validation_metric_reads_each_size_and_restores_the_config(teacher
     assert model.config == before
 
 
+def test_merge_keeps_classification_tta_only_when_it_is_better_on_val(teacher_dirs, tmp_path,  # noqa: ANN001
+                                                                       monkeypatch) -> None:  # noqa: ANN001
+    from samclip.merge.run import SceneEvaluator, choose_tta
+
+    tr = _trainer(teacher_dirs, tmp_path, **{"head.tta_flip": "true", "head.tta_sizes": "32"})
+    model, cfg = tr.model, tr.cfg
+    model.config = model.config.replace(clip_size=64)
+    ev = SceneEvaluator(6, 1, model.img_size, 64)
+    real = ev.zero_shot_views(model, ((64, False),))
+    assert real == ev.zero_shot_by_size(model, [64])[64]  # one view = the plain metric
+    out = choose_tta(model, ev, cfg, single_view_top1=101.0)  # nothing beats 101%: not kept
+    assert out["views"] == [[64, False], [64, True], [32, False], [32, True]] and not out["kept"]
+    assert not model.config.has_tta
+    monkeypatch.setattr(SceneEvaluator, "zero_shot_views", lambda self, m, views: 90.0)
+    assert choose_tta(model, ev, cfg, single_view_top1=80.0)["kept"]
+    assert model.config.tta_flip and model.config.tta_sizes == (32,) and model.config.clip_size == 64
+    with pytest.raises(ValueError, match="multiples of the patch size"):
+        _trainer(teacher_dirs, tmp_path / "bad", **{"head.tta_sizes": "50"})
+
+
 def test_region_token_cover_and_masked_pooling() -> None:
     from samclip.merge.regions import token_cover
     from samclip.models import ClipHeadConfig

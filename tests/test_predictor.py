@@ -152,6 +152,41 @@ def test_classify_size_runs_one_extra_pass_and_caches_it(merged: SamClip) -> Non
         pred.classify(LABELS, size=50)
 
 
+def test_classify_tta_is_the_mean_of_the_mirrored_and_resized_views(merged: SamClip) -> None:
+    """With tta_flip + tta_sizes the image embedding is the normalised mean of the embeddings of the image at
+    clip_size and each tta size, each also mirrored: one extra pass per view, cached; classify uses it."""
+    img = image()
+    plain = Predictor(merged)
+    views = []
+    for size in (64, 32):
+        for mirrored in (False, True):
+            plain.set_image(np.ascontiguousarray(img[:, ::-1]) if mirrored else img)
+            views.append(plain.image_embedding(size=size, tta=False))
+    expected = F.normalize(sum(views), dim=-1)
+    old = merged.config
+    merged.config = old.replace(clip_size=64, tta_flip=True, tta_sizes=(32,))
+    pred = Predictor(merged)
+    pred.set_image(img)
+    calls, handle = count_backbone(merged)
+    try:
+        got = pred.image_embedding()
+        probs = pred.classify(LABELS)
+        single = pred.classify(LABELS, tta=False)  # the 64 px pass, already cached
+    finally:
+        handle.remove()
+        merged.config = old
+    assert calls[0] == 4
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    txt = pred.text_embeddings(LABELS)
+    want = (merged.logit_scale.exp() * got @ txt.T).softmax(-1)[0]
+    np.testing.assert_allclose(probs, want.detach().numpy(), atol=1e-5)
+    assert not np.allclose(probs, single, atol=1e-6)
+    mirrored_only = pred.image_embedding(size=64, tta=True)  # a model without TTA settings: image + mirror
+    torch.testing.assert_close(mirrored_only, F.normalize(views[0] + views[1], dim=-1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="multiples of the patch size"):
+        old.replace(tta_sizes=(50,))
+
+
 def test_text_embedding_cache(merged: SamClip) -> None:
     pred = Predictor(merged)
     pred.set_image(image())
@@ -561,10 +596,10 @@ def test_clip_tasks_read_the_models_own_sizes_and_map_points_back(merged: SamCli
     state = pred.set_image(image(100, 100))
     probs = pred.classify(["star", "ring"])
     sem = pred.semantic_segment(["star", "ring"])
-    assert calls[0] == 2 and set(state.other_sizes) == {64}  # one SAM-size pass + one 64 px pass, reused
+    assert calls[0] == 2 and set(state.other_sizes) == {(64, False)}  # one SAM-size pass + one 64 px pass, reused
     assert probs.shape == (2,) and sem.label_map.shape == (100, 100)
     handle.remove()
-    clip_state = state.other_sizes[64]
+    clip_state = state.other_sizes[(64, False)]
     g = clip_state.grid
     assert g == 4 and state.grid == 8
 

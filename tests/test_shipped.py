@@ -36,6 +36,8 @@ def test_shipped_models_load_and_agree_with_the_merge_config() -> None:
     head = merged.config.head
     assert (head.depth, head.mlp_hidden, head.dense_pool) == (cfg.head.depth, cfg.head.mlp_hidden, cfg.head.dense_pool)
     assert merged.config.clip_size in cfg.trained_clip_sizes
+    if merged.config.has_tta:  # the merge keeps the config's TTA candidate only when it is better on val
+        assert (merged.config.tta_flip, merged.config.tta_sizes) == (cfg.head.tta_flip, tuple(cfg.head.tta_sizes))
 
 
 def test_repo_configs_are_the_packaged_ones() -> None:

@@ -42,6 +42,11 @@ def _markdown(report: dict, merge_wall: float, curves: Path | None) -> str:
         mark = " (its `clip_size`, chosen on val)" if size == m.get("clip_size") else ""
         lines.append(f"| zero-shot shape top-1, CLIP head at {size} px{mark} | {ct['zero_shot_top1']:.1f} "
                      f"(CLIP teacher, {ct['size']} px) | {v:.1f} | {v - ct['zero_shot_top1']:+.1f} |")
+    if len(m.get("tta_views", [])) > 1:
+        views = ", ".join(f"{v[0]} px{' mirrored' if v[1] else ''}" for v in m["tta_views"])
+        lines.append(f"| zero-shot shape top-1, the model's classification (mean of {views}) | "
+                     f"{ct['zero_shot_top1_flip_tta']:.1f} (CLIP teacher, image + mirror) | {m['zero_shot_top1']:.1f} | "
+                     f"{d['zero_shot_top1']:+.1f} (vs the better teacher number) |")
     lines.append(f"| box-prompt mIoU | {st['box_miou']:.1f} | {m['box_miou']:.1f} | {d['box_miou']:+.1f} |")
     lines.append(f"| point-prompt mIoU (best of 3) | {st['point_miou']:.1f} | {m['point_miou']:.1f} | "
                  f"{d['point_miou']:+.1f} |")

@@ -75,7 +75,8 @@ class ImageState:
 
     ``sam_embeddings`` 1xCxGxG (SAM head input); ``tokens`` 1xGxGxD backbone tokens (None for a plain
     SAM); CLIP-head outputs are filled in lazily on first use and reused afterwards. ``image`` is the
-    validated HxWx3 uint8 input, kept for passes at another size (``classify(size=...)``).
+    validated HxWx3 uint8 input, kept for passes at another size (``classify(size=...)``) or of the mirrored
+    image (test-time augmentation), cached in ``other_sizes`` by (frame, mirrored).
     """
 
     image: np.ndarray
@@ -87,7 +88,7 @@ class ImageState:
     head_tokens: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     patch_embeddings: torch.Tensor | None = None
-    other_sizes: dict[int, ImageState] = field(default_factory=dict)
+    other_sizes: dict[tuple[int, bool], ImageState] = field(default_factory=dict)
 
     @property
     def grid(self) -> int:
@@ -580,13 +581,16 @@ class Predictor:
                 state.patch_embeddings = F.normalize(self.model.clip_head.per_patch(tokens).float(), dim=-1)[0]
         return state.patch_embeddings
 
-    def _state_for_size(self, state: ImageState, size: int | None) -> ImageState:
-        if size is None or size == state.frame:
+    def _state_for_size(self, state: ImageState, size: int | None, mirrored: bool = False) -> ImageState:
+        """The pass over ``state``'s image at ``size`` (default its own frame), mirrored left-right if asked:
+        ``state`` itself, or one extra backbone pass cached in ``state.other_sizes``."""
+        frame = state.frame if size is None else self._frame_size(size)
+        if frame == state.frame and not mirrored:
             return state
-        frame = self._frame_size(size)
-        if frame not in state.other_sizes:
-            state.other_sizes[frame] = self._encode([state.image], frame, batch_size=1)[0]
-        return state.other_sizes[frame]
+        if (frame, mirrored) not in state.other_sizes:
+            image = np.ascontiguousarray(state.image[:, ::-1]) if mirrored else state.image
+            state.other_sizes[(frame, mirrored)] = self._encode([image], frame, batch_size=1)[0]
+        return state.other_sizes[(frame, mirrored)]
 
     def _clip_state(self, size: int | None, task: str) -> ImageState:
         """The pass a CLIP-head task reads: ``size`` if given, else the model's default for the task
@@ -600,18 +604,38 @@ class Predictor:
         return self._state_for_size(self.state, size)
 
     def classify(self, labels: Sequence[str], templates: Sequence[str] | None = None, *,
-                 size: int | None = None) -> np.ndarray:
+                 size: int | None = None, tta: bool | None = None) -> np.ndarray:
         """Zero-shot classification of the current image -> K probabilities (float32, sum 1).
 
         ``softmax(exp(logit_scale) * cos(pooled image embedding, class embedding))``. The pooled CLIP-head
         embedding comes from the pass at ``size`` (default: the model's ``clip_size``; the cached SAM-size
         pass itself when they are equal, else one extra backbone pass, cached per image).
+
+        ``tta`` (test-time augmentation; ``None``: on when the model's config has it, as the merge sets it
+        when it is better on validation): the embedding is the normalised mean of the pooled embeddings of
+        :meth:`SamClipConfig.classify_views` (``size``, then ``tta_sizes``, each also mirrored when
+        ``tta_flip``): one extra backbone pass per view, cached per image; ``True`` on a model without TTA
+        settings averages the image and its mirror. Not with the ONNX backend.
         """
         self._require_clip("classify")
         txt = self.text_embeddings(labels, templates)
-        state = self._clip_state(size, "classify")
-        logits = self._logit_scale() * self._pooled(state) @ txt.T
+        logits = self._logit_scale() * self.image_embedding(size=size, tta=tta) @ txt.T
         return logits.softmax(-1)[0].cpu().numpy()
+
+    def image_embedding(self, *, size: int | None = None, tta: bool | None = None) -> torch.Tensor:
+        """1xE L2-normalised CLIP-space embedding of the current image, what :meth:`classify` compares with
+        the class texts (same ``size`` / ``tta`` rules): e.g. for image-text retrieval."""
+        self._require_clip("image_embedding")
+        if tta and self._onnx is not None:
+            raise ValueError("tta needs the PyTorch model (an ONNX image graph has one fixed frame)")
+        if tta is None:
+            tta = self._onnx is None and self.model.config.has_tta
+        if not tta:
+            return self._pooled(self._clip_state(size, "classify"))
+        cfg = self.model.config
+        views = cfg.classify_views(size) if cfg.has_tta else cfg.replace(tta_flip=True).classify_views(size)
+        total = sum(self._pooled(self._state_for_size(self.state, s, mirrored)) for s, mirrored in views)
+        return F.normalize(total, dim=-1)
 
     def _class_logits(self, state: ImageState, labels: list[str], templates: Sequence[str] | None,
                       background: bool) -> torch.Tensor:

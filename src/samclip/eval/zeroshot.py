@@ -30,6 +30,17 @@ def class_embeddings(encode_texts: TextEncoder, labels: Sequence[str],
 
 
 @torch.no_grad()
+def with_flip_tta(encode_images: ImageEncoder) -> ImageEncoder:
+    """Test-time augmentation: each NxHxWx3 image embedded as the normalised mean of its normalised embedding
+    and its left-right mirror's."""
+    def enc(images: np.ndarray) -> torch.Tensor:
+        plain = F.normalize(encode_images(images).float(), dim=-1)
+        mirrored = F.normalize(encode_images(np.ascontiguousarray(images[:, :, ::-1])).float(), dim=-1)
+        return F.normalize(plain + mirrored, dim=-1)
+
+    return enc
+
+
 def zero_shot_accuracy(encode_images: ImageEncoder, encode_texts: TextEncoder, images: np.ndarray,
                        labels: np.ndarray, classes: Sequence[str] = SHAPES, batch: int = 256) -> dict:
     """Top-1 / top-3 accuracy (percent) of NxHxWx3 images with integer labels (index into ``classes``)."""

@@ -23,17 +23,29 @@ from .teachers import Teachers
 from .trainer import MergeTrainer, dist_info, init_distributed
 
 
-def merged_encoders(model: SamClip, size: int, bf16: bool | None = None):  # noqa: ANN201
-    """(encode_images, encode_texts) of the merged model's CLIP head at ``size`` px (bf16 None: auto)."""
+def merged_encoders(model: SamClip, size: int, bf16: bool | None = None,
+                    views: tuple[tuple[int, bool], ...] | None = None):  # noqa: ANN201
+    """(encode_images, encode_texts) of the merged model's CLIP head at ``size`` px (bf16 None: auto).
+
+    ``views`` ((size, mirrored) pairs, e.g. ``model.config.classify_views()``): each image embedding is the
+    normalised mean of the normalised embeddings of these views (test-time augmentation); default one view,
+    ``size`` unmirrored."""
     dev = next(model.parameters()).device
     bf16 = resolve_bf16(bf16, dev)
+    views = tuple(views or ((size, False),))
+
+    def one_view(x: torch.Tensor, view_size: int, mirrored: bool) -> torch.Tensor:
+        if mirrored:
+            x = x.flip(-1)
+        if x.shape[-1] != view_size:
+            x = F.interpolate(x, size=(view_size, view_size), mode="bilinear", antialias=True, align_corners=False)
+        return model.encode_image(model.preprocess(x.clamp(0, 255), view_size), normalize=True).float()
 
     def enc_img(images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(dev).permute(0, 3, 1, 2).float()
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         with torch.no_grad(), autocast(dev, bf16):
-            return model.encode_image(model.preprocess(x.clamp(0, 255), size), normalize=True).float().cpu()
+            out = sum(one_view(x, s, f) for s, f in views)
+        return (F.normalize(out, dim=-1) if len(views) > 1 else out).cpu()
 
     def enc_txt(texts: list[str]) -> torch.Tensor:
         with torch.no_grad(), autocast(dev, bf16):
@@ -60,6 +72,12 @@ class SceneEvaluator:
             enc_img, enc_txt = merged_encoders(model, size)
             out[size] = zero_shot_accuracy(enc_img, enc_txt, self.zs[0], self.zs[1])["top1"]
         return out
+
+    def zero_shot_views(self, model: SamClip, views: tuple[tuple[int, bool], ...]) -> float:
+        """Val zero-shot top-1 with each image embedded as the average of ``views`` ((size, mirrored) pairs)."""
+        model.eval()
+        enc_img, enc_txt = merged_encoders(model, views[0][0], views=views)
+        return zero_shot_accuracy(enc_img, enc_txt, self.zs[0], self.zs[1])["top1"]
 
     def mask_label_accuracy_by_size(self, model: SamClip, sizes: list[int], n_images: int = 120) -> dict[int, float]:
         """Val accuracy (percent) of labelling ground-truth instance masks with the 12 shapes by mean pooling
@@ -123,6 +141,7 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
                           dense_pool=cfg.head.dense_pool)
     student = SamClip.from_teachers(sam_t, clip_t, head, clip_size=max(cfg.data.clip_sizes),
                                     semseg_size=max(cfg.data.clip_sizes))
+    student.config.replace(tta_sizes=tuple(cfg.head.tta_sizes))  # bad head.tta_sizes fail here, not after training
     dev = cfg.torch_device
     student, sam_t, clip_t = student.to(dev), sam_t.to(dev), clip_t.to(dev)
     cache_dir = Path(cfg.data.cache_dir or Path(cfg.out) / "teacher_cache")
@@ -142,6 +161,19 @@ def build_streams(cfg: MergeConfig, sam_size: int, progress: bool) -> tuple[Clip
         return (ClipStream.from_folder(d.clip_dir, d.clip_render_size, hflip=d.clip_hflip),
                 SamStream.from_sa1b(d.sam_dir, sam_size, d.prompts_per_image, cfg.seed))
     raise ValueError(f"unknown data.source {d.source!r}; expected 'scenes' or 'folders'")
+
+
+def choose_tta(model: SamClip, evaluator: SceneEvaluator, cfg: MergeConfig, single_view_top1: float) -> dict:
+    """Keep the config's classification test-time augmentation (``head.tta_flip`` / ``head.tta_sizes``) in
+    ``model.config`` only if its val zero-shot beats ``single_view_top1`` (one view at the chosen
+    ``clip_size``); returns what was measured and decided."""
+    tta = model.config.replace(tta_flip=cfg.head.tta_flip, tta_sizes=tuple(cfg.head.tta_sizes))
+    with_tta = evaluator.zero_shot_views(model, tta.classify_views())
+    kept = with_tta > single_view_top1
+    if kept:
+        model.config = tta
+    return {"views": [list(v) for v in tta.classify_views()], "top1": with_tta,
+            "single_view_top1": single_view_top1, "kept": kept}
 
 
 def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> dict:
@@ -185,6 +217,8 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
         # noisy to choose by
         dense = evaluator.mask_label_accuracy_by_size(student, sizes)
         student.config = student.config.replace(clip_size=best, semseg_size=best)
+        if cfg.head.tta_flip or cfg.head.tta_sizes:
+            summary["val_zero_shot_tta"] = choose_tta(student, evaluator, cfg, by_size[best])
         summary["val_zero_shot_by_size"] = by_size
         summary["val_mask_label_accuracy_by_size"] = dense
         summary["clip_size"] = student.config.clip_size

@@ -34,6 +34,28 @@ class SamClipConfig(_Config):
     init_logit_scale: float = 4.6052
     clip_size: int = 224
     semseg_size: int = 448
+    # test-time augmentation of classification (the pooled embedding): the L2-normalised embeddings of the
+    # image at clip_size and at each of tta_sizes, each also mirrored left-right when tta_flip, are averaged
+    # (see :meth:`classify_views`). Off by default; the merge turns it on when it is better on validation
+    tta_sizes: tuple[int, ...] = ()
+    tta_flip: bool = False
+
+    def __post_init__(self) -> None:
+        patch = self.sam.image_encoder.patch_size
+        for s in (self.clip_size, self.semseg_size, *self.tta_sizes):
+            if int(s) != s or s < patch or s % patch:
+                raise ValueError(f"input sizes must be positive multiples of the patch size {patch}, got {s}")
+
+    def classify_views(self, size: int | None = None) -> tuple[tuple[int, bool], ...]:
+        """The (input size, mirrored) views whose embeddings classification averages: ``size`` (default
+        ``clip_size``) then each of ``tta_sizes``, each unmirrored then mirrored when ``tta_flip``."""
+        sizes = dict.fromkeys((size or self.clip_size, *self.tta_sizes))
+        flips = (False, True) if self.tta_flip else (False,)
+        return tuple((s, f) for s in sizes for f in flips)
+
+    @property
+    def has_tta(self) -> bool:
+        return len(self.classify_views()) > 1
 
 
 register_nested("SamClipConfig", "sam", SamConfig)
