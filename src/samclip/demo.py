@@ -45,7 +45,8 @@ def _markdown(report: dict, merge_wall: float, curves: Path | None) -> str:
     if len(m.get("tta_views", [])) > 1:
         views = ", ".join(f"{v[0]} px{' mirrored' if v[1] else ''}" for v in m["tta_views"])
         lines.append(f"| zero-shot shape top-1, the model's classification (mean of {views}) | "
-                     f"{ct['zero_shot_top1_flip_tta']:.1f} (CLIP teacher, image + mirror) | {m['zero_shot_top1']:.1f} | "
+                     f"{ct['zero_shot_top1_flip_tta']:.1f} (CLIP teacher, image + mirror) | "
+                     f"{m['zero_shot_top1']:.1f} | "
                      f"{d['zero_shot_top1']:+.1f} (vs the better teacher number) |")
     lines.append(f"| box-prompt mIoU | {st['box_miou']:.1f} | {m['box_miou']:.1f} | {d['box_miou']:+.1f} |")
     lines.append(f"| point-prompt mIoU (best of 3) | {st['point_miou']:.1f} | {m['point_miou']:.1f} | "
