@@ -31,8 +31,8 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     ss = result["semantic_segmentation"]
     for key in ("clip_teacher_dense", "sam_plus_clip", "merged_clip_head", "merged_both_heads", "merged_everything"):
         assert 0 <= ss[key]["miou"] <= 100 and ss[key]["seconds_per_image"] > 0
-    assert set(result["labelling"]) >= {f"{m}_{k}" for m in ("mask_pooling", "region_pooling", "merged_crop", "crop")
-                                        for k in ("point", "box")}
+    poolings = ("mask_pooling", "max_pooling", "max_pooling_tta", "region_pooling", "merged_crop", "crop")
+    assert set(result["labelling"]) >= {f"{m}_{k}" for m in poolings for k in ("point", "box")}
     assert {"clip_teacher", "sam_teacher", "merged", "deltas"} <= set(result)
     assert 0 <= result["clip_teacher"]["zero_shot_top1_flip_tta"] <= 100
     clip_size = result["merged"]["clip_size"]  # the tiny model has no TTA: its classification is one view

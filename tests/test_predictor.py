@@ -187,6 +187,33 @@ def test_classify_tta_is_the_mean_of_the_mirrored_and_resized_views(merged: SamC
         old.replace(tta_sizes=(50,))
 
 
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_mask_embedding_tta_adds_the_mirrored_mask_on_the_mirrored_image(merged: SamClip, pooling: str) -> None:
+    img = image()
+    masks = np.zeros((2, 90, 200), bool)
+    masks[0, 10:60, 20:90] = True  # left of centre: mirrored, it lies on the right
+    masks[1, 40:80, 150:190] = True
+    plain = Predictor(merged)
+    plain.set_image(img)
+    a, _ = plain.mask_embeddings(masks, pooling=pooling, tta=False)
+    plain.set_image(np.ascontiguousarray(img[:, ::-1]))
+    b, _ = plain.mask_embeddings(np.ascontiguousarray(masks[:, :, ::-1]), pooling=pooling, tta=False)
+    old = merged.config
+    merged.config = old.replace(tta_flip=True)  # classification's TTA setting does not turn it on here
+    try:
+        pred = Predictor(merged)
+        pred.set_image(img)
+        got, empty = pred.mask_embeddings(masks, pooling=pooling, tta=True)
+        single, _ = pred.mask_embeddings(masks, pooling=pooling)
+        with pytest.raises(ValueError, match="crop"):
+            pred.mask_embeddings(masks, pooling="crop", tta=True)
+    finally:
+        merged.config = old
+    torch.testing.assert_close(got, F.normalize(a + b, dim=-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(single, a, atol=1e-6, rtol=0)
+    assert not empty.any()
+
+
 def test_text_embedding_cache(merged: SamClip) -> None:
     pred = Predictor(merged)
     pred.set_image(image())

@@ -592,7 +592,7 @@ class Predictor:
             state.other_sizes[(frame, mirrored)] = self._encode([image], frame, batch_size=1)[0]
         return state.other_sizes[(frame, mirrored)]
 
-    def _clip_state(self, size: int | None, task: str) -> ImageState:
+    def _clip_state(self, size: int | None, task: str, mirrored: bool = False) -> ImageState:
         """The pass a CLIP-head task reads: ``size`` if given, else the model's default for the task
         (``config.clip_size`` for classification and region labels, ``config.semseg_size`` for dense maps;
         the merge picks them on validation data). The native SAM-size pass is reused when they match it;
@@ -601,7 +601,7 @@ class Predictor:
         if size is None and self._onnx is None and isinstance(self.model, SamClip):
             cfg = self.model.config
             size = cfg.semseg_size if task == "semseg" else cfg.clip_size
-        return self._state_for_size(self.state, size)
+        return self._state_for_size(self.state, size, mirrored)
 
     def classify(self, labels: Sequence[str], templates: Sequence[str] | None = None, *,
                  size: int | None = None, tta: bool | None = None) -> np.ndarray:
@@ -735,7 +735,7 @@ class Predictor:
         return m.to(self.device)
 
     def mask_embeddings(self, masks: Any, *, pooling: str = "auto", min_cover: float = REGION_MIN_COVER,
-                        context: int = REGION_CONTEXT) -> tuple[torch.Tensor, torch.Tensor]:
+                        context: int = REGION_CONTEXT, tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP-space embeddings of masks of the current image, from the cached backbone pass.
 
         ``masks``: NxHxW bool in original-image pixels (an HxW mask counts as N=1); each becomes
@@ -757,6 +757,10 @@ class Predictor:
             (on the shipped model max pooling beats even ``"crop"``, which costs one extra pass per mask).
         Max and region pooling read the pass at the model's ``clip_size`` (where the head is trained), mean
         pooling the one at ``semseg_size``; either is the cached SAM-size pass when equal.
+        ``tta`` (max / region / mean pooling; off by default): also pool the mirrored mask on the mirrored
+        image's pass (one extra backbone pass per image, cached) and average the two normalised embeddings.
+        Unlike classification's, it is not on for the shipped model: on val it labelled ground-truth masks
+        better (29.7 vs 27.1%, 431 objects) but clicked / boxed objects no better (33.6 / 32.7 vs 34.1 / 33.6%).
         Returns ``(embeddings NxE L2-normalised, empty N bool)``; an empty mask has an all-zero row.
         """
         self._require_clip("mask_embeddings")
@@ -768,8 +772,23 @@ class Predictor:
         if pooling in ("max", "region", "crop") and self._onnx is not None:
             raise ValueError(f"pooling={pooling!r} needs the PyTorch model; an ONNX predictor supports 'mean'")
         if pooling == "crop":
+            if tta:
+                raise ValueError("tta is for the one-pass poolings (max, region, mean), not 'crop'")
             return self._crop_embeddings(m)
-        state = self._clip_state(None, "semseg" if pooling == "mean" else "classify")
+        if tta and self._onnx is not None:
+            raise ValueError("tta needs the PyTorch model (an ONNX image graph has one fixed frame)")
+        task = "semseg" if pooling == "mean" else "classify"
+        emb, empty = self._pooled_masks(self._clip_state(None, task), m, pooling, min_cover, context)
+        if tta and len(m):
+            mirrored, _ = self._pooled_masks(self._clip_state(None, task, mirrored=True), m.flip(-1), pooling,
+                                             min_cover, context)
+            emb = F.normalize(emb, dim=-1) + F.normalize(mirrored, dim=-1)
+        return F.normalize(emb, dim=-1), empty
+
+    def _pooled_masks(self, state: ImageState, m: torch.Tensor, pooling: str, min_cover: float,
+                      context: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """NxHxW bool masks (original pixels of ``state``'s image) -> (NxE embeddings, not normalised;
+        empty N bool) by ``pooling`` ("max", "region" or "mean") on ``state``'s pass."""
         dim = self.model.clip_head.config.out_dim
         if m.shape[0] == 0:
             return torch.zeros(0, dim, device=self.device), torch.zeros(0, dtype=torch.bool, device=self.device)
@@ -782,11 +801,11 @@ class Predictor:
             emb[~empty] = self._max_embeddings(state, weights[~empty], min_cover, context)
         elif not bool(empty.all()):
             emb[~empty] = self._region_embeddings(state, weights[~empty], min_cover, context)
-        return F.normalize(emb, dim=-1), empty
+        return emb, empty
 
     def label_masks(self, masks: Any, labels: Sequence[str], templates: Sequence[str] | None = None, *,
                     pooling: str = "auto", min_cover: float = REGION_MIN_COVER,
-                    context: int = REGION_CONTEXT) -> tuple[np.ndarray, np.ndarray]:
+                    context: int = REGION_CONTEXT, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Classify masks of the current image (embeddings from :meth:`mask_embeddings`, same arguments).
 
         Returns ``(label_indices N int64, probs NxK float32)``. An EMPTY mask is flagged with label
@@ -794,7 +813,7 @@ class Predictor:
         """
         self._require_clip("label_masks")
         labels = _check_labels(labels)
-        emb, empty = self.mask_embeddings(masks, pooling=pooling, min_cover=min_cover, context=context)
+        emb, empty = self.mask_embeddings(masks, pooling=pooling, min_cover=min_cover, context=context, tta=tta)
         txt = self.text_embeddings(labels, templates)
         if emb.shape[0] == 0:
             return np.zeros(0, dtype=np.int64), np.zeros((0, len(labels)), dtype=np.float32)

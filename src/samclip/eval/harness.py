@@ -121,9 +121,11 @@ def markdown_report(result: dict) -> str:
         lab = result["labelling"]
         lines += ["", "## Click / box -> label accuracy", "",
                   "| prompt | mean pooling (merged, one pass) | max pooling (merged, one pass) | "
+                  "max pooling + mirrored view (one extra pass) | "
                   "region pooling (merged, one pass) | merged model on the crop | crop baseline (two models) |",
-                  "| --- | --- | --- | --- | --- | --- |",
+                  "| --- | --- | --- | --- | --- | --- | --- |",
                   *(f"| {kind} | {lab[f'mask_pooling_{kind}']:.1f} | {lab[f'max_pooling_{kind}']:.1f} | "
+                    f"{lab[f'max_pooling_tta_{kind}']:.1f} | "
                     f"{lab[f'region_pooling_{kind}']:.1f} | "
                     f"{lab[f'merged_crop_{kind}']:.1f} | {lab[f'crop_{kind}']:.1f} |" for kind in ("point", "box")),
                   "",

@@ -136,12 +136,15 @@ def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n
     ``max_pooling`` (one pass: the head's max-pool limited to the mask's patches),
     ``region_pooling`` (one pass: the CLIP head re-run on the mask's tokens) and ``merged_crop`` (the mask's
     crop re-encoded by the merged model: one small extra pass per mask); ``crop`` is OV-SAM's two-model
-    baseline (SAM-teacher mask, crop classified by the CLIP teacher). Scenes of ``split``."""
+    baseline (SAM-teacher mask, crop classified by the CLIP teacher). ``max_pooling_tta`` is max pooling with
+    the mirrored image's pass averaged in (``label_masks(tta=True)``, one extra pass per image). Scenes of
+    ``split``."""
     size = size or sam_teacher.img_size
     labels = list(SHAPES)
     merged_pred, sam_pred = Predictor(merged), Predictor(sam_teacher)
     clip_table = class_embeddings(_clip_text(clip_teacher), labels)
-    methods = {"mask_pooling": "mean", "max_pooling": "max", "region_pooling": "region", "merged_crop": "crop"}
+    methods = {"mask_pooling": ("mean", False), "max_pooling": ("max", False), "max_pooling_tta": ("max", True),
+               "region_pooling": ("region", False), "merged_crop": ("crop", False)}
     hits = {f"{k}_{kind}": 0 for k in [*methods, "crop"] for kind in ("point", "box")}
     total = 0
     gen = np.random.default_rng(0)
@@ -162,8 +165,8 @@ def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n
                 multi = kind == "point"
                 m, s, _ = merged_pred.predict(**kwargs, multimask_output=multi)
                 mask = m[int(np.argmax(s))]
-                for name, pooling in methods.items():
-                    idx, _ = merged_pred.label_masks(mask[None], labels, pooling=pooling)
+                for name, (pooling, tta) in methods.items():
+                    idx, _ = merged_pred.label_masks(mask[None], labels, pooling=pooling, tta=tta)
                     hits[f"{name}_{kind}"] += int(idx[0] == truth)
                 m, s, _ = sam_pred.predict(**kwargs, multimask_output=multi)
                 mask = m[int(np.argmax(s))]
