@@ -105,6 +105,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--latency-decodes", type=int, default=50)
     ap.add_argument("--clip-semseg-size", type=int, default=0, help="0: the merged model's patch grid")
+    ap.add_argument("--tta", action="store_true",
+                    help="merged classify with the model's test-time augmentation (default: one view, like the "
+                         "CLIP teacher's)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                     help="auto: bf16 autocast only where this CPU multiplies bf16 natively")
@@ -128,7 +131,7 @@ def main() -> None:
         t = [time.perf_counter()]
         pred.set_image(img)
         t.append(time.perf_counter())
-        pred.classify(LABELS)
+        pred.classify(LABELS, tta=args.tta)
         t.append(time.perf_counter())
         for p in points:
             pred.predict(point_coords=p[None], point_labels=ones)
@@ -214,7 +217,7 @@ def main() -> None:
     res = {
         "preset": args.preset, "weights": source, "threads": args.threads, "bf16_autocast": BF16,
         "image_hw": [args.height, args.width], "frame": merged.img_size, "labels": len(LABELS),
-        "prompts": args.prompts, "reps": args.reps, "warmup": args.warmup,
+        "prompts": args.prompts, "reps": args.reps, "warmup": args.warmup, "merged_classify_tta": args.tta,
         "clip_semseg_size_matched": matched, "clip_classify_size": clip_size,
         "A_merged": {**a, "total_s": a_total},
         "B_two_models": {**b, "total_matched_s": b_matched, "total_448_s": b_448},
