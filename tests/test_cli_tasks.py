@@ -67,6 +67,10 @@ def test_classify_glob(env, tmp_path, capsys) -> None:  # noqa: ANN001
         assert d["task"] == "classify" and d["labels"] == ["star", "ring", "heart"]
         assert abs(sum(d["probs"]) - 1) < 1e-4 and d["top"] in d["labels"]
     assert load_outputs(tmp_path, "narrow")["width"] == 48
+    one = load_outputs(tmp_path, "scene0")["probs"]
+    code, _, _ = run(env, "classify", str(env / "imgs" / "scene0.png"), "--labels", "star, ring,heart", "--tta",
+                     "--out", str(tmp_path / "tta"), capsys=capsys)  # the tiny model has no TTA: image + mirror
+    assert code == 0 and load_outputs(tmp_path / "tta", "scene0")["probs"] != one
 
 
 def test_segment_points_box_text(env, tmp_path, capsys) -> None:  # noqa: ANN001

@@ -252,7 +252,7 @@ def _run_task(args: argparse.Namespace) -> int:
         predictor.set_image(image)
         title = None
         if task == "classify":
-            res = serve.task_classify(predictor, labels)
+            res = serve.task_classify(predictor, labels, tta=args.tta)
             title = " | ".join(f"{r['label']} {r['prob']:.2f}" for r in res.data["ranking"][:3])
         elif task == "segment" and args.text is not None:
             res = serve.task_segment_text(predictor, args.text, vocabulary=labels)
@@ -338,6 +338,8 @@ def add_task_commands(subparsers: Any) -> None:
                               epilog=_TASK_EPILOG["classify"])
     _common(p, "classify")
     p.add_argument("--labels", help=labels_help)
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation (default: the model's own setting; the shipped model has it)")
     p.set_defaults(func=_run_task)
 
     p = subparsers.add_parser("segment", help="SAM masks from point / box prompts (or --text)", formatter_class=fmt,

@@ -370,9 +370,10 @@ def task_label(pred: Predictor, prompts: dict[str, Any], labels: Sequence[str], 
     return TaskResult(data, masks[best].astype(np.uint8), legend, prompts)
 
 
-def task_classify(pred: Predictor, labels: Sequence[str], *, top_k: int = 5) -> TaskResult:
-    """Zero-shot classification: probabilities over ``labels`` (sum 1), ``top`` = the arg-max label."""
-    probs = pred.classify(list(labels))
+def task_classify(pred: Predictor, labels: Sequence[str], *, top_k: int = 5, tta: bool | None = None) -> TaskResult:
+    """Zero-shot classification: probabilities over ``labels`` (sum 1), ``top`` = the arg-max label; ``tta``:
+    see :meth:`Predictor.classify` (None: the model's own setting)."""
+    probs = pred.classify(list(labels), tta=tta)
     order = np.argsort(-probs, kind="stable")
     data = {
         "labels": list(labels), "probs": [float(p) for p in probs], "top": labels[int(order[0])],

@@ -129,6 +129,7 @@ class LabelBody(PromptBody):
 
 class ClassifyBody(_Body):
     labels: list[Text] | None = Field(None, description="class names (default: the 12 scene-world shapes)")
+    tta: bool | None = Field(None, description="test-time augmentation (null: the model's own setting)")
 
 
 class SemsegBody(_Body):
@@ -569,7 +570,7 @@ def create_app(
     async def classify(image_id: str, body: ClassifyBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         labels = svc.labels(body.labels)
-        return await svc.run_task(entry, lambda p: task_classify(p, labels), False)
+        return await svc.run_task(entry, lambda p: task_classify(p, labels, tta=body.tta), False)
 
     @app.post("/images/{image_id}/semseg", response_model=SemsegOut, responses=_ERRORS,
               summary="semantic segmentation into labels + background (palette PNG + legend)")
