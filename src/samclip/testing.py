@@ -22,16 +22,22 @@ from .models import CLIP, ClipHeadConfig, SamClip, clip_preset
 from .tokenizer import ClipTokenizer
 
 
-def tiny_clip(seed: int = 0) -> CLIP:
-    """``clip-tiny`` with a BPE trained on the scene-world class prompts (attached as ``.tokenizer``)."""
+def random_clip(preset: str, seed: int = 0, vocab_size: int = 200) -> CLIP:
+    """A random CLIP of ``preset`` with a BPE trained on the scene-world class prompts (attached as
+    ``.tokenizer``; the text tower's vocabulary shrunk to it). Full-size presets serve speed benchmarks."""
     torch.manual_seed(seed)
+    base = clip_preset(preset)
     tok = ClipTokenizer.train([p for s in SHAPES for p in class_prompts(s)] + ["a plain background"],
-                              vocab_size=200, context_length=16)
-    base = clip_preset("clip-tiny")
+                              vocab_size=vocab_size, context_length=base.text.context_length)
     clip = CLIP.from_config(base.replace(text=base.text.replace(
         vocab_size=tok.vocab_size, sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id))).eval()
     clip.tokenizer = tok
     return clip
+
+
+def tiny_clip(seed: int = 0) -> CLIP:
+    """``clip-tiny`` with a BPE trained on the scene-world class prompts (attached as ``.tokenizer``)."""
+    return random_clip("clip-tiny", seed)
 
 
 def tiny_merged_model(seed: int = 0, dense_pool: int = 1) -> SamClip:
