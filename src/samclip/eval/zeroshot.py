@@ -29,7 +29,6 @@ def class_embeddings(encode_texts: TextEncoder, labels: Sequence[str],
     return torch.stack(rows)
 
 
-@torch.no_grad()
 def with_flip_tta(encode_images: ImageEncoder) -> ImageEncoder:
     """Test-time augmentation: each NxHxWx3 image embedded as the normalised mean of its normalised embedding
     and its left-right mirror's."""
@@ -41,6 +40,7 @@ def with_flip_tta(encode_images: ImageEncoder) -> ImageEncoder:
     return enc
 
 
+@torch.no_grad()
 def zero_shot_accuracy(encode_images: ImageEncoder, encode_texts: TextEncoder, images: np.ndarray,
                        labels: np.ndarray, classes: Sequence[str] = SHAPES, batch: int = 256) -> dict:
     """Top-1 / top-3 accuracy (percent) of NxHxWx3 images with integer labels (index into ``classes``)."""

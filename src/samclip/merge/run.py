@@ -168,11 +168,12 @@ def choose_tta(model: SamClip, evaluator: SceneEvaluator, cfg: MergeConfig, sing
     ``model.config`` only if its val zero-shot beats ``single_view_top1`` (one view at the chosen
     ``clip_size``); returns what was measured and decided."""
     tta = model.config.replace(tta_flip=cfg.head.tta_flip, tta_sizes=tuple(cfg.head.tta_sizes))
-    with_tta = evaluator.zero_shot_views(model, tta.classify_views())
+    views = tta.classify_views()
+    with_tta = evaluator.zero_shot_views(model, views)
     kept = with_tta > single_view_top1
     if kept:
         model.config = tta
-    return {"views": [list(v) for v in tta.classify_views()], "top1": with_tta,
+    return {"views": [list(v) for v in views], "top1": with_tta,
             "single_view_top1": single_view_top1, "kept": kept}
 
 
