@@ -232,3 +232,45 @@ def test_clip_head_dense_pool_window() -> None:
     for bad in (0, 2, -1):
         with pytest.raises(ValueError, match="dense_pool"):
             ClipHeadConfig(dense_pool=bad)
+
+
+@pytest.mark.parametrize("prompt", ["point", "points_and_box", "box_with_mask"])
+def test_decoder_inference_path_equals_training_path(prompt: str, monkeypatch) -> None:  # noqa: ANN001
+    """Without autograd the decoder folds the image-sized projections into the prompt tokens and runs the
+    upscaling as matmuls on token-major features; it must compute the same masks and IoUs as the plain
+    (training) path, for SAM ViT-B's decoder sizes (256-d, 8 heads, internal 128-d), 2 images x 2 prompts."""
+    from samclip.models.configs import MaskDecoderConfig
+    from samclip.models.mask_decoder import MaskDecoder, TokenAttention
+    from samclip.models.prompt_encoder import PromptEncoder
+
+    torch.manual_seed(0)
+    dec = MaskDecoder(256, MaskDecoderConfig()).eval()
+    pe = PromptEncoder(256, (16, 16), (256, 256), 16).eval()
+    for p in list(dec.parameters()) + list(pe.parameters()):
+        p.requires_grad_(False).add_(0.05 * torch.randn_like(p))  # biases too: the folded path handles them
+    emb = torch.randn(2, 256, 16, 16)
+    pts = torch.rand(4, 2, 2) * 256
+    boxes = torch.tensor([[20.0, 30.0, 200.0, 120.0]]).repeat(4, 1)
+    args = {"point": ((pts[:, :1], torch.ones(4, 1, dtype=torch.long)), None, None),
+            "points_and_box": ((pts, torch.tensor([[1, 0]] * 4)), boxes, None),
+            "box_with_mask": (None, boxes, torch.randn(4, 1, 64, 64))}[prompt]
+    calls = []
+    for name in ("_few_queries", "_few_keys"):
+        original = getattr(TokenAttention, name)
+        monkeypatch.setattr(TokenAttention, name,
+                            lambda self, *a, _f=original, _n=name: calls.append(_n) or _f(self, *a))
+
+    def decode() -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = pe(*args, grid_size=(16, 16))
+        return dec(emb, pe.get_dense_pe((16, 16)), sparse, dense, multimask_output=True)
+
+    with torch.enable_grad():
+        masks_ref, iou_ref = decode()
+    assert not calls
+    with torch.no_grad():
+        masks, iou = decode()
+    assert {"_few_queries", "_few_keys"} <= set(calls)
+    assert masks.shape == masks_ref.shape == (4, 3, 64, 64)
+    torch.testing.assert_close(masks, masks_ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(iou, iou_ref, atol=2e-6, rtol=1e-4)
+    assert masks_ref.std() > 0.1  # not a trivially constant output

@@ -86,8 +86,19 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Positional encoding of the image embedding grid -> 1xCxhxw."""
-        return self.pe_layer(size or self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image embedding grid -> 1xCxhxw (channels-last in memory, so that
+        the decoder's token-major view of it is contiguous). The same for every prompt: without autograd
+        it is computed once per grid size and kept until the encoding matrix changes."""
+        size = tuple(size or self.image_embedding_size)
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (size, matrix.device, matrix.data_ptr(), matrix._version)
+        if torch.is_grad_enabled() or torch.jit.is_tracing():
+            return self.pe_layer(size).unsqueeze(0)
+        if getattr(self, "_dense_pe_key", None) != key:
+            pe = self.pe_layer(size)
+            self._dense_pe = pe.permute(1, 2, 0).contiguous().permute(2, 0, 1).unsqueeze(0)
+            self._dense_pe_key = key
+        return self._dense_pe
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # pixel centres

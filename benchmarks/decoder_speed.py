@@ -1,0 +1,93 @@
+"""Per-prompt decode latency: the decoder's inference path vs its plain (training) path, in one run.
+
+Without autograd, SAM's mask decoder folds the image-sized attention projections into the few prompt
+tokens (``TokenAttention._few_queries`` / ``_few_keys``), runs the output upscaling as matmuls on
+token-major features (``MaskDecoder._masks_channels_last``) and reuses the dense positional encoding. The
+plain path (what training runs, and what every decode ran before) is timed as the peer: the same call under
+``torch.enable_grad()`` with no parameter requiring a gradient, so nothing is recorded for autograd.
+
+Workload: ``Sam.decode`` of one prompt (a foreground point, or ``--box``) on cached image embeddings, multimask
+output, low-resolution logits (``--postprocess`` adds the upsampling to a ``--height`` x ``--width`` image as
+``Predictor.predict`` does). The two paths alternate, ``--rounds`` times ``--reps`` calls each; the median
+per path is reported with their ratio and the largest difference of their outputs. Speed does not depend
+on the weight values: the model is randomly initialised. Prints JSON.
+
+    .venv/bin/python benchmarks/decoder_speed.py --preset sam-vit-b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import samclip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="sam-vit-b", help="a SAM preset (sam-vit-b, sam-vit-l, sam-synthetic, ...)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--box", action="store_true", help="a box prompt instead of a point")
+    ap.add_argument("--postprocess", action="store_true", help="also upsample the logits to the image size")
+    ap.add_argument("--height", type=int, default=768)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    sam = samclip.create_sam(args.preset).eval().requires_grad_(False)
+    enc = sam.config.image_encoder
+    grid = enc.img_size // enc.patch_size
+    emb = torch.randn(1, enc.out_chans, grid, grid)
+    side = float(enc.img_size)
+    if args.box:
+        prompt = {"boxes": torch.tensor([[0.2, 0.3, 0.6, 0.7]]) * side}
+    else:
+        prompt = {"point_coords": torch.tensor([[[0.4, 0.55]]]) * side,
+                  "point_labels": torch.ones(1, 1, dtype=torch.long)}
+    scale = side / max(args.height, args.width)
+    input_size = (round(args.height * scale), round(args.width * scale))
+
+    def decode() -> torch.Tensor:
+        masks, _ = sam.decode(emb, multimask_output=True, **prompt)
+        if args.postprocess:
+            masks = sam.postprocess_masks(masks, input_size, (args.height, args.width))
+        return masks
+
+    def inference() -> torch.Tensor:
+        with torch.no_grad():
+            return decode()
+
+    def plain() -> torch.Tensor:
+        with torch.enable_grad():
+            return decode()
+
+    times: dict[str, list[float]] = {"inference_path": [], "plain_path": []}
+    for fn in (inference, plain):  # warm-up
+        fn()
+    for _ in range(args.rounds):
+        for name, fn in (("inference_path", inference), ("plain_path", plain)):
+            for _ in range(args.reps):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    diff = (inference() - plain()).abs().max().item()
+    print(json.dumps({
+        "preset": args.preset, "threads": args.threads, "prompt": "box" if args.box else "point",
+        "postprocess": [args.height, args.width] if args.postprocess else None,
+        "calls_per_path": args.rounds * args.reps,
+        "inference_path_ms": round(ms["inference_path"], 2), "plain_path_ms": round(ms["plain_path"], 2),
+        "speedup": round(ms["plain_path"] / ms["inference_path"], 3), "max_abs_diff": diff,
+    }, indent=2))
+    print(f"decode {ms['inference_path']:.1f} ms vs plain path {ms['plain_path']:.1f} ms: "
+          f"{ms['plain_path'] / ms['inference_path']:.2f}x (target <= 10 ms at ViT-B on this CPU)")
+
+
+if __name__ == "__main__":
+    main()
