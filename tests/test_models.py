@@ -234,15 +234,18 @@ def test_clip_head_dense_pool_window() -> None:
             ClipHeadConfig(dense_pool=bad)
 
 
-@pytest.mark.parametrize("prompt", ["point", "points_and_box", "box_with_mask"])
-def test_decoder_inference_path_equals_training_path(prompt: str, monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(("prompt", "chunk"), [("point", 256), ("points_and_box", 64), ("box_with_mask", 512)])
+def test_decoder_inference_path_equals_training_path(prompt: str, chunk: int, monkeypatch) -> None:  # noqa: ANN001
     """Without autograd the decoder folds the image-sized projections into the prompt tokens and runs the
     upscaling as matmuls on token-major features; it must compute the same masks and IoUs as the plain
-    (training) path, for SAM ViT-B's decoder sizes (256-d, 8 heads, internal 128-d), 2 images x 2 prompts."""
+    (training) path, for SAM ViT-B's decoder sizes (256-d, 8 heads, internal 128-d), 2 images x 2 prompts,
+    with the upscaling in one step per prompt, in 4 token chunks per prompt, and 2 prompts per step."""
+    from samclip.models import mask_decoder
     from samclip.models.configs import MaskDecoderConfig
     from samclip.models.mask_decoder import MaskDecoder, TokenAttention
     from samclip.models.prompt_encoder import PromptEncoder
 
+    monkeypatch.setattr(mask_decoder, "_UPSCALE_CHUNK", chunk)
     torch.manual_seed(0)
     dec = MaskDecoder(256, MaskDecoderConfig()).eval()
     pe = PromptEncoder(256, (16, 16), (256, 256), 16).eval()

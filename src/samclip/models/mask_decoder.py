@@ -12,6 +12,8 @@ from torch import nn
 from .configs import MaskDecoderConfig
 from .layers import MLP, LayerNorm2d
 
+_UPSCALE_CHUNK = 256  # image tokens per step of the inference upscaling (intermediates of <= 0.5 MB in fp32)
+
 
 class TokenAttention(nn.Module):
     """Attention with separate q/k/v projections into ``dim // downsample_rate`` channels."""
@@ -257,13 +259,27 @@ class MaskDecoder(nn.Module):
         up1, norm, _, up2, _ = self.output_upscaling
         b = src.shape[0]
         o1, o2 = up1.out_channels, up2.out_channels
-        w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * o1)  # C x (di, dj, o1)
-        x = torch.addmm(up1.bias.repeat(4).to(src.dtype), src.reshape(-1, src.shape[-1]), w1.to(src.dtype))
-        x = F.gelu(F.layer_norm(x.reshape(-1, o1), (o1,), norm.weight, norm.bias, norm.eps))
-        w2 = up2.weight.permute(0, 2, 3, 1).reshape(o1, 4 * o2)  # rows (b, i, j, di, dj), cols (ei, ej, o2)
-        x = F.gelu(torch.addmm(up2.bias.repeat(4).to(x.dtype), x, w2.to(x.dtype)))
-        masks = x.reshape(b, -1, o2) @ hyper_in.transpose(1, 2).to(x.dtype)  # Bx(h w di dj ei ej)x(1+K)
-        k = masks.shape[-1]
+        dt = src.dtype
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * o1).to(dt)  # C x (di, dj, o1)
+        w2 = up2.weight.permute(0, 2, 3, 1).reshape(o1, 4 * o2).to(dt)  # rows (.., di, dj), cols (ei, ej, o2)
+        b1, b2 = up1.bias.repeat(4).to(dt), up2.bias.repeat(4).to(dt)
+        hyper_t = hyper_in.transpose(1, 2).to(dt)  # Bx(C/8)x(1+K)
+        k = hyper_t.shape[-1]
+        per = h * w
+        tok = min(per, _UPSCALE_CHUNK)  # image tokens per step: every intermediate stays in cache
+        group = max(1, _UPSCALE_CHUNK // per)  # small grids: several prompts per step
+        out = []
+        for n in range(0, b, group):
+            parts = []
+            for start in range(0, per, tok):
+                x = src[n : n + group, start : start + tok]
+                g, t, c = x.shape
+                x = torch.addmm(b1, x.reshape(g * t, c), w1).reshape(-1, o1)
+                x = F.gelu(F.layer_norm(x, (o1,), norm.weight, norm.bias, norm.eps))
+                x = F.gelu(torch.addmm(b2, x.to(dt), w2)).reshape(g, 16 * t, o2)
+                parts.append(torch.bmm(x, hyper_t[n : n + group].to(x.dtype)))
+            out.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
+        masks = torch.cat(out) if len(out) > 1 else out[0]  # Bx(i, j, di, dj, ei, ej)x(1+K)
         # pixel row 4i + 2di + ei, column 4j + 2dj + ej
         masks = masks.reshape(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(b, k, 4 * h, 4 * w)
