@@ -21,7 +21,6 @@ from .cli_export import add_export_command
 from .cli_tasks import add_task_commands
 from .errors import UserError
 from .merge.config import CONFIG_DIR
-from .runtime import reuse_freed_memory
 
 
 def _resolve_config(path: str | None) -> Path | None:
@@ -138,7 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    reuse_freed_memory()  # fewer page faults in every heavy command (samclip.runtime)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
