@@ -277,3 +277,32 @@ def test_decoder_inference_path_equals_training_path(prompt: str, chunk: int, mo
     torch.testing.assert_close(masks, masks_ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(iou, iou_ref, atol=2e-6, rtol=1e-4)
     assert masks_ref.std() > 0.1  # not a trivially constant output
+
+
+def test_traced_decoder_keeps_dynamic_prompt_batch() -> None:
+    """What the ONNX export traces: the inference path of a ViT-B-sized decoder traced with 2 prompts of 3
+    points must run 5 prompts of 1 point (and 1 of 6) like the eager module."""
+    import warnings
+
+    from samclip.models.configs import MaskDecoderConfig
+    from samclip.models.mask_decoder import MaskDecoder
+
+    torch.manual_seed(0)
+    dec = MaskDecoder(256, MaskDecoderConfig()).eval().requires_grad_(False)
+    for p in dec.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+    emb, pe = torch.randn(1, 256, 16, 16), torch.randn(1, 256, 16, 16)
+
+    def inputs(n: int, t: int) -> tuple[torch.Tensor, ...]:
+        return emb, pe, torch.randn(n, t, 256), torch.randn(n, 256, 16, 16)
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent branches
+        traced = torch.jit.trace(lambda *a: dec(*a, multimask_output=True), inputs(2, 3))
+        for n, t in ((5, 1), (1, 6)):
+            x = inputs(n, t)
+            masks, iou = traced(*x)
+            ref_masks, ref_iou = dec(*x, multimask_output=True)
+            assert masks.shape == (n, 3, 64, 64)
+            torch.testing.assert_close(masks, ref_masks, atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(iou, ref_iou, atol=2e-6, rtol=1e-4)

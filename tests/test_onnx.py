@@ -91,6 +91,7 @@ PROMPTS = {
     "box + point": ([[[60.0, 50.0]]], [[0]], [[20.0, 15.0, 100.0, 80.0]]),
     "batch of 3, padded": ([[[40.0, 30.0], [0.0, 0.0]], [[5.0, 6.0], [70, 80]], [[127, 127], [64, 64]]],
                            [[1, -1], [1, 0], [1, 1]], None),
+    "batch of 5 (the export traced 2)": ([[[8.0 * i + 3, 100.0 - 9 * i]] for i in range(5)], [[1]] * 5, None),
     "mask only / no prompt": (None, None, None),
 }
 

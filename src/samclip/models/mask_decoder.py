@@ -265,21 +265,25 @@ class MaskDecoder(nn.Module):
         b1, b2 = up1.bias.repeat(4).to(dt), up2.bias.repeat(4).to(dt)
         hyper_t = hyper_in.transpose(1, 2).to(dt)  # Bx(C/8)x(1+K)
         k = hyper_t.shape[-1]
+
+        def rows(x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:  # GxTxC, Gx(C/8)x(1+K) -> Gx16Tx(1+K)
+            g, t, c = x.shape
+            x = torch.addmm(b1, x.reshape(g * t, c), w1).reshape(-1, o1)
+            x = F.gelu(F.layer_norm(x, (o1,), norm.weight, norm.bias, norm.eps))
+            x = F.gelu(torch.addmm(b2, x.to(dt), w2)).reshape(g, 16 * t, o2)
+            return torch.bmm(x, hyper.to(x.dtype))
+
         per = h * w
-        tok = min(per, _UPSCALE_CHUNK)  # image tokens per step: every intermediate stays in cache
-        group = max(1, _UPSCALE_CHUNK // per)  # small grids: several prompts per step
-        out = []
-        for n in range(0, b, group):
-            parts = []
-            for start in range(0, per, tok):
-                x = src[n : n + group, start : start + tok]
-                g, t, c = x.shape
-                x = torch.addmm(b1, x.reshape(g * t, c), w1).reshape(-1, o1)
-                x = F.gelu(F.layer_norm(x, (o1,), norm.weight, norm.bias, norm.eps))
-                x = F.gelu(torch.addmm(b2, x.to(dt), w2)).reshape(g, 16 * t, o2)
-                parts.append(torch.bmm(x, hyper_t[n : n + group].to(x.dtype)))
-            out.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
-        masks = torch.cat(out) if len(out) > 1 else out[0]  # Bx(i, j, di, dj, ei, ej)x(1+K)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            masks = rows(src, hyper_t)  # one step: an exported graph keeps its dynamic prompt batch
+        else:
+            tok = min(per, _UPSCALE_CHUNK)  # image tokens per step: every intermediate stays in cache
+            group = max(1, _UPSCALE_CHUNK // per)  # small grids: several prompts per step
+            out = []
+            for n in range(0, b, group):
+                parts = [rows(src[n : n + group, s : s + tok], hyper_t[n : n + group]) for s in range(0, per, tok)]
+                out.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
+            masks = torch.cat(out) if len(out) > 1 else out[0]  # Bx(i, j, di, dj, ei, ej)x(1+K)
         # pixel row 4i + 2di + ei, column 4j + 2dj + ej
         masks = masks.reshape(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(b, k, 4 * h, 4 * w)
