@@ -513,6 +513,10 @@ class Predictor:
                 "use a merged SamClip model (samclip.load_model)")
         return self.model  # type: ignore[return-value]
 
+    def _require_torch_for_tta(self) -> None:
+        if self._onnx is not None:
+            raise ValueError("tta needs the PyTorch model (an ONNX image graph has one fixed frame)")
+
     @property
     def text_cache_info(self) -> dict[str, int]:
         """Text-embedding cache statistics: ``hits`` / ``misses`` (per class) and ``size`` (entries)."""
@@ -626,8 +630,8 @@ class Predictor:
         """1xE L2-normalised CLIP-space embedding of the current image, what :meth:`classify` compares with
         the class texts (same ``size`` / ``tta`` rules): e.g. for image-text retrieval."""
         self._require_clip("image_embedding")
-        if tta and self._onnx is not None:
-            raise ValueError("tta needs the PyTorch model (an ONNX image graph has one fixed frame)")
+        if tta:
+            self._require_torch_for_tta()
         if tta is None:
             tta = self._onnx is None and self.model.config.has_tta
         if not tta:
@@ -775,8 +779,8 @@ class Predictor:
             if tta:
                 raise ValueError("tta is for the one-pass poolings (max, region, mean), not 'crop'")
             return self._crop_embeddings(m)
-        if tta and self._onnx is not None:
-            raise ValueError("tta needs the PyTorch model (an ONNX image graph has one fixed frame)")
+        if tta:
+            self._require_torch_for_tta()
         task = "semseg" if pooling == "mean" else "classify"
         emb, empty = self._pooled_masks(self._clip_state(None, task), m, pooling, min_cover, context)
         if tta and len(m):

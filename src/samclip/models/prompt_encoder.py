@@ -84,17 +84,19 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe: torch.Tensor | None = None  # get_dense_pe's inference cache and what it was made from
+        self._dense_pe_key: tuple | None = None
 
     def get_dense_pe(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Positional encoding of the image embedding grid -> 1xCxhxw (channels-last in memory, so that
         the decoder's token-major view of it is contiguous). The same for every prompt: without autograd
         it is computed once per grid size and kept until the encoding matrix changes."""
         size = tuple(size or self.image_embedding_size)
-        matrix = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (size, matrix.device, matrix.data_ptr(), matrix._version)
         if torch.is_grad_enabled() or torch.jit.is_tracing():
             return self.pe_layer(size).unsqueeze(0)
-        if getattr(self, "_dense_pe_key", None) != key:
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (size, matrix.device, matrix.data_ptr(), matrix._version)
+        if self._dense_pe_key != key:
             pe = self.pe_layer(size)
             self._dense_pe = pe.permute(1, 2, 0).contiguous().permute(2, 0, 1).unsqueeze(0)
             self._dense_pe_key = key
