@@ -39,6 +39,25 @@ def test_voc_reader(tmp_path) -> None:  # noqa: ANN001
         list(read_voc_folder(tmp_path / "JPEGImages"))
 
 
+def test_mask_crops_keep_pad_times_the_box_of_grey_context() -> None:
+    """A 20x20 square mask: its crop is a square of (1 + pad) x 20 px centred on it, grey outside the mask
+    and beyond the image edge; the default pad is CROP_PAD."""
+    from samclip.inference import CROP_PAD, mask_crops
+
+    img = np.full((200, 300, 3), 200, np.uint8)
+    masks = np.zeros((2, 200, 300), bool)
+    masks[0, 90:110, 140:160] = True  # centre
+    masks[1, 0:20, 0:20] = True  # corner: half the context lies beyond the image edge
+    for pad in (0.1, 1.0, CROP_PAD):
+        crops = mask_crops(img, masks, 88, pad)
+        side = int(2 * 20 * (1 + pad) / 2) + 2  # the canvas before resizing
+        for crop in crops:
+            cols = np.nonzero((crop > 164).all(-1).any(0))[0]  # more object than grey
+            assert abs(len(cols) - 88 * 20 / side) <= 2, (pad, len(cols))
+            assert (crop[0, 0] == 128).all() and (crop[44, 44] == 200).all()
+    assert np.array_equal(mask_crops(img, masks, 88), mask_crops(img, masks, 88, CROP_PAD))
+
+
 def test_maskclip_and_crop_baselines_shapes() -> None:
     clip = samclip.create_clip("clip-tiny").eval()
     img = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)

@@ -380,6 +380,18 @@ def test_region_distillation_trains_only_the_head_and_cached_equals_online(teach
         regions = tr.regions
         assert len(regions) > 0 and regions.targets.shape == (len(regions), tr.model.clip_head.config.out_dim)
         assert sorted(regions.select) == [32, 64] and regions.select[64].shape[1:] == (4, 4)
+        if flag == "false":  # a region's target: the teacher on its mask's crop with data.region_crop_pad
+            from samclip.inference import mask_crops
+
+            i = int(regions.image_ids[0])
+            inst = tr.sam_stream.instance_map(i)
+            first = inst == next(k for k in np.unique(inst) if k > 0 and (inst == k).sum() >= 30)
+            cfg_pad = tr.cfg.data.region_crop_pad
+            for pad, same in ((cfg_pad, True), (cfg_pad + 0.5, False)):
+                crop = mask_crops(tr.sam_stream.images(np.array([i]))[0], first[None], tr.teachers.clip_image_size,
+                                  pad)
+                want = tr.teachers.clip_image_embeddings(crop)[0]
+                assert torch.allclose(regions.targets[0], want, atol=1e-5) == same, pad
         assert bool(tr.region_tokens) == (flag == "true")
         with torch.no_grad():
             losses[flag] = tr.region_loss(0, 64)

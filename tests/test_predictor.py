@@ -118,6 +118,22 @@ def test_every_task_after_set_image_reuses_the_one_backbone_pass(merged: SamClip
         handle.remove()
 
 
+def test_generate_labels_each_mask_with_the_chosen_pooling(merged: SamClip) -> None:
+    """generate(vocabulary, pooling=...) labels its masks as label_masks with that pooling does."""
+    pred = Predictor(merged)
+    pred.set_image(image(90, 200))
+    kw = {"points_per_side": 4, "pred_iou_thresh": -1e9, "stability_score_thresh": 0.0}
+    scores = {}
+    for pooling in ("max", "crop"):
+        out = pred.generate(LABELS, pooling=pooling, **kw)
+        assert out
+        idx, probs = pred.label_masks(np.stack([r["segmentation"] for r in out]), LABELS, pooling=pooling)
+        assert [r["label"] for r in out] == [LABELS[i] for i in idx]
+        scores[pooling] = np.array([r["label_score"] for r in out])
+        assert np.allclose(scores[pooling], probs[np.arange(len(idx)), idx], atol=1e-6)
+    assert not np.allclose(scores["max"], scores["crop"])
+
+
 def test_set_images_batches_and_select(merged: SamClip) -> None:
     pred = Predictor(merged)
     calls, handle = count_backbone(merged)

@@ -939,6 +939,7 @@ class Predictor:
         points_per_batch: int = 64,
         min_area: int = 0,
         templates: Sequence[str] | None = None,
+        pooling: str = "auto",
     ) -> list[dict[str, Any]]:
         """Everything mode (segment-anything's ``SamAutomaticMaskGenerator`` without crops).
 
@@ -952,7 +953,8 @@ class Predictor:
         Returns dicts sorted by predicted IoU: ``segmentation`` HxW bool, ``area`` (pixels), ``bbox``
         [x, y, w, h] (SAM's XYWH of the inclusive XYXY box), ``predicted_iou``, ``stability_score``,
         ``point_coords`` [[x, y]] (original pixels) and, with ``vocabulary``, ``label`` and
-        ``label_score`` from :meth:`label_masks`.
+        ``label_score`` from :meth:`label_masks` with ``pooling`` (default: one pass; ``"crop"``: each mask's
+        crop re-encoded, more accurate, one small extra pass per mask).
         """
         vocab = None
         if vocabulary is not None:
@@ -1008,7 +1010,8 @@ class Predictor:
                     "stability_score": float(stabs[k]), "point_coords": [[float(v) for v in pts_all[k].tolist()]],
                 })
         if vocab is not None and records:
-            idx, probs = self.label_masks(np.stack([r["segmentation"] for r in records]), vocab, templates)
+            idx, probs = self.label_masks(np.stack([r["segmentation"] for r in records]), vocab, templates,
+                                          pooling=pooling)
             for r, i, p in zip(records, idx, probs):
                 r["label"] = vocab[int(i)]
                 r["label_score"] = float(p[i])

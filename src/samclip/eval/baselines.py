@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference.crops import mask_crops
+from ..inference.crops import CROP_PAD, mask_crops
 from ..models import CLIP
 
 
@@ -61,7 +61,7 @@ def maskclip_patch_embeddings(clip: CLIP, image: np.ndarray, size: int | None = 
 
 
 @torch.no_grad()
-def crop_embeddings(clip: CLIP, image: np.ndarray, masks: np.ndarray, pad: float = 0.1,
+def crop_embeddings(clip: CLIP, image: np.ndarray, masks: np.ndarray, pad: float = CROP_PAD,
                     batch: int = 64) -> torch.Tensor:
     """HxWx3 uint8 image and NxHxW bool masks -> NxE normalised CLIP embeddings of the mask crops."""
     size = clip.config.vision.image_size

@@ -2,7 +2,7 @@
 
 Benchmarks:
 - ``scenes`` (built in, fixed seeds of the test split, or of the val split with ``split="val"`` to choose
-  settings without touching test): zero-shot top-1, prompt mIoU, semantic segmentation (a)-(e) (see
+  settings without touching test): zero-shot top-1, prompt mIoU, semantic segmentation (a)-(f) (see
   :mod:`samclip.eval.semseg_bench`), click / box labelling, overlays;
 - ``voc``: semantic mIoU on a VOC-style folder (``--data``, ``--labels`` in class-id order after
   background);
@@ -114,7 +114,8 @@ def markdown_report(result: dict) -> str:
                            ("sam_plus_clip", "(b) SAM-teacher everything + CLIP-teacher crops"),
                            ("merged_clip_head", "(c) merged, CLIP head"),
                            ("merged_both_heads", "(d) merged, CLIP head + SAM head"),
-                           ("merged_everything", "(e) merged, SAM-head everything + CLIP-head mask pooling")):
+                           ("merged_everything", "(e) merged, SAM-head everything + CLIP-head mask pooling"),
+                           ("merged_everything_crops", "(f) merged, SAM-head everything + merged-model crops")):
             r = ss[key]
             lines.append(f"| {title} | {r['miou']:.1f} | {r['miou_no_background']:.1f} | "
                          f"{r['seconds_per_image']:.3f} |")

@@ -6,7 +6,9 @@ Methods (the SAM-CLIP paper's comparison, in small):
   (c) ``merged_clip_head``    merged model, CLIP head only;
   (d) ``merged_both_heads``   merged model, CLIP head + SAM-head refinement;
   (e) ``merged_everything``   merged model, (b) in one pass: SAM-head everything-mode masks, each
-                              labelled by mask pooling of the CLIP head's per-patch embeddings.
+                              labelled by mask pooling of the CLIP head's per-patch embeddings;
+  (f) ``merged_everything_crops``  merged model alone as the two-model pipeline (b): the masks of (e),
+                              each crop classified by the merged model (one model, one small pass per mask).
 Every method sees the same images (test split, fresh seeds), the same class names (the 12 shapes)
 and the same background prompts; mIoU over 13 classes (with background) and 12 (without), plus
 seconds per image. Also: click / box labelling accuracy, mask pooling vs the crop baseline.
@@ -74,19 +76,23 @@ def _paint_masks(shape: tuple[int, int], masks: list[dict], classes: np.ndarray)
 
 
 @torch.no_grad()
-def merged_everything_map(predictor: Predictor, table: torch.Tensor, points_per_side: int = 16) -> np.ndarray:
-    """(e): everything-mode masks of the merged model's SAM head on the image set last, each labelled
-    (background is one of the classes) by the Predictor's default mask pooling: no second backbone pass."""
-    masks = predictor.generate(points_per_side=points_per_side)
+def merged_everything_map(predictor: Predictor, table: torch.Tensor, points_per_side: int = 16,
+                          pooling: str = "auto", masks: list[dict] | None = None) -> np.ndarray:
+    """(e) / (f): everything-mode masks of the merged model's SAM head on the image set last (or ``masks``,
+    the output of its ``generate``), each labelled (background is one of the classes) by
+    :meth:`Predictor.mask_embeddings` with ``pooling``: the default reads the cached pass (e, one pass),
+    ``"crop"`` re-encodes each mask's crop with the merged model (f, one model but a pass per mask)."""
+    if masks is None:
+        masks = predictor.generate(points_per_side=points_per_side)
     if not masks:
         return np.zeros(predictor.original_size, np.int64)
-    emb, _ = predictor.mask_embeddings(np.stack([m["segmentation"] for m in masks]))
+    emb, _ = predictor.mask_embeddings(np.stack([m["segmentation"] for m in masks]), pooling=pooling)
     return _paint_masks(predictor.original_size, masks, (emb @ table.T.to(emb.device)).argmax(-1).cpu().numpy())
 
 
 def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_images: int = 100,
                      size: int | None = None, points_per_side: int = 16, split: str = "test") -> dict:
-    """Run (a)-(e) on ``n_images`` scenes of ``split`` ("test" to report, "val" to choose settings);
+    """Run (a)-(f) on ``n_images`` scenes of ``split`` ("test" to report, "val" to choose settings);
     returns mIoU, per-class IoU and time per image."""
     size = size or sam_teacher.img_size
     labels = list(SHAPES)
@@ -97,7 +103,7 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
     merged_table = _text_table(merged_encoders(merged, merged.config.clip_size)[1], labels)
     merged_pred = Predictor(merged)
     sam_pred = Predictor(sam_teacher)
-    cms = {k: ConfusionMatrix(len(names)) for k in ("a", "b", "c", "d", "e")}
+    cms = {k: ConfusionMatrix(len(names)) for k in ("a", "b", "c", "d", "e", "f")}
     times = {k: 0.0 for k in cms}
     scenes = [generate_scene(s, size) for s in split_seeds(split, n_images, start=500_000)]
     for sc in scenes:
@@ -119,10 +125,14 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
         times["d"] += t_pass + time.perf_counter() - t
         cms["d"].update(fine, gt)
         t = time.perf_counter()
-        cms["e"].update(merged_everything_map(merged_pred, merged_table, points_per_side), gt)
-        times["e"] += t_pass + time.perf_counter() - t
+        masks = merged_pred.generate(points_per_side=points_per_side)
+        t_masks = t_pass + time.perf_counter() - t  # (e) and (f) share the pass and the masks
+        for k, pooling in (("e", "auto"), ("f", "crop")):
+            t = time.perf_counter()
+            cms[k].update(merged_everything_map(merged_pred, merged_table, pooling=pooling, masks=masks), gt)
+            times[k] += t_masks + time.perf_counter() - t
     keys = {"a": "clip_teacher_dense", "b": "sam_plus_clip", "c": "merged_clip_head", "d": "merged_both_heads",
-            "e": "merged_everything"}
+            "e": "merged_everything", "f": "merged_everything_crops"}
     result = {keys[k]: {**cm.summary(names), "seconds_per_image": times[k] / n_images} for k, cm in cms.items()}
     result["n_images"] = n_images
     result["image_size"] = size

@@ -8,14 +8,20 @@ import torch
 import torch.nn.functional as F
 
 GREY = 128
+#: how much bigger than the mask's bounding box a crop is: side = longer box side x (1 + CROP_PAD). Chosen on
+#: val scenes (80 / 60 scenes, labels: the 12 shapes) for the CLIP teacher: with ground-truth masks 72.0% top-1
+#: at 0.1, 83.6% at 0.3, 85.5% at 0.8, 86.0% at 1.2, 84.6% at 1.6; with the SAM teacher's masks of a click /
+#: box 38.3 / 45.8% at 0.1 and 63.6 / 70.1% at 1.2. A tight crop blows the object up far beyond the sizes the
+#: CLIP teacher saw whole; some grey context puts it back in its range.
+CROP_PAD = 1.2
 
 
-def mask_crops(image: np.ndarray, masks: np.ndarray, size: int, pad: float = 0.1) -> np.ndarray:
+def mask_crops(image: np.ndarray, masks: np.ndarray, size: int, pad: float = CROP_PAD) -> np.ndarray:
     """HxWx3 uint8 RGB image and NxHxW bool masks (original pixels) -> NxSxSx3 uint8 crops.
 
     Each crop is the square around the mask's bounding box (side = longer box side x (1 + ``pad``),
-    centred on the box), pixels outside the mask set to grey, the part beyond the image edge grey too,
-    resized to ``size`` x ``size`` (bilinear, antialiased). An empty mask gives an all-grey crop.
+    default :data:`CROP_PAD`, centred on the box), pixels outside the mask set to grey, the part beyond the
+    image edge grey too, resized to ``size`` x ``size`` (bilinear, antialiased). An empty mask gives an all-grey crop.
     """
     h, w = image.shape[:2]
     grey = np.full_like(image, GREY)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..inference.crops import CROP_PAD
 from ..inference.image_input import REGION_CONTEXT, REGION_MIN_COVER
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -66,6 +67,9 @@ class DataConfig:
     # region_context rings of neighbouring patches
     region_min_cover: float = REGION_MIN_COVER
     region_context: int = REGION_CONTEXT
+    # a region's target: the CLIP teacher's embedding of its mask's crop, the square of side
+    # (1 + region_crop_pad) x the mask's longer box side (samclip.inference.mask_crops)
+    region_crop_pad: float = CROP_PAD
     cache_dir: str = ""  # default: <out>/teacher_cache
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import covered_tokens, mask_crops
+from ..inference import CROP_PAD, covered_tokens, mask_crops
 from ..losses import cosine_distillation_loss
 from .streams import SamStream
 from .teachers import Teachers
@@ -47,9 +47,10 @@ def token_cover(masks: torch.Tensor, grid: int, min_cover: float, context: int =
 
 @torch.no_grad()
 def build_regions(stream: SamStream, teachers: Teachers, sizes: list[int], patch: int, min_cover: float,
-                  context: int = 0, min_pixels: int = 30, batch: int = 256) -> RegionSet:
+                  context: int = 0, min_pixels: int = 30, batch: int = 256, crop_pad: float = CROP_PAD) -> RegionSet:
     """Every instance of at least ``min_pixels`` pixels of every stream image, with its token selection at
-    each student size and the teacher's embedding of its crop (computed once)."""
+    each student size and the teacher's embedding of its crop (``crop_pad``: :func:`mask_crops`'s ``pad``;
+    computed once)."""
     image_ids, by_image, crops = [], [], []
     select: dict[int, list[torch.Tensor]] = {s: [] for s in sizes}
     for i in range(len(stream)):
@@ -62,7 +63,7 @@ def build_regions(stream: SamStream, teachers: Teachers, sizes: list[int], patch
         masks = np.stack(keep)
         for s in sizes:
             select[s].append(token_cover(torch.from_numpy(masks), s // patch, min_cover, context))
-        crops.append(mask_crops(stream.images(np.array([i]))[0], masks, teachers.clip_image_size))
+        crops.append(mask_crops(stream.images(np.array([i]))[0], masks, teachers.clip_image_size, crop_pad))
     if not image_ids:
         raise ValueError("region distillation: D_SAM has no instance masks of at least "
                          f"{min_pixels} pixels")

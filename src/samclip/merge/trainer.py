@@ -203,7 +203,8 @@ class MergeTrainer:
         if stage == 1 and self.cfg.region_weight > 0:
             patch = m.sam.config.image_encoder.patch_size
             self.regions = build_regions(self.sam_stream, self.teachers, self.cfg.data.clip_sizes, patch,
-                                         self.cfg.data.region_min_cover, self.cfg.data.region_context)
+                                         self.cfg.data.region_min_cover, self.cfg.data.region_context,
+                                         crop_pad=self.cfg.data.region_crop_pad)
             if self.cfg.data.stage1_token_cache:
                 self.region_tokens = {s: backbone_tokens(m, self.sam_stream, s, self.cfg.use_bf16, stage=1,
                                                          progress=self.rank == 0)
