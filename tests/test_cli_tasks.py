@@ -118,6 +118,11 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     assert code == 0 and d["count"] == len(d["masks"]) >= 1
     for m in d["masks"]:
         assert m["label"] in ("star", "ring") and check_rle(m["segmentation"], SIZE, SIZE).sum() == m["area"]
+    code, _, _ = run(env, "everything", img, "--labels", "star,ring", "--points-per-side", "4", "--pooling", "crop",
+                     "--pred-iou-thresh", "0", "--stability-thresh", "0", "--out", str(tmp_path / "ec"), capsys=capsys)
+    dc = load_outputs(tmp_path / "ec", "scene1")
+    assert code == 0 and [m["area"] for m in dc["masks"]] == [m["area"] for m in d["masks"]]
+    assert [m["label_score"] for m in dc["masks"]] != [m["label_score"] for m in d["masks"]]  # crops, not pooling
 
 
 @pytest.mark.parametrize("args, message", [

@@ -267,7 +267,7 @@ def _run_task(args: argparse.Namespace) -> int:
         else:
             res = serve.task_everything(predictor, labels, points_per_side=args.points_per_side,
                                   pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
-                                  min_area=args.min_area, max_masks=args.max_masks)
+                                  min_area=args.min_area, max_masks=args.max_masks, pooling=args.pooling)
         h, w = image.shape[:2]
         data: dict[str, Any] = {
             "image": str(path), "width": w, "height": h, "task": task, "model": str(args.model),
@@ -321,6 +321,13 @@ def _device_args(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast or fp32 (auto: bf16 on GPUs and CPUs with AMX / AVX512-BF16, else fp32)")
 
 
+def _pooling_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pooling", choices=["auto", "max", "mean", "region", "crop"], default="auto",
+                   help="how a mask is labelled: max / mean / region pooling of the one cached pass "
+                        "(auto = max; mean under ONNX), or crop: the mask's crop re-encoded by the model (an "
+                        "extra small pass per mask; more accurate)")
+
+
 def _prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--point", action="append", metavar="X,Y[:L]",
                    help="point prompt in original-image pixels; label L = 1 foreground (default) or 0 background; "
@@ -368,10 +375,7 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--labels", help=labels_help)
     p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=True,
                    help="pick the best of three candidate masks (default) or use the single-mask output")
-    p.add_argument("--pooling", choices=["auto", "max", "mean", "region", "crop"], default="auto",
-                   help="how the mask is labelled: max / mean / region pooling of the one cached pass "
-                        "(auto = max; mean under ONNX), or crop: the mask's crop re-encoded by the model (an "
-                        "extra small pass per mask)")
+    _pooling_arg(p)
     p.set_defaults(func=_run_task)
 
     p = subparsers.add_parser("everything", help="every mask from a point grid (optionally labelled)",
@@ -384,6 +388,7 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--stability-thresh", type=float, default=0.8, help="keep masks at least this stable")
     p.add_argument("--min-area", type=int, default=0, help="drop masks smaller than this (pixels)")
     p.add_argument("--max-masks", type=int, default=100, help="at most this many masks (<= 255)")
+    _pooling_arg(p)
     p.set_defaults(func=_run_task)
 
     from .serve import DEFAULT_MAX_PIXELS
