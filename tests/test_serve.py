@@ -133,6 +133,10 @@ def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
     lab = r.json()
     assert r.status_code == 200 and lab["label"] in ("star", "ring", "heart")
     assert abs(sum(lab["probs"].values()) - 1) < 1e-4 and rle_decode(lab["mask"]["segmentation"]).shape == (SIZE, SIZE)
+    r = client.post(f"/images/{iid}/label", json={"points": [[x, y], [2, 2]], "point_labels": [1, 0],
+                                                    "labels": ["star", "ring", "heart"], "pooling": "crop"})
+    assert r.status_code == 200 and r.json()["mask"] == lab["mask"] and r.json()["probs"] != lab["probs"]
+    assert_error(client.post(f"/images/{iid}/label", json={"points": [[x, y]], "pooling": "best"}), 422)
 
     r = client.post(f"/images/{iid}/classify", json={"labels": ["star", "ring"]})
     c = r.json()
@@ -159,6 +163,12 @@ def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
     assert r.status_code == 200 and e["count"] == len(e["masks"]) == len(e["legend"]) >= 1
     assert all(m["label"] in ("star", "ring") for m in e["masks"])
     assert np.asarray(decode_data_url(e["label_map_png"])).max() == e["count"]
+    r = client.post(f"/images/{iid}/everything", json={"labels": ["star", "ring"], "points_per_side": 4,
+                                                         "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                                                         "pooling": "crop"})
+    ec = r.json()["masks"]
+    assert r.status_code == 200 and [m["area"] for m in ec] == [m["area"] for m in e["masks"]]
+    assert [m["label_score"] for m in ec] != [m["label_score"] for m in e["masks"]]
 
     assert client.get(f"/images/{iid}").json() == {"image_id": iid, "width": SIZE, "height": SIZE}
 

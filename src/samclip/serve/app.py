@@ -123,8 +123,14 @@ class PromptBody(_Body):
     png: bool = Field(False, description="also return the best mask as a palette-PNG data URL")
 
 
+Pooling = Literal["auto", "max", "mean", "region", "crop"]
+POOLING_HELP = ("how a mask is labelled (Predictor.label_masks): auto / max / mean / region read the one cached pass; "
+                "crop re-encodes the mask's crop (a small extra pass per mask, more accurate; PyTorch models only)")
+
+
 class LabelBody(PromptBody):
     labels: list[Text] | None = Field(None, description="vocabulary (default: the 12 scene-world shapes)")
+    pooling: Pooling = Field("auto", description=POOLING_HELP)
 
 
 class ClassifyBody(_Body):
@@ -152,6 +158,7 @@ class EverythingBody(_Body):
     stability_score_thresh: float = Field(0.8, ge=0.0, le=1.0)
     min_area: int = Field(0, ge=0)
     max_masks: int = Field(100, ge=1, le=255)
+    pooling: Pooling = Field("auto", description=POOLING_HELP)
     png: bool = True
 
 
@@ -562,8 +569,8 @@ def create_app(
         entry = svc.entry(image_id)
         prompts = svc.prompts(body, entry)
         labels = svc.labels(body.labels)
-        return await svc.run_task(entry, lambda p: task_label(p, prompts, labels, multimask=body.multimask),
-                                  body.png)
+        return await svc.run_task(
+            entry, lambda p: task_label(p, prompts, labels, multimask=body.multimask, pooling=body.pooling), body.png)
 
     @app.post("/images/{image_id}/classify", response_model=ClassifyOut, responses=_ERRORS,
               summary="zero-shot classification of the whole image")
@@ -595,7 +602,7 @@ def create_app(
         return await svc.run_task(entry, lambda p: task_everything(
             p, labels, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
             stability_score_thresh=body.stability_score_thresh, min_area=body.min_area,
-            max_masks=body.max_masks), body.png)
+            max_masks=body.max_masks, pooling=body.pooling), body.png)
 
     # -------------------------------------------------------------------------------- web page
     @app.get("/", include_in_schema=False)
