@@ -320,6 +320,17 @@ def test_dense_validation_metric_reads_each_size_and_restores_the_config(teacher
     assert sorted(acc) == [64, 128] and all(0.0 <= v <= 100.0 for v in acc.values())
     assert sorted(set(seen)) == [(64, 64), (128, 128)]
     assert model.config == before
+    seen.clear()
+
+    def spy_max(self, masks, labels, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        assert k["pooling"] == "max"
+        seen.append((self.model.config.label_size, self._clip_state(None, "label").frame))
+        return real(self, masks, labels, *a, **k)
+
+    monkeypatch.setattr(Predictor, "label_masks", spy_max)
+    acc = ev.mask_label_accuracy_by_size(model, [64, 128], pooling="max")  # the metric that picks label_size
+    assert sorted(acc) == [64, 128] and sorted(set(seen)) == [(64, 64), (128, 128)]
+    assert model.config == before
 
 
 def test_merge_keeps_classification_tta_only_when_it_is_better_on_val(teacher_dirs, tmp_path,  # noqa: ANN001

@@ -669,6 +669,29 @@ def test_clip_tasks_read_the_models_own_sizes_and_map_points_back(merged: SamCli
     assert seen["mask_in"].shape[-1] == 4 * state.grid
 
 
+def test_mask_labels_read_the_label_size_pass(merged: SamClip) -> None:
+    """config.label_size (0: clip_size) is the pass max / region pooling read; classification stays at
+    clip_size and mean pooling at semseg_size."""
+    model = copy.deepcopy(merged)
+    model.config = model.config.replace(clip_size=64, semseg_size=64, label_size=128)  # sam-tiny's frame: 128
+    pred = Predictor(model)
+    state = pred.set_image(image(100, 100))
+    masks = np.zeros((1, 100, 100), bool)
+    masks[0, 20:60, 10:50] = True
+    emb, _ = pred.mask_embeddings(masks, pooling="max")
+    assert set(state.other_sizes) == set()  # max pooling used the SAM-size pass itself
+    assert pred._clip_state(None, "label") is state and pred._clip_state(None, "classify").frame == 64
+    same = copy.deepcopy(merged)
+    same.config = same.config.replace(clip_size=128, semseg_size=64)  # label_size 0: clip_size = the SAM frame
+    other = Predictor(same)
+    other.set_image(image(100, 100))
+    assert torch.allclose(emb, other.mask_embeddings(masks, pooling="max")[0], atol=1e-5)
+    pred.mask_embeddings(masks, pooling="mean")
+    assert set(state.other_sizes) == {(64, False)}
+    with pytest.raises(ValueError, match="multiples of the patch size"):
+        model.config.replace(label_size=50)
+
+
 def test_mask_embeddings_shapes_empty_rows_and_pooling_choice(merged: SamClip) -> None:
     pred = Predictor(merged)
     pred.set_image(image(90, 200))

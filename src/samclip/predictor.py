@@ -598,13 +598,13 @@ class Predictor:
 
     def _clip_state(self, size: int | None, task: str, mirrored: bool = False) -> ImageState:
         """The pass a CLIP-head task reads: ``size`` if given, else the model's default for the task
-        (``config.clip_size`` for classification and region labels, ``config.semseg_size`` for dense maps;
-        the merge picks them on validation data). The native SAM-size pass is reused when they match it;
-        otherwise one extra backbone pass at that size is made and cached per image. ONNX predictors have
-        one fixed frame."""
+        (``config.clip_size`` for classification, ``config.label_size`` (0: ``clip_size``) for max / region
+        mask labels, ``config.semseg_size`` for dense maps; the merge picks them on validation data). The
+        native SAM-size pass is reused when they match it; otherwise one extra backbone pass at that size is
+        made and cached per image. ONNX predictors have one fixed frame."""
         if size is None and self._onnx is None and isinstance(self.model, SamClip):
             cfg = self.model.config
-            size = cfg.semseg_size if task == "semseg" else cfg.clip_size
+            size = {"semseg": cfg.semseg_size, "label": cfg.label_size or cfg.clip_size}.get(task, cfg.clip_size)
         return self._state_for_size(self.state, size, mirrored)
 
     def classify(self, labels: Sequence[str], templates: Sequence[str] | None = None, *,
@@ -760,8 +760,9 @@ class Predictor:
             one backbone pass serves every task. ``samclip eval``'s labelling benchmark measures them all:
             on the shipped model ``"crop"`` labels best (test clicks / boxes 45.1 / 57.9% vs 31.5 / 34.0% for
             ``"max"``), at one extra pass per mask.
-        Max and region pooling read the pass at the model's ``clip_size`` (where the head is trained), mean
-        pooling the one at ``semseg_size``; either is the cached SAM-size pass when equal.
+        Max and region pooling read the pass at the model's ``label_size`` (0: ``clip_size``, where the head
+        is trained; the merge picks it on val), mean pooling the one at ``semseg_size``; either is the cached
+        SAM-size pass when equal.
         ``tta`` (max / region / mean pooling; off by default): also pool the mirrored mask on the mirrored
         image's pass (one extra backbone pass per image, cached) and average the two normalised embeddings.
         Unlike classification's, it is not on for the shipped model: on val it labelled ground-truth masks
@@ -782,7 +783,7 @@ class Predictor:
             return self._crop_embeddings(m)
         if tta:
             self._require_torch_for_tta()
-        task = "semseg" if pooling == "mean" else "classify"
+        task = "semseg" if pooling == "mean" else "label"
         emb, empty = self._pooled_masks(self._clip_state(None, task), m, pooling, min_cover, context)
         if tta and len(m):
             mirrored, _ = self._pooled_masks(self._clip_state(None, task, mirrored=True), m.flip(-1), pooling,

@@ -70,6 +70,8 @@ class DataConfig:
     # a region's target: the CLIP teacher's embedding of its mask's crop, the square of side
     # (1 + region_crop_pad) x the mask's longer box side (samclip.inference.mask_crops)
     region_crop_pad: float = CROP_PAD
+    # student sizes of region distillation, one drawn per step; empty: the step's D_CLIP size (data.clip_sizes)
+    region_sizes: list[int] = field(default_factory=list)
     cache_dir: str = ""  # default: <out>/teacher_cache
 
 

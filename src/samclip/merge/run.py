@@ -79,10 +79,11 @@ class SceneEvaluator:
         enc_img, enc_txt = merged_encoders(model, views[0][0], views=views)
         return zero_shot_accuracy(enc_img, enc_txt, self.zs[0], self.zs[1])["top1"]
 
-    def mask_label_accuracy_by_size(self, model: SamClip, sizes: list[int], n_images: int = 120) -> dict[int, float]:
-        """Val accuracy (percent) of labelling ground-truth instance masks with the 12 shapes by mean pooling
-        of the per-patch CLIP-head embeddings (``Predictor.label_masks(pooling="mean")``) read at each size:
-        the dense path's own validation metric (reported in the merge summary)."""
+    def mask_label_accuracy_by_size(self, model: SamClip, sizes: list[int], n_images: int = 120,
+                                    pooling: str = "mean") -> dict[int, float]:
+        """Val accuracy (percent) of labelling ground-truth instance masks with the 12 shapes by
+        ``Predictor.label_masks(pooling=...)`` with the pass read at each size: "mean" (per-patch embeddings
+        at ``semseg_size``, the dense path's own validation metric) or "max" (at ``label_size``)."""
         from ..data import SHAPES
         from ..predictor import Predictor
 
@@ -98,8 +99,8 @@ class SceneEvaluator:
                 pred.set_image(self.val.images[j])  # one SAM-frame pass; each size's pass is cached beside it
                 masks, truth = np.stack([inst == i + 1 for i in ids]), [SHAPES.index(objects[i][0]) for i in ids]
                 for size in sizes:
-                    model.config = config.replace(semseg_size=size)
-                    idx, _ = pred.label_masks(masks, list(SHAPES), pooling="mean")
+                    model.config = config.replace(**{"semseg_size" if pooling == "mean" else "label_size": size})
+                    idx, _ = pred.label_masks(masks, list(SHAPES), pooling=pooling)
                     hits[size] += sum(int(k == t) for k, t in zip(idx, truth))
                 total += len(ids)
         finally:
@@ -217,11 +218,18 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
         # embedded default it sat near chance at every size (11-13% with single-token reads, 8% is chance), too
         # noisy to choose by
         dense = evaluator.mask_label_accuracy_by_size(student, sizes)
-        student.config = student.config.replace(clip_size=best, semseg_size=best)
+        # one-pass mask labels (max pooling): the best on val among the trained sizes and region distillation's
+        label_sizes = sorted(set(sizes) | (set(cfg.data.region_sizes) if cfg.region_weight > 0 else set()))
+        by_label = evaluator.mask_label_accuracy_by_size(student, label_sizes, pooling="max")
+        label = max(by_label, key=by_label.get)
+        student.config = student.config.replace(clip_size=best, semseg_size=best,
+                                                label_size=0 if label == best else label)
         if cfg.head.tta_flip or cfg.head.tta_sizes:
             summary["val_zero_shot_tta"] = choose_tta(student, evaluator, cfg, by_size[best])
         summary["val_zero_shot_by_size"] = by_size
         summary["val_mask_label_accuracy_by_size"] = dense
+        summary["val_mask_max_label_accuracy_by_size"] = by_label
+        summary["label_size"] = label
         summary["clip_size"] = student.config.clip_size
         summary["semseg_size"] = student.config.semseg_size
     if rank == 0:

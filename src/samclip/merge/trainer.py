@@ -202,16 +202,20 @@ class MergeTrainer:
         self.regions, self.region_tokens = None, {}
         if stage == 1 and self.cfg.region_weight > 0:
             patch = m.sam.config.image_encoder.patch_size
-            self.regions = build_regions(self.sam_stream, self.teachers, self.cfg.data.clip_sizes, patch,
+            self.regions = build_regions(self.sam_stream, self.teachers, self.region_sizes(), patch,
                                          self.cfg.data.region_min_cover, self.cfg.data.region_context,
                                          crop_pad=self.cfg.data.region_crop_pad)
             if self.cfg.data.stage1_token_cache:
                 self.region_tokens = {s: backbone_tokens(m, self.sam_stream, s, self.cfg.use_bf16, stage=1,
                                                          progress=self.rank == 0)
-                                      for s in self.cfg.data.clip_sizes}
+                                      for s in self.region_sizes()}
         if self.log is not None and self.rank == 0 and sc.steps:  # where a stage's set-up time goes (JSONL log)
             self.log.event(self.global_step(stage, self.state.step), f"setup stage {stage}", token_cache_s=t1 - t0,
                            regions_s=time.perf_counter() - t1)
+
+    def region_sizes(self) -> list[int]:
+        """The student sizes region distillation runs at: ``data.region_sizes``, else ``data.clip_sizes``."""
+        return list(self.cfg.data.region_sizes or self.cfg.data.clip_sizes)
 
     def global_step(self, stage: int, step: int) -> int:
         """``step`` of ``stage`` counted over the whole run (the steps of the earlier stages first)."""
@@ -269,6 +273,9 @@ class MergeTrainer:
         rng = step_rng(cfg.seed, 1, step, 1)
         n_img = min(cfg.data.region_images, len(self.sam_stream))
         img_ids = rng.choice(len(self.sam_stream), n_img, replace=False)[self.rank :: self.world]
+        if cfg.data.region_sizes:  # its own size draw (stream 2), else the step's D_CLIP size
+            sizes = cfg.data.region_sizes
+            size = int(sizes[step_rng(cfg.seed, 1, step, 2).integers(len(sizes))])
         per_image = [regions.by_image[i] for i in img_ids]
         if not any(len(r) for r in per_image):
             return None

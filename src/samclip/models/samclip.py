@@ -25,8 +25,9 @@ from .sam import Sam
 
 @dataclass(frozen=True)
 class SamClipConfig(_Config):
-    """The merged model. ``clip_size`` / ``semseg_size``: default input sizes (pixels per side) for
-    classification and CLIP-head semantic segmentation; SAM tasks use the SAM native size."""
+    """The merged model. ``clip_size`` / ``semseg_size`` / ``label_size``: default input sizes (pixels per
+    side) for classification, CLIP-head semantic segmentation and one-pass mask labelling (max / region
+    pooling; 0: ``clip_size``); SAM tasks use the SAM native size."""
 
     sam: SamConfig = field(default_factory=SamConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
@@ -34,6 +35,7 @@ class SamClipConfig(_Config):
     init_logit_scale: float = 4.6052
     clip_size: int = 224
     semseg_size: int = 448
+    label_size: int = 0
     # test-time augmentation of classification (the pooled embedding): the L2-normalised embeddings of the
     # image at clip_size and at each of tta_sizes, each also mirrored left-right when tta_flip, are averaged
     # (see :meth:`classify_views`). Off by default; the merge turns it on when it is better on validation
@@ -42,7 +44,7 @@ class SamClipConfig(_Config):
 
     def __post_init__(self) -> None:
         patch = self.sam.image_encoder.patch_size
-        for s in (self.clip_size, self.semseg_size, *self.tta_sizes):
+        for s in (self.clip_size, self.semseg_size, *self.tta_sizes, *([self.label_size] if self.label_size else [])):
             if int(s) != s or s < patch or s % patch:
                 raise ValueError(f"input sizes must be positive multiples of the patch size {patch}, got {s}")
 
