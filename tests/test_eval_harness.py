@@ -39,6 +39,7 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     clip_size = result["merged"]["clip_size"]  # the tiny model has no TTA: its classification is one view
     assert result["merged"]["tta_views"] == [[clip_size, False]]
     assert result["merged"]["zero_shot_top1"] == result["merged"][f"zero_shot_top1@{clip_size}"]
+    assert result["merged"]["label_size"] == clip_size  # label_size 0: labels read the clip_size pass
     j, md = harness.write_reports(result, tmp_path)
     assert json.loads(j.read_text())["benchmark"] == "scenes" and "(d) merged" in md.read_text()
     assert (tmp_path / "overlays.png").exists()

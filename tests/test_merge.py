@@ -414,6 +414,12 @@ def test_region_distillation_trains_only_the_head_and_cached_equals_online(teach
         rows = [json.loads(x) for x in (tmp_path / flag / "log.jsonl").read_text().splitlines()]
         assert any("l_region" in r for r in rows)
     assert torch.allclose(losses["false"], losses["true"], atol=1e-5)
+    tr = _trainer(teacher_dirs, tmp_path / "own", **{"region_weight": "1.0", "data.region_images": "3",
+                                                    "data.stage1_token_cache": "true", "data.region_sizes": "64"})
+    tr._configure(1)  # data.region_sizes: regions at their own size, whatever the step's D_CLIP size
+    assert sorted(tr.regions.select) == [64] and sorted(tr.region_tokens) == [64]
+    with torch.no_grad():
+        assert torch.equal(tr.region_loss(0, 32), tr.region_loss(0, 64))
 
 
 def test_teacher_cache_on_disk_is_reused_only_for_the_same_data(teacher_dirs, tmp_path) -> None:  # noqa: ANN001

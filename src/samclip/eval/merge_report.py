@@ -56,6 +56,7 @@ def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_s
         "sam_teacher": {k: sam_t[k] for k in ("box_miou", "point_miou", "point_miou_first")},
         "merged": {
             "clip_size": clip_size,
+            "label_size": merged.config.label_size or clip_size,  # the pass one-pass mask labels read
             "zero_shot_top1": merged_default,
             "tta_views": [list(v) for v in views],
             **{f"zero_shot_top1@{s}": v for s, v in merged_zs.items()},
