@@ -201,14 +201,14 @@ class MergeTrainer:
         t1 = time.perf_counter()
         self.regions, self.region_tokens = None, {}
         if stage == 1 and self.cfg.region_weight > 0:
-            patch = m.sam.config.image_encoder.patch_size
-            self.regions = build_regions(self.sam_stream, self.teachers, self.region_sizes(), patch,
+            patch, sizes = m.sam.config.image_encoder.patch_size, self.region_sizes()
+            self.regions = build_regions(self.sam_stream, self.teachers, sizes, patch,
                                          self.cfg.data.region_min_cover, self.cfg.data.region_context,
                                          crop_pad=self.cfg.data.region_crop_pad)
             if self.cfg.data.stage1_token_cache:
                 self.region_tokens = {s: backbone_tokens(m, self.sam_stream, s, self.cfg.use_bf16, stage=1,
                                                          progress=self.rank == 0)
-                                      for s in self.region_sizes()}
+                                      for s in sizes}
         if self.log is not None and self.rank == 0 and sc.steps:  # where a stage's set-up time goes (JSONL log)
             self.log.event(self.global_step(stage, self.state.step), f"setup stage {stage}", token_cache_s=t1 - t0,
                            regions_s=time.perf_counter() - t1)

@@ -44,7 +44,7 @@ class SamClipConfig(_Config):
 
     def __post_init__(self) -> None:
         patch = self.sam.image_encoder.patch_size
-        for s in (self.clip_size, self.semseg_size, *self.tta_sizes, *([self.label_size] if self.label_size else [])):
+        for s in (self.clip_size, self.semseg_size, *self.tta_sizes, self.label_size or self.clip_size):
             if int(s) != s or s < patch or s % patch:
                 raise ValueError(f"input sizes must be positive multiples of the patch size {patch}, got {s}")
 
