@@ -166,3 +166,23 @@ def test_clip_stream_hflip_adds_a_mirrored_view_of_every_image() -> None:
     assert stream_fingerprint(plain) != stream_fingerprint(flip)  # the teacher cache cannot mix them
     with pytest.raises(IndexError):
         flip.images(np.array([8]))
+
+
+def test_sam_teacher_freeze_encoder_trains_the_prompt_side_only(tmp_path) -> None:  # noqa: ANN001
+    """freeze_encoder: the image encoder stays bit for bit (a merge distils it); the decoder learns."""
+    from samclip.factory import load_sam, save_pretrained
+    from samclip.teachers.sam_teacher import SamTeacherRecipe, train_sam_teacher
+
+    torch.manual_seed(0)
+    save_pretrained(samclip.create_sam("sam-synthetic"), tmp_path / "init")
+    recipe = SamTeacherRecipe(train_images=4, val_images=1, steps=2, batch_images=2, prompts_per_image=2,
+                              eval_every=0, bf16="false", init=str(tmp_path / "init"), freeze_encoder=True)
+    train_sam_teacher(recipe, tmp_path / "out")
+    before, after = load_sam(str(tmp_path / "init")).state_dict(), load_sam(str(tmp_path / "out")).state_dict()
+    encoder = [k for k in before if k.startswith("image_encoder.")]
+    decoder = [k for k in before if k.startswith("mask_decoder.")]
+    assert encoder and decoder
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    with pytest.raises(ValueError, match="freeze_encoder needs init"):
+        train_sam_teacher(SamTeacherRecipe(freeze_encoder=True), tmp_path / "bad")

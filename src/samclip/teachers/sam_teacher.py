@@ -46,6 +46,10 @@ class SamTeacherRecipe:
     bf16: str = "auto"  # true / false / auto (bf16 only where this CPU multiplies bf16 natively)
     eval_every: int = 1000
     init: str = ""  # continue from these weights (a folder or name) instead of random init
+    # train the prompt encoder + mask decoder only, on image embeddings computed once by the frozen image
+    # encoder (both orientations, for the flip augmentation): each step is then a decoder-only step. With
+    # ``init`` it improves a teacher's masks without changing its image encoder (which a merge distils)
+    freeze_encoder: bool = False
 
 
 def _targets(inst: torch.Tensor, gen: torch.Generator, per_image: int) -> torch.Tensor:
@@ -65,17 +69,22 @@ def _low_res(masks: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def sam_training_step(model: Sam, images: torch.Tensor, inst: torch.Tensor, gen: torch.Generator,
-                      per_image: int, bf16: bool, box_fraction: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+                      per_image: int, bf16: bool, box_fraction: float = 0.5,
+                      embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """One SAM-style step on a batch: BxSxSx3 uint8 images and BxSxS instance maps -> (loss, logs).
 
     Per image ``round(per_image * box_fraction)`` box prompts (at least 1) and the rest point prompts
-    (at least 1), each point followed by a corrective click.
+    (at least 1), each point followed by a corrective click. ``embeddings`` (BxCxhxw, from a frozen image
+    encoder) skips the encoder; ``images`` may then be None.
     """
-    s = images.shape[1]
+    s = inst.shape[1]
     n_box = min(per_image - 1, max(1, round(per_image * box_fraction)))
-    x = model.preprocess(images.permute(0, 3, 1, 2))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        emb = model.image_embeddings(x)
+    if embeddings is not None:
+        emb = embeddings
+    else:
+        x = model.preprocess(images.permute(0, 3, 1, 2))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            emb = model.image_embeddings(x)
     low = emb.shape[-1] * 4
     logs: dict[str, float] = {}
     total = torch.zeros(())
@@ -115,7 +124,25 @@ def sam_training_step(model: Sam, images: torch.Tensor, inst: torch.Tensor, gen:
     return total, logs
 
 
+@torch.no_grad()
+def encoder_embeddings(model: Sam, images: np.ndarray, bf16: bool, chunk: int = 64,
+                       progress: bool = False) -> torch.Tensor:
+    """NxSxSx3 uint8 -> NxCxhxw image embeddings of the (frozen) image encoder, fp32, in fixed chunks."""
+    from tqdm import tqdm
+
+    model.image_encoder.eval()
+    out = []
+    for start in tqdm(range(0, len(images), chunk), desc="encoder embeddings", unit="chunk", leave=False,
+                      disable=not progress):
+        x = model.preprocess(torch.from_numpy(images[start : start + chunk]).permute(0, 3, 1, 2))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out.append(model.image_embeddings(x).float())
+    return torch.cat(out)
+
+
 def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None = None) -> dict:
+    if recipe.freeze_encoder and not recipe.init:
+        raise ValueError("freeze_encoder needs init: a trained teacher whose image encoder stays as it is")
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     t0 = time.time()
@@ -123,7 +150,14 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
     val = build_bank("val", recipe.val_images, 256)
     render_s = time.time() - t0
     model = (load_sam(recipe.init) if recipe.init else create_sam(recipe.preset)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    bf16 = resolve_bf16(recipe.bf16)
+    cached: tuple[torch.Tensor, torch.Tensor] | None = None  # embeddings of the bank, unflipped and flipped
+    if recipe.freeze_encoder:
+        model.image_encoder.requires_grad_(False)
+        cached = (encoder_embeddings(model, bank.images, bf16, progress=True),
+                  encoder_embeddings(model, np.ascontiguousarray(bank.images[:, :, ::-1]), bf16, progress=True))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     log = TrainLog(log_path, total=recipe.steps, desc="sam teacher")
     rng = np.random.default_rng(recipe.seed)
     for step in range(recipe.steps):
@@ -133,13 +167,18 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
         idx = rng.integers(0, len(bank), recipe.batch_images)
         images = torch.from_numpy(bank.images[idx])
         inst = torch.from_numpy(bank.instance_maps[idx])
-        if rng.random() < 0.5:  # horizontal flip (masks are class-agnostic)
+        flip = rng.random() < 0.5  # horizontal flip (masks are class-agnostic)
+        if flip:
             images, inst = images.flip(2), inst.flip(2)
-        loss, logs = sam_training_step(model, images, inst, gen, recipe.prompts_per_image, resolve_bf16(recipe.bf16),
-                                       recipe.box_fraction)
+        emb = None
+        if cached is not None:
+            model.image_encoder.eval()
+            emb = cached[int(flip)][torch.from_numpy(idx)]
+        loss, logs = sam_training_step(model, images, inst, gen, recipe.prompts_per_image, bf16,
+                                       recipe.box_fraction, embeddings=emb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         log.step(step, loss=loss.item(), lr=lr, **logs)
         if recipe.eval_every and (step + 1) % recipe.eval_every == 0 and step + 1 < recipe.steps:
