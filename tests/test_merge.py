@@ -436,3 +436,20 @@ def test_teacher_cache_on_disk_is_reused_only_for_the_same_data(teacher_dirs, tm
     assert torch.equal(same.teachers.clip_embeddings(ids, same.clip_stream.images(ids)), first)
     other = _trainer(teacher_dirs, tmp_path / "c", **cache, **{"data.clip_single_fraction": "0.5"})
     assert not other.teachers.clip_cache and sorted(other.teachers.sam_cache) == [0, 1]
+
+
+def test_clip_mask_crops_append_crops_of_dsam_masks_to_dclip(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """data.clip_mask_crops: D_CLIP ends with that many D_SAM instance-mask crops at its render size."""
+    from samclip.inference import mask_crops
+
+    plain = _trainer(teacher_dirs, tmp_path / "a")
+    tr = _trainer(teacher_dirs, tmp_path / "b", **{"data.clip_mask_crops": "5"})
+    n = len(plain.clip_stream)
+    assert len(tr.clip_stream) == n + 5
+    assert np.array_equal(tr.clip_stream.images(np.arange(n)), plain.clip_stream.images(np.arange(n)))
+    inst = tr.sam_stream.instance_map(0)
+    first = np.stack([inst == k for k in np.unique(inst) if k > 0 and (inst == k).sum() >= 30])[:5]
+    want = mask_crops(tr.sam_stream.images(np.array([0]))[0], first, 64)
+    got = tr.clip_stream.images(np.arange(n, n + len(first)))
+    assert np.array_equal(got, want)
+    assert (got == 128).any() and (got != 128).any()  # grey outside the mask, the object inside

@@ -72,6 +72,10 @@ class DataConfig:
     region_crop_pad: float = CROP_PAD
     # student sizes of region distillation, one drawn per step; empty: the step's D_CLIP size (data.clip_sizes)
     region_sizes: list[int] = field(default_factory=list)
+    # crop distillation (NOT in the SAM-CLIP paper): D_CLIP also holds crops of this many D_SAM instance masks
+    # (samclip.inference.mask_crops at its default pad, grey outside the mask), distilled like any D_CLIP image,
+    # so that labelling a mask by its crop (Predictor pooling "crop") sees inputs like these in training; 0 = off
+    clip_mask_crops: int = 0
     cache_dir: str = ""  # default: <out>/teacher_cache
 
 

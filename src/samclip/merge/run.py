@@ -18,7 +18,7 @@ from ..models import ClipHeadConfig, SamClip
 from ..precision import autocast, resolve_bf16
 from ..tokenizer import ClipTokenizer
 from .config import MergeConfig
-from .streams import ClipStream, SamStream
+from .streams import ClipStream, SamStream, instance_mask_crops
 from .teachers import Teachers
 from .trainer import MergeTrainer, dist_info, init_distributed
 
@@ -151,17 +151,22 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
 
 
 def build_streams(cfg: MergeConfig, sam_size: int, progress: bool) -> tuple[ClipStream, SamStream]:
+    """D_CLIP and D_SAM of ``cfg.data``; with ``data.clip_mask_crops`` D_CLIP ends with crops of D_SAM's masks."""
     d = cfg.data
     if d.source == "scenes":
-        return (ClipStream.scene_world(d.clip_images, d.clip_render_size, progress, d.clip_single_fraction,
-                                       d.clip_hflip),
-                SamStream.scene_world(d.sam_images, sam_size, d.prompts_per_image, cfg.seed, progress))
-    if d.source == "folders":
+        clip = ClipStream.scene_world(d.clip_images, d.clip_render_size, progress, d.clip_single_fraction,
+                                      d.clip_hflip)
+        sam = SamStream.scene_world(d.sam_images, sam_size, d.prompts_per_image, cfg.seed, progress)
+    elif d.source == "folders":
         if not d.clip_dir or not d.sam_dir:
             raise ValueError("data.source = 'folders' needs data.clip_dir and data.sam_dir")
-        return (ClipStream.from_folder(d.clip_dir, d.clip_render_size, hflip=d.clip_hflip),
-                SamStream.from_sa1b(d.sam_dir, sam_size, d.prompts_per_image, cfg.seed))
-    raise ValueError(f"unknown data.source {d.source!r}; expected 'scenes' or 'folders'")
+        clip = ClipStream.from_folder(d.clip_dir, d.clip_render_size, hflip=d.clip_hflip)
+        sam = SamStream.from_sa1b(d.sam_dir, sam_size, d.prompts_per_image, cfg.seed)
+    else:
+        raise ValueError(f"unknown data.source {d.source!r}; expected 'scenes' or 'folders'")
+    if d.clip_mask_crops > 0:
+        clip = clip.with_images(instance_mask_crops(sam, d.clip_mask_crops, d.clip_render_size))
+    return clip, sam
 
 
 def choose_tta(model: SamClip, evaluator: SceneEvaluator, cfg: MergeConfig, single_view_top1: float) -> dict:

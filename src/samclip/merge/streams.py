@@ -86,6 +86,12 @@ class ClipStream:
                                     forbidden_pairs=HELDOUT_PAIRS, progress=progress))
         return cls(np.concatenate([p.images for p in parts]), hflip)
 
+    def with_images(self, extra: np.ndarray) -> ClipStream:
+        """This stream with ``extra`` (MxSxSx3 uint8, at this stream's size) appended after its own images."""
+        if extra.shape[1:] != self._images.shape[1:]:
+            raise ValueError(f"extra D_CLIP images are {extra.shape[1:]}, the stream's {self._images.shape[1:]}")
+        return ClipStream(np.concatenate([self._images, extra]), self.hflip)
+
     @classmethod
     def from_folder(cls, folder: str | Path, size: int, limit: int | None = None, hflip: bool = False) -> ClipStream:
         """Images from a folder tree, or from ``.tar`` shards inside it, centre-cropped to ``size``."""
@@ -191,6 +197,25 @@ class SamStream:
         boxes = jitter_boxes(masks_to_boxes(masks[:half]), gen, size=(s, s))
         points = interior_points(masks[half:], gen)
         return SamPrompts(boxes, points, masks[:half], masks[half:])
+
+
+def instance_mask_crops(stream: SamStream, n: int, size: int, min_pixels: int = 30) -> np.ndarray:
+    """Crops (``size`` px, :func:`samclip.inference.mask_crops` at its default pad) of the first ``n``
+    instance masks of at least ``min_pixels`` pixels of ``stream``, image by image -> nxSxSx3 uint8 (fewer
+    when the stream has fewer masks)."""
+    from ..inference import mask_crops
+
+    out: list[np.ndarray] = []
+    total = 0
+    for i in range(len(stream)):
+        if total >= n:
+            break
+        inst = stream.instance_map(i)
+        masks = [m for m in (inst == k for k in np.unique(inst) if k > 0) if m.sum() >= min_pixels][: n - total]
+        if masks:
+            out.append(mask_crops(stream.images(np.array([i]))[0], np.stack(masks), size))
+            total += len(masks)
+    return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
 def square_resize_nearest(arr: np.ndarray, size: int) -> np.ndarray:
