@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..inference import CROP_PAD, covered_tokens, mask_crops
 from ..losses import cosine_distillation_loss
-from .streams import SamStream
+from .streams import SamStream, instance_masks
 from .teachers import Teachers
 
 
@@ -54,8 +54,7 @@ def build_regions(stream: SamStream, teachers: Teachers, sizes: list[int], patch
     image_ids, by_image, crops = [], [], []
     select: dict[int, list[torch.Tensor]] = {s: [] for s in sizes}
     for i in range(len(stream)):
-        inst = stream.instance_map(i)
-        keep = [m for m in (inst == k for k in np.unique(inst) if k > 0) if m.sum() >= min_pixels]
+        keep = instance_masks(stream.instance_map(i), min_pixels)
         by_image.append(np.arange(len(image_ids), len(image_ids) + len(keep)))
         image_ids += [i] * len(keep)
         if not keep:

@@ -199,6 +199,12 @@ class SamStream:
         return SamPrompts(boxes, points, masks[:half], masks[half:])
 
 
+def instance_masks(inst: np.ndarray, min_pixels: int) -> list[np.ndarray]:
+    """SxS instance ids (0 = none) -> the SxS bool mask of every instance of at least ``min_pixels`` pixels,
+    in id order."""
+    return [m for m in (inst == k for k in np.unique(inst) if k > 0) if m.sum() >= min_pixels]
+
+
 def instance_mask_crops(stream: SamStream, n: int, size: int, min_pixels: int = 30) -> np.ndarray:
     """Crops (``size`` px, :func:`samclip.inference.mask_crops` at its default pad) of the first ``n``
     instance masks of at least ``min_pixels`` pixels of ``stream``, image by image -> nxSxSx3 uint8 (fewer
@@ -210,8 +216,7 @@ def instance_mask_crops(stream: SamStream, n: int, size: int, min_pixels: int = 
     for i in range(len(stream)):
         if total >= n:
             break
-        inst = stream.instance_map(i)
-        masks = [m for m in (inst == k for k in np.unique(inst) if k > 0) if m.sum() >= min_pixels][: n - total]
+        masks = instance_masks(stream.instance_map(i), min_pixels)[: n - total]
         if masks:
             out.append(mask_crops(stream.images(np.array([i]))[0], np.stack(masks), size))
             total += len(masks)
