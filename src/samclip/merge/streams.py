@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..data import HELDOUT_PAIRS
 from ..data.banks import build_bank
+from ..inference import mask_crops
 from ..prompts import interior_points, jitter_boxes, masks_to_boxes
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -209,8 +210,6 @@ def instance_mask_crops(stream: SamStream, n: int, size: int, min_pixels: int = 
     """Crops (``size`` px, :func:`samclip.inference.mask_crops` at its default pad) of the first ``n``
     instance masks of at least ``min_pixels`` pixels of ``stream``, image by image -> nxSxSx3 uint8 (fewer
     when the stream has fewer masks)."""
-    from ..inference import mask_crops
-
     out: list[np.ndarray] = []
     total = 0
     for i in range(len(stream)):

@@ -68,7 +68,13 @@ def _low_res(masks: torch.Tensor, size: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(masks[:, None].float(), size)[:, 0]
 
 
-def sam_training_step(model: Sam, images: torch.Tensor, inst: torch.Tensor, gen: torch.Generator,
+def _encode(model: Sam, images: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """BxSxSx3 uint8 -> BxCxhxw image embeddings."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return model.image_embeddings(model.preprocess(images.permute(0, 3, 1, 2)))
+
+
+def sam_training_step(model: Sam, images: torch.Tensor | None, inst: torch.Tensor, gen: torch.Generator,
                       per_image: int, bf16: bool, box_fraction: float = 0.5,
                       embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """One SAM-style step on a batch: BxSxSx3 uint8 images and BxSxS instance maps -> (loss, logs).
@@ -79,12 +85,7 @@ def sam_training_step(model: Sam, images: torch.Tensor, inst: torch.Tensor, gen:
     """
     s = inst.shape[1]
     n_box = min(per_image - 1, max(1, round(per_image * box_fraction)))
-    if embeddings is not None:
-        emb = embeddings
-    else:
-        x = model.preprocess(images.permute(0, 3, 1, 2))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            emb = model.image_embeddings(x)
+    emb = embeddings if embeddings is not None else _encode(model, images, bf16)
     low = emb.shape[-1] * 4
     logs: dict[str, float] = {}
     total = torch.zeros(())
@@ -134,9 +135,7 @@ def encoder_embeddings(model: Sam, images: np.ndarray, bf16: bool, chunk: int = 
     out = []
     for start in tqdm(range(0, len(images), chunk), desc="encoder embeddings", unit="chunk", leave=False,
                       disable=not progress):
-        x = model.preprocess(torch.from_numpy(images[start : start + chunk]).permute(0, 3, 1, 2))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out.append(model.image_embeddings(x).float())
+        out.append(_encode(model, torch.from_numpy(images[start : start + chunk]), bf16).float())
     return torch.cat(out)
 
 
@@ -165,15 +164,15 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.integers(0, len(bank), recipe.batch_images)
-        images = torch.from_numpy(bank.images[idx])
         inst = torch.from_numpy(bank.instance_maps[idx])
         flip = rng.random() < 0.5  # horizontal flip (masks are class-agnostic)
-        if flip:
-            images, inst = images.flip(2), inst.flip(2)
-        emb = None
+        inst = inst.flip(2) if flip else inst
+        images, emb = None, None
         if cached is not None:
-            model.image_encoder.eval()
             emb = cached[int(flip)][torch.from_numpy(idx)]
+        else:
+            images = torch.from_numpy(bank.images[idx])
+            images = images.flip(2) if flip else images
         loss, logs = sam_training_step(model, images, inst, gen, recipe.prompts_per_image, bf16,
                                        recipe.box_fraction, embeddings=emb)
         opt.zero_grad(set_to_none=True)
