@@ -161,7 +161,7 @@ def main() -> None:
             patch = maskclip_patch_embeddings(clip, img, size).float()  # GxGxE
         logits = scale * torch.einsum("ghe,ke->kgh", patch, txt)
         up = F.interpolate(logits[None], (args.height, args.width), mode="bilinear", align_corners=False)[0]
-        return up.argmax(0).numpy()
+        return up.max(0).indices.numpy()
 
     def b_parts() -> dict[str, float]:
         t = [time.perf_counter()]

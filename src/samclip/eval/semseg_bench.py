@@ -51,7 +51,7 @@ def dense_clip_map(clip: CLIP, image: np.ndarray, table: torch.Tensor) -> np.nda
     emb = maskclip_patch_embeddings(clip, image)  # GxGxE
     logits = torch.einsum("ghe,ke->kgh", emb, table)[None]
     logits = F.interpolate(logits, image.shape[:2], mode="bilinear", align_corners=False)[0]
-    return logits.argmax(0).numpy()
+    return logits.max(0).indices.numpy()
 
 
 @torch.no_grad()
