@@ -279,6 +279,53 @@ def test_decoder_inference_path_equals_training_path(prompt: str, chunk: int, mo
     assert masks_ref.std() > 0.1  # not a trivially constant output
 
 
+@pytest.mark.parametrize(("prompts", "points"), [(1, 1), (32, 1), (8, 9)])
+def test_decoder_inference_path_over_a_prompt_batch(prompts: int, points: int, monkeypatch) -> None:  # noqa: ANN001
+    """tiny-synthetic's decoder sizes (96-d, 4 heads, 16x16 tokens), 2 images x ``prompts`` of ``points``
+    points (with 9 the shared image->token attention does not fold its output projection):
+    with a batch of prompts the first layer works once per image (its image tokens shared by the image's
+    prompts) and the factored attention pays off over the batch; with 1 prompt neither happens. Masks and
+    IoUs equal the plain (training) path's either way."""
+    from samclip.models.configs import MaskDecoderConfig
+    from samclip.models.mask_decoder import MaskDecoder, TokenAttention, TwoWayAttentionBlock
+    from samclip.models.prompt_encoder import PromptEncoder
+
+    torch.manual_seed(0)
+    cfg = MaskDecoderConfig(transformer_mlp_dim=384, transformer_heads=4, iou_head_hidden_dim=96)
+    dec = MaskDecoder(96, cfg).eval()
+    pe = PromptEncoder(96, (16, 16), (256, 256), 16).eval()
+    for p in list(dec.parameters()) + list(pe.parameters()):
+        p.requires_grad_(False).add_(0.05 * torch.randn_like(p))
+    emb = torch.randn(2, 96, 16, 16)
+    n = 2 * prompts
+    point_prompts = (torch.rand(n, points, 2) * 256, torch.randint(0, 2, (n, points)))
+    calls = []
+    for cls, name in ((TokenAttention, "_few_queries"), (TokenAttention, "shared_queries"),
+                      (TwoWayAttentionBlock, "_shared_image")):
+        original = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda self, *a, _f=original, _n=name: calls.append(_n) or _f(self, *a))
+
+    def decode() -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = pe(point_prompts, None, None, grid_size=(16, 16))
+        return dec(emb, pe.get_dense_pe((16, 16)), sparse, dense, multimask_output=True)
+
+    with torch.enable_grad():
+        masks_ref, iou_ref = decode()
+    assert not calls
+    with torch.no_grad():
+        masks, iou = decode()
+    expected = set()
+    if prompts > 1:
+        expected = {"shared_queries", "_shared_image"}
+        if points == 1:  # with 9, 4 heads x 15 tokens are more rows than the 48 internal channels: no fold
+            expected.add("_few_queries")
+    assert set(calls) == expected
+    assert masks.shape == (n, 3, 64, 64)
+    torch.testing.assert_close(masks, masks_ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(iou, iou_ref, atol=2e-6, rtol=1e-4)
+    assert masks_ref.std() > 0.1
+
+
 def test_traced_decoder_keeps_dynamic_prompt_batch() -> None:
     """What the ONNX export traces: the inference path of a ViT-B-sized decoder traced with 2 prompts of 3
     points must run 5 prompts of 1 point (and 1 of 6) like the eager module."""

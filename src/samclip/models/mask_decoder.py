@@ -47,7 +47,7 @@ class TokenAttention(nn.Module):
             few = self.num_heads * min(q.shape[1], k.shape[1])
             many = max(q.shape[1], k.shape[1])
             # worth it where it saves more multiply-adds than its few extra small ops cost
-            if (self.internal_dim - few) * many * q.shape[-1] >= _FOLD_MIN_SAVING:
+            if (self.internal_dim - few) * many * q.shape[-1] * q.shape[0] >= _FOLD_MIN_SAVING:
                 return self._few_queries(q, k, v) if q.shape[1] <= k.shape[1] else self._few_keys(q, k, v)
         return self._plain(q, k, v)
 
@@ -101,6 +101,29 @@ class TokenAttention(nn.Module):
         return torch.baddbmm(bias, attn.reshape(b, h * nk, nq).transpose(1, 2), vo.reshape(b, h * nk, c))
 
 
+    def shared_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Image tokens as queries, shared by ``P`` prompts each: q BxNqxC, k/v (B*P)xNkxC -> (B*P)xNqxC.
+
+        The same function as :meth:`forward` on ``q`` repeated ``P`` times per image, but the queries are
+        projected once per image; per prompt only the scores against its few keys and, where the few
+        keys' value rows are fewer than the internal channels, the output projection folded into them
+        (as in :meth:`_few_keys`) remain."""
+        b, nq, c = q.shape
+        n, nk, _ = k.shape
+        per, h = n // b, self.num_heads
+        d = self.internal_dim // h
+        queries = self.q_proj(q).reshape(b, 1, nq, h, d).permute(0, 1, 3, 4, 2)  # Bx1xHxdxNq
+        keys = self.k_proj(k).reshape(b, per, nk, h, d).transpose(2, 3)  # BxPxHxNkxd
+        attn = (keys @ queries * d**-0.5).softmax(3)  # BxPxHxNkxNq: softmax over the few keys
+        values = self.v_proj(v).reshape(n, nk, h, d)
+        if h * nk < self.internal_dim:
+            vo = torch.einsum("bkhd,chd->bhkc", values, self.out_proj.weight.reshape(-1, h, d))  # (B*P)xHxNkxC
+            return torch.baddbmm(self.out_proj.bias.expand(n, 1, c), attn.reshape(n, h * nk, nq).transpose(1, 2),
+                                 vo.reshape(n, h * nk, c))
+        out = attn.reshape(n, h, nk, nq).transpose(2, 3) @ values.transpose(1, 2)  # (B*P)xHxNqxd
+        return self.out_proj(out.transpose(1, 2).reshape(n, nq, h * d))
+
+
 class TwoWayMLP(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -138,9 +161,27 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
         k = keys + key_pe  # both cross-attentions below see the same image tokens
+        if keys.shape[0] != queries.shape[0]:  # image tokens shared by P prompts each (inference only)
+            return self._shared_image(queries, query_pe, keys, k)
         queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
         keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        return queries, keys
+
+    def _shared_image(self, queries: torch.Tensor, query_pe: torch.Tensor, keys: torch.Tensor, k: torch.Tensor,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` after the token self-attention, with image tokens keys / k (= keys + PE) BxNxC
+        shared by the P = (B*P) / B prompts of each image in queries (B*P)xTxC: the token->image attention
+        runs on all P*T tokens of an image at once (attention rows are independent), so the image tokens'
+        keys and values are projected once per image, as are the image->token attention's queries; the
+        image tokens come out per prompt, (B*P)xNxC."""
+        b, n, c = keys.shape
+        bp, t, _ = queries.shape
+        q = (queries + query_pe).reshape(b, -1, c)
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys).reshape(bp, t, c))
+        queries = self.norm3(queries + self.mlp(queries))
+        update = self.cross_attn_image_to_token.shared_queries(k, queries + query_pe, queries)
+        keys = self.norm4((keys[:, None] + update.reshape(b, bp // b, n, c)).reshape(bp, n, c))
         return queries, keys
 
 
@@ -158,7 +199,11 @@ class TwoWayTransformer(nn.Module):
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding BxCxhxw, image_pe (1|B)xCxhxw, point_embedding BxTxC -> (tokens BxTxC,
-        image tokens Bx(hw)xC)."""
+        image tokens Bx(hw)xC).
+
+        Without autograd, image_embedding may instead hold one entry per image, B_img x C x h x w, shared
+        by the B / B_img consecutive prompts of each image (the first layer then works per image where it
+        can; see :meth:`TwoWayAttentionBlock._shared_image`)."""
         # token-major and contiguous: every image-token op below then reads memory in order
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
@@ -210,7 +255,8 @@ class MaskDecoder(nn.Module):
             image_embeddings: BxCxhxw; each image is shared by ``P = N / B`` consecutive prompts.
             image_pe: 1xCxhxw dense positional encoding.
             sparse_prompt_embeddings: NxTxC.
-            dense_prompt_embeddings: NxCxhxw.
+            dense_prompt_embeddings: NxCxhxw; one broadcast over the prompts (batch stride 0, as the prompt
+                encoder's no-mask embedding is) is added to each image once, not to per-prompt copies.
             multimask_output: return the 3 multimask outputs instead of the single-mask output.
         Returns:
             mask logits Nx(3|1)x4hx4w and IoU predictions Nx(3|1).
@@ -238,9 +284,14 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1).to(sparse_prompt_embeddings.dtype)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
         per_image = n // image_embeddings.shape[0]
-        src = image_embeddings if per_image == 1 else torch.repeat_interleave(image_embeddings, per_image, dim=0)
-        src = src + dense_prompt_embeddings
-        b, c, h, w = src.shape
+        if per_image > 1 and dense_prompt_embeddings.stride(0) == 0 and self._may_share_images():
+            # one dense embedding broadcast over the prompts (the prompt encoder's no-mask embedding): the
+            # transformer's first layer sees each image once instead of per_image copies
+            src = image_embeddings + dense_prompt_embeddings[:1]
+        else:
+            src = image_embeddings if per_image == 1 else torch.repeat_interleave(image_embeddings, per_image, 0)
+            src = src + dense_prompt_embeddings
+        _, c, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
@@ -249,10 +300,15 @@ class MaskDecoder(nn.Module):
         )
         if not torch.is_grad_enabled():
             return self._masks_channels_last(src, h, w, hyper_in), self.iou_prediction_head(iou_token_out)
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    @staticmethod
+    def _may_share_images() -> bool:
+        """Inference in eager mode: training and traced / exported graphs keep one image copy per prompt."""
+        return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
     def _masks_channels_last(self, src: torch.Tensor, h: int, w: int, hyper_in: torch.Tensor) -> torch.Tensor:
         """Inference path of ``output_upscaling`` + hypernetwork product, the same function on token-major
