@@ -7,9 +7,11 @@ plain path (what training runs, and what every decode ran before) is timed as th
 ``torch.enable_grad()`` with no parameter requiring a gradient, so nothing is recorded for autograd.
 
 Workload: ``Sam.decode`` of one prompt (a foreground point, or ``--box``) on cached image embeddings, multimask
-output, low-resolution logits (``--postprocess`` adds the upsampling to a ``--height`` x ``--width`` image as
-``Predictor.predict`` does). The two paths alternate, ``--rounds`` times ``--reps`` calls each; the median
-per path is reported with their ratio and the largest difference of their outputs. Speed does not depend
+output, low-resolution logits; ``--prompts N`` decodes N points (or boxes) of one image in one call, as the
+everything mode does (there the first layer also works once per image, ``TwoWayAttentionBlock._shared_image``).
+``--postprocess`` adds the upsampling to a ``--height`` x ``--width`` image as ``Predictor.predict`` does.
+The two paths alternate, ``--rounds`` times ``--reps`` calls each; the median per path is reported with
+their ratio and the largest difference of their outputs. Speed does not depend
 on the weight values: the model is randomly initialised. Prints JSON.
 
     .venv/bin/python benchmarks/decoder_speed.py --preset sam-vit-b
@@ -33,6 +35,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--box", action="store_true", help="a box prompt instead of a point")
+    ap.add_argument("--prompts", type=int, default=1, help="prompts of one image per call (everything mode: 64+)")
     ap.add_argument("--postprocess", action="store_true", help="also upsample the logits to the image size")
     ap.add_argument("--height", type=int, default=768)
     ap.add_argument("--width", type=int, default=1024)
@@ -45,11 +48,13 @@ def main() -> None:
     grid = enc.img_size // enc.patch_size
     emb = torch.randn(1, enc.out_chans, grid, grid)
     side = float(enc.img_size)
+    if args.prompts < 1:
+        ap.error("--prompts must be >= 1")
+    corners = torch.rand(args.prompts, 2, 2).sort(1).values * side
     if args.box:
-        prompt = {"boxes": torch.tensor([[0.2, 0.3, 0.6, 0.7]]) * side}
+        prompt = {"boxes": corners.reshape(-1, 4)}
     else:
-        prompt = {"point_coords": torch.tensor([[[0.4, 0.55]]]) * side,
-                  "point_labels": torch.ones(1, 1, dtype=torch.long)}
+        prompt = {"point_coords": corners[:, :1], "point_labels": torch.ones(args.prompts, 1, dtype=torch.long)}
     scale = side / max(args.height, args.width)
     input_size = (round(args.height * scale), round(args.width * scale))
 
@@ -80,12 +85,13 @@ def main() -> None:
     diff = (inference() - plain()).abs().max().item()
     print(json.dumps({
         "preset": args.preset, "threads": args.threads, "prompt": "box" if args.box else "point",
+        "prompts_per_call": args.prompts,
         "postprocess": [args.height, args.width] if args.postprocess else None,
         "calls_per_path": args.rounds * args.reps,
         "inference_path_ms": round(ms["inference_path"], 2), "plain_path_ms": round(ms["plain_path"], 2),
         "speedup": round(ms["plain_path"] / ms["inference_path"], 3), "max_abs_diff": diff,
     }, indent=2))
-    print(f"decode {ms['inference_path']:.1f} ms vs plain path {ms['plain_path']:.1f} ms: "
+    print(f"decode of {args.prompts} prompt(s) {ms['inference_path']:.1f} ms vs plain path {ms['plain_path']:.1f} ms: "
           f"{ms['plain_path'] / ms['inference_path']:.2f}x (target <= 10 ms at ViT-B on this CPU)")
 
 

@@ -5,6 +5,8 @@ predicts each mask's IoU. Parameter names follow segment-anything.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -324,27 +326,34 @@ class MaskDecoder(nn.Module):
         w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * o1).to(dt)  # C x (di, dj, o1)
         w2 = up2.weight.permute(0, 2, 3, 1).reshape(o1, 4 * o2).to(dt)  # rows (.., di, dj), cols (ei, ej, o2)
         b1, b2 = up1.bias.repeat(4).to(dt), up2.bias.repeat(4).to(dt)
-        hyper_t = hyper_in.transpose(1, 2).to(dt)  # Bx(C/8)x(1+K)
-        k = hyper_t.shape[-1]
+        hyper = hyper_in.to(dt)  # Bx(1+K)x(C/8)
+        k = hyper.shape[1]
 
-        def rows(x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:  # GxTxC, Gx(C/8)x(1+K) -> Gx16Tx(1+K)
+        def rows(x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:  # GxTxC, Gx(1+K)x(C/8) -> Gx(1+K)x16T
             g, t, c = x.shape
             x = torch.addmm(b1, x.reshape(g * t, c), w1).reshape(-1, o1)
             x = F.gelu(F.layer_norm(x, (o1,), norm.weight, norm.bias, norm.eps))
             x = F.gelu(torch.addmm(b2, x.to(dt), w2)).reshape(g, 16 * t, o2)
-            return torch.bmm(x, hyper.to(x.dtype))
+            return torch.bmm(hyper.to(x.dtype), x.transpose(1, 2))  # (1+K) output rows: ~3x faster than columns
 
         per = h * w
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            masks = rows(src, hyper_t)  # one step: an exported graph keeps its dynamic prompt batch
+            masks = rows(src, hyper)  # one step: an exported graph keeps its dynamic prompt batch
         else:
             tok = min(per, _UPSCALE_CHUNK)  # image tokens per step: every intermediate stays in cache
             group = max(1, _UPSCALE_CHUNK // per)  # small grids: several prompts per step
             out = []
             for n in range(0, b, group):
-                parts = [rows(src[n : n + group, s : s + tok], hyper_t[n : n + group]) for s in range(0, per, tok)]
-                out.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
-            masks = torch.cat(out) if len(out) > 1 else out[0]  # Bx(i, j, di, dj, ei, ej)x(1+K)
-        # pixel row 4i + 2di + ei, column 4j + 2dj + ej
-        masks = masks.reshape(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(b, k, 4 * h, 4 * w)
+                parts = [rows(src[n : n + group, s : s + tok], hyper[n : n + group]) for s in range(0, per, tok)]
+                out.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])
+            masks = torch.cat(out) if len(out) > 1 else out[0]  # Bx(1+K)x(i, j, di, dj, ei, ej)
+        # into pixels (row 4i + 2di + ei, column 4j + 2dj + ej) by one gather: ~7x faster than the 8-d permute
+        return masks.reshape(b * k, -1).index_select(1, _pixel_order(h, w, masks.device)).reshape(b, k, 4 * h, 4 * w)
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_order(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """For each pixel of the 4hx4w mask in raster order, its index in the inference upscaling's
+    (i, j, di, dj, ei, ej) layout: pixel row 4i + 2di + ei, column 4j + 2dj + ej."""
+    order = torch.arange(16 * h * w, device=device).reshape(h, w, 2, 2, 2, 2)
+    return order.permute(0, 2, 4, 1, 3, 5).reshape(-1)
