@@ -45,8 +45,10 @@ def main() -> None:
     torch.manual_seed(0)
     sam = samclip.create_sam(args.preset).eval().requires_grad_(False)
     enc = sam.config.image_encoder
-    grid = enc.img_size // enc.patch_size
-    emb = torch.randn(1, enc.out_chans, grid, grid)
+    with torch.no_grad():  # as after Predictor.set_image: the encoder pass's large tensors also raise glibc's
+        # malloc thresholds, so the decodes reuse freed heap pages (on random embeddings alone each ViT-B
+        # decode would fault in ~6,000 fresh pages, ~20% of its time)
+        emb = sam.image_embeddings(torch.randn(1, 3, enc.img_size, enc.img_size))
     side = float(enc.img_size)
     if args.prompts < 1:
         ap.error("--prompts must be >= 1")
