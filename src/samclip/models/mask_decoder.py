@@ -38,8 +38,10 @@ class TokenAttention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q BxNqxC, k/v BxNkxC -> BxNqxC.
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """q BxNqxC, k/v BxNkxC -> BxNqxC; plus ``residual`` (BxNqxC) when given, which the factored path
+        adds inside its last product instead of as one more pass over the output.
 
         Without autograd, attention between a few prompt tokens and many image tokens takes the
         factored path (:meth:`_few_queries` / :meth:`_few_keys`): the same function, with the
@@ -50,14 +52,34 @@ class TokenAttention(nn.Module):
             many = max(q.shape[1], k.shape[1])
             # worth it where it saves more multiply-adds than its few extra small ops cost
             if (self.internal_dim - few) * many * q.shape[-1] * q.shape[0] >= _FOLD_MIN_SAVING:
-                return self._few_queries(q, k, v) if q.shape[1] <= k.shape[1] else self._few_keys(q, k, v)
-        return self._plain(q, k, v)
+                if q.shape[1] > k.shape[1]:
+                    return self._few_keys(q, k, v, residual)
+                out = self._few_queries(q, k, v)
+                return out if residual is None else residual + out
+        out = self._plain(q, k, v)
+        return out if residual is None else residual + out
 
     def _plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q, k, v)
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+
+    def _values_out(self, values: torch.Tensor) -> torch.Tensor:
+        """Projected values BxNkxHxd -> their rows through the output projection, Bx(H*Nk)xC, head-major.
+
+        The output bias is added to head 0's rows: every head's attention rows sum to 1, so a product with
+        these rows adds it exactly once."""
+        b, nk, h, d = values.shape
+        vo = torch.einsum("bkhd,chd->bhkc", values, self.out_proj.weight.reshape(-1, h, d))  # BxHxNkxC
+        vo[:, 0] += self.out_proj.bias
+        return vo.reshape(b, h * nk, -1)
+
+    @staticmethod
+    def _rows_product(attn: torch.Tensor, vo: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """attn BxRxNq (R = heads x keys), vo BxRxC -> BxNqxC (+ residual)."""
+        a = attn.transpose(1, 2)
+        return torch.bmm(a, vo) if residual is None else torch.baddbmm(residual, a, vo)
 
     def _per_head(self, linear: nn.Linear) -> torch.Tensor:
         """A projection into the internal channels as HxdxC (row h*d + i of the weight is head h's i)."""
@@ -80,7 +102,8 @@ class TokenAttention(nn.Module):
         out = torch.einsum("bhnc,hdc->bnhd", pv, self._per_head(self.v_proj)) + self.v_proj.bias.reshape(h, d)
         return self.out_proj(out.reshape(b, nq, h * d))
 
-    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  residual: torch.Tensor | None = None) -> torch.Tensor:
         """Many queries (image tokens), few keys (prompt tokens): BxNqxC, BxNkxC -> BxNqxC.
 
         Per head h, with K_h and V_h the projected keys and values: the scores (W_q,h q + b_q,h) K_h^T are
@@ -97,14 +120,14 @@ class TokenAttention(nn.Module):
         kq = torch.einsum("bkhd,hdc->bhkc", keys, self._per_head(self.q_proj)).reshape(b, h * nk, c) * scale
         offset = torch.einsum("bkhd,hd->bhk", keys, self.q_proj.bias.reshape(h, d)).reshape(b, h * nk, 1) * scale
         attn = torch.baddbmm(offset, kq, q.transpose(1, 2)).reshape(b, h, nk, nq).softmax(2)
-        values = self.v_proj(v).reshape(b, nk, h, d)
-        vo = torch.einsum("bkhd,chd->bhkc", values, self.out_proj.weight.reshape(-1, h, d))  # BxHxNkxC
-        bias = self.out_proj.bias.expand(b, 1, c)
-        return torch.baddbmm(bias, attn.reshape(b, h * nk, nq).transpose(1, 2), vo.reshape(b, h * nk, c))
+        vo = self._values_out(self.v_proj(v).reshape(b, nk, h, d))
+        return self._rows_product(attn.reshape(b, h * nk, nq), vo, residual)
 
 
-    def shared_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Image tokens as queries, shared by ``P`` prompts each: q BxNqxC, k/v (B*P)xNkxC -> (B*P)xNqxC.
+    def shared_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Image tokens as queries, shared by ``P`` prompts each: q BxNqxC, k/v (B*P)xNkxC -> (B*P)xNqxC
+        (+ ``residual``, broadcastable to (B*P)xNqxC).
 
         The same function as :meth:`forward` on ``q`` repeated ``P`` times per image, but the queries are
         projected once per image; per prompt only the scores against its few keys and, where the few
@@ -119,11 +142,10 @@ class TokenAttention(nn.Module):
         attn = (keys @ queries * d**-0.5).softmax(3)  # BxPxHxNkxNq: softmax over the few keys
         values = self.v_proj(v).reshape(n, nk, h, d)
         if h * nk < self.internal_dim:
-            vo = torch.einsum("bkhd,chd->bhkc", values, self.out_proj.weight.reshape(-1, h, d))  # (B*P)xHxNkxC
-            return torch.baddbmm(self.out_proj.bias.expand(n, 1, c), attn.reshape(n, h * nk, nq).transpose(1, 2),
-                                 vo.reshape(n, h * nk, c))
+            return self._rows_product(attn.reshape(n, h * nk, nq), self._values_out(values), residual)
         out = attn.reshape(n, h, nk, nq).transpose(2, 3) @ values.transpose(1, 2)  # (B*P)xHxNqxd
-        return self.out_proj(out.transpose(1, 2).reshape(n, nq, h * d))
+        out = self.out_proj(out.transpose(1, 2).reshape(n, nq, h * d))
+        return out if residual is None else residual + out
 
 
 class TwoWayMLP(nn.Module):
@@ -167,7 +189,7 @@ class TwoWayAttentionBlock(nn.Module):
             return self._shared_image(queries, query_pe, keys, k)
         queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        keys = self.norm4(self.cross_attn_image_to_token(k, queries + query_pe, queries, residual=keys))
         return queries, keys
 
     def _shared_image(self, queries: torch.Tensor, query_pe: torch.Tensor, keys: torch.Tensor, k: torch.Tensor,
@@ -182,8 +204,8 @@ class TwoWayAttentionBlock(nn.Module):
         q = (queries + query_pe).reshape(b, -1, c)
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys).reshape(bp, t, c))
         queries = self.norm3(queries + self.mlp(queries))
-        update = self.cross_attn_image_to_token.shared_queries(k, queries + query_pe, queries)
-        keys = self.norm4((keys[:, None] + update.reshape(b, bp // b, n, c)).reshape(bp, n, c))
+        residual = keys if b == 1 else torch.repeat_interleave(keys, bp // b, 0)  # 1xNxC broadcasts as it is
+        keys = self.norm4(self.cross_attn_image_to_token.shared_queries(k, queries + query_pe, queries, residual))
         return queries, keys
 
 
