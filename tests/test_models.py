@@ -300,8 +300,8 @@ def test_decoder_inference_path_over_a_prompt_batch(prompts: int, points: int, m
     n = 2 * prompts
     point_prompts = (torch.rand(n, points, 2) * 256, torch.randint(0, 2, (n, points)))
     calls = []
-    for cls, name in ((TokenAttention, "_few_queries"), (TokenAttention, "shared_queries"),
-                      (TwoWayAttentionBlock, "_shared_image")):
+    for cls, name in ((TokenAttention, "_few_queries"), (TokenAttention, "projected_queries"),
+                      (TwoWayAttentionBlock, "forward_projected")):
         original = getattr(cls, name)
         monkeypatch.setattr(cls, name, lambda self, *a, _f=original, _n=name: calls.append(_n) or _f(self, *a))
 
@@ -316,7 +316,7 @@ def test_decoder_inference_path_over_a_prompt_batch(prompts: int, points: int, m
         masks, iou = decode()
     expected = set()
     if prompts > 1:
-        expected = {"shared_queries", "_shared_image"}
+        expected = {"projected_queries", "forward_projected"}
         if points == 1:  # with 9, 4 heads x 15 tokens are more rows than the 48 internal channels: no fold
             expected.add("_few_queries")
     assert set(calls) == expected
@@ -324,6 +324,40 @@ def test_decoder_inference_path_over_a_prompt_batch(prompts: int, points: int, m
     torch.testing.assert_close(masks, masks_ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(iou, iou_ref, atol=2e-6, rtol=1e-4)
     assert masks_ref.std() > 0.1
+
+
+def test_decoder_image_cache_serves_later_prompts(monkeypatch) -> None:  # noqa: ANN001
+    """``Sam.decoder_image_cache`` (what the Predictor keeps per image): decodes of 1 and of 5 prompts
+    given the cache equal the plain (training) path's; with a mask input the cache is not used."""
+    from samclip.models.mask_decoder import TwoWayAttentionBlock
+
+    torch.manual_seed(1)
+    model = samclip.create_sam("sam-tiny").eval().requires_grad_(False)
+    for p in model.mask_decoder.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+    emb = torch.randn(1, model.config.prompt_embed_dim, 16, 16)
+    with torch.no_grad():
+        cache = model.decoder_image_cache(emb)
+    used = []
+    original = TwoWayAttentionBlock.forward_projected
+    monkeypatch.setattr(TwoWayAttentionBlock, "forward_projected",
+                        lambda self, q, *a: used.append(q.shape[0]) or original(self, q, *a))
+    for n in (1, 5):
+        pts, lab = torch.rand(n, 2, 2) * 256, torch.tensor([[1, 0]] * n)
+        with torch.enable_grad():
+            ref = model.decode(emb, pts, lab)
+        assert len(used) == (0 if n == 1 else 1)
+        with torch.no_grad():
+            got = model.decode(emb, pts, lab, image_cache=cache)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert used == [1, 5]  # the training path (enable_grad) never takes it
+    mask = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        with_cache = model.decode(emb, pts[:1], lab[:1], mask_input=mask, image_cache=cache)
+        without = model.decode(emb, pts[:1], lab[:1], mask_input=mask)
+    assert torch.equal(with_cache[0], without[0])
+    assert (with_cache[0] - got[0][:1]).abs().max() > 1e-3  # the mask input mattered
 
 
 def test_traced_decoder_keeps_dynamic_prompt_batch() -> None:

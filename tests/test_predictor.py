@@ -254,7 +254,8 @@ def _box_stub(model, captured: list):  # noqa: ANN001, ANN202
     low = 4 * grid
     cell = model.img_size / low
 
-    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True):  # noqa: ANN001, ANN202
+    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True,  # noqa: ANN001, ANN202
+               image_cache=None):  # noqa: ANN001
         captured.append({"points": point_coords, "labels": point_labels, "boxes": boxes, "mask": mask_input})
         n = next(x.shape[0] for x in (point_coords, boxes, mask_input) if x is not None)
         centres = (torch.arange(low) + 0.5) * cell - 0.5
@@ -332,7 +333,7 @@ def test_segment_text_one_instance_per_region(merged: SamClip, monkeypatch) -> N
         return out
 
     def disk_decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None,  # noqa: ANN001, ANN202
-                    multimask_output=True):
+                    multimask_output=True, image_cache=None):
         n = point_coords.shape[0]
         yy, xx = torch.meshgrid(torch.arange(32) * 4.0 + 1.5, torch.arange(32) * 4.0 + 1.5, indexing="ij")
         d = (xx[None] - point_coords[:, 0, 0, None, None]) ** 2 + (yy[None] - point_coords[:, 0, 1, None, None]) ** 2
@@ -562,7 +563,8 @@ def test_generate_filters_and_nms(merged: SamClip, monkeypatch) -> None:  # noqa
     pred = Predictor(merged)
     pred.set_image(image(64, 128))
 
-    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True):  # noqa: ANN001, ANN202
+    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True,  # noqa: ANN001, ANN202
+               image_cache=None):  # noqa: ANN001
         n = point_coords.shape[0]
         out = torch.full((n, 3, 32, 32), -10.0)
         left = point_coords[:, 0, 0] < 64

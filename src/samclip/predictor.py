@@ -55,6 +55,7 @@ from .inference.image_input import (
     valid_grid,
 )
 from .inference.regions import connected_components, peak_points
+from .models.mask_decoder import FirstLayerImage
 from .models.sam import Sam
 from .models.samclip import Features, SamClip
 from .precision import resolve_bf16
@@ -88,6 +89,7 @@ class ImageState:
     head_tokens: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     patch_embeddings: torch.Tensor | None = None
+    decoder_image: FirstLayerImage | None = None  # the mask decoder's first-layer view, on first decode
     other_sizes: dict[tuple[int, bool], ImageState] = field(default_factory=dict)
 
     @property
@@ -502,7 +504,10 @@ class Predictor:
                                          arr(mask_input), multimask_output)
             return torch.from_numpy(low).to(self.device), torch.from_numpy(iou).to(self.device)
         with torch.no_grad(), self._autocast():
-            low, iou = self.model.decode(state.sam_embeddings, coords, labels, boxes, mask_input, multimask_output)
+            if mask_input is None and state.decoder_image is None:
+                state.decoder_image = self.model.decoder_image_cache(state.sam_embeddings)
+            low, iou = self.model.decode(state.sam_embeddings, coords, labels, boxes, mask_input, multimask_output,
+                                         image_cache=state.decoder_image)
         return low.float(), iou.float()
 
     # ------------------------------------------------------------------------------------ text

@@ -6,6 +6,7 @@ predicts each mask's IoU. Parameter names follow segment-anything.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -124,20 +125,27 @@ class TokenAttention(nn.Module):
         return self._rows_product(attn.reshape(b, h * nk, nq), vo, residual)
 
 
-    def shared_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Image tokens as queries, shared by ``P`` prompts each: q BxNqxC, k/v (B*P)xNkxC -> (B*P)xNqxC
-        (+ ``residual``, broadcastable to (B*P)xNqxC).
+    def to_projected(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Attention of q BxNqxC to keys and values already projected (``k_proj`` / ``v_proj`` of the
+        image tokens, BxNkxD, e.g. computed once per image) -> BxNqxC."""
+        b, nq, _ = q.shape
+        q, keys, values = self._heads(self.q_proj(q)), self._heads(keys), self._heads(values)
+        out = F.scaled_dot_product_attention(q, keys, values)
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
 
-        The same function as :meth:`forward` on ``q`` repeated ``P`` times per image, but the queries are
-        projected once per image; per prompt only the scores against its few keys and, where the few
-        keys' value rows are fewer than the internal channels, the output projection folded into them
-        (as in :meth:`_few_keys`) remain."""
-        b, nq, c = q.shape
+    def projected_queries(self, queries: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Image tokens as queries, already projected (``q_proj``, BxNqxD: once per image) and shared by
+        ``P`` prompts each; k/v (B*P)xNkxC -> (B*P)xNqxC (+ ``residual``, broadcastable to that).
+
+        The same function as :meth:`forward` on the image tokens repeated ``P`` times per image; per
+        prompt only the scores against its few keys and, where the few keys' value rows are fewer than the
+        internal channels, the output projection folded into them (as in :meth:`_few_keys`) remain."""
+        b, nq, _ = queries.shape
         n, nk, _ = k.shape
         per, h = n // b, self.num_heads
         d = self.internal_dim // h
-        queries = self.q_proj(q).reshape(b, 1, nq, h, d).permute(0, 1, 3, 4, 2)  # Bx1xHxdxNq
+        queries = queries.reshape(b, 1, nq, h, d).permute(0, 1, 3, 4, 2)  # Bx1xHxdxNq
         keys = self.k_proj(k).reshape(b, per, nk, h, d).transpose(2, 3)  # BxPxHxNkxd
         attn = (keys @ queries * d**-0.5).softmax(3)  # BxPxHxNkxNq: softmax over the few keys
         values = self.v_proj(v).reshape(n, nk, h, d)
@@ -146,6 +154,21 @@ class TokenAttention(nn.Module):
         out = attn.reshape(n, h, nk, nq).transpose(2, 3) @ values.transpose(1, 2)  # (B*P)xHxNqxd
         out = self.out_proj(out.transpose(1, 2).reshape(n, nq, h * d))
         return out if residual is None else residual + out
+
+
+@dataclass(frozen=True, eq=False)
+class FirstLayerImage:
+    """What the decoder's first layer needs of B images, for prompts that share one dense prompt embedding
+    (the no-mask one): computed once per image, reused by every prompt decoded on it.
+
+    ``tokens`` BxNxC: image embedding + dense embedding, token-major (N = h*w); ``t2i_keys`` /
+    ``t2i_values`` BxNxD: the token->image attention's key projection of tokens + PE and value projection of
+    tokens; ``i2t_queries`` BxNxD: the image->token attention's query projection of tokens + PE."""
+
+    tokens: torch.Tensor
+    t2i_keys: torch.Tensor
+    t2i_values: torch.Tensor
+    i2t_queries: torch.Tensor
 
 
 class TwoWayMLP(nn.Module):
@@ -175,37 +198,44 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = TokenAttention(dim, heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    def _token_self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+        if self.skip_first_layer_pe:
+            return self.norm1(self.self_attn(queries, queries, queries))
+        q = queries + query_pe
+        return self.norm1(queries + self.self_attn(q, q, queries))
+
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
+        queries = self._token_self_attention(queries, query_pe)
         k = keys + key_pe  # both cross-attentions below see the same image tokens
-        if keys.shape[0] != queries.shape[0]:  # image tokens shared by P prompts each (inference only)
-            return self._shared_image(queries, query_pe, keys, k)
         queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
         keys = self.norm4(self.cross_attn_image_to_token(k, queries + query_pe, queries, residual=keys))
         return queries, keys
 
-    def _shared_image(self, queries: torch.Tensor, query_pe: torch.Tensor, keys: torch.Tensor, k: torch.Tensor,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` after the token self-attention, with image tokens keys / k (= keys + PE) BxNxC
+    def project_image(self, tokens: torch.Tensor, key_pe: torch.Tensor) -> FirstLayerImage:
+        """Image tokens BxNxC (+ PE) -> what :meth:`forward_projected` needs of them."""
+        k = tokens + key_pe
+        return FirstLayerImage(tokens, self.cross_attn_token_to_image.k_proj(k),
+                               self.cross_attn_token_to_image.v_proj(tokens), self.cross_attn_image_to_token.q_proj(k))
+
+    def forward_projected(self, queries: torch.Tensor, query_pe: torch.Tensor, image: FirstLayerImage,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with the image side projected beforehand (:meth:`project_image`, B images) and
         shared by the P = (B*P) / B prompts of each image in queries (B*P)xTxC: the token->image attention
-        runs on all P*T tokens of an image at once (attention rows are independent), so the image tokens'
-        keys and values are projected once per image, as are the image->token attention's queries; the
-        image tokens come out per prompt, (B*P)xNxC."""
-        b, n, c = keys.shape
-        bp, t, _ = queries.shape
+        runs on all P*T tokens of an image at once (attention rows are independent); the image tokens come
+        out per prompt, (B*P)xNxC."""
+        queries = self._token_self_attention(queries, query_pe)
+        b = image.tokens.shape[0]
+        bp, t, c = queries.shape
         q = (queries + query_pe).reshape(b, -1, c)
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys).reshape(bp, t, c))
+        attn = self.cross_attn_token_to_image.to_projected(q, image.t2i_keys, image.t2i_values)
+        queries = self.norm2(queries + attn.reshape(bp, t, c))
         queries = self.norm3(queries + self.mlp(queries))
-        residual = keys if b == 1 else torch.repeat_interleave(keys, bp // b, 0)  # 1xNxC broadcasts as it is
-        keys = self.norm4(self.cross_attn_image_to_token.shared_queries(k, queries + query_pe, queries, residual))
+        residual = image.tokens if b == 1 else torch.repeat_interleave(image.tokens, bp // b, 0)  # 1xNxC broadcasts
+        keys = self.norm4(self.cross_attn_image_to_token.projected_queries(
+            image.i2t_queries, queries + query_pe, queries, residual))
         return queries, keys
 
 
@@ -223,20 +253,34 @@ class TwoWayTransformer(nn.Module):
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding BxCxhxw, image_pe (1|B)xCxhxw, point_embedding BxTxC -> (tokens BxTxC,
-        image tokens Bx(hw)xC).
+        image tokens Bx(hw)xC)."""
+        return self._layers(point_embedding, _token_major(image_embedding), _token_major(image_pe), 0)
 
-        Without autograd, image_embedding may instead hold one entry per image, B_img x C x h x w, shared
-        by the B / B_img consecutive prompts of each image (the first layer then works per image where it
-        can; see :meth:`TwoWayAttentionBlock._shared_image`)."""
-        # token-major and contiguous: every image-token op below then reads memory in order
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        queries = point_embedding
-        for layer in self.layers:
+    def project_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> FirstLayerImage:
+        """B_img x C x h x w image embeddings (dense prompt embedding included) -> the first layer's view of
+        them (:class:`FirstLayerImage`), for :meth:`forward_projected`."""
+        return self.layers[0].project_image(_token_major(image_embedding), _token_major(image_pe))
+
+    def forward_projected(self, image: FirstLayerImage, image_pe: torch.Tensor, point_embedding: torch.Tensor,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for B = B_img x P prompts, P consecutive ones per image of ``image``; the same
+        function as ``forward`` on each image's embedding repeated P times."""
+        queries, keys = self.layers[0].forward_projected(point_embedding, point_embedding, image)
+        return self._layers(point_embedding, keys, _token_major(image_pe), 1, queries)
+
+    def _layers(self, point_embedding: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor, start: int,
+                queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        queries = point_embedding if queries is None else queries
+        for layer in self.layers[start:]:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
         q, k = queries + point_embedding, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
+
+
+def _token_major(x: torch.Tensor) -> torch.Tensor:
+    """BxCxhxw -> Bx(h*w)xC, contiguous: every image-token op then reads memory in order."""
+    return x.flatten(2).transpose(1, 2).contiguous()
 
 
 class MaskDecoder(nn.Module):
@@ -272,6 +316,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        image_cache: FirstLayerImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode masks.
 
@@ -282,11 +327,13 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings: NxCxhxw; one broadcast over the prompts (batch stride 0, as the prompt
                 encoder's no-mask embedding is) is added to each image once, not to per-prompt copies.
             multimask_output: return the 3 multimask outputs instead of the single-mask output.
+            image_cache: :meth:`project_image` of these image embeddings with this dense embedding, from an
+                earlier call (optional): the first layer then starts from it.
         Returns:
             mask logits Nx(3|1)x4hx4w and IoU predictions Nx(3|1).
         """
         masks, iou = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_cache
         )
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sl], iou[:, sl]
@@ -297,6 +344,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        image_cache: FirstLayerImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask tokens' outputs: Nx(1+K)x4hx4w logits and Nx(1+K) IoU predictions."""
         n = sparse_prompt_embeddings.shape[0]
@@ -308,15 +356,17 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1).to(sparse_prompt_embeddings.dtype)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
         per_image = n // image_embeddings.shape[0]
-        if per_image > 1 and dense_prompt_embeddings.stride(0) == 0 and self._may_share_images():
+        _, c, h, w = image_embeddings.shape
+        if image_cache is None and per_image > 1 and dense_prompt_embeddings.stride(0) == 0 \
+                and self._may_share_images():
             # one dense embedding broadcast over the prompts (the prompt encoder's no-mask embedding): the
             # transformer's first layer sees each image once instead of per_image copies
-            src = image_embeddings + dense_prompt_embeddings[:1]
+            image_cache = self.project_image(image_embeddings, image_pe, dense_prompt_embeddings[:1])
+        if image_cache is not None:
+            hs, src = self.transformer.forward_projected(image_cache, image_pe, tokens)
         else:
             src = image_embeddings if per_image == 1 else torch.repeat_interleave(image_embeddings, per_image, 0)
-            src = src + dense_prompt_embeddings
-        _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
+            hs, src = self.transformer(src + dense_prompt_embeddings, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         hyper_in = torch.stack(
@@ -328,6 +378,13 @@ class MaskDecoder(nn.Module):
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def project_image(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      dense_embedding: torch.Tensor) -> FirstLayerImage:
+        """What the first layer needs of B images (image_embeddings BxCxhxw, image_pe 1xCxhxw) for prompts
+        whose dense prompt embedding is ``dense_embedding`` (1xCxhxw or 1xCx1x1, e.g. the no-mask one):
+        computed once per image, it serves every later decode of such prompts (``image_cache``)."""
+        return self.transformer.project_image(image_embeddings + dense_embedding, image_pe)
 
     @staticmethod
     def _may_share_images() -> bool:

@@ -14,7 +14,7 @@ from torch import nn
 
 from .configs import SamConfig
 from .image_encoder import ImageEncoderViT
-from .mask_decoder import MaskDecoder
+from .mask_decoder import FirstLayerImage, MaskDecoder
 from .prompt_encoder import PromptEncoder
 
 
@@ -77,6 +77,7 @@ class Sam(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
+        image_cache: FirstLayerImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt decode on cached embeddings.
 
@@ -86,6 +87,8 @@ class Sam(nn.Module):
                 (frame side = h * patch_size), with point_labels NxK (1 fg, 0 bg, -1 pad).
             boxes: Nx4 XYXY in the same frame.
             mask_input: Nx1x4hx4w low-resolution mask logits (e.g. a previous prediction).
+            image_cache: :meth:`decoder_image_cache` of these image embeddings (optional; used for prompts
+                without ``mask_input``): the decoder's first layer starts from it.
         Returns:
             low-resolution mask logits Nx(3|1)x4hx4w and IoU predictions Nx(3|1).
         """
@@ -106,7 +109,17 @@ class Sam(nn.Module):
             sparse.to(image_embeddings.dtype),
             dense.to(image_embeddings.dtype),
             multimask_output,
+            image_cache if mask_input is None else None,
         )
+
+    def decoder_image_cache(self, image_embeddings: torch.Tensor) -> FirstLayerImage:
+        """BxCxhxw image embeddings -> what the mask decoder's first layer needs of them for prompts without a
+        mask input (no-mask dense embedding), computed once: pass it to :meth:`decode` as ``image_cache``
+        for every later prompt on these images."""
+        grid = (image_embeddings.shape[-2], image_embeddings.shape[-1])
+        dt = image_embeddings.dtype
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dt)
+        return self.mask_decoder.project_image(image_embeddings, self.prompt_encoder.get_dense_pe(grid).to(dt), no_mask)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]

@@ -20,6 +20,7 @@ from torch import nn
 from .clip import CLIP, TextTransformer
 from .clip_head import ClipHead, ClipHeadConfig
 from .configs import SamConfig, TextTowerConfig, _Config, register_nested
+from .mask_decoder import FirstLayerImage
 from .sam import Sam
 
 
@@ -131,6 +132,9 @@ class SamClip(nn.Module):
 
     def decode(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN002, ANN003
         return self.sam.decode(*args, **kwargs)
+
+    def decoder_image_cache(self, image_embeddings: torch.Tensor) -> FirstLayerImage:
+        return self.sam.decoder_image_cache(image_embeddings)
 
     def postprocess_masks(self, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
         return self.sam.postprocess_masks(*args, **kwargs)
