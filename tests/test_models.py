@@ -234,37 +234,31 @@ def test_clip_head_dense_pool_window() -> None:
             ClipHeadConfig(dense_pool=bad)
 
 
-@pytest.mark.parametrize(("prompt", "chunk"), [("point", 256), ("points_and_box", 64), ("box_with_mask", 512)])
-def test_decoder_inference_path_equals_training_path(prompt: str, chunk: int, monkeypatch) -> None:  # noqa: ANN001
-    """Without autograd the decoder folds the image-sized projections into the prompt tokens and runs the
-    upscaling as matmuls on token-major features; it must compute the same masks and IoUs as the plain
-    (training) path, for SAM ViT-B's decoder sizes (256-d, 8 heads, internal 128-d), 2 images x 2 prompts,
-    with the upscaling in one step per prompt, in 4 token chunks per prompt, and 2 prompts per step."""
-    from samclip.models import mask_decoder
+def _decoder_paths_agree(monkeypatch, dim: int, heads: int, prompt_args: tuple, spied: tuple) -> set[str]:  # noqa: ANN001
+    """A decoder of ``dim`` channels and ``heads`` heads (SAM ViT-B's config at 256, else MLP 4x) with perturbed
+    weights (biases too) on 2 random images of 16x16 tokens: the prompts ``prompt_args`` (the prompt
+    encoder's points, boxes, masks) decoded by the plain (training) path under autograd and by the
+    inference path without it must give the same masks and IoUs. Returns which of the ``spied``
+    (class, method name) pairs the inference path called (the plain path must call none)."""
     from samclip.models.configs import MaskDecoderConfig
-    from samclip.models.mask_decoder import MaskDecoder, TokenAttention
+    from samclip.models.mask_decoder import MaskDecoder
     from samclip.models.prompt_encoder import PromptEncoder
 
-    monkeypatch.setattr(mask_decoder, "_UPSCALE_CHUNK", chunk)
     torch.manual_seed(0)
-    dec = MaskDecoder(256, MaskDecoderConfig()).eval()
-    pe = PromptEncoder(256, (16, 16), (256, 256), 16).eval()
+    cfg = MaskDecoderConfig(transformer_heads=heads) if dim == 256 else MaskDecoderConfig(
+        transformer_mlp_dim=4 * dim, transformer_heads=heads, iou_head_hidden_dim=dim)
+    dec = MaskDecoder(dim, cfg).eval()
+    pe = PromptEncoder(dim, (16, 16), (256, 256), 16).eval()
     for p in list(dec.parameters()) + list(pe.parameters()):
-        p.requires_grad_(False).add_(0.05 * torch.randn_like(p))  # biases too: the folded path handles them
-    emb = torch.randn(2, 256, 16, 16)
-    pts = torch.rand(4, 2, 2) * 256
-    boxes = torch.tensor([[20.0, 30.0, 200.0, 120.0]]).repeat(4, 1)
-    args = {"point": ((pts[:, :1], torch.ones(4, 1, dtype=torch.long)), None, None),
-            "points_and_box": ((pts, torch.tensor([[1, 0]] * 4)), boxes, None),
-            "box_with_mask": (None, boxes, torch.randn(4, 1, 64, 64))}[prompt]
+        p.requires_grad_(False).add_(0.05 * torch.randn_like(p))  # biases too: the folded paths handle them
+    emb = torch.randn(2, dim, 16, 16)
     calls = []
-    for name in ("_few_queries", "_few_keys"):
-        original = getattr(TokenAttention, name)
-        monkeypatch.setattr(TokenAttention, name,
-                            lambda self, *a, _f=original, _n=name: calls.append(_n) or _f(self, *a))
+    for cls, name in spied:
+        original = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda self, *a, _f=original, _n=name: calls.append(_n) or _f(self, *a))
 
     def decode() -> tuple[torch.Tensor, torch.Tensor]:
-        sparse, dense = pe(*args, grid_size=(16, 16))
+        sparse, dense = pe(*prompt_args, grid_size=(16, 16))
         return dec(emb, pe.get_dense_pe((16, 16)), sparse, dense, multimask_output=True)
 
     with torch.enable_grad():
@@ -272,11 +266,33 @@ def test_decoder_inference_path_equals_training_path(prompt: str, chunk: int, mo
     assert not calls
     with torch.no_grad():
         masks, iou = decode()
-    assert {"_few_queries", "_few_keys"} <= set(calls)
-    assert masks.shape == masks_ref.shape == (4, 3, 64, 64)
+    n = next(len(a if isinstance(a, torch.Tensor) else a[0]) for a in prompt_args if a is not None)
+    assert masks.shape == masks_ref.shape == (n, 3, 64, 64)
     torch.testing.assert_close(masks, masks_ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(iou, iou_ref, atol=2e-6, rtol=1e-4)
     assert masks_ref.std() > 0.1  # not a trivially constant output
+    return set(calls)
+
+
+@pytest.mark.parametrize(("prompt", "chunk"), [("point", 256), ("points_and_box", 64), ("box_with_mask", 512)])
+def test_decoder_inference_path_equals_training_path(prompt: str, chunk: int, monkeypatch) -> None:  # noqa: ANN001
+    """Without autograd the decoder folds the image-sized projections into the prompt tokens and runs the
+    upscaling as matmuls on token-major features; it must compute the same masks and IoUs as the plain
+    (training) path, for SAM ViT-B's decoder sizes (256-d, 8 heads, internal 128-d), 2 images x 2 prompts,
+    with the upscaling in one step per prompt, in 4 token chunks per prompt, and 2 prompts per step."""
+    from samclip.models import mask_decoder
+    from samclip.models.mask_decoder import TokenAttention
+
+    monkeypatch.setattr(mask_decoder, "_UPSCALE_CHUNK", chunk)
+    torch.manual_seed(2)
+    pts = torch.rand(4, 2, 2) * 256
+    boxes = torch.tensor([[20.0, 30.0, 200.0, 120.0]]).repeat(4, 1)
+    args = {"point": ((pts[:, :1], torch.ones(4, 1, dtype=torch.long)), None, None),
+            "points_and_box": ((pts, torch.tensor([[1, 0]] * 4)), boxes, None),
+            "box_with_mask": (None, boxes, torch.randn(4, 1, 64, 64))}[prompt]
+    calls = _decoder_paths_agree(monkeypatch, 256, 8, args,
+                                 ((TokenAttention, "_few_queries"), (TokenAttention, "_few_keys")))
+    assert {"_few_queries", "_few_keys"} <= calls
 
 
 @pytest.mark.parametrize(("prompts", "points"), [(1, 1), (32, 1), (8, 9)])
@@ -286,44 +302,20 @@ def test_decoder_inference_path_over_a_prompt_batch(prompts: int, points: int, m
     with a batch of prompts the first layer works once per image (its image tokens shared by the image's
     prompts) and the factored attention pays off over the batch; with 1 prompt neither happens. Masks and
     IoUs equal the plain (training) path's either way."""
-    from samclip.models.configs import MaskDecoderConfig
-    from samclip.models.mask_decoder import MaskDecoder, TokenAttention, TwoWayAttentionBlock
-    from samclip.models.prompt_encoder import PromptEncoder
+    from samclip.models.mask_decoder import TokenAttention, TwoWayAttentionBlock
 
-    torch.manual_seed(0)
-    cfg = MaskDecoderConfig(transformer_mlp_dim=384, transformer_heads=4, iou_head_hidden_dim=96)
-    dec = MaskDecoder(96, cfg).eval()
-    pe = PromptEncoder(96, (16, 16), (256, 256), 16).eval()
-    for p in list(dec.parameters()) + list(pe.parameters()):
-        p.requires_grad_(False).add_(0.05 * torch.randn_like(p))
-    emb = torch.randn(2, 96, 16, 16)
+    torch.manual_seed(2)
     n = 2 * prompts
     point_prompts = (torch.rand(n, points, 2) * 256, torch.randint(0, 2, (n, points)))
-    calls = []
-    for cls, name in ((TokenAttention, "_few_queries"), (TokenAttention, "projected_queries"),
-                      (TwoWayAttentionBlock, "forward_projected")):
-        original = getattr(cls, name)
-        monkeypatch.setattr(cls, name, lambda self, *a, _f=original, _n=name: calls.append(_n) or _f(self, *a))
-
-    def decode() -> tuple[torch.Tensor, torch.Tensor]:
-        sparse, dense = pe(point_prompts, None, None, grid_size=(16, 16))
-        return dec(emb, pe.get_dense_pe((16, 16)), sparse, dense, multimask_output=True)
-
-    with torch.enable_grad():
-        masks_ref, iou_ref = decode()
-    assert not calls
-    with torch.no_grad():
-        masks, iou = decode()
+    spied = ((TokenAttention, "_few_queries"), (TokenAttention, "projected_queries"),
+             (TwoWayAttentionBlock, "forward_projected"))
+    calls = _decoder_paths_agree(monkeypatch, 96, 4, (point_prompts, None, None), spied)
     expected = set()
     if prompts > 1:
         expected = {"projected_queries", "forward_projected"}
         if points == 1:  # with 9, 4 heads x 15 tokens are more rows than the 48 internal channels: no fold
             expected.add("_few_queries")
-    assert set(calls) == expected
-    assert masks.shape == (n, 3, 64, 64)
-    torch.testing.assert_close(masks, masks_ref, atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(iou, iou_ref, atol=2e-6, rtol=1e-4)
-    assert masks_ref.std() > 0.1
+    assert calls == expected
 
 
 def test_decoder_image_cache_serves_later_prompts(monkeypatch) -> None:  # noqa: ANN001
