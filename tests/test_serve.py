@@ -20,7 +20,7 @@ import samclip
 from samclip.data import SHAPES, generate_scene
 from samclip.serve import rle_decode
 from samclip.serve.app import create_app
-from samclip.serve.cache import ImageCache
+from samclip.serve.cache import ImageCache, state_nbytes
 from samclip.testing import tiny_merged_model
 
 SIZE = 96
@@ -257,6 +257,19 @@ def test_cache_unit() -> None:
     assert "a" not in cache and cache.get("b") is not None and cache.evictions == 1
     cache.put("d", object(), 1, 1)  # "c" is now the least recently used
     assert "c" not in cache and "b" in cache
+
+
+def test_cache_bytes_follow_lazy_state(model_folder, scenes) -> None:  # noqa: ANN001
+    """An entry's bytes are measured when the cache bounds itself, not only at insertion: a prompt decode
+    adds the decoder's first-layer cache to the image state, and the byte bound must see it."""
+    pred = samclip.Predictor(samclip.load_model(str(model_folder)))
+    pred.set_image(scenes[0].image)
+    cache = ImageCache(4)
+    entry = cache.put("a", pred.state, 1, 1)
+    before = entry.nbytes
+    pred.predict(point_coords=np.array([[10.0, 12.0]]), point_labels=np.array([1]))
+    grown = state_nbytes(pred.state.decoder_image)
+    assert grown > 0 and entry.nbytes == before + grown == cache.nbytes
 
 
 # ------------------------------------------------------------------------------------ concurrency

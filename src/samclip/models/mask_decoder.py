@@ -124,7 +124,6 @@ class TokenAttention(nn.Module):
         vo = self._values_out(self.v_proj(v).reshape(b, nk, h, d))
         return self._rows_product(attn.reshape(b, h * nk, nq), vo, residual)
 
-
     def to_projected(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Attention of q BxNqxC to keys and values already projected (``k_proj`` / ``v_proj`` of the
         image tokens, BxNkxD, e.g. computed once per image) -> BxNqxC."""

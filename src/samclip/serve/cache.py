@@ -12,7 +12,8 @@ import torch
 
 
 def state_nbytes(state: Any) -> int:
-    """Approximate memory of an :class:`~samclip.predictor.ImageState`: its arrays and tensors."""
+    """Approximate memory of an :class:`~samclip.predictor.ImageState`: its arrays and tensors, including
+    those of nested states (other sizes) and of objects it holds (the decoder's first-layer cache)."""
     total = 0
     for v in getattr(state, "__dict__", {}).values():
         if isinstance(v, torch.Tensor):
@@ -21,6 +22,8 @@ def state_nbytes(state: Any) -> int:
             total += v.nbytes
         elif isinstance(v, dict):
             total += sum(state_nbytes(s) for s in v.values())
+        elif hasattr(v, "__dict__"):
+            total += state_nbytes(v)
     return total
 
 
@@ -32,7 +35,11 @@ class CacheEntry:
     state: Any
     width: int
     height: int
-    nbytes: int
+
+    @property
+    def nbytes(self) -> int:
+        """Measured now: a state grows as tasks fill its lazy caches (CLIP-head outputs, decoder cache)."""
+        return state_nbytes(self.state)
 
 
 class ImageCache:
@@ -53,7 +60,7 @@ class ImageCache:
         self.hits = self.misses = self.evictions = 0
 
     def put(self, image_id: str, state: Any, width: int, height: int) -> CacheEntry:
-        entry = CacheEntry(image_id, state, width, height, state_nbytes(state))
+        entry = CacheEntry(image_id, state, width, height)
         with self._lock:
             self._items.pop(image_id, None)
             self._items[image_id] = entry
