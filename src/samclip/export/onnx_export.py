@@ -150,7 +150,7 @@ class PromptDecoderGraph(nn.Module):
         sparse = self._embed_points(point_coords, point_labels)
         pe = self.prompt_encoder
         dense = has_mask_input * pe.mask_downscaling(mask_input)
-        dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = dense + (1 - has_mask_input) * pe.no_mask_embedding()
         return self.mask_decoder(image_embeddings, self.dense_pe, sparse, dense, self.multimask_output)
 
 

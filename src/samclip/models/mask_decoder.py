@@ -55,10 +55,8 @@ class TokenAttention(nn.Module):
             if (self.internal_dim - few) * many * q.shape[-1] * q.shape[0] >= _FOLD_MIN_SAVING:
                 if q.shape[1] > k.shape[1]:
                     return self._few_keys(q, k, v, residual)
-                out = self._few_queries(q, k, v)
-                return out if residual is None else residual + out
-        out = self._plain(q, k, v)
-        return out if residual is None else residual + out
+                return _plus(residual, self._few_queries(q, k, v))
+        return _plus(residual, self._plain(q, k, v))
 
     def _plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
@@ -151,8 +149,11 @@ class TokenAttention(nn.Module):
         if h * nk < self.internal_dim:
             return self._rows_product(attn.reshape(n, h * nk, nq), self._values_out(values), residual)
         out = attn.reshape(n, h, nk, nq).transpose(2, 3) @ values.transpose(1, 2)  # (B*P)xHxNqxd
-        out = self.out_proj(out.transpose(1, 2).reshape(n, nq, h * d))
-        return out if residual is None else residual + out
+        return _plus(residual, self.out_proj(out.transpose(1, 2).reshape(n, nq, h * d)))
+
+
+def _plus(residual: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    return out if residual is None else residual + out
 
 
 @dataclass(frozen=True, eq=False)

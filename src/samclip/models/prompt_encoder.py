@@ -87,6 +87,10 @@ class PromptEncoder(nn.Module):
         self._dense_pe: torch.Tensor | None = None  # get_dense_pe's inference cache and what it was made from
         self._dense_pe_key: tuple | None = None
 
+    def no_mask_embedding(self) -> torch.Tensor:
+        """The dense prompt embedding of prompts without a mask input, 1xCx1x1 (broadcast over the grid)."""
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+
     def get_dense_pe(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Positional encoding of the image embedding grid -> 1xCxhxw (channels-last in memory, so that
         the decoder's token-major view of it is contiguous). The same for every prompt: without autograd
@@ -151,7 +155,7 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense = self.mask_downscaling(masks)
         else:
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
+            dense = self.no_mask_embedding().expand(bs, -1, h, w)
         return sparse, dense
 
 

@@ -118,7 +118,7 @@ class Sam(nn.Module):
         for every later prompt on these images."""
         grid = (image_embeddings.shape[-2], image_embeddings.shape[-1])
         dt = image_embeddings.dtype
-        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dt)
+        no_mask = self.prompt_encoder.no_mask_embedding().to(dt)
         return self.mask_decoder.project_image(image_embeddings, self.prompt_encoder.get_dense_pe(grid).to(dt), no_mask)
 
     def postprocess_masks(
