@@ -209,6 +209,18 @@ def test_bf16_switch_resolves_per_machine(monkeypatch) -> None:  # noqa: ANN001
     assert precision.resolve_bf16(True) and precision.resolve_bf16("true") and not precision.resolve_bf16("fp32")
     with pytest.raises(ValueError, match="bf16 must be"):
         precision.resolve_bf16("half")
+    # SAMCLIP_BF16 decides what "auto" means in this process (samclip eval --dtype); explicit values still win
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv(precision.ENV_OVERRIDE, "false")
+    assert not precision.resolve_bf16("auto") and not precision.resolve_bf16(None) and precision.resolve_bf16(True)
+    monkeypatch.setenv(precision.ENV_OVERRIDE, "true")
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert precision.resolve_bf16("auto") and not precision.resolve_bf16(False)
+    monkeypatch.setenv(precision.ENV_OVERRIDE, "auto")
+    assert not precision.resolve_bf16("auto")
+    monkeypatch.setenv(precision.ENV_OVERRIDE, "maybe")
+    with pytest.raises(ValueError, match="SAMCLIP_BF16 must be"):
+        precision.resolve_bf16("auto")
 
 
 def test_clip_head_dense_pool_window() -> None:

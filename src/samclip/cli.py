@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,7 +64,10 @@ def _cmd_teachers(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval import harness
     from .factory import load_clip, load_model, load_sam
+    from .precision import ENV_OVERRIDE, resolve_bf16
 
+    if args.dtype != "auto":  # every model call of the harness resolves "auto" through this
+        os.environ[ENV_OVERRIDE] = "true" if args.dtype == "bf16" else "false"
     model = load_model(args.model)
     out = Path(args.out)
     if args.benchmark == "scenes":
@@ -78,6 +82,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not args.data or not args.annotations:
             raise UserError("--benchmark coco needs --data (images folder) and --annotations (instances json)")
         result = harness.coco_box_prompt_ap(model, args.data, args.annotations, limit=args.limit)
+    result["precision"] = "bf16" if resolve_bf16("auto", next(model.parameters()).device) else "fp32"
     paths = harness.write_reports(result, out)
     print(json.dumps(result, indent=2))
     print(f"reports: {paths[0]} {paths[1]}")
@@ -120,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help="fewer images (smoke test)")
     ev.add_argument("--split", choices=["test", "val"], default="test",
                     help="scenes benchmark seeds: test (report numbers) or val (choose settings; default test)")
+    ev.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="bf16 autocast for every model (auto: where the hardware multiplies bf16 natively)")
     ev.add_argument("--out", default="runs/eval")
     ev.set_defaults(func=_cmd_eval)
 

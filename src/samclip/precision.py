@@ -4,17 +4,23 @@ bf16 autocast is the fast path only on hardware with native bf16 matrix units: C
 support, and x86 CPUs with AMX-BF16 or AVX512-BF16. On other CPUs (AVX2-only machines, most AMD EPYC
 before Zen 4) PyTorch emulates bf16 matrix products, which is 10-200x SLOWER than fp32. So every
 ``bf16`` switch in samclip accepts ``None`` / ``"auto"`` (the default): bf16 where it is fast,
-fp32 elsewhere. ``True`` / ``False`` force it either way.
+fp32 elsewhere. ``True`` / ``False`` force it either way. The environment variable ``SAMCLIP_BF16``
+(``true`` / ``false``) overrides what ``auto`` means for the whole process, e.g. to evaluate in fp32 on a
+bf16-capable CPU (``samclip eval --dtype fp32`` sets it).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import torch
 
 AUTO = "auto"
+ENV_OVERRIDE = "SAMCLIP_BF16"  # true / false: what "auto" resolves to in this process
+_TRUE = ("true", "1", "bf16", "yes")
+_FALSE = ("false", "0", "fp32", "no")
 
 
 @functools.cache
@@ -43,7 +49,13 @@ def _flags_say_bf16() -> bool:
 
 
 def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
-    """Whether bf16 autocast speeds up matrix products on ``device``."""
+    """Whether bf16 autocast speeds up matrix products on ``device`` (what ``auto`` resolves to, unless the
+    ``SAMCLIP_BF16`` environment variable says otherwise)."""
+    forced = os.environ.get(ENV_OVERRIDE, "").strip().lower()
+    if forced and forced != AUTO:
+        if forced not in _TRUE + _FALSE:
+            raise ValueError(f"{ENV_OVERRIDE} must be true, false or auto, got {forced!r}")
+        return forced in _TRUE
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -61,9 +73,9 @@ def resolve_bf16(flag: Any, device: str | torch.device = "cpu") -> bool:
     text = str(flag).strip().lower()
     if text == AUTO:
         return bf16_is_fast(device)
-    if text in ("true", "1", "bf16", "yes"):
+    if text in _TRUE:
         return True
-    if text in ("false", "0", "fp32", "no"):
+    if text in _FALSE:
         return False
     raise ValueError(f"bf16 must be true, false or 'auto', got {flag!r}")
 
