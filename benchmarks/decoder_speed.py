@@ -16,7 +16,8 @@ everything mode does (there the first layer works once per image even without th
 ``TwoWayAttentionBlock.forward_projected``). ``--postprocess`` adds the upsampling to a ``--height`` x
 ``--width`` image as ``Predictor.predict`` does. The paths alternate, ``--rounds`` times ``--reps`` calls
 each; the median per path is reported with the ratios and the largest difference of the outputs. Speed
-does not depend on the weight values: the model is randomly initialised. Prints JSON.
+does not depend on the weight values: the model is randomly initialised. ``--dtype`` runs every path under
+bf16 autocast (``auto``, the default: where the CPU multiplies bf16 natively, as ``Predictor`` does). Prints JSON.
 
     .venv/bin/python benchmarks/decoder_speed.py --preset sam-vit-b
 """
@@ -31,6 +32,7 @@ import time
 import torch
 
 import samclip
+from samclip.precision import autocast, resolve_bf16
 
 
 def main() -> None:
@@ -44,7 +46,10 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=768)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="bf16 autocast for every path (auto: where it is fast, as Predictor decides)")
     args = ap.parse_args()
+    bf16 = resolve_bf16(args.dtype)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     sam = samclip.create_sam(args.preset).eval().requires_grad_(False)
@@ -64,14 +69,15 @@ def main() -> None:
     scale = side / max(args.height, args.width)
     input_size = (round(args.height * scale), round(args.width * scale))
 
-    with torch.no_grad():
+    with torch.no_grad(), autocast("cpu", bf16):
         cache = sam.decoder_image_cache(emb)  # what Predictor keeps per image after its first decode
 
     def decode(image_cache: object = None) -> torch.Tensor:
-        masks, _ = sam.decode(emb, multimask_output=True, image_cache=image_cache, **prompt)
-        if args.postprocess:
-            masks = sam.postprocess_masks(masks, input_size, (args.height, args.width))
-        return masks
+        with autocast("cpu", bf16):
+            masks, _ = sam.decode(emb, multimask_output=True, image_cache=image_cache, **prompt)
+            if args.postprocess:
+                masks = sam.postprocess_masks(masks, input_size, (args.height, args.width))
+        return masks.float()
 
     def inference() -> torch.Tensor:
         with torch.no_grad():
@@ -99,7 +105,8 @@ def main() -> None:
     ref = plain()
     diff = max((inference() - ref).abs().max().item(), (cached() - ref).abs().max().item())
     print(json.dumps({
-        "preset": args.preset, "threads": args.threads, "prompt": "box" if args.box else "point",
+        "preset": args.preset, "threads": args.threads, "dtype": "bf16" if bf16 else "fp32",
+        "prompt": "box" if args.box else "point",
         "prompts_per_call": args.prompts,
         "postprocess": [args.height, args.width] if args.postprocess else None,
         "calls_per_path": args.rounds * args.reps,
