@@ -8,11 +8,17 @@ zeros and some weights to ~1e-10, which would let a wrong mapping pass a parity 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+# The suite runs in fp32 on every machine: on CPUs with native bf16 (AMX, AVX512-BF16) "auto" would pick bf16
+# autocast and tests that compare two paths of the same computation exactly would compare roundings instead.
+# Set before any test (and inherited by the CLI subprocesses); the bf16 paths have tests that force them.
+os.environ["SAMCLIP_BF16"] = "false"
 
 # ---------------------------------------------------------------------------------------- helpers
 CAPTIONS = [

@@ -94,8 +94,8 @@ def test_eval_cli_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001
 
 
 def test_eval_cli_dtype_is_recorded(tiny, tmp_path) -> None:  # noqa: ANN001
-    """``--dtype fp32`` forces fp32 for every model call of the harness and the JSON says which precision ran;
-    a bad SAMCLIP_BF16 value is one clear error line."""
+    """``--dtype`` decides for every model call of the harness (here over the suite's SAMCLIP_BF16=false) and the
+    JSON says which precision ran; a bad SAMCLIP_BF16 value is one clear error line."""
     voc = tmp_path / "voc"
     (voc / "JPEGImages").mkdir(parents=True)
     (voc / "SegmentationClass").mkdir()
@@ -104,10 +104,11 @@ def test_eval_cli_dtype_is_recorded(tiny, tmp_path) -> None:  # noqa: ANN001
     Image.fromarray(sc.semantic_mask).save(voc / "SegmentationClass" / "0.png")
     cmd = [sys.executable, "-m", "samclip.cli", "eval", "--model", str(tiny["root"] / "merged"), "--benchmark", "voc",
            "--data", str(voc), "--labels", ",".join(SHAPES), "--out", str(tmp_path / "ev")]
-    p = subprocess.run([*cmd, "--dtype", "fp32"], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    assert result["precision"] == "fp32" and result["n_images"] == 1
+    for dtype in ("bf16", "fp32"):
+        p = subprocess.run([*cmd, "--dtype", dtype], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+        assert result["precision"] == dtype and result["n_images"] == 1
     env = {**os.environ, "SAMCLIP_BF16": "maybe"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 2 and "SAMCLIP_BF16 must be" in p.stderr and "Traceback" not in p.stderr

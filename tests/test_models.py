@@ -203,6 +203,7 @@ def test_bf16_switch_resolves_per_machine(monkeypatch) -> None:  # noqa: ANN001
     """``None`` / "auto" follow the hardware probe; explicit values win; junk is a clear error."""
     from samclip import precision
 
+    monkeypatch.delenv(precision.ENV_OVERRIDE, raising=False)  # conftest pins the suite to fp32
     for fast in (True, False):
         monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda fast=fast: fast)
         assert precision.resolve_bf16(None) is fast and precision.resolve_bf16("AUTO") is fast

@@ -735,3 +735,25 @@ def test_crop_pooling_encodes_each_masks_crop_with_the_merged_model(merged: SamC
     assert torch.allclose(emb[[0, 2]], want, atol=1e-4)
     idx, probs = pred.label_masks(masks, ["star", "ring"], pooling="crop")
     assert idx[1] == -1 and probs.shape == (3, 2) and np.allclose(probs[[0, 2]].sum(1), 1, atol=1e-5)
+
+
+def test_bf16_predictor_follows_fp32(merged: SamClip) -> None:
+    """bf16=True (what "auto" picks on AMX / AVX512-BF16 CPUs) runs every task in bfloat16 autocast with fp32
+    outputs that follow the fp32 Predictor's: the same shapes and dtypes, close embeddings and probabilities,
+    nearly the same masks."""
+    img = image(90, 200, seed=3)
+    outs = {}
+    for bf16 in (False, True):
+        pred = Predictor(merged, bf16=bf16)
+        assert pred.bf16 is bf16
+        pred.set_image(img)
+        masks, scores, low = pred.predict(box=np.array([10, 10, 120, 80]), multimask_output=False)
+        outs[bf16] = (masks, scores, low, pred.image_embedding(), pred.classify(LABELS),
+                      pred.semantic_segment(LABELS).probs)
+    (m32, s32, l32, e32, p32, sem32), (m16, s16, l16, e16, p16, sem16) = outs[False], outs[True]
+    assert m16.shape == m32.shape == (1, 90, 200) and l16.dtype == l32.dtype and e16.dtype == torch.float32
+    assert np.abs(l16 - l32).max() < 0.1 * max(np.abs(l32).max(), 1.0)
+    assert (m16 == m32).mean() > 0.97 and np.abs(s16 - s32).max() < 0.05
+    assert F.cosine_similarity(e16, e32).min() > 0.99 and np.abs(np.asarray(p16) - np.asarray(p32)).max() < 0.05
+    # a random head's class probabilities are near ties, so compare them rather than their argmax
+    assert sem16.shape == sem32.shape == (4, 90, 200) and np.abs(sem16 - sem32).max() < 0.02
