@@ -279,8 +279,10 @@ class TwoWayTransformer(nn.Module):
 
 
 def _token_major(x: torch.Tensor) -> torch.Tensor:
-    """BxCxhxw -> Bx(h*w)xC, contiguous: every image-token op then reads memory in order."""
-    return x.flatten(2).transpose(1, 2).contiguous()
+    """BxCxhxw -> Bx(h*w)xC, contiguous: every image-token op then reads memory in order. One copy for a
+    standard (channels-first) tensor, none for a channels-last one (such as the dense positional encoding):
+    flattening h, w first would copy a channels-last tensor twice."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]).contiguous()
 
 
 class MaskDecoder(nn.Module):
