@@ -108,7 +108,7 @@ def test_eval_cli_dtype_is_recorded(tiny, tmp_path) -> None:  # noqa: ANN001
         p = subprocess.run([*cmd, "--dtype", dtype], capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr
         result = json.loads((tmp_path / "ev" / "eval.json").read_text())
-        assert result["precision"] == dtype and result["n_images"] == 1
+        assert result["precision"] == dtype and result["n_images"] == 1 and result["machine"]["device"] == "cpu"
     env = {**os.environ, "SAMCLIP_BF16": "maybe"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 2 and "SAMCLIP_BF16 must be" in p.stderr and "Traceback" not in p.stderr

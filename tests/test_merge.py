@@ -199,6 +199,7 @@ def test_two_process_torchrun_matches_one_process(teacher_dirs, tmp_path) -> Non
     # the summary says where the wall time went; the log has each stage's set-up
     summary = json.loads((one / "summary.json").read_text())
     assert set(summary["setup_s"]) == {"models", "streams", "evaluator"}
+    assert summary["bf16"] is False and summary["machine"]["torch"] == torch.__version__  # where the run was made
     parts = sum(summary["setup_s"].values()) + summary["train_s"] + summary["final_eval_and_save_s"]
     assert 0 < parts <= summary["wall_s"] + 1e-6
     events = [json.loads(line).get("event") for line in (one / "log.jsonl").read_text().splitlines()]

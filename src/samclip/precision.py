@@ -48,6 +48,25 @@ def _flags_say_bf16() -> bool:
     return " amx_bf16" in text or " avx512_bf16" in text
 
 
+def describe_machine(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """What a run's record should say about where it ran: results of the same recipe differ in their last
+    bits between CPUs with different matrix kernels (AVX2, AVX512, AMX) and between fp32 and bf16."""
+    dev = torch.device(device)
+    info: dict[str, Any] = {"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
+                            "bf16_auto": bf16_is_fast(dev)}
+    if dev.type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    else:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            flags = ""
+        info["cpu_isa"] = next((isa for isa in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f" {isa}" in flags),
+                               "unknown")
+    return info
+
+
 def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
     """Whether bf16 autocast speeds up matrix products on ``device`` (what ``auto`` resolves to, unless the
     ``SAMCLIP_BF16`` environment variable says otherwise)."""

@@ -15,7 +15,7 @@ from ..eval.prompt_seg import prompt_miou
 from ..eval.zeroshot import single_object_eval_set, zero_shot_accuracy
 from ..factory import load_clip, load_sam
 from ..models import ClipHeadConfig, SamClip
-from ..precision import autocast, resolve_bf16
+from ..precision import autocast, describe_machine, resolve_bf16
 from ..tokenizer import ClipTokenizer
 from .config import MergeConfig
 from .streams import ClipStream, SamStream, instance_mask_crops
@@ -211,8 +211,9 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
     train_s = time.time() - tic
     tic = time.time()
     out = Path(cfg.out)
-    summary = {"world_size": world, "stopped_early": state.stopped_early,
-               "setup_s": setup_s, "train_s": train_s, "history": state.history}
+    summary = {"world_size": world, "stopped_early": state.stopped_early, "bf16": cfg.use_bf16,
+               "machine": describe_machine(cfg.torch_device), "setup_s": setup_s, "train_s": train_s,
+               "history": state.history}
     if rank == 0 and evaluator is not None:
         # the model's default classification size: the best on the VAL split among the trained sizes (sizes
         # never trained at are not evaluated: the test report measures them)
