@@ -64,7 +64,7 @@ def _cmd_teachers(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval import harness
     from .factory import load_clip, load_model, load_sam
-    from .precision import ENV_OVERRIDE, describe_machine, resolve_bf16
+    from .precision import ENV_OVERRIDE, describe_machine
 
     if args.dtype != "auto":  # every model call of the harness resolves "auto" through this
         os.environ[ENV_OVERRIDE] = "true" if args.dtype == "bf16" else "false"
@@ -82,9 +82,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not args.data or not args.annotations:
             raise UserError("--benchmark coco needs --data (images folder) and --annotations (instances json)")
         result = harness.coco_box_prompt_ap(model, args.data, args.annotations, limit=args.limit)
-    device = next(model.parameters()).device
-    result["precision"] = "bf16" if resolve_bf16("auto", device) else "fp32"
-    result["machine"] = describe_machine(device)
+    result["machine"] = describe_machine(next(model.parameters()).device)
+    result["precision"] = "bf16" if result["machine"]["bf16_auto"] else "fp32"
     paths = harness.write_reports(result, out)
     print(json.dumps(result, indent=2))
     print(f"reports: {paths[0]} {paths[1]}")

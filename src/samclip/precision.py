@@ -39,13 +39,18 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def _flags_say_bf16() -> bool:
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            text = f.read()
+            return frozenset(word for line in f if line.startswith("flags") for word in line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return " amx_bf16" in text or " avx512_bf16" in text
+        return frozenset()
+
+
+def _flags_say_bf16() -> bool:
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
 def describe_machine(device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -53,28 +58,18 @@ def describe_machine(device: str | torch.device = "cpu") -> dict[str, Any]:
     bits between CPUs with different matrix kernels (AVX2, AVX512, AMX) and between fp32 and bf16."""
     dev = torch.device(device)
     info: dict[str, Any] = {"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
-                            "bf16_auto": bf16_is_fast(dev)}
+                            "bf16_auto": resolve_bf16(AUTO, dev)}
     if dev.type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(dev)
     else:
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
-        except OSError:
-            flags = ""
-        info["cpu_isa"] = next((isa for isa in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f" {isa}" in flags),
+        flags = _cpu_flags()
+        info["cpu_isa"] = next((isa for isa in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if isa in flags),
                                "unknown")
     return info
 
 
 def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
-    """Whether bf16 autocast speeds up matrix products on ``device`` (what ``auto`` resolves to, unless the
-    ``SAMCLIP_BF16`` environment variable says otherwise)."""
-    forced = os.environ.get(ENV_OVERRIDE, "").strip().lower()
-    if forced and forced != AUTO:
-        if forced not in _TRUE + _FALSE:
-            raise ValueError(f"{ENV_OVERRIDE} must be true, false or auto, got {forced!r}")
-        return forced in _TRUE
+    """Whether bf16 autocast speeds up matrix products on ``device``."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -83,20 +78,35 @@ def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
     return False
 
 
-def resolve_bf16(flag: Any, device: str | torch.device = "cpu") -> bool:
-    """``None`` / ``"auto"`` -> :func:`bf16_is_fast`; booleans and "true"/"false"/"1"/"0" strings as given."""
-    if flag is None:
-        return bf16_is_fast(device)
-    if isinstance(flag, bool):
-        return flag
-    text = str(flag).strip().lower()
+def _parse(text: str) -> bool | None:
+    """"true"/"1"/"bf16"/"yes" -> True, "false"/"0"/"fp32"/"no" -> False, "auto" -> None; else ValueError."""
+    text = text.strip().lower()
     if text == AUTO:
-        return bf16_is_fast(device)
+        return None
     if text in _TRUE:
         return True
     if text in _FALSE:
         return False
-    raise ValueError(f"bf16 must be true, false or 'auto', got {flag!r}")
+    raise ValueError(text)
+
+
+def resolve_bf16(flag: Any, device: str | torch.device = "cpu") -> bool:
+    """Booleans and "true"/"false"/"1"/"0" strings as given; ``None`` / ``"auto"`` -> the ``SAMCLIP_BF16``
+    environment variable when it is set to true or false, else :func:`bf16_is_fast`."""
+    if isinstance(flag, bool):
+        return flag
+    try:
+        value = None if flag is None else _parse(str(flag))
+    except ValueError:
+        raise ValueError(f"bf16 must be true, false or 'auto', got {flag!r}") from None
+    if value is not None:
+        return value
+    forced = os.environ.get(ENV_OVERRIDE, "")
+    try:
+        value = _parse(forced) if forced.strip() else None
+    except ValueError:
+        raise ValueError(f"{ENV_OVERRIDE} must be true, false or auto, got {forced.strip().lower()!r}") from None
+    return bf16_is_fast(device) if value is None else value
 
 
 def autocast(device: str | torch.device, enabled: bool) -> torch.autocast:
