@@ -392,3 +392,48 @@ def test_traced_decoder_keeps_dynamic_prompt_batch() -> None:
             assert masks.shape == (n, 3, 64, 64)
             torch.testing.assert_close(masks, ref_masks, atol=2e-5, rtol=1e-4)
             torch.testing.assert_close(iou, ref_iou, atol=2e-6, rtol=1e-4)
+
+
+def test_single_mask_inference_computes_only_the_selected_token() -> None:
+    """multimask_output=False without autograd upsamples only mask token 0 and returns what the training
+    path returns (which computes every token's mask and slices)."""
+    torch.manual_seed(4)
+    model = samclip.create_sam("sam-tiny").eval().requires_grad_(False)
+    for p in model.mask_decoder.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+    emb = torch.randn(1, model.config.prompt_embed_dim, 16, 16)
+    pts, lab = torch.rand(3, 1, 2) * 256, torch.ones(3, 1, dtype=torch.long)
+    for multimask, m in ((False, 1), (True, 3)):
+        with torch.enable_grad():
+            ref = model.decode(emb, pts, lab, multimask_output=multimask)
+        with torch.no_grad():
+            got = model.decode(emb, pts, lab, multimask_output=multimask)
+        assert got[0].shape == ref[0].shape == (3, m, 64, 64) and got[1].shape == (3, m)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_bf16_decoder_copy_follows_the_model_and_its_updates() -> None:
+    """``precision.Bf16Copy`` of the mask decoder (what a bf16 Predictor decodes with): bf16 weights, masks
+    close to the fp32 decoder's, and a fresh copy after the source's weights change in place."""
+    from samclip.precision import Bf16Copy
+
+    torch.manual_seed(5)
+    model = samclip.create_sam("sam-tiny").eval().requires_grad_(False)
+    emb = torch.randn(1, model.config.prompt_embed_dim, 16, 16)
+    pts, lab = torch.rand(2, 1, 2) * 256, torch.ones(2, 1, dtype=torch.long)
+    copy = Bf16Copy(model.mask_decoder)
+    dec = copy.get()
+    assert copy.get() is dec and all(p.dtype == torch.bfloat16 for p in dec.parameters())
+    with torch.no_grad():
+        ref, _ = model.decode(emb, pts, lab)
+        cache = model.decoder_image_cache(emb.bfloat16(), dec)
+        got, iou = model.decode(emb.bfloat16(), pts, lab, image_cache=cache, mask_decoder=dec)
+    assert got.dtype == iou.dtype == torch.bfloat16 and got.shape == ref.shape
+    assert (got.float() - ref).abs().max() < 0.05 * ref.abs().max()
+    with torch.no_grad():
+        model.mask_decoder.iou_prediction_head.layers[-1].bias.add_(1.0)  # an optimizer step, in place
+    fresh = copy.get()
+    assert fresh is not dec
+    torch.testing.assert_close(fresh.iou_prediction_head.layers[-1].bias.float(),
+                               model.mask_decoder.iou_prediction_head.layers[-1].bias, atol=1e-2, rtol=1e-2)

@@ -58,7 +58,7 @@ from .inference.regions import connected_components, peak_points
 from .models.mask_decoder import FirstLayerImage
 from .models.sam import Sam
 from .models.samclip import Features, SamClip
-from .precision import resolve_bf16
+from .precision import Bf16Copy, resolve_bf16
 from .prompts import masks_to_boxes
 
 #: prompts of the explicit background class of :meth:`Predictor.semantic_segment` (used verbatim, averaged)
@@ -90,6 +90,7 @@ class ImageState:
     pooled: torch.Tensor | None = None
     patch_embeddings: torch.Tensor | None = None
     decoder_image: FirstLayerImage | None = None  # the mask decoder's first-layer view, on first decode
+    decoder_embeddings: torch.Tensor | None = None  # sam_embeddings in the bf16 decoder's dtype, on first decode
     other_sizes: dict[tuple[int, bool], ImageState] = field(default_factory=dict)
 
     @property
@@ -211,10 +212,12 @@ class Predictor:
         self.has_clip = isinstance(model, SamClip)
         self.backend = backend
         self._onnx = self._onnx_engine(backend, onnx_dir)
-        sam_cfg = model.sam.config if isinstance(model, SamClip) else model.config
-        self.patch_size = sam_cfg.image_encoder.patch_size
+        self._sam: Sam = model.sam if isinstance(model, SamClip) else model
+        self.patch_size = self._sam.config.image_encoder.patch_size
         self.device = next(model.parameters()).device
         self.bf16 = resolve_bf16(bf16, self.device)
+        # in bf16 the prompt decodes run a bf16 copy of the mask decoder (no per-call weight casts)
+        self._bf16_decoder = Bf16Copy(self._sam.mask_decoder) if self.bf16 and self._onnx is None else None
         self._states: list[ImageState] = []
         self._state: ImageState | None = None
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -503,11 +506,17 @@ class Predictor:
             low, iou = self._onnx.decode(arr(state.sam_embeddings), arr(coords), arr(labels), arr(boxes),
                                          arr(mask_input), multimask_output)
             return torch.from_numpy(low).to(self.device), torch.from_numpy(iou).to(self.device)
+        embeddings, decoder = state.sam_embeddings, {}
+        if self._bf16_decoder is not None:
+            decoder = {"mask_decoder": self._bf16_decoder.get()}
+            if state.decoder_embeddings is None:
+                state.decoder_embeddings = state.sam_embeddings.to(torch.bfloat16)
+            embeddings = state.decoder_embeddings
         with torch.no_grad(), self._autocast():
             if mask_input is None and state.decoder_image is None:
-                state.decoder_image = self.model.decoder_image_cache(state.sam_embeddings)
-            low, iou = self.model.decode(state.sam_embeddings, coords, labels, boxes, mask_input, multimask_output,
-                                         image_cache=state.decoder_image)
+                state.decoder_image = self.model.decoder_image_cache(embeddings, **decoder)
+            low, iou = self.model.decode(embeddings, coords, labels, boxes, mask_input, multimask_output,
+                                         image_cache=state.decoder_image, **decoder)
         return low.float(), iou.float()
 
     # ------------------------------------------------------------------------------------ text
