@@ -113,31 +113,3 @@ def autocast(device: str | torch.device, enabled: bool) -> torch.autocast:
     """bf16 autocast on ``device`` (a no-op context when ``enabled`` is False)."""
     dev = torch.device(device)
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-class Bf16Copy:
-    """A bfloat16 copy of a module for inference, made again whenever the source's parameters or buffers
-    change (in place, e.g. an optimizer step, or replaced): ``get()`` returns the current copy.
-
-    Under autocast every linear layer casts its fp32 weight to bf16 on each call; a small decoder run once
-    per prompt (SAM's mask decoder: 35 weight casts per decode) spends ~15% of its time on those casts. The
-    copy runs without autocast on bf16 inputs instead. Norms and softmaxes of bf16 tensors accumulate in
-    fp32 in PyTorch's kernels, as they do under autocast."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-        self._copy: torch.nn.Module | None = None
-        self._key: tuple[tuple[int, int], ...] = ()
-
-    def _state_key(self) -> tuple[tuple[int, int], ...]:
-        tensors = [*self.module.parameters(), *self.module.buffers()]
-        return tuple((t.data_ptr(), t._version) for t in tensors)
-
-    def get(self) -> torch.nn.Module:
-        key = self._state_key()
-        if self._copy is None or key != self._key:
-            import copy
-
-            self._copy = copy.deepcopy(self.module).to(torch.bfloat16).eval().requires_grad_(False)
-            self._key = key
-        return self._copy

@@ -17,7 +17,8 @@ Conventions (see :mod:`samclip.inference.image_input`):
   Points and boxes outside the image are clipped into it (x to [0, W-1], y to [0, H-1]).
 - Masks come back at the original size; low-resolution logits are 4Gx4G for a GxG token grid and
   cover the whole padded frame (feed them back as ``mask_input``).
-- ``bf16=True`` runs the networks under bfloat16 autocast; outputs are float32. The default (``None``)
+- ``bf16=True`` runs the networks under bfloat16 autocast, and the prompt decodes in bf16 for everything
+  image-sized with the prompt tokens' small products in fp32; outputs are float32. The default (``None``)
   uses it only where it is fast (GPUs, CPUs with AMX / AVX512-BF16; see :mod:`samclip.precision`).
 
 Works on a merged :class:`~samclip.models.SamClip` (all tasks) or a plain :class:`~samclip.models.Sam`
@@ -58,7 +59,7 @@ from .inference.regions import connected_components, peak_points
 from .models.mask_decoder import FirstLayerImage
 from .models.sam import Sam
 from .models.samclip import Features, SamClip
-from .precision import Bf16Copy, resolve_bf16
+from .precision import resolve_bf16
 from .prompts import masks_to_boxes
 
 #: prompts of the explicit background class of :meth:`Predictor.semantic_segment` (used verbatim, averaged)
@@ -90,7 +91,7 @@ class ImageState:
     pooled: torch.Tensor | None = None
     patch_embeddings: torch.Tensor | None = None
     decoder_image: FirstLayerImage | None = None  # the mask decoder's first-layer view, on first decode
-    decoder_embeddings: torch.Tensor | None = None  # sam_embeddings in the bf16 decoder's dtype, on first decode
+    decoder_embeddings: torch.Tensor | None = None  # sam_embeddings in bf16 for a bf16 Predictor's decodes
     other_sizes: dict[tuple[int, bool], ImageState] = field(default_factory=dict)
 
     @property
@@ -197,7 +198,8 @@ class Predictor:
     Args:
         model: a merged :class:`SamClip` (every task) or a plain :class:`Sam` (SAM tasks only); it is
             put in eval mode. Inputs go to the device of its parameters.
-        bf16: run the networks under bfloat16 autocast (outputs are float32); ``None``: only where the
+        bf16: run the networks under bfloat16 autocast, the prompt decodes with bf16 image tokens and fp32
+            prompt tokens (outputs are float32); ``None``: only where the
             device multiplies bf16 natively (elsewhere bf16 is emulated and many times slower than fp32).
         backend: ``"torch"`` (default) or ``"onnx"``: the image graph (backbone + both heads) and the
             prompt decoder run on onnxruntime from ``onnx_dir`` (written by ``samclip export onnx`` from
@@ -212,12 +214,10 @@ class Predictor:
         self.has_clip = isinstance(model, SamClip)
         self.backend = backend
         self._onnx = self._onnx_engine(backend, onnx_dir)
-        self._sam: Sam = model.sam if isinstance(model, SamClip) else model
-        self.patch_size = self._sam.config.image_encoder.patch_size
+        sam_cfg = model.sam.config if isinstance(model, SamClip) else model.config
+        self.patch_size = sam_cfg.image_encoder.patch_size
         self.device = next(model.parameters()).device
         self.bf16 = resolve_bf16(bf16, self.device)
-        # in bf16 the prompt decodes run a bf16 copy of the mask decoder (no per-call weight casts)
-        self._bf16_decoder = Bf16Copy(self._sam.mask_decoder) if self.bf16 and self._onnx is None else None
         self._states: list[ImageState] = []
         self._state: ImageState | None = None
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -506,17 +506,19 @@ class Predictor:
             low, iou = self._onnx.decode(arr(state.sam_embeddings), arr(coords), arr(labels), arr(boxes),
                                          arr(mask_input), multimask_output)
             return torch.from_numpy(low).to(self.device), torch.from_numpy(iou).to(self.device)
-        embeddings, decoder = state.sam_embeddings, {}
-        if self._bf16_decoder is not None:
-            decoder = {"mask_decoder": self._bf16_decoder.get()}
+        embeddings = state.sam_embeddings
+        if self.bf16:
+            # mixed precision by hand instead of autocast: the image tokens (and every image-sized product)
+            # in bf16, the prompt tokens' small products with the fp32 weights, where they are faster
             if state.decoder_embeddings is None:
                 state.decoder_embeddings = state.sam_embeddings.to(torch.bfloat16)
             embeddings = state.decoder_embeddings
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad():
             if mask_input is None and state.decoder_image is None:
-                state.decoder_image = self.model.decoder_image_cache(embeddings, **decoder)
+                with self._autocast():  # once per image: image-sized projections
+                    state.decoder_image = self.model.decoder_image_cache(embeddings)
             low, iou = self.model.decode(embeddings, coords, labels, boxes, mask_input, multimask_output,
-                                         image_cache=state.decoder_image, **decoder)
+                                         image_cache=state.decoder_image)
         return low.float(), iou.float()
 
     # ------------------------------------------------------------------------------------ text

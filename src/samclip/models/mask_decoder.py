@@ -50,7 +50,12 @@ class TokenAttention(nn.Module):
         Without autograd, attention between a few prompt tokens and many image tokens takes the
         factored path (:meth:`_few_queries` / :meth:`_few_keys`): the same function, with the
         image-sized projections folded into the few tokens' side (about 2.3x fewer multiply-adds for SAM
-        ViT-B's decoder). Training keeps the plain path, so trained weights do not depend on it."""
+        ViT-B's decoder). Training keeps the plain path, so trained weights do not depend on it.
+
+        Without autograd and autocast, image tokens may come in a lower precision than the weights (bf16
+        image tokens, fp32 weights: the Predictor's bf16 decode): the factored paths run every image-sized
+        product in the image tokens' dtype and the few tokens' projections in the weights' (small products
+        are ~3-5x faster in fp32 than in bf16 on CPUs); the plain path casts its inputs to the weights'."""
         if not torch.is_grad_enabled():
             few = self.num_heads * min(q.shape[1], k.shape[1])
             many = max(q.shape[1], k.shape[1])
@@ -62,6 +67,9 @@ class TokenAttention(nn.Module):
         return _plus(residual, self._plain(q, k, v))
 
     def _plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        dt = self.q_proj.weight.dtype
+        if not (torch.is_grad_enabled() or torch.is_autocast_enabled(q.device.type)):
+            q, k, v = q.to(dt), k.to(dt), v.to(dt)  # mixed inference (see forward)
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q, k, v)
         b, h, n, d = out.shape
@@ -80,8 +88,8 @@ class TokenAttention(nn.Module):
     @staticmethod
     def _rows_product(attn: torch.Tensor, vo: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         """attn BxRxNq (R = heads x keys), vo BxRxC -> BxNqxC (+ residual)."""
-        a = attn.transpose(1, 2)
-        return torch.bmm(a, vo) if residual is None else torch.baddbmm(residual, a, vo)
+        a, vo = attn.transpose(1, 2), vo.to(attn.dtype)
+        return torch.bmm(a, vo) if residual is None else torch.baddbmm(residual.to(a.dtype), a, vo)
 
     def _per_head(self, linear: nn.Linear) -> torch.Tensor:
         """A projection into the internal channels as HxdxC (row h*d + i of the weight is head h's i)."""
@@ -99,8 +107,8 @@ class TokenAttention(nn.Module):
         d = self.internal_dim // h
         queries = self.q_proj(q).reshape(b, nq, h, d)
         qk = torch.einsum("bnhd,hdc->bhnc", queries, self._per_head(self.k_proj)) * d**-0.5
-        attn = torch.bmm(qk.reshape(b, h * nq, c), k.transpose(1, 2)).softmax(-1)  # Bx(H*Nq)xNk
-        pv = torch.bmm(attn, v).reshape(b, h, nq, c)
+        attn = torch.bmm(qk.reshape(b, h * nq, c).to(k.dtype), k.transpose(1, 2)).softmax(-1)  # Bx(H*Nq)xNk
+        pv = torch.bmm(attn, v.to(attn.dtype)).reshape(b, h, nq, c).to(qk.dtype)
         out = torch.einsum("bhnc,hdc->bnhd", pv, self._per_head(self.v_proj)) + self.v_proj.bias.reshape(h, d)
         return self.out_proj(out.reshape(b, nq, h * d))
 
@@ -121,7 +129,7 @@ class TokenAttention(nn.Module):
         keys = self.k_proj(k).reshape(b, nk, h, d)
         kq = torch.einsum("bkhd,hdc->bhkc", keys, self._per_head(self.q_proj)).reshape(b, h * nk, c) * scale
         offset = torch.einsum("bkhd,hd->bhk", keys, self.q_proj.bias.reshape(h, d)).reshape(b, h * nk, 1) * scale
-        attn = torch.baddbmm(offset, kq, q.transpose(1, 2)).reshape(b, h, nk, nq).softmax(2)
+        attn = torch.baddbmm(offset.to(q.dtype), kq.to(q.dtype), q.transpose(1, 2)).reshape(b, h, nk, nq).softmax(2)
         vo = self._values_out(self.v_proj(v).reshape(b, nk, h, d))
         return self._rows_product(attn.reshape(b, h * nk, nq), vo, residual)
 
@@ -130,7 +138,7 @@ class TokenAttention(nn.Module):
         image tokens, BxNkxD, e.g. computed once per image) -> BxNqxC."""
         b, nq, _ = q.shape
         q, keys, values = self._heads(self.q_proj(q)), self._heads(keys), self._heads(values)
-        out = F.scaled_dot_product_attention(q, keys, values)
+        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values.to(keys.dtype)).to(q.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
 
     def projected_queries(self, queries: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -147,12 +155,21 @@ class TokenAttention(nn.Module):
         d = self.internal_dim // h
         queries = queries.reshape(b, 1, nq, h, d).permute(0, 1, 3, 4, 2)  # Bx1xHxdxNq
         keys = self.k_proj(k).reshape(b, per, nk, h, d).transpose(2, 3)  # BxPxHxNkxd
-        attn = (keys @ queries * d**-0.5).softmax(3)  # BxPxHxNkxNq: softmax over the few keys
+        attn = (keys.to(queries.dtype) @ queries * d**-0.5).softmax(3)  # BxPxHxNkxNq: softmax over the few keys
         values = self.v_proj(v).reshape(n, nk, h, d)
         if h * nk < self.internal_dim:
             return self._rows_product(attn.reshape(n, h * nk, nq), self._values_out(values), residual)
-        out = attn.reshape(n, h, nk, nq).transpose(2, 3) @ values.transpose(1, 2)  # (B*P)xHxNqxd
-        return _plus(residual, self.out_proj(out.transpose(1, 2).reshape(n, nq, h * d)))
+        out = attn.reshape(n, h, nk, nq).transpose(2, 3) @ values.transpose(1, 2).to(attn.dtype)  # (B*P)xHxNqxd
+        out = self.out_proj(out.transpose(1, 2).reshape(n, nq, h * d).to(values.dtype))
+        return _plus(residual, out if residual is None else out.to(residual.dtype))
+
+
+def _linear_as(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` in x's dtype (bf16 image tokens through fp32 weights: mixed inference)."""
+    if x.dtype == linear.weight.dtype or torch.is_autocast_enabled(x.device.type):
+        return linear(x)
+    bias = None if linear.bias is None else linear.bias.to(x.dtype)
+    return F.linear(x, linear.weight.to(x.dtype), bias)
 
 
 def _gelu_(x: torch.Tensor) -> torch.Tensor:
@@ -227,8 +244,9 @@ class TwoWayAttentionBlock(nn.Module):
     def project_image(self, tokens: torch.Tensor, key_pe: torch.Tensor) -> FirstLayerImage:
         """Image tokens BxNxC (+ PE) -> what :meth:`forward_projected` needs of them."""
         k = tokens + key_pe
-        return FirstLayerImage(tokens, self.cross_attn_token_to_image.k_proj(k),
-                               self.cross_attn_token_to_image.v_proj(tokens), self.cross_attn_image_to_token.q_proj(k))
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        return FirstLayerImage(tokens, _linear_as(t2i.k_proj, k), _linear_as(t2i.v_proj, tokens),
+                               _linear_as(i2t.q_proj, k))
 
     def forward_projected(self, queries: torch.Tensor, query_pe: torch.Tensor, image: FirstLayerImage,
                           ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,19 +282,21 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding BxCxhxw, image_pe (1|B)xCxhxw, point_embedding BxTxC -> (tokens BxTxC,
         image tokens Bx(hw)xC)."""
-        return self._layers(point_embedding, _image_tokens(image_embedding), _image_tokens(image_pe), 0)
+        tokens = _image_tokens(image_embedding)
+        return self._layers(point_embedding, tokens, _image_tokens(image_pe, tokens.dtype), 0)
 
     def project_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> FirstLayerImage:
         """B_img x C x h x w image embeddings (dense prompt embedding included) -> the first layer's view of
         them (:class:`FirstLayerImage`), for :meth:`forward_projected`."""
-        return self.layers[0].project_image(_image_tokens(image_embedding), _image_tokens(image_pe))
+        tokens = _image_tokens(image_embedding)
+        return self.layers[0].project_image(tokens, _image_tokens(image_pe, tokens.dtype))
 
     def forward_projected(self, image: FirstLayerImage, image_pe: torch.Tensor, point_embedding: torch.Tensor,
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` for B = B_img x P prompts, P consecutive ones per image of ``image``; the same
         function as ``forward`` on each image's embedding repeated P times."""
         queries, keys = self.layers[0].forward_projected(point_embedding, point_embedding, image)
-        return self._layers(point_embedding, keys, _image_tokens(image_pe), 1, queries)
+        return self._layers(point_embedding, keys, _image_tokens(image_pe, keys.dtype), 1, queries)
 
     def _layers(self, point_embedding: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor, start: int,
                 queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,16 +308,19 @@ class TwoWayTransformer(nn.Module):
         return queries, keys
 
 
-def _image_tokens(x: torch.Tensor) -> torch.Tensor:
-    """BxCxhxw -> Bx(h*w)xC (:func:`_token_major`); without autograd, in the dtype the matmuls run in (bf16
-    inside a CPU / CUDA bf16 autocast region). Every image-sized operand then has one dtype: a bf16 + fp32
-    sum of image tokens is a type-promoting pass ~10x slower than either alone (2.3 vs 0.15-0.28 ms for
-    SAM ViT-B's 4096x256 tokens on a 2-core CPU), and its fp32 result is cast back for each product
-    again. Training keeps autocast's own casts, so trained weights do not depend on this."""
+def _image_tokens(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """BxCxhxw -> Bx(h*w)xC (:func:`_token_major`); without autograd, in the dtype the image-sized products
+    run in: autocast's (bf16) inside an autocast region, else ``dtype`` (the image tokens' own, for their
+    positional encoding) when given. Every image-sized operand then has one dtype: a bf16 + fp32 sum of
+    image tokens is a type-promoting pass ~10x slower than either alone (2.3 vs 0.15-0.28 ms for SAM
+    ViT-B's 4096x256 tokens on a 2-core CPU), and its fp32 result is cast back for each product again.
+    Training keeps autocast's own casts, so trained weights do not depend on this."""
     x = _token_major(x)
-    if torch.is_grad_enabled() or not torch.is_autocast_enabled(x.device.type):
+    if torch.is_grad_enabled():
         return x
-    return x.to(torch.get_autocast_dtype(x.device.type))
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x if dtype is None else x.to(dtype)
 
 
 def _token_major(x: torch.Tensor) -> torch.Tensor:

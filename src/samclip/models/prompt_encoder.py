@@ -91,18 +91,21 @@ class PromptEncoder(nn.Module):
         """The dense prompt embedding of prompts without a mask input, 1xCx1x1 (broadcast over the grid)."""
         return self.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
-    def get_dense_pe(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def get_dense_pe(self, size: tuple[int, int] | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Positional encoding of the image embedding grid -> 1xCxhxw (channels-last in memory, so that
-        the decoder's token-major view of it is contiguous). The same for every prompt: without autograd
-        it is computed once per grid size and kept until the encoding matrix changes."""
+        the decoder's token-major view of it is contiguous), computed in fp32 and returned in ``dtype`` (default
+        the encoding matrix's). The same for every prompt: without autograd it is computed once per grid
+        size and dtype and kept until the encoding matrix changes."""
         size = tuple(size or self.image_embedding_size)
         if torch.is_grad_enabled() or torch.jit.is_tracing():
-            return self.pe_layer(size).unsqueeze(0)
+            pe = self.pe_layer(size).unsqueeze(0)
+            return pe if dtype is None else pe.to(dtype)
         matrix = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (size, matrix.device, matrix.data_ptr(), matrix._version)
+        key = (size, dtype, matrix.device, matrix.data_ptr(), matrix._version)
         if self._dense_pe_key != key:
             pe = self.pe_layer(size)
-            self._dense_pe = pe.permute(1, 2, 0).contiguous().permute(2, 0, 1).unsqueeze(0)
+            pe = pe.permute(1, 2, 0).contiguous().permute(2, 0, 1).unsqueeze(0)
+            self._dense_pe = pe if dtype is None else pe.to(dtype)
             self._dense_pe_key = key
         return self._dense_pe
 

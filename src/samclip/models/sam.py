@@ -78,7 +78,6 @@ class Sam(nn.Module):
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         image_cache: FirstLayerImage | None = None,
-        mask_decoder: MaskDecoder | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt decode on cached embeddings.
 
@@ -90,9 +89,6 @@ class Sam(nn.Module):
             mask_input: Nx1x4hx4w low-resolution mask logits (e.g. a previous prediction).
             image_cache: :meth:`decoder_image_cache` of these image embeddings (optional; used for prompts
                 without ``mask_input``): the decoder's first layer starts from it.
-            mask_decoder: the decoder to run instead of ``self.mask_decoder`` (e.g. its bf16 copy, with bf16
-                ``image_embeddings``; prompts and their embeddings are computed in fp32 and cast to the
-                embeddings' dtype).
         Returns:
             low-resolution mask logits Nx(3|1)x4hx4w and IoU predictions Nx(3|1).
         """
@@ -107,25 +103,23 @@ class Sam(nn.Module):
         if boxes is not None:
             boxes = boxes * scale
         sparse, dense = self.prompt_encoder(points, boxes, mask_input, grid_size=grid)
-        return (self.mask_decoder if mask_decoder is None else mask_decoder)(
+        return self.mask_decoder(
             image_embeddings,
-            self.prompt_encoder.get_dense_pe(grid).to(image_embeddings.dtype),
-            sparse.to(image_embeddings.dtype),
+            self.prompt_encoder.get_dense_pe(grid, image_embeddings.dtype),
+            sparse.to(self.mask_decoder.iou_token.weight.dtype),  # prompt tokens in the decoder's precision
             dense.to(image_embeddings.dtype),
             multimask_output,
             image_cache if mask_input is None else None,
         )
 
-    def decoder_image_cache(self, image_embeddings: torch.Tensor,
-                            mask_decoder: MaskDecoder | None = None) -> FirstLayerImage:
+    def decoder_image_cache(self, image_embeddings: torch.Tensor) -> FirstLayerImage:
         """BxCxhxw image embeddings -> what the mask decoder's first layer needs of them for prompts without a
         mask input (no-mask dense embedding), computed once: pass it to :meth:`decode` as ``image_cache``
-        for every later prompt on these images (with the same ``mask_decoder``)."""
+        for every later prompt on these images."""
         grid = (image_embeddings.shape[-2], image_embeddings.shape[-1])
         dt = image_embeddings.dtype
         no_mask = self.prompt_encoder.no_mask_embedding().to(dt)
-        decoder = self.mask_decoder if mask_decoder is None else mask_decoder
-        return decoder.project_image(image_embeddings, self.prompt_encoder.get_dense_pe(grid).to(dt), no_mask)
+        return self.mask_decoder.project_image(image_embeddings, self.prompt_encoder.get_dense_pe(grid, dt), no_mask)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]

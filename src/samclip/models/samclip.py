@@ -133,8 +133,8 @@ class SamClip(nn.Module):
     def decode(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN002, ANN003
         return self.sam.decode(*args, **kwargs)
 
-    def decoder_image_cache(self, *args, **kwargs) -> FirstLayerImage:  # noqa: ANN002, ANN003
-        return self.sam.decoder_image_cache(*args, **kwargs)
+    def decoder_image_cache(self, image_embeddings: torch.Tensor) -> FirstLayerImage:
+        return self.sam.decoder_image_cache(image_embeddings)
 
     def postprocess_masks(self, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
         return self.sam.postprocess_masks(*args, **kwargs)
