@@ -133,27 +133,36 @@ class TokenAttention(nn.Module):
         vo = self._values_out(self.v_proj(v).reshape(b, nk, h, d))
         return self._rows_product(attn.reshape(b, h * nk, nq), vo, residual)
 
+    def per_head(self, x: torch.Tensor, channels_first: bool) -> torch.Tensor:
+        """Projected image tokens BxNxD -> per head, contiguous: BxHxdxN (``channels_first``) or BxHxNxd."""
+        b, n, _ = x.shape
+        x = x.reshape(b, n, self.num_heads, -1)
+        return (x.permute(0, 2, 3, 1) if channels_first else x.transpose(1, 2)).contiguous()
+
     def to_projected(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Attention of q BxNqxC to keys and values already projected (``k_proj`` / ``v_proj`` of the
-        image tokens, BxNkxD, e.g. computed once per image) -> BxNqxC."""
+        image tokens, e.g. computed once per image) and laid out per head (:meth:`per_head`): keys BxHxdxNk,
+        values BxHxNkxd -> BxNqxC. The products run in the keys' dtype."""
         b, nq, _ = q.shape
-        q, keys, values = self._heads(self.q_proj(q)), self._heads(keys), self._heads(values)
-        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values.to(keys.dtype)).to(q.dtype)
+        d = self.internal_dim // self.num_heads
+        q = self._heads(self.q_proj(q)) * d**-0.5  # BxHxNqxd
+        attn = (q.to(keys.dtype) @ keys).softmax(-1)  # BxHxNqxNk
+        out = (attn @ values).to(q.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
 
     def projected_queries(self, queries: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Image tokens as queries, already projected (``q_proj``, BxNqxD: once per image) and shared by
-        ``P`` prompts each; k/v (B*P)xNkxC -> (B*P)xNqxC (+ ``residual``, broadcastable to that).
+        """Image tokens as queries, already projected (``q_proj``, once per image) and laid out per head
+        (BxHxdxNq, :meth:`per_head`), shared by ``P`` prompts each; k/v (B*P)xNkxC -> (B*P)xNqxC (+
+        ``residual``, broadcastable to that).
 
         The same function as :meth:`forward` on the image tokens repeated ``P`` times per image; per
         prompt only the scores against its few keys and, where the few keys' value rows are fewer than the
         internal channels, the output projection folded into them (as in :meth:`_few_keys`) remain."""
-        b, nq, _ = queries.shape
+        b, h, d, nq = queries.shape
         n, nk, _ = k.shape
-        per, h = n // b, self.num_heads
-        d = self.internal_dim // h
-        queries = queries.reshape(b, 1, nq, h, d).permute(0, 1, 3, 4, 2)  # Bx1xHxdxNq
+        per = n // b
+        queries = queries.unsqueeze(1)  # Bx1xHxdxNq
         keys = self.k_proj(k).reshape(b, per, nk, h, d).transpose(2, 3)  # BxPxHxNkxd
         attn = (keys.to(queries.dtype) @ queries * d**-0.5).softmax(3)  # BxPxHxNkxNq: softmax over the few keys
         values = self.v_proj(v).reshape(n, nk, h, d)
@@ -188,9 +197,11 @@ class FirstLayerImage:
     """What the decoder's first layer needs of B images, for prompts that share one dense prompt embedding
     (the no-mask one): computed once per image, reused by every prompt decoded on it.
 
-    ``tokens`` BxNxC: image embedding + dense embedding, token-major (N = h*w); ``t2i_keys`` /
-    ``t2i_values`` BxNxD: the token->image attention's key projection of tokens + PE and value projection of
-    tokens; ``i2t_queries`` BxNxD: the image->token attention's query projection of tokens + PE."""
+    ``tokens`` BxNxC: image embedding + dense embedding, token-major (N = h*w); ``t2i_keys`` BxHxdxN and
+    ``t2i_values`` BxHxNxd: the token->image attention's key projection of tokens + PE and value projection
+    of tokens, per head (H heads of d channels); ``i2t_queries`` BxHxdxN: the image->token attention's query
+    projection of tokens + PE, per head. Each is laid out as the per-prompt products read it, so no decode
+    copies an image-sized tensor into another layout."""
 
     tokens: torch.Tensor
     t2i_keys: torch.Tensor
@@ -245,8 +256,9 @@ class TwoWayAttentionBlock(nn.Module):
         """Image tokens BxNxC (+ PE) -> what :meth:`forward_projected` needs of them."""
         k = tokens + key_pe
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        return FirstLayerImage(tokens, _linear_as(t2i.k_proj, k), _linear_as(t2i.v_proj, tokens),
-                               _linear_as(i2t.q_proj, k))
+        return FirstLayerImage(tokens, t2i.per_head(_linear_as(t2i.k_proj, k), channels_first=True),
+                               t2i.per_head(_linear_as(t2i.v_proj, tokens), channels_first=False),
+                               i2t.per_head(_linear_as(i2t.q_proj, k), channels_first=True))
 
     def forward_projected(self, queries: torch.Tensor, query_pe: torch.Tensor, image: FirstLayerImage,
                           ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,7 +492,9 @@ class MaskDecoder(nn.Module):
                 out.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])
             masks = torch.cat(out) if len(out) > 1 else out[0]  # BxMx(i, j, di, dj, ei, ej)
         # into pixels (row 4i + 2di + ei, column 4j + 2dj + ej) by one gather: ~7x faster than the 8-d permute
-        return masks.reshape(b * k, -1).index_select(1, _pixel_order(h, w, masks.device)).reshape(b, k, 4 * h, 4 * w)
+        # (in fp32: PyTorch's CPU gather of bf16 is ~3x slower than of fp32, more than the two small casts)
+        pixels = masks.reshape(b * k, -1).float().index_select(1, _pixel_order(h, w, masks.device))
+        return pixels.reshape(b, k, 4 * h, 4 * w).to(dt)
 
 
 @functools.lru_cache(maxsize=8)

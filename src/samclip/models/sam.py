@@ -107,7 +107,7 @@ class Sam(nn.Module):
             image_embeddings,
             self.prompt_encoder.get_dense_pe(grid, image_embeddings.dtype),
             sparse.to(self.mask_decoder.iou_token.weight.dtype),  # prompt tokens in the decoder's precision
-            dense.to(image_embeddings.dtype),
+            _broadcast_cast(dense, image_embeddings.dtype),
             multimask_output,
             image_cache if mask_input is None else None,
         )
@@ -145,3 +145,12 @@ class Sam(nn.Module):
         """Encode a padded batch and decode prompts; see :meth:`decode` for shapes."""
         emb = self.image_embeddings(pixel_values)
         return self.decode(emb, point_coords, point_labels, boxes, mask_input, multimask_output)
+
+
+def _broadcast_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in ``dtype``; a broadcast view (zero strides, e.g. the no-mask embedding expanded over the prompts
+    and the grid) is cast before broadcasting instead of being materialised at full size."""
+    if x.dtype == dtype:
+        return x
+    base = x[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in x.stride())]
+    return base.to(dtype).expand(x.shape)
