@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import samclip
 from samclip.models import SAM_PRESETS, ImageEncoderConfig, Sam
@@ -444,3 +445,19 @@ def test_mixed_precision_decode_follows_fp32(fold: bool, monkeypatch) -> None:  
                 assert masks.shape == ref_masks.shape and iou.dtype == torch.float32
                 assert (masks.float() - ref_masks).abs().max() < 0.05 * ref_masks.abs().max()
                 assert (iou - ref_iou).abs().max() < 0.05
+
+
+@pytest.mark.parametrize(("input_size", "original_size"),
+                         [((128, 128), (128, 128)), ((58, 128), (90, 200)), ((128, 58), (200, 90)),
+                          ((1, 128), (1, 300)), ((96, 128), (96, 128)), ((3, 5), (3, 5)), ((127, 128), (500, 501))])
+def test_postprocess_equals_the_two_step_reference(sam: Sam, input_size, original_size) -> None:  # noqa: ANN001
+    """``postprocess_masks`` upsamples only the low-res rows its crop reads and skips a same-size resize; it
+    must equal SAM's reference (upsample to the frame, crop, resize to the original) bit for bit."""
+    torch.manual_seed(7)
+    low = torch.randn(2, 3, sam.img_size // 4, sam.img_size // 4)
+    ref = F.interpolate(low, (sam.img_size, sam.img_size), mode="bilinear", align_corners=False)
+    ref = ref[..., : input_size[0], : input_size[1]]
+    ref = F.interpolate(ref, original_size, mode="bilinear", align_corners=False)
+    got = sam.postprocess_masks(low, input_size, original_size)
+    assert got.shape == ref.shape == (2, 3, *original_size)
+    assert torch.equal(got, ref)

@@ -128,9 +128,22 @@ class Sam(nn.Module):
 
         ``input_size`` is the (h, w) of the resized image inside the padded frame.
         """
-        frame = masks.shape[-1] * self.config.image_encoder.patch_size // 4
-        masks = F.interpolate(masks.float(), (frame, frame), mode="bilinear", align_corners=False)
+        low = masks.shape[-1]
+        frame = low * self.config.image_encoder.patch_size // 4
+        if frame % low:
+            masks = F.interpolate(masks.float(), (frame, frame), mode="bilinear", align_corners=False)
+        else:
+            # only the low-res rows the crop below reads: output row y samples source row (y + 0.5) / s - 0.5
+            # and the row after it, so rows y < h need source rows <= that + 1; the same scale (s = frame /
+            # low) gives the same values as the full upsampling, bit for bit (also cropping the columns
+            # would not: the kernel's vector tails round differently, by up to 1 ulp)
+            scale = frame // low
+            rows = min(low, int((input_size[0] - 0.5) / scale - 0.5) + 2)
+            masks = F.interpolate(masks[..., :rows, :].float(), scale_factor=scale, mode="bilinear",
+                                  align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
+        if tuple(original_size) == tuple(masks.shape[-2:]):
+            return masks  # a bilinear resize to the same size is the identity
         return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
 
     def forward(
