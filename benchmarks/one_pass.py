@@ -209,10 +209,9 @@ def main() -> None:
             out.append(time.perf_counter() - t0)
         return 1000 * statistics.median(out)
 
-    def raw_decode(p: np.ndarray) -> None:
+    def raw_decode(p: np.ndarray) -> None:  # what predict() runs before the upsampling to the image
         coords = torch.tensor(p, dtype=torch.float32).reshape(1, 1, 2)
-        with torch.no_grad(), autocast("cpu", BF16):
-            merged.decode(state.sam_embeddings, coords, torch.ones(1, 1, dtype=torch.long))
+        pred._decode(state, coords, torch.ones(1, 1, dtype=torch.long), None, None, True)
 
     res = {
         "preset": args.preset, "weights": source, "threads": args.threads, "bf16_autocast": BF16,
