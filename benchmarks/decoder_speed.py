@@ -11,7 +11,7 @@ A third path is what ``Predictor`` runs: the inference path given the image's fi
 of them, computed once per image), so the first layer's image-sized products are not redone per prompt; in
 bf16 it runs, as ``Predictor`` does, bf16 embeddings through the fp32 weights without autocast: every
 image-sized product in bf16, the prompt tokens' small ones in fp32 (where they are ~3x faster), no weight
-cast per call.
+cast per call; for embeddings under ``Predictor.mixed_decode_min_elements`` (tiny models), fp32.
 
 Workload: ``Sam.decode`` of one prompt (a foreground point, or ``--box``) on cached image embeddings, multimask
 output, low-resolution logits; ``--prompts N`` decodes N points (or boxes) of one image in one call, as the
@@ -73,9 +73,11 @@ def main() -> None:
     input_size = (round(args.height * scale), round(args.width * scale))
 
     # what Predictor runs: in bf16, bf16 image embeddings through the fp32 weights without autocast (image-sized
-    # products in bf16, the prompt tokens' small ones in fp32), from a first-layer cache made under autocast
-    emb_mixed = emb.bfloat16() if bf16 else emb
-    with torch.no_grad(), autocast("cpu", bf16):
+    # products in bf16, the prompt tokens' small ones in fp32), from a first-layer cache made under autocast;
+    # small embeddings (tiny models) in fp32
+    mixed = bf16 and emb[0].numel() >= samclip.Predictor.mixed_decode_min_elements
+    emb_mixed = emb.bfloat16() if mixed else emb
+    with torch.no_grad(), autocast("cpu", mixed):
         cache = sam.decoder_image_cache(emb_mixed)  # what Predictor keeps per image after its first decode
 
     def decode(image_cache: object = None) -> torch.Tensor:
@@ -116,6 +118,7 @@ def main() -> None:
     diff = max((inference() - ref).abs().max().item(), (cached() - ref).abs().max().item())
     print(json.dumps({
         "preset": args.preset, "threads": args.threads, "dtype": "bf16" if bf16 else "fp32",
+        "predictor_decode": "mixed" if mixed else "fp32",
         "prompt": "box" if args.box else "point",
         "prompts_per_call": args.prompts,
         "postprocess": [args.height, args.width] if args.postprocess else None,

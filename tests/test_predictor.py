@@ -757,3 +757,32 @@ def test_bf16_predictor_follows_fp32(merged: SamClip) -> None:
     assert F.cosine_similarity(e16, e32).min() > 0.99 and np.abs(np.asarray(p16) - np.asarray(p32)).max() < 0.05
     # a random head's class probabilities are near ties, so compare them rather than their argmax
     assert sem16.shape == sem32.shape == (4, 90, 200) and np.abs(sem16 - sem32).max() < 0.02
+
+
+def test_bf16_predictor_decodes_small_embeddings_in_fp32_large_ones_mixed(merged: SamClip) -> None:
+    """A bf16 Predictor decodes prompts on a tiny model's embeddings in fp32 (faster there) and, from
+    ``mixed_decode_min_elements`` up, in mixed precision (bf16 image tokens): either way it follows the fp32
+    Predictor, for a point, a box, a mask input and a batch of prompts."""
+    img = image(90, 200, seed=4)
+    ref = Predictor(merged, bf16=False)
+    ref.set_image(img)
+    batch = dict(point_coords=torch.tensor([[[40.0, 30.0]], [[150.0, 60.0]]]), point_labels=torch.ones(2, 1))
+    for threshold, dtype in ((None, torch.float32), (0, torch.bfloat16)):
+        pred = Predictor(merged, bf16=True)
+        if threshold is not None:
+            pred.mixed_decode_min_elements = threshold
+        state = pred.set_image(img)
+        for prompt in (dict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1])),
+                       dict(box=np.array([10, 10, 120, 80]))):
+            m16, s16, l16 = pred.predict(**prompt)
+            m32, s32, l32 = ref.predict(**prompt)
+            assert m16.shape == m32.shape and l16.dtype == l32.dtype
+            assert np.abs(l16 - l32).max() < 0.1 * max(np.abs(l32).max(), 1.0) and np.abs(s16 - s32).max() < 0.05
+            assert (m16 == m32).mean() > 0.97
+            with_mask = pred.predict(**prompt, mask_input=l16[:1], multimask_output=False)[2]
+            ref_mask = ref.predict(**prompt, mask_input=l32[:1], multimask_output=False)[2]
+            assert np.abs(with_mask - ref_mask).max() < 0.1 * max(np.abs(ref_mask).max(), 1.0)
+        assert state.decoder_embeddings.dtype == dtype
+        got, ref_got = pred.predict_torch(**batch)[2], ref.predict_torch(**batch)[2]
+        assert got.shape == ref_got.shape == (2, 3, *got.shape[-2:])
+        assert (got - ref_got).abs().max() < 0.1 * max(ref_got.abs().max().item(), 1.0)
