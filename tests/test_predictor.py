@@ -782,7 +782,8 @@ def test_bf16_predictor_decodes_small_embeddings_in_fp32_large_ones_mixed(merged
             with_mask = pred.predict(**prompt, mask_input=l16[:1], multimask_output=False)[2]
             ref_mask = ref.predict(**prompt, mask_input=l32[:1], multimask_output=False)[2]
             assert np.abs(with_mask - ref_mask).max() < 0.1 * max(np.abs(ref_mask).max(), 1.0)
-        assert state.decoder_embeddings.dtype == dtype
+        decoded = state.sam_embeddings if state.decoder_embeddings is None else state.decoder_embeddings
+        assert decoded.dtype == dtype
         got, ref_got = pred.predict_torch(**batch)[2], ref.predict_torch(**batch)[2]
         assert got.shape == ref_got.shape == (2, 3, *got.shape[-2:])
         assert (got - ref_got).abs().max() < 0.1 * max(ref_got.abs().max().item(), 1.0)

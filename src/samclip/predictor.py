@@ -91,7 +91,7 @@ class ImageState:
     pooled: torch.Tensor | None = None
     patch_embeddings: torch.Tensor | None = None
     decoder_image: FirstLayerImage | None = None  # the mask decoder's first-layer view, on first decode
-    decoder_embeddings: torch.Tensor | None = None  # sam_embeddings in the dtype the prompt decodes run in
+    decoder_embeddings: torch.Tensor | None = None  # sam_embeddings cast to the prompt decodes' dtype, if it differs
     other_sizes: dict[tuple[int, bool], ImageState] = field(default_factory=dict)
 
     @property
@@ -516,9 +516,11 @@ class Predictor:
         # in bf16, the prompt tokens' small products with the fp32 weights, where they are faster; small image
         # embeddings (tiny models) decode in fp32, which is faster there
         mixed = self.bf16 and state.sam_embeddings[0].numel() >= self.mixed_decode_min_elements
-        if state.decoder_embeddings is None:
-            state.decoder_embeddings = state.sam_embeddings.to(torch.bfloat16 if mixed else torch.float32)
-        embeddings = state.decoder_embeddings
+        embeddings = state.sam_embeddings
+        if embeddings.dtype != (dtype := torch.bfloat16 if mixed else torch.float32):
+            if state.decoder_embeddings is None:  # a copy only where the dtypes differ
+                state.decoder_embeddings = embeddings.to(dtype)
+            embeddings = state.decoder_embeddings
         with torch.no_grad():
             if mask_input is None and state.decoder_image is None:
                 with autocast(self.device, mixed):  # once per image: image-sized projections
