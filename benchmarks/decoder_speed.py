@@ -11,7 +11,8 @@ A third path is what ``Predictor`` runs: the inference path given the image's fi
 of them, computed once per image), so the first layer's image-sized products are not redone per prompt; in
 bf16 it runs, as ``Predictor`` does, bf16 embeddings through the fp32 weights without autocast: every
 image-sized product in bf16, the prompt tokens' small ones in fp32 (where they are ~3x faster), no weight
-cast per call; for embeddings under ``Predictor.mixed_decode_min_elements`` (tiny models), fp32.
+cast per call; in fp32 where the embedding elements x prompts are under ``Predictor.mixed_decode_min_elements``
+(one prompt on a tiny model).
 
 Workload: ``Sam.decode`` of one prompt (a foreground point, or ``--box``) on cached image embeddings, multimask
 output, low-resolution logits; ``--prompts N`` decodes N points (or boxes) of one image in one call, as the
@@ -75,7 +76,7 @@ def main() -> None:
     # what Predictor runs: in bf16, bf16 image embeddings through the fp32 weights without autocast (image-sized
     # products in bf16, the prompt tokens' small ones in fp32), from a first-layer cache made under autocast;
     # small embeddings (tiny models) in fp32
-    mixed = bf16 and emb[0].numel() >= samclip.Predictor.mixed_decode_min_elements
+    mixed = bf16 and args.prompts * emb[0].numel() >= samclip.Predictor.mixed_decode_min_elements
     emb_mixed = emb.bfloat16() if mixed else emb
     with torch.no_grad(), autocast("cpu", mixed):
         cache = sam.decoder_image_cache(emb_mixed)  # what Predictor keeps per image after its first decode

@@ -760,18 +760,20 @@ def test_bf16_predictor_follows_fp32(merged: SamClip) -> None:
 
 
 def test_bf16_predictor_decodes_small_embeddings_in_fp32_large_ones_mixed(merged: SamClip) -> None:
-    """A bf16 Predictor decodes prompts on a tiny model's embeddings in fp32 (faster there) and, from
-    ``mixed_decode_min_elements`` up, in mixed precision (bf16 image tokens): either way it follows the fp32
-    Predictor, for a point, a box, a mask input and a batch of prompts."""
+    """A bf16 Predictor decodes one prompt on a tiny model's embeddings in fp32 (faster there) and, from
+    ``mixed_decode_min_elements`` (embedding elements x prompts) up, in mixed precision (bf16 image tokens):
+    either way it follows the fp32 Predictor, for a point, a box, a mask input and a batch of prompts."""
     img = image(90, 200, seed=4)
     ref = Predictor(merged, bf16=False)
     ref.set_image(img)
     batch = dict(point_coords=torch.tensor([[[40.0, 30.0]], [[150.0, 60.0]]]), point_labels=torch.ones(2, 1))
-    for threshold, dtype in ((None, torch.float32), (0, torch.bfloat16)):
+    fp32, bf16 = torch.float32, torch.bfloat16
+    # default: everything in fp32 on this tiny model; 0: everything mixed; 2x the embedding: the 2-prompt batch
+    for threshold, dtypes in ((None, {fp32}), (0, {bf16}), ("two prompts", {fp32, bf16})):
         pred = Predictor(merged, bf16=True)
-        if threshold is not None:
-            pred.mixed_decode_min_elements = threshold
         state = pred.set_image(img)
+        if threshold is not None:
+            pred.mixed_decode_min_elements = 0 if threshold == 0 else 2 * state.sam_embeddings[0].numel()
         for prompt in (dict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1])),
                        dict(box=np.array([10, 10, 120, 80]))):
             m16, s16, l16 = pred.predict(**prompt)
@@ -782,8 +784,7 @@ def test_bf16_predictor_decodes_small_embeddings_in_fp32_large_ones_mixed(merged
             with_mask = pred.predict(**prompt, mask_input=l16[:1], multimask_output=False)[2]
             ref_mask = ref.predict(**prompt, mask_input=l32[:1], multimask_output=False)[2]
             assert np.abs(with_mask - ref_mask).max() < 0.1 * max(np.abs(ref_mask).max(), 1.0)
-        decoded = state.sam_embeddings if state.decoder_embeddings is None else state.decoder_embeddings
-        assert decoded.dtype == dtype
         got, ref_got = pred.predict_torch(**batch)[2], ref.predict_torch(**batch)[2]
         assert got.shape == ref_got.shape == (2, 3, *got.shape[-2:])
         assert (got - ref_got).abs().max() < 0.1 * max(ref_got.abs().max().item(), 1.0)
+        assert set(state.decoder) == dtypes

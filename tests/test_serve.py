@@ -268,7 +268,7 @@ def test_cache_bytes_follow_lazy_state(model_folder, scenes) -> None:  # noqa: A
     entry = cache.put("a", pred.state, 1, 1)
     before = entry.nbytes
     pred.predict(point_coords=np.array([[10.0, 12.0]]), point_labels=np.array([1]))
-    grown = state_nbytes(pred.state.decoder_image)
+    grown = sum(state_nbytes(view) for view in pred.state.decoder.values())
     assert grown > 0 and entry.nbytes == before + grown == cache.nbytes
 
 

@@ -72,6 +72,16 @@ _LOW_RES_OUTSIDE = -20.0  # mask-input logit for the padding outside the image
 
 # ------------------------------------------------------------------------------------------ results
 @dataclass(eq=False)
+class DecoderInputs:
+    """The image side of prompt decodes in one dtype: ``embeddings``, the image embeddings cast to it (None
+    where they already are in it), and ``first_layer``, the mask decoder's first-layer view of them
+    (:meth:`Sam.decoder_image_cache`, made at the first decode without a mask input)."""
+
+    embeddings: torch.Tensor | None = None
+    first_layer: FirstLayerImage | None = None
+
+
+@dataclass(eq=False)
 class ImageState:
     """Everything cached from one backbone pass over one image.
 
@@ -90,8 +100,7 @@ class ImageState:
     head_tokens: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     patch_embeddings: torch.Tensor | None = None
-    decoder_image: FirstLayerImage | None = None  # the mask decoder's first-layer view, on first decode
-    decoder_embeddings: torch.Tensor | None = None  # sam_embeddings cast to the prompt decodes' dtype, if it differs
+    decoder: dict[torch.dtype, DecoderInputs] = field(default_factory=dict)  # per decode dtype, on first decode
     other_sizes: dict[tuple[int, bool], ImageState] = field(default_factory=dict)
 
     @property
@@ -207,9 +216,10 @@ class Predictor:
             this model); the text tower, pre- and post-processing stay in PyTorch. See :meth:`from_onnx`.
     """
 
-    # with bf16, prompts decode in bf16 (mixed) from this many image-embedding elements (C x h x w) up, in fp32
-    # below: on a 2-core AMX CPU a decode took 2.5 vs 2.25 ms fp32 for tiny-synthetic (96x16x16), 5.7 vs 6.0 ms
-    # for SAM ViT-B at 448 px (256x28x28) and 7.7 vs 9.9 ms at 640 px
+    # with bf16, a decode call runs in bf16 (mixed) from this many image-embedding elements (C x h x w) times
+    # prompts up, in fp32 below: on a 2-core AMX CPU one prompt took 2.5 vs 2.25 ms fp32 on tiny-synthetic's
+    # 96x16x16, 5.7 vs 6.0 ms on SAM ViT-B's 256x28x28 (448 px) and 7.7 vs 9.9 ms at 640 px; 256 prompts on
+    # tiny-synthetic 74-79 vs 122-130 ms
     mixed_decode_min_elements = 1 << 17
 
     def __init__(self, model: SamClip | Sam, *, bf16: bool | None = None, backend: str = "torch",
@@ -513,20 +523,22 @@ class Predictor:
                                          arr(mask_input), multimask_output)
             return torch.from_numpy(low).to(self.device), torch.from_numpy(iou).to(self.device)
         # bf16: mixed precision by hand instead of autocast: the image tokens (and every image-sized product)
-        # in bf16, the prompt tokens' small products with the fp32 weights, where they are faster; small image
-        # embeddings (tiny models) decode in fp32, which is faster there
-        mixed = self.bf16 and state.sam_embeddings[0].numel() >= self.mixed_decode_min_elements
+        # in bf16, the prompt tokens' small products with the fp32 weights, where they are faster; calls with
+        # little image-sized work (one prompt on a tiny model's embeddings) decode in fp32, faster there
+        prompts = next(t.shape[0] for t in (coords, boxes, mask_input) if t is not None)
+        mixed = self.bf16 and prompts * state.sam_embeddings[0].numel() >= self.mixed_decode_min_elements
+        view = state.decoder.setdefault(dtype := torch.bfloat16 if mixed else torch.float32, DecoderInputs())
         embeddings = state.sam_embeddings
-        if embeddings.dtype != (dtype := torch.bfloat16 if mixed else torch.float32):
-            if state.decoder_embeddings is None:  # a copy only where the dtypes differ
-                state.decoder_embeddings = embeddings.to(dtype)
-            embeddings = state.decoder_embeddings
+        if embeddings.dtype != dtype:
+            if view.embeddings is None:  # a copy only where the dtypes differ
+                view.embeddings = embeddings.to(dtype)
+            embeddings = view.embeddings
         with torch.no_grad():
-            if mask_input is None and state.decoder_image is None:
-                with autocast(self.device, mixed):  # once per image: image-sized projections
-                    state.decoder_image = self.model.decoder_image_cache(embeddings)
+            if mask_input is None and view.first_layer is None:
+                with autocast(self.device, mixed):  # once per image and dtype: image-sized projections
+                    view.first_layer = self.model.decoder_image_cache(embeddings)
             low, iou = self.model.decode(embeddings, coords, labels, boxes, mask_input, multimask_output,
-                                         image_cache=state.decoder_image)
+                                         image_cache=view.first_layer)
         return low.float(), iou.float()
 
     # ------------------------------------------------------------------------------------ text
