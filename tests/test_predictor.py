@@ -788,3 +788,13 @@ def test_bf16_predictor_decodes_small_embeddings_in_fp32_large_ones_mixed(merged
         assert got.shape == ref_got.shape == (2, 3, *got.shape[-2:])
         assert (got - ref_got).abs().max() < 0.1 * max(ref_got.abs().max().item(), 1.0)
         assert set(state.decoder) == dtypes
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_predict_without_prompts(merged: SamClip, bf16: bool) -> None:
+    """As SAM's predictor: no prompt at all decodes one prompt-less query (the no-mask dense embedding only)."""
+    pred = Predictor(merged, bf16=bf16)
+    pred.set_image(image(90, 200, seed=5))
+    masks, scores, low = pred.predict()
+    assert masks.shape == (3, 90, 200) and scores.shape == (3,) and low.shape[0] == 3
+    assert pred.predict_torch()[0].shape == (1, 3, 90, 200)

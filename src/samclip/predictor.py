@@ -525,7 +525,7 @@ class Predictor:
         # bf16: mixed precision by hand instead of autocast: the image tokens (and every image-sized product)
         # in bf16, the prompt tokens' small products with the fp32 weights, where they are faster; calls with
         # little image-sized work (one prompt on a tiny model's embeddings) decode in fp32, faster there
-        prompts = next(t.shape[0] for t in (coords, boxes, mask_input) if t is not None)
+        prompts = next((t.shape[0] for t in (coords, boxes, mask_input) if t is not None), 1)  # none: 1, as SAM
         mixed = self.bf16 and prompts * state.sam_embeddings[0].numel() >= self.mixed_decode_min_elements
         view = state.decoder.setdefault(dtype := torch.bfloat16 if mixed else torch.float32, DecoderInputs())
         embeddings = state.sam_embeddings
