@@ -17,8 +17,8 @@ Conventions (see :mod:`samclip.inference.image_input`):
   Points and boxes outside the image are clipped into it (x to [0, W-1], y to [0, H-1]).
 - Masks come back at the original size; low-resolution logits are 4Gx4G for a GxG token grid and
   cover the whole padded frame (feed them back as ``mask_input``).
-- ``bf16=True`` runs the networks under bfloat16 autocast, and the prompt decodes in bf16 for everything
-  image-sized with the prompt tokens' small products in fp32; outputs are float32. The default (``None``)
+- ``bf16=True`` runs the networks under bfloat16 autocast, and on CPUs the prompt decodes in bf16 for
+  everything image-sized with the prompt tokens' small products in fp32; outputs are float32. The default (``None``)
   uses it only where it is fast (GPUs, CPUs with AMX / AVX512-BF16; see :mod:`samclip.precision`).
 
 Works on a merged :class:`~samclip.models.SamClip` (all tasks) or a plain :class:`~samclip.models.Sam`
@@ -207,9 +207,9 @@ class Predictor:
     Args:
         model: a merged :class:`SamClip` (every task) or a plain :class:`Sam` (SAM tasks only); it is
             put in eval mode. Inputs go to the device of its parameters.
-        bf16: run the networks under bfloat16 autocast, the prompt decodes with bf16 image tokens and fp32
-            prompt tokens (in fp32 for small image embeddings, ``mixed_decode_min_elements``; outputs are
-            float32); ``None``: only where the
+        bf16: run the networks under bfloat16 autocast, on CPUs the prompt decodes with bf16 image tokens and
+            fp32 prompt tokens (all fp32 for little image-sized work, ``mixed_decode_min_elements``; outputs
+            are float32); ``None``: only where the
             device multiplies bf16 natively (elsewhere bf16 is emulated and many times slower than fp32).
         backend: ``"torch"`` (default) or ``"onnx"``: the image graph (backbone + both heads) and the
             prompt decoder run on onnxruntime from ``onnx_dir`` (written by ``samclip export onnx`` from
@@ -522,20 +522,24 @@ class Predictor:
             low, iou = self._onnx.decode(arr(state.sam_embeddings), arr(coords), arr(labels), arr(boxes),
                                          arr(mask_input), multimask_output)
             return torch.from_numpy(low).to(self.device), torch.from_numpy(iou).to(self.device)
-        # bf16: mixed precision by hand instead of autocast: the image tokens (and every image-sized product)
-        # in bf16, the prompt tokens' small products with the fp32 weights, where they are faster; calls with
-        # little image-sized work (one prompt on a tiny model's embeddings) decode in fp32, faster there
+        # bf16 on a CPU: mixed precision by hand instead of autocast: the image tokens (and every image-sized
+        # product) in bf16, the prompt tokens' small products with the fp32 weights, where they are faster; calls
+        # with little image-sized work (one prompt on a tiny model's embeddings) decode in fp32, faster there.
+        # bf16 on a GPU: autocast (its weight casts are cheap there, and PyTorch's CUDA LayerNorm takes no bf16
+        # input with fp32 weights)
+        on_gpu = self.bf16 and self.device.type != "cpu"
         prompts = next((t.shape[0] for t in (coords, boxes, mask_input) if t is not None), 1)  # none: 1, as SAM
-        mixed = self.bf16 and prompts * state.sam_embeddings[0].numel() >= self.mixed_decode_min_elements
-        view = state.decoder.setdefault(dtype := torch.bfloat16 if mixed else torch.float32, DecoderInputs())
+        mixed = self.bf16 and not on_gpu and prompts * state.sam_embeddings[0].numel() >= self.mixed_decode_min_elements
+        dtype = state.sam_embeddings.dtype if on_gpu else torch.bfloat16 if mixed else torch.float32
+        view = state.decoder.setdefault(dtype, DecoderInputs())
         embeddings = state.sam_embeddings
         if embeddings.dtype != dtype:
             if view.embeddings is None:  # a copy only where the dtypes differ
                 view.embeddings = embeddings.to(dtype)
             embeddings = view.embeddings
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, on_gpu):
             if mask_input is None and view.first_layer is None:
-                with autocast(self.device, mixed):  # once per image and dtype: image-sized projections
+                with autocast(self.device, mixed or on_gpu):  # once per image and dtype: image-sized projections
                     view.first_layer = self.model.decoder_image_cache(embeddings)
             low, iou = self.model.decode(embeddings, coords, labels, boxes, mask_input, multimask_output,
                                          image_cache=view.first_layer)

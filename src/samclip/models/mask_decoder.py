@@ -53,7 +53,7 @@ class TokenAttention(nn.Module):
         ViT-B's decoder). Training keeps the plain path, so trained weights do not depend on it.
 
         Without autograd and autocast, image tokens may come in a lower precision than the weights (bf16
-        image tokens, fp32 weights: the Predictor's bf16 decode): the factored paths run every image-sized
+        image tokens, fp32 weights: the Predictor's bf16 decode on CPUs): the factored paths run every image-sized
         product in the image tokens' dtype and the few tokens' projections in the weights' (small products
         are ~3-5x faster in fp32 than in bf16 on CPUs); the plain path casts its inputs to the weights'."""
         if not torch.is_grad_enabled():
