@@ -522,28 +522,38 @@ class Predictor:
             low, iou = self._onnx.decode(arr(state.sam_embeddings), arr(coords), arr(labels), arr(boxes),
                                          arr(mask_input), multimask_output)
             return torch.from_numpy(low).to(self.device), torch.from_numpy(iou).to(self.device)
-        # bf16 on a CPU: mixed precision by hand instead of autocast: the image tokens (and every image-sized
-        # product) in bf16, the prompt tokens' small products with the fp32 weights, where they are faster; calls
-        # with little image-sized work (one prompt on a tiny model's embeddings) decode in fp32, faster there.
-        # bf16 on a GPU: autocast (its weight casts are cheap there, and PyTorch's CUDA LayerNorm takes no bf16
-        # input with fp32 weights)
-        on_gpu = self.bf16 and self.device.type != "cpu"
         prompts = next((t.shape[0] for t in (coords, boxes, mask_input) if t is not None), 1)  # none: 1, as SAM
-        mixed = self.bf16 and not on_gpu and prompts * state.sam_embeddings[0].numel() >= self.mixed_decode_min_elements
-        dtype = state.sam_embeddings.dtype if on_gpu else torch.bfloat16 if mixed else torch.float32
+        dtype, decode_autocast = self._decode_precision(state, prompts)
         view = state.decoder.setdefault(dtype, DecoderInputs())
         embeddings = state.sam_embeddings
         if embeddings.dtype != dtype:
             if view.embeddings is None:  # a copy only where the dtypes differ
                 view.embeddings = embeddings.to(dtype)
             embeddings = view.embeddings
-        with torch.no_grad(), autocast(self.device, on_gpu):
+        with torch.no_grad():
             if mask_input is None and view.first_layer is None:
-                with autocast(self.device, mixed or on_gpu):  # once per image and dtype: image-sized projections
+                # once per image and dtype: the image-sized projections, under autocast wherever bf16 is used
+                with autocast(self.device, decode_autocast or dtype == torch.bfloat16):
                     view.first_layer = self.model.decoder_image_cache(embeddings)
-            low, iou = self.model.decode(embeddings, coords, labels, boxes, mask_input, multimask_output,
-                                         image_cache=view.first_layer)
+            with autocast(self.device, decode_autocast):
+                low, iou = self.model.decode(embeddings, coords, labels, boxes, mask_input, multimask_output,
+                                             image_cache=view.first_layer)
         return low.float(), iou.float()
+
+    def _decode_precision(self, state: ImageState, prompts: int) -> tuple[torch.dtype, bool]:
+        """(dtype of the image embeddings a decode of ``prompts`` prompts runs on, whether under autocast).
+
+        bf16 on a CPU: mixed precision by hand instead of autocast: the image tokens (and every image-sized
+        product) in bf16, the prompt tokens' small products with the fp32 weights, where they are faster; calls
+        with little image-sized work (one prompt on a tiny model's embeddings) decode in fp32, faster there.
+        bf16 on a GPU: autocast (its weight casts are cheap there, and PyTorch's CUDA LayerNorm takes no bf16
+        input with fp32 weights)."""
+        if not self.bf16:
+            return torch.float32, False
+        if self.device.type != "cpu":
+            return state.sam_embeddings.dtype, True
+        mixed = prompts * state.sam_embeddings[0].numel() >= self.mixed_decode_min_elements
+        return (torch.bfloat16 if mixed else torch.float32), False
 
     # ------------------------------------------------------------------------------------ text
     def _require_clip(self, task: str) -> SamClip:

@@ -67,8 +67,8 @@ class TokenAttention(nn.Module):
         return _plus(residual, self._plain(q, k, v))
 
     def _plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        dt = self.q_proj.weight.dtype
         if not (torch.is_grad_enabled() or torch.is_autocast_enabled(q.device.type)):
+            dt = self.q_proj.weight.dtype
             q, k, v = q.to(dt), k.to(dt), v.to(dt)  # mixed inference (see forward)
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q, k, v)
