@@ -41,8 +41,13 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     assert result["merged"]["tta_views"] == [[clip_size, False]]
     assert result["merged"]["zero_shot_top1"] == result["merged"][f"zero_shot_top1@{clip_size}"]
     assert result["merged"]["label_size"] == clip_size  # label_size 0: labels read the clip_size pass
+    shapes = result["prompt_breakdown"]["by_category"]
+    assert sum(r["instances"] for r in shapes.values()) == result["n"]["sam_instances"]
+    assert set(next(iter(shapes.values()))) == {"instances", "sam_teacher_box_miou", "merged_box_miou",
+                                                "sam_teacher_point_miou", "merged_point_miou"}
     j, md = harness.write_reports(result, tmp_path)
     assert json.loads(j.read_text())["benchmark"] == "scenes" and "(d) merged" in md.read_text()
+    assert "by shape and by visible area" in md.read_text()
     assert (tmp_path / "overlays.png").exists()
     assert result["split"] == "test" and "test split" in md.read_text()
 

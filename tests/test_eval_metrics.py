@@ -67,3 +67,29 @@ def test_maskclip_and_crop_baselines_shapes() -> None:
     masks[0, 5:20, 5:30] = True
     emb = crop_embeddings(clip, img, masks)
     assert emb.shape == (2, 32)
+
+
+def test_prompt_miou_breakdown_partitions_the_instances() -> None:
+    """Per-category and per-area groups of a real (tiny, random) SAM: every instance in exactly one group,
+    the groups' instance-weighted means give the overall mIoU, and the categories are the bank's."""
+    from samclip.data.banks import build_bank
+    from samclip.eval.prompt_seg import AREA_BUCKETS, prompt_miou
+
+    torch.manual_seed(0)
+    sam = samclip.create_sam("sam-tiny").eval()
+    bank = build_bank("val", 6, sam.img_size, workers=1)
+    plain = prompt_miou(sam, bank, bf16=False)
+    out = prompt_miou(sam, bank, bf16=False, breakdown=True)
+    assert "by_category" not in plain and out["box_miou"] == plain["box_miou"]
+    from collections import Counter
+
+    present = Counter(o[0] for i, objs in enumerate(bank.objects) for k, o in enumerate(objs)
+                      if (bank.instance_maps[i] == k + 1).any())
+    assert {c: r["instances"] for c, r in out["by_category"].items()} == dict(present)
+    assert set(out["by_area"]) <= {name for name, _ in AREA_BUCKETS}
+    for group in ("by_category", "by_area"):
+        rows = out[group].values()
+        assert sum(r["instances"] for r in rows) == out["instances"]
+        for metric in ("box_miou", "point_miou"):
+            mean = sum(r[metric] * r["instances"] for r in rows) / out["instances"]
+            assert mean == pytest.approx(out[metric], abs=1e-4)

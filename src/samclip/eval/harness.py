@@ -104,6 +104,20 @@ def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, 
             "mask_ap75": 100 * ev.stats[2], "n_images": len(img_ids), "n_masks": len(results)}
 
 
+def _breakdown_table(breakdown: dict) -> list[str]:
+    """Markdown rows of box / point mIoU per shape category and per visible-area bucket, teacher vs merged."""
+    if not breakdown:
+        return []
+    lines = ["## Prompt mIoU by shape and by visible area", "",
+             "| group | instances | SAM teacher box | merged box | SAM teacher point | merged point |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for group in ("by_category", "by_area"):
+        for key, r in breakdown.get(group, {}).items():
+            lines.append(f"| {key} | {r['instances']} | {r['sam_teacher_box_miou']:.1f} | {r['merged_box_miou']:.1f} | "
+                         f"{r['sam_teacher_point_miou']:.1f} | {r['merged_point_miou']:.1f} |")
+    return [*lines, ""]
+
+
 def markdown_report(result: dict) -> str:
     lines = ["# samclip evaluation", ""]
     if result.get("benchmark") == "scenes":
@@ -132,7 +146,9 @@ def markdown_report(result: dict) -> str:
                   "",
                   "## Merged model vs teachers", "", "```json",
                   json.dumps({k: result[k] for k in ("clip_teacher", "sam_teacher", "merged", "deltas")}, indent=2),
-                  "```", "", "![overlays: input, ground truth, CLIP head, both heads](overlays.png)", ""]
+                  "```", ""]
+        lines += _breakdown_table(result.get("prompt_breakdown", {}))
+        lines += ["![overlays: input, ground truth, CLIP head, both heads](overlays.png)", ""]
     else:
         lines += ["```json", json.dumps(result, indent=2), "```", ""]
     return "\n".join(lines)

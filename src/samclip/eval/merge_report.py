@@ -5,8 +5,9 @@ Keys (stable): ``clip_teacher.zero_shot_top1`` (one view) and ``zero_shot_top1_f
 ``merged.zero_shot_top1@<size>`` for each size (one view), ``merged.zero_shot_top1`` (the model's own
 classification: its ``clip_size`` with its test-time-augmentation views, ``merged.tta_views``),
 ``sam_teacher.box_miou`` / ``point_miou``, ``merged.box_miou`` / ``point_miou``, ``deltas`` (merged
-minus teacher, the issue's acceptance margins) and ``n`` (sample counts). The headline zero-shot delta compares
-the model's own classification with the better of the teacher's two.
+minus teacher, the issue's acceptance margins), ``prompt_breakdown`` (box / point mIoU of both per shape
+category and per visible-area bucket: where masks are lost or kept) and ``n`` (sample counts). The headline
+zero-shot delta compares the model's own classification with the better of the teacher's two.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_s
     else:
         merged_default = merged_zs[clip_size]
     bank = build_bank(split, n_scenes, sam_teacher.img_size, workers=1)
-    sam_t = prompt_miou(sam_teacher, bank)
-    sam_m = prompt_miou(merged, bank)
+    sam_t = prompt_miou(sam_teacher, bank, breakdown=True)
+    sam_m = prompt_miou(merged, bank, breakdown=True)
     return {
         "split": split,
         "clip_teacher": {"zero_shot_top1": clip_t, "zero_shot_top1_flip_tta": clip_t_flip, "size": teacher_size},
@@ -68,6 +69,13 @@ def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_s
             "zero_shot_top1_at_sam_size": merged_zs[merged.img_size] - clip_t,
             "box_miou": sam_m["box_miou"] - sam_t["box_miou"],
             "point_miou": sam_m["point_miou"] - sam_t["point_miou"],
+        },
+        "prompt_breakdown": {
+            group: {key: {"instances": sam_t[group][key]["instances"],
+                          **{f"{who}_{m}": r[group][key][m] for who, r in (("sam_teacher", sam_t), ("merged", sam_m))
+                             for m in ("box_miou", "point_miou")}}
+                    for key in sam_t[group]}
+            for group in ("by_category", "by_area")
         },
         "n": {"zero_shot_images": n_single, "sam_images": n_scenes, "sam_instances": sam_m["instances"]},
     }

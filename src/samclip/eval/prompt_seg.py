@@ -24,19 +24,21 @@ def _iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | None = None,  # noqa: ANN001
-                seed: int = 0, max_images: int | None = None) -> dict[str, float]:
+                seed: int = 0, max_images: int | None = None, breakdown: bool = False) -> dict:
     """mIoU over every instance of ``bank`` (images at the model's native size).
 
     Returns ``box_miou`` (GT box, single-mask output), ``point_miou`` (one interior point, best of
     the multimask outputs, SAM's oracle protocol), ``point_miou_first`` (the output ranked first by
-    the predicted IoU) and ``instances``; IoUs in percent.
+    the predicted IoU) and ``instances``; IoUs in percent. ``breakdown`` adds ``by_category`` (per shape
+    category: ``box_miou``, ``point_miou``, ``instances``) and ``by_area`` (the same per bucket of the
+    instance's visible area as a share of the image, :data:`AREA_BUCKETS`).
     """
     model.eval()
     dev = next(model.parameters()).device
     bf16 = resolve_bf16(bf16, dev)
     gen = torch.Generator().manual_seed(seed)
     n = len(bank) if max_images is None else min(len(bank), max_images)
-    box_ious, point_best, point_ranked = [], [], []
+    box_ious, point_best, point_ranked, categories, areas = [], [], [], [], []
     for start in range(0, n, batch_images):
         imgs = torch.from_numpy(bank.images[start : start + batch_images]).to(dev).permute(0, 3, 1, 2)
         size = imgs.shape[-2:]
@@ -46,9 +48,13 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
             inst = torch.from_numpy(bank.instance_maps[start + j].astype(np.int64))  # prompts drawn on the CPU
             ids = torch.arange(1, int(inst.max()) + 1)
             masks = inst[None] == ids[:, None, None]
-            masks = masks[masks.flatten(1).any(1)]
+            present = masks.flatten(1).any(1)
+            masks = masks[present]
             if masks.shape[0] == 0:
                 continue
+            objects = bank.objects[start + j]
+            categories += [objects[i][0] for i in torch.nonzero(present)[:, 0].tolist()]
+            areas.append(masks.flatten(1).float().mean(1))
             e = emb[j : j + 1]
             with autocast(dev, bf16):
                 low_b, _ = model.decode(e, boxes=masks_to_boxes(masks).to(dev), multimask_output=False)
@@ -61,10 +67,33 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
             ious = _iou(up_p, masks)
             point_best.append(ious.max(1).values)
             point_ranked.append(ious.gather(1, iou_p.float().argmax(1, keepdim=True))[:, 0])
-    cat = torch.cat
-    return {
-        "box_miou": 100 * cat(box_ious).mean().item(),
-        "point_miou": 100 * cat(point_best).mean().item(),
-        "point_miou_first": 100 * cat(point_ranked).mean().item(),
-        "instances": int(cat(box_ious).numel()),
+    box, point = torch.cat(box_ious).cpu(), torch.cat(point_best).cpu()
+    out: dict = {
+        "box_miou": 100 * box.mean().item(),
+        "point_miou": 100 * point.mean().item(),
+        "point_miou_first": 100 * torch.cat(point_ranked).mean().item(),
+        "instances": int(box.numel()),
     }
+    if breakdown:
+        out["by_category"] = _groups(box, point, categories)
+        area = torch.cat(areas)
+        names = [next(name for name, hi in AREA_BUCKETS if a < hi) for a in area.tolist()]
+        out["by_area"] = _groups(box, point, names, order=[name for name, _ in AREA_BUCKETS])
+    return out
+
+
+# buckets of an instance's visible area as a share of the image: (name, upper bound, exclusive)
+AREA_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("<1.5%", 0.015), ("1.5-3%", 0.03), ("3-6%", 0.06), ("6-12%", 0.12), (">=12%", float("inf")),
+)
+
+
+def _groups(box: torch.Tensor, point: torch.Tensor, keys: list[str], order: list[str] | None = None) -> dict:
+    """Per key (sorted, or in ``order``; absent keys left out): box / point mIoU in percent and the count."""
+    out = {}
+    for key in order or sorted(set(keys)):
+        sel = torch.tensor([k == key for k in keys])
+        if sel.any():
+            out[key] = {"box_miou": 100 * box[sel].mean().item(), "point_miou": 100 * point[sel].mean().item(),
+                        "instances": int(sel.sum())}
+    return out

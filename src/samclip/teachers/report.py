@@ -6,7 +6,8 @@
 - ``clip.heldout_pairs``: for each held-out (colour, shape) pair, how often the teacher picks the
   right "colour shape" phrase among all colour x shape phrases for the target's crop-free scene
   (a compositional probe; the teacher never saw these pairs in captions);
-- ``sam``: box / point mIoU on every instance of multi-object scenes;
+- ``sam``: box / point mIoU on every instance of multi-object scenes, with ``by_category`` (per shape) and
+  ``by_area`` (per bucket of visible area);
 - ``generation``: scene-world images/s.
 """
 
@@ -78,7 +79,7 @@ def teachers_eval(sam_source: str = "tiny-synthetic", clip_source: str = "tiny-s
     }
     sam = load_sam(sam_source)
     sam_bank = build_bank("test", n_sam, sam.img_size, workers=1)
-    result["sam"] = prompt_miou(sam, sam_bank)
+    result["sam"] = prompt_miou(sam, sam_bank, breakdown=True)
     result["generation"] = generation_speed(20 if quick else 100)
     return result
 
