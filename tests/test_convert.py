@@ -412,3 +412,37 @@ def test_trained_tokenizer_round_trip_and_framing(clip_tokenizer) -> None:  # no
 def test_trained_tokenizer_decode_is_exact(clip_tokenizer) -> None:  # noqa: ANN001
     text = "a red square on a blue background"
     assert clip_tokenizer.decode(clip_tokenizer.encode(text)) == text
+
+
+def test_finer_patch_sam_reads_the_image_as_the_original_reads_it_upsampled() -> None:
+    """patch 16 -> 8: the new patch embedding of x equals the original's of x nearest-upsampled 2x, the position
+    embedding and global relative-position tables follow the doubled grid, every other tensor is unchanged, and
+    the model runs end to end at the finer grid (4x as many tokens, masks at 4x the new grid)."""
+    import torch.nn.functional as F
+
+    from samclip.convert.patch_size import finer_patch_sam
+
+    torch.manual_seed(0)
+    sam = samclip.create_sam("sam-tiny").eval()
+    fine = finer_patch_sam(sam, 8)
+    enc, enc8 = sam.image_encoder, fine.image_encoder
+    assert fine.config.image_encoder.patch_size == 8 and fine.config.image_encoder.grid_size == 16
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        want = enc.patch_embed(F.interpolate(x, scale_factor=2, mode="nearest"))
+        got = enc8.patch_embed(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert enc8.pos_embed.shape == (1, 16, 16, 32)
+    glob = sam.config.image_encoder.global_attn_indexes[0]
+    assert enc8.blocks[glob].attn.rel_pos_h.shape[0] == 31 and enc.blocks[glob].attn.rel_pos_h.shape[0] == 15
+    old, new = sam.state_dict(), fine.state_dict()
+    changed = {k for k in old if old[k].shape != new[k].shape or not torch.equal(old[k], new[k])}
+    assert changed == {"image_encoder.patch_embed.proj.weight", "image_encoder.pos_embed",
+                       f"image_encoder.blocks.{glob}.attn.rel_pos_h", f"image_encoder.blocks.{glob}.attn.rel_pos_w"}
+    with torch.no_grad():
+        emb = fine.image_embeddings(x)
+        masks, _ = fine.decode(emb, torch.tensor([[[40.0, 60.0]]]), torch.ones(1, 1, dtype=torch.long))
+    assert emb.shape == (1, 32, 16, 16) and masks.shape == (1, 3, 64, 64)
+    for bad in (5, 32, 0):
+        with pytest.raises(ValueError, match="patch_size"):
+            finer_patch_sam(sam, bad)

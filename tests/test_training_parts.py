@@ -186,3 +186,23 @@ def test_sam_teacher_freeze_encoder_trains_the_prompt_side_only(tmp_path) -> Non
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
     with pytest.raises(ValueError, match="freeze_encoder needs init"):
         train_sam_teacher(SamTeacherRecipe(freeze_encoder=True), tmp_path / "bad")
+
+
+def test_sam_teacher_patch_size_starts_from_the_init_at_a_finer_grid(tmp_path) -> None:  # noqa: ANN001
+    """--patch-size 8 with an init of patch 16: the trained teacher has patch 8 and the init's decoder weights as its
+    starting point (a step of training moves them, but only a little)."""
+    from samclip.factory import load_sam, save_pretrained
+    from samclip.teachers.sam_teacher import SamTeacherRecipe, train_sam_teacher
+
+    torch.manual_seed(0)
+    save_pretrained(samclip.create_sam("sam-synthetic"), tmp_path / "init")
+    recipe = SamTeacherRecipe(train_images=2, val_images=1, steps=1, batch_images=1, prompts_per_image=2,
+                              eval_every=0, bf16="false", lr=1e-5, warmup=0, init=str(tmp_path / "init"),
+                              patch_size=8)
+    train_sam_teacher(recipe, tmp_path / "out")
+    init, out = load_sam(str(tmp_path / "init")), load_sam(str(tmp_path / "out"))
+    assert out.config.image_encoder.patch_size == 8 and out.config.image_encoder.grid_size == 32
+    w0, w1 = init.mask_decoder.iou_token.weight, out.mask_decoder.iou_token.weight
+    assert (w1 - w0).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="cannot change its patch_size"):
+        train_sam_teacher(SamTeacherRecipe(init="x", freeze_encoder=True, patch_size=8), tmp_path / "bad")

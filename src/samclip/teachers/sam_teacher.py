@@ -10,6 +10,7 @@ It never sees a word. ``python -m samclip.teachers.sam_teacher --out weights/...
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -19,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..convert.patch_size import finer_patch_sam
 from ..data import HELDOUT_PAIRS
 from ..data.banks import build_bank
 from ..eval.prompt_seg import prompt_miou
 from ..factory import create_sam, load_sam, save_pretrained
 from ..losses import sam_loss
-from ..models import Sam
+from ..models import Sam, sam_preset
 from ..precision import resolve_bf16
 from ..prompts import corrective_points, jitter_boxes, masks_to_boxes, sample_points
 from .common import TrainLog, cosine_lr, recipe_from_argv, write_training_info
@@ -50,6 +52,9 @@ class SamTeacherRecipe:
     # encoder (both orientations, for the flip augmentation): each step is then a decoder-only step. With
     # ``init`` it improves a teacher's masks without changing its image encoder (which a merge distils)
     freeze_encoder: bool = False
+    # the encoder's patch size (0: the preset's or the init's). With ``init``, a finer one (e.g. 8 for the
+    # 16 of the shipped teacher) starts from the init's weights read at that grid (``convert.finer_patch_sam``)
+    patch_size: int = 0
 
 
 def _targets(inst: torch.Tensor, gen: torch.Generator, per_image: int) -> torch.Tensor:
@@ -139,16 +144,32 @@ def encoder_embeddings(model: Sam, images: np.ndarray, bf16: bool, chunk: int = 
     return torch.cat(out)
 
 
+def _initial_model(recipe: SamTeacherRecipe) -> Sam:
+    """The recipe's starting point: its init (read at ``patch_size`` if that is set) or a fresh preset model."""
+    if not recipe.init:
+        config = sam_preset(recipe.preset)
+        if recipe.patch_size:
+            config = dataclasses.replace(
+                config, image_encoder=dataclasses.replace(config.image_encoder, patch_size=recipe.patch_size))
+        return create_sam(config)
+    model = load_sam(recipe.init)
+    if recipe.patch_size and recipe.patch_size != model.config.image_encoder.patch_size:
+        model = finer_patch_sam(model, recipe.patch_size)
+    return model
+
+
 def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None = None) -> dict:
     if recipe.freeze_encoder and not recipe.init:
         raise ValueError("freeze_encoder needs init: a trained teacher whose image encoder stays as it is")
+    if recipe.freeze_encoder and recipe.patch_size:
+        raise ValueError("freeze_encoder keeps the init's image encoder as it is: it cannot change its patch_size")
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     t0 = time.time()
     bank = build_bank("train_teacher", recipe.train_images, 256, forbidden_pairs=HELDOUT_PAIRS, progress=True)
     val = build_bank("val", recipe.val_images, 256)
     render_s = time.time() - t0
-    model = (load_sam(recipe.init) if recipe.init else create_sam(recipe.preset)).train()
+    model = _initial_model(recipe).train()
     bf16 = resolve_bf16(recipe.bf16)
     cached: tuple[torch.Tensor, torch.Tensor] | None = None  # embeddings of the bank, unflipped and flipped
     if recipe.freeze_encoder:
