@@ -41,7 +41,7 @@ teacher-sam: $(STAMP)
 		--prompts-per-image 6 --bf16 false --eval-every 500 --val-images 100
 
 # Experiment (not shipped; docs/experiments.md, session 14): the shipped SAM teacher read at patch 8 (a 32x32
-# grid at 256 px) and fine-tuned there, into runs/. ~55 min on 2 bf16-capable cores
+# grid at 256 px) and fine-tuned there, into runs/. ~50 min on a 2-core AVX512-BF16 EPYC
 teacher-sam-grid32: $(STAMP)
 	$(BIN)/python -m samclip.teachers.sam_teacher --out runs/sam_teacher_grid32 --log runs/sam_teacher_grid32.jsonl \
 		--init tiny-synthetic --patch-size 8 --steps 400 --lr 2e-4 --warmup 30 --train-images 4000 \
