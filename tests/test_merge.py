@@ -454,3 +454,12 @@ def test_clip_mask_crops_append_crops_of_dsam_masks_to_dclip(teacher_dirs, tmp_p
     got = tr.clip_stream.images(np.arange(n, n + len(first)))
     assert np.array_equal(got, want)
     assert (got == 128).any() and (got != 128).any()  # grey outside the mask, the object inside
+
+
+def test_list_overrides_take_commas_or_toml_brackets() -> None:
+    from samclip.merge.config import load_config
+
+    assert load_config(None, ["data.clip_sizes=64,128"]).data.clip_sizes == [64, 128]
+    assert load_config(None, ["data.clip_sizes=[64, 128]", "head.tta_sizes=[56]"]).head.tta_sizes == [56]
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        load_config(None, ["data.clip_sizes=64;128"])

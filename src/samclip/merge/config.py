@@ -187,8 +187,11 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
         except (TypeError, ValueError):
             raise ValueError(f"config {name} must be a number, got {value!r}") from None
     if isinstance(default, list):
-        if isinstance(value, str):
-            value = [int(v) for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # --set key=64,128 (or TOML-style [64, 128])
+            try:
+                value = [int(v) for v in value.strip().strip("[]").split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"config {name} must be comma-separated integers (64,128), got {value!r}") from None
         return list(value)
     return str(value)
 
