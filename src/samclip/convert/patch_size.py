@@ -20,8 +20,13 @@ import dataclasses
 
 import torch.nn.functional as F
 
-from ..models import Sam
+from ..models import Sam, SamConfig
 from ..models.image_encoder import resize_abs_pos, resize_rel_pos
+
+
+def with_patch_size(config: SamConfig, patch_size: int) -> SamConfig:
+    """``config`` with its image encoder's patch size replaced (nothing else changes)."""
+    return dataclasses.replace(config, image_encoder=dataclasses.replace(config.image_encoder, patch_size=patch_size))
 
 
 def finer_patch_sam(sam: Sam, patch_size: int) -> Sam:
@@ -33,8 +38,7 @@ def finer_patch_sam(sam: Sam, patch_size: int) -> Sam:
     if enc.img_size % patch_size:
         raise ValueError(f"patch_size {patch_size} must divide the image size {enc.img_size}")
     factor = enc.patch_size // patch_size
-    config = dataclasses.replace(sam.config, image_encoder=dataclasses.replace(enc, patch_size=patch_size))
-    out = Sam.from_config(config)
+    out = Sam.from_config(with_patch_size(sam.config, patch_size))
     target = out.state_dict()
     state = {}
     for key, value in sam.state_dict().items():

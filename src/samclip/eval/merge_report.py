@@ -70,15 +70,17 @@ def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_s
             "box_miou": sam_m["box_miou"] - sam_t["box_miou"],
             "point_miou": sam_m["point_miou"] - sam_t["point_miou"],
         },
-        "prompt_breakdown": {
-            group: {key: {"instances": sam_t[group][key]["instances"],
-                          **{f"{who}_{m}": r[group][key][m] for who, r in (("sam_teacher", sam_t), ("merged", sam_m))
-                             for m in ("box_miou", "point_miou")}}
-                    for key in sam_t[group]}
-            for group in ("by_category", "by_area")
-        },
+        "prompt_breakdown": {group: _side_by_side(sam_t[group], sam_m[group]) for group in ("by_category", "by_area")},
         "n": {"zero_shot_images": n_single, "sam_images": n_scenes, "sam_instances": sam_m["instances"]},
     }
+
+
+def _side_by_side(teacher: dict, merged: dict) -> dict:
+    """Per group key (same bank, so the same keys): instances and the box / point mIoU of both models."""
+    return {key: {"instances": t["instances"],
+                  "sam_teacher_box_miou": t["box_miou"], "merged_box_miou": merged[key]["box_miou"],
+                  "sam_teacher_point_miou": t["point_miou"], "merged_point_miou": merged[key]["point_miou"]}
+            for key, t in teacher.items()}
 
 
 def write_json(data: dict, path: Path) -> Path:

@@ -52,9 +52,10 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
             masks = masks[present]
             if masks.shape[0] == 0:
                 continue
-            objects = bank.objects[start + j]
-            categories += [objects[i][0] for i in torch.nonzero(present)[:, 0].tolist()]
-            areas.append(masks.flatten(1).float().mean(1))
+            if breakdown:
+                objects = bank.objects[start + j]
+                categories += [objects[i][0] for i in torch.nonzero(present)[:, 0].tolist()]
+                areas.append(masks.flatten(1).float().mean(1))
             e = emb[j : j + 1]
             with autocast(dev, bf16):
                 low_b, _ = model.decode(e, boxes=masks_to_boxes(masks).to(dev), multimask_output=False)
