@@ -406,7 +406,7 @@ def test_region_distillation_trains_only_the_head_and_cached_equals_online(teach
                 assert torch.allclose(regions.targets[0], want, atol=1e-5) == same, pad
         assert bool(tr.region_tokens) == (flag == "true")
         with torch.no_grad():
-            losses[flag] = tr.region_loss(0, 64)
+            losses[flag] = tr.region_terms(1, 0, 64)["l_region"]
         tr.opt = None
         before = {k: v.clone() for k, v in tr.model.state_dict().items()}
         tr.run()
@@ -420,7 +420,124 @@ def test_region_distillation_trains_only_the_head_and_cached_equals_online(teach
     tr._configure(1)  # data.region_sizes: regions at their own size, whatever the step's D_CLIP size
     assert sorted(tr.regions.select) == [64] and sorted(tr.region_tokens) == [64]
     with torch.no_grad():
-        assert torch.equal(tr.region_loss(0, 32), tr.region_loss(0, 64))
+        assert torch.equal(tr.region_terms(1, 0, 32)["l_region"], tr.region_terms(1, 0, 64)["l_region"])
+
+
+def test_background_regions_and_token_owners() -> None:
+    """token_owners: a token belongs to the mask covering >= min_cover of its patch (the most covering one),
+    to the background where all labelled pixels cover <= the background cover, else to nothing."""
+    from samclip.merge.regions import token_owners
+
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, :32, :32] = True  # top-left quarter: tokens (0..1, 0..1) of a 4x4 grid
+    masks[1, 32:40, 48:64] = True  # half of token (2, 3)
+    anything = masks.any(0)
+    anything[60:64, 0:4] = True  # a tiny unlisted object: 1/16 of token (3, 0)
+    owner, bg = token_owners(masks, anything, 4, 0.5, 0.1)
+    assert (owner[:2, :2] == 0).all() and owner[2, 3] == 1
+    assert bg[3, 0] and owner[3, 0] == 2  # 1/16 covered <= 0.1: background (index N = 2)
+    assert not bg[:2, :2].any() and not bg[2, 3]
+    assert int((owner == 2).sum()) == int(bg.sum()) == 16 - 4 - 1
+    strict, bg0 = token_owners(masks, anything, 4, 0.5, 0.0)  # a speck makes a token not background
+    assert strict[3, 0] == -1 and not bg0[3, 0]
+    none, bg_none = token_owners(masks, anything, 4, 0.5, None)  # no background region at all
+    assert not bg_none.any() and int((none == -1).sum()) == 11
+
+
+def test_dense_distillation_loss_on_hand_made_tensors() -> None:
+    """Each owned token's own read (LayerNorm + MLP) vs its owner's target; background and mask tokens are
+    averaged separately; unowned tokens contribute nothing."""
+    from samclip.merge.regions import dense_distillation_loss
+    from samclip.models import ClipHeadConfig
+    from samclip.models.clip_head import ClipHead
+
+    torch.manual_seed(0)
+    encoder = samclip.create_sam("sam-tiny").config.image_encoder
+    head = ClipHead(ClipHeadConfig(depth=1, mlp_hidden=8, out_dim=6), encoder)
+    tokens = torch.randn(1, 2, 2, 32)
+    reads = torch.nn.functional.normalize(head.per_patch(tokens)[0], dim=-1)  # dense_pool 1: each token alone
+    targets = torch.stack([reads[0, 0], -reads[0, 1], reads[1, 0]])  # region 2 is a background region
+    background = torch.tensor([False, False, True])
+    owner = torch.tensor([[[0, 1], [2, -1]]])
+    got = dense_distillation_loss(head, tokens, owner, targets, background)
+    # mask tokens: (1 - 1) and (1 - (-1)) -> mean 1; background token: 1 - 1 = 0
+    assert torch.allclose(got, torch.tensor(1.0), atol=1e-5)
+    owner_all_bg = torch.tensor([[[2, -1], [2, -1]]])
+    targets_bg = targets.clone()
+    targets_bg[2] = reads[1, 0]
+    assert dense_distillation_loss(head, tokens, owner_all_bg, targets_bg, background) > 0  # (0, 0) != target
+    assert dense_distillation_loss(head, tokens, torch.full((1, 2, 2), -1), targets, background) == 0
+
+
+def test_stage3_region_and_dense_distillation_train_only_the_head(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """region_stages = [3]: stage I has no region term, stage III gets the region and dense terms (logged) at
+    data.region_sizes, with background regions whose target is the teacher on the image with its masks grey,
+    D_SAM tokens cached with stage III's cache and equal to the online pass; only the CLIP head changes."""
+    from samclip.inference.crops import GREY
+
+    over = {"stage1.steps": "1", "stage2.steps": "0", "stage3.steps": "2", "region_weight": "1.0",
+            "dense_weight": "1.0", "region_stages": "3", "data.region_background": "true",
+            "data.region_images": "3", "data.region_sizes": "64", "data.stage3_sizes": "32",
+            "data.stage3_token_cache_images": "8"}
+    tr = _trainer(teacher_dirs, tmp_path, **over)
+    tr._configure(1)
+    assert tr.regions is None
+    tr._configure(3)
+    regions = tr.regions
+    assert sorted(regions.select) == [64] and sorted(tr.region_tokens) == [64] and regions.background.any()
+    k = int(np.flatnonzero(regions.background)[0])
+    i = int(regions.image_ids[k])
+    inst = tr.sam_stream.instance_map(i)
+    greyed = np.where((inst > 0)[..., None], np.uint8(GREY), tr.sam_stream.images(np.array([i]))[0])
+    assert torch.allclose(regions.targets[k], tr.teachers.clip_image_embeddings(greyed[None])[0], atol=1e-5)
+    own = regions.owner[64][i]
+    assert (own[regions.select[64][k]] == k).all() and ((own == k) == regions.select[64][k]).all()
+    with torch.no_grad():
+        cached = tr.region_terms(3, 0, 32)
+        tr.region_tokens = {}
+        online = tr.region_terms(3, 0, 32)
+    assert set(cached) == {"l_region", "l_dense"}
+    for name in cached:
+        assert torch.allclose(cached[name], online[name], atol=1e-5), name
+    tr = _trainer(teacher_dirs, tmp_path / "run", **over)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.run()
+    changed = {k for k, v in tr.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.startswith("clip_head.") for k in changed)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "l_clip" in r]
+    assert not any("l_dense" in r for r in steps if r.get("stage") == 1)
+    assert all("l_dense" in r and "l_region" in r for r in steps if r.get("stage") == 3)
+    with pytest.raises(ValueError, match="region_stages"):
+        _trainer(teacher_dirs, tmp_path / "bad", region_stages="2")
+
+
+def test_merge_chooses_each_task_size_on_val(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """choose_sizes: clip_size by val zero-shot among the trained sizes; label_size by max-pooled mask labels
+    among those and region distillation's sizes; semseg_size by the dense metric among the same with the dense
+    term, else clip_size."""
+    from samclip.merge.run import choose_sizes
+
+    class FakeEvaluator:
+        def __init__(self) -> None:
+            self.calls = []
+
+        def zero_shot_by_size(self, model, sizes):  # noqa: ANN001, ANN202
+            return {s: 90.0 + (s == 64) for s in sizes}
+
+        def mask_label_accuracy_by_size(self, model, sizes, pooling="mean"):  # noqa: ANN001, ANN202
+            self.calls.append((pooling, list(sizes)))
+            return {s: float(s if pooling == "max" else -abs(s - 128)) for s in sizes}
+
+    regions = {"region_weight": "1.0", "data.region_sizes": "128", "stage3.steps": "0"}
+    for dense, want_semseg, want_dense_sizes in (("0", 64, [32, 64]), ("1.0", 128, [32, 64, 128])):
+        tr = _trainer(teacher_dirs, tmp_path / dense, dense_weight=dense, **regions)
+        ev = FakeEvaluator()
+        out = choose_sizes(tr.model, ev, tr.cfg)
+        cfg = tr.model.config
+        assert (cfg.clip_size, cfg.label_size, cfg.semseg_size) == (64, 128, want_semseg)
+        assert out["clip_size"] == 64 and out["label_size"] == 128 and out["semseg_size"] == want_semseg
+        assert ev.calls == [("max", [32, 64, 128]), ("mean", want_dense_sizes)]
 
 
 def test_teacher_cache_on_disk_is_reused_only_for_the_same_data(teacher_dirs, tmp_path) -> None:  # noqa: ANN001

@@ -70,8 +70,13 @@ class DataConfig:
     # a region's target: the CLIP teacher's embedding of its mask's crop, the square of side
     # (1 + region_crop_pad) x the mask's longer box side (samclip.inference.mask_crops)
     region_crop_pad: float = CROP_PAD
-    # student sizes of region distillation, one drawn per step; empty: the step's D_CLIP size (data.clip_sizes)
+    # student sizes of region distillation, one drawn per step; empty: the step's D_CLIP size (data.clip_sizes, or
+    # data.stage3_sizes in stage III)
     region_sizes: list[int] = field(default_factory=list)
+    # each D_SAM image's background as one more region: the tokens its masks together cover at most
+    # region_background_max_cover of, target the teacher's embedding of the image with every mask grey
+    region_background: bool = False
+    region_background_max_cover: float = 0.1
     # crop distillation (NOT in the SAM-CLIP paper): D_CLIP also holds crops of this many D_SAM instance masks
     # (samclip.inference.mask_crops at its default pad, grey outside the mask), distilled like any D_CLIP image,
     # so that labelling a mask by its crop (Predictor pooling "crop") sees inputs like these in training; 0 = off
@@ -117,7 +122,23 @@ class MergeConfig:
     # term (samclip.merge.regions): masked max-pool of the CLIP head over each D_SAM mask vs the teacher's crop
     region_weight: float = 0.0
     region_start: int = 0  # the first stage-I step with the region term (the head learns whole images first)
+    # per-token term of region distillation (0 = off): every token's own read vs the target of the mask (or the
+    # background) that owns it, so that the per-patch map (dense_pool = 1) means what is under each patch
+    dense_weight: float = 0.0
+    # the stages region distillation runs in, with the head only training and the backbone frozen: 1 (from
+    # region_start) and / or 3 (every step, on the backbone as stage II left it)
+    region_stages: list[int] = field(default_factory=lambda: [1])
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not set(self.region_stages) <= {1, 3}:
+            raise ValueError(f"config region_stages must list stages 1 and / or 3 (the backbone is frozen there), "
+                             f"got {self.region_stages}")
+
+    @property
+    def uses_regions(self) -> bool:
+        """Whether region distillation runs (its region or its dense term has weight)."""
+        return self.region_weight > 0 or self.dense_weight > 0
 
     @property
     def trained_clip_sizes(self) -> list[int]:

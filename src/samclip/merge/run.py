@@ -169,6 +169,32 @@ def build_streams(cfg: MergeConfig, sam_size: int, progress: bool) -> tuple[Clip
     return clip, sam
 
 
+def choose_sizes(model: SamClip, evaluator: SceneEvaluator, cfg: MergeConfig) -> dict:
+    """Set the passes the model's CLIP-head tasks read from val metrics (sizes never trained at are not
+    evaluated: the test report measures them); returns what was measured and chosen.
+
+    - ``clip_size`` (classification): the trained size with the best val zero-shot top-1;
+    - ``label_size`` (max-pooled mask labels): the best at labelling val ground-truth masks among the trained
+      sizes and region distillation's (0 when it equals ``clip_size``);
+    - ``semseg_size`` (per-patch maps): with the dense term, the best at labelling those masks by mean pooling
+      of the per-patch embeddings (the dense path's own val metric) among the same sizes; without it,
+      ``clip_size`` (that metric sat near chance at every size then, 11-13% with single-token reads, 8% is
+      chance: too noisy to choose by).
+    """
+    sizes = cfg.trained_clip_sizes
+    by_size = evaluator.zero_shot_by_size(model, sizes)
+    best = max(by_size, key=by_size.get)
+    label_sizes = sorted(set(sizes) | (set(cfg.data.region_sizes) if cfg.uses_regions else set()))
+    by_label = evaluator.mask_label_accuracy_by_size(model, label_sizes, pooling="max")
+    label = max(by_label, key=by_label.get)
+    dense = evaluator.mask_label_accuracy_by_size(model, label_sizes if cfg.dense_weight > 0 else sizes)
+    semseg = max(dense, key=dense.get) if cfg.dense_weight > 0 else best
+    model.config = model.config.replace(clip_size=best, semseg_size=semseg, label_size=0 if label == best else label)
+    return {"val_zero_shot_by_size": by_size, "val_mask_label_accuracy_by_size": dense,
+            "val_mask_max_label_accuracy_by_size": by_label, "label_size": label, "clip_size": best,
+            "semseg_size": semseg}
+
+
 def choose_tta(model: SamClip, evaluator: SceneEvaluator, cfg: MergeConfig, single_view_top1: float) -> dict:
     """Keep the config's classification test-time augmentation (``head.tta_flip`` / ``head.tta_sizes``) in
     ``model.config`` only if its val zero-shot beats ``single_view_top1`` (one view at the chosen
@@ -215,29 +241,10 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
                "machine": describe_machine(cfg.torch_device), "setup_s": setup_s, "train_s": train_s,
                "history": state.history}
     if rank == 0 and evaluator is not None:
-        # the model's default classification size: the best on the VAL split among the trained sizes (sizes
-        # never trained at are not evaluated: the test report measures them)
-        sizes = cfg.trained_clip_sizes
-        by_size = evaluator.zero_shot_by_size(student, sizes)
-        best = max(by_size, key=by_size.get)
-        # dense maps follow the pooled size: the dense path's own val metric is reported beside it, but on the
-        # embedded default it sat near chance at every size (11-13% with single-token reads, 8% is chance), too
-        # noisy to choose by
-        dense = evaluator.mask_label_accuracy_by_size(student, sizes)
-        # one-pass mask labels (max pooling): the best on val among the trained sizes and region distillation's
-        label_sizes = sorted(set(sizes) | (set(cfg.data.region_sizes) if cfg.region_weight > 0 else set()))
-        by_label = evaluator.mask_label_accuracy_by_size(student, label_sizes, pooling="max")
-        label = max(by_label, key=by_label.get)
-        student.config = student.config.replace(clip_size=best, semseg_size=best,
-                                                label_size=0 if label == best else label)
+        summary.update(choose_sizes(student, evaluator, cfg))
         if cfg.head.tta_flip or cfg.head.tta_sizes:
-            summary["val_zero_shot_tta"] = choose_tta(student, evaluator, cfg, by_size[best])
-        summary["val_zero_shot_by_size"] = by_size
-        summary["val_mask_label_accuracy_by_size"] = dense
-        summary["val_mask_max_label_accuracy_by_size"] = by_label
-        summary["label_size"] = label
-        summary["clip_size"] = student.config.clip_size
-        summary["semseg_size"] = student.config.semseg_size
+            summary["val_zero_shot_tta"] = choose_tta(student, evaluator, cfg,
+                                                      summary["val_zero_shot_by_size"][student.config.clip_size])
     if rank == 0:
         student.eval()
         from ..factory import save_pretrained

@@ -32,7 +32,7 @@ from ..models import SamClip
 from ..precision import autocast
 from ..teachers.common import TrainLog, cosine_lr
 from .config import MergeConfig, dump_config
-from .regions import RegionSet, build_regions, region_distillation_loss
+from .regions import RegionSet, build_regions, dense_distillation_loss, region_pooled_loss, token_counts
 from .streams import ClipStream, SamStream, step_rng
 from .teachers import Teachers
 from .token_cache import backbone_tokens
@@ -167,8 +167,8 @@ class MergeTrainer:
         self.log: TrainLog | None = None
         self.token_cache: dict[int, torch.Tensor] = {}  # stages I / III: size -> NxGxGxD frozen tokens
         self.token_cache_images = 0  # how many D_CLIP images the cache holds (0: no cache)
-        self.regions: RegionSet | None = None  # stage I region distillation (cfg.region_weight > 0)
-        self.region_tokens: dict[int, torch.Tensor] = {}  # stage I: size -> D_SAM frozen tokens
+        self.regions: RegionSet | None = None  # region distillation in the stages of cfg.region_stages
+        self.region_tokens: dict[int, torch.Tensor] = {}  # stages I / III: size -> D_SAM frozen tokens
 
     # ---------------------------------------------------------------------------- stage set-up
     def stage_config(self, stage: int):  # noqa: ANN201
@@ -200,22 +200,26 @@ class MergeTrainer:
                                 for s in sizes}
         t1 = time.perf_counter()
         self.regions, self.region_tokens = None, {}
-        if stage == 1 and self.cfg.region_weight > 0:
-            patch, sizes = m.sam.config.image_encoder.patch_size, self.region_sizes()
-            self.regions = build_regions(self.sam_stream, self.teachers, sizes, patch,
-                                         self.cfg.data.region_min_cover, self.cfg.data.region_context,
-                                         crop_pad=self.cfg.data.region_crop_pad)
-            if self.cfg.data.stage1_token_cache:
-                self.region_tokens = {s: backbone_tokens(m, self.sam_stream, s, self.cfg.use_bf16, stage=1,
+        if stage in self.cfg.region_stages and self.cfg.uses_regions:
+            d = self.cfg.data
+            patch, sizes = m.sam.config.image_encoder.patch_size, self.region_sizes(stage)
+            self.regions = build_regions(self.sam_stream, self.teachers, sizes, patch, d.region_min_cover,
+                                         d.region_context, crop_pad=d.region_crop_pad,
+                                         background_max_cover=d.region_background_max_cover
+                                         if d.region_background else None)
+            if self.token_cache_images:  # the stage caches D_CLIP tokens: D_SAM's too
+                self.region_tokens = {s: backbone_tokens(m, self.sam_stream, s, self.cfg.use_bf16, stage=stage,
                                                          progress=self.rank == 0)
                                       for s in sizes}
         if self.log is not None and self.rank == 0 and sc.steps:  # where a stage's set-up time goes (JSONL log)
             self.log.event(self.global_step(stage, self.state.step), f"setup stage {stage}", token_cache_s=t1 - t0,
                            regions_s=time.perf_counter() - t1)
 
-    def region_sizes(self) -> list[int]:
-        """The student sizes region distillation runs at: ``data.region_sizes``, else ``data.clip_sizes``."""
-        return list(self.cfg.data.region_sizes or self.cfg.data.clip_sizes)
+    def region_sizes(self, stage: int) -> list[int]:
+        """The student sizes region distillation runs at in ``stage``: ``data.region_sizes``, else the stage's
+        D_CLIP sizes."""
+        d = self.cfg.data
+        return list(d.region_sizes or (d.stage3_sizes if stage == 3 else d.clip_sizes))
 
     def global_step(self, stage: int, step: int) -> int:
         """``step`` of ``stage`` counted over the whole run (the steps of the earlier stages first)."""
@@ -250,11 +254,12 @@ class MergeTrainer:
                                         cached_tokens=self.token_cache.get(size))
         l_clip.backward()
         logs = {"l_clip": l_clip.item(), "lr": lr, "size": size}
-        if stage == 1 and self.regions is not None and step >= cfg.region_start:
-            l_region = self.region_loss(step, size)
-            if l_region is not None:
-                (cfg.region_weight * l_region).backward()
-                logs["l_region"] = l_region.item()
+        if self.regions is not None and (stage != 1 or step >= cfg.region_start):
+            terms = self.region_terms(stage, step, size)
+            if terms:
+                weight = {"l_region": cfg.region_weight, "l_dense": cfg.dense_weight}
+                sum(weight[k] * t for k, t in terms.items()).backward()
+                logs.update({k: v.item() for k, v in terms.items()})
         if stage == 2:
             sids = rng.choice(len(self.sam_stream), cfg.data.sam_batch, replace=False)[self.rank :: self.world]
             l_sam = sam_distillation_loss(self.model, self.teachers, self.sam_stream, sids, cfg.use_bf16)
@@ -266,22 +271,29 @@ class MergeTrainer:
         self.opt.step()
         return logs
 
-    def region_loss(self, step: int, size: int) -> torch.Tensor | None:
-        """Stage I's region-distillation term on ``data.region_images`` D_SAM images (this rank's slice of a
-        batch that is a pure function of (seed, step)); None when the slice has no regions."""
+    def region_terms(self, stage: int, step: int, size: int) -> dict[str, torch.Tensor]:
+        """Region distillation on ``data.region_images`` D_SAM images (this rank's slice of a batch that is a
+        pure function of (seed, stage, step)) -> {"l_region": masked max-pool term, "l_dense": per-token term}
+        (each only when its weight is > 0); empty when the slice has no regions. Each term is normalised by
+        the counts of the whole batch (regions; background and mask tokens) times the world size, so that the
+        ranks' averaged gradients equal one process's over the same batch."""
         cfg, regions = self.cfg, self.regions
-        rng = step_rng(cfg.seed, 1, step, 1)
+        rng = step_rng(cfg.seed, stage, step, 1)
         n_img = min(cfg.data.region_images, len(self.sam_stream))
-        img_ids = rng.choice(len(self.sam_stream), n_img, replace=False)[self.rank :: self.world]
+        batch = rng.choice(len(self.sam_stream), n_img, replace=False)
+        img_ids = batch[self.rank :: self.world]
         if cfg.data.region_sizes:  # its own size draw (stream 2), else the step's D_CLIP size
             sizes = cfg.data.region_sizes
-            size = int(sizes[step_rng(cfg.seed, 1, step, 2).integers(len(sizes))])
+            size = int(sizes[step_rng(cfg.seed, stage, step, 2).integers(len(sizes))])
         per_image = [regions.by_image[i] for i in img_ids]
         if not any(len(r) for r in per_image):
-            return None
+            return {}
+        n_regions, n_bg, n_fg = (n / self.world for n in token_counts(regions, size, batch))
         ridx = torch.as_tensor(np.concatenate(per_image))
         owner = torch.as_tensor(np.repeat(np.arange(len(per_image)), [len(r) for r in per_image]))
         dev = model_device(self.model)
+        head = self.model.clip_head
+        terms = {}
         with autocast(dev, cfg.use_bf16):
             if size in self.region_tokens:
                 tokens = self.region_tokens[size][torch.as_tensor(img_ids)].to(dev)
@@ -289,8 +301,15 @@ class MergeTrainer:
                 with torch.no_grad():
                     tokens = self.model.features(to_student_pixels(self.model, self.sam_stream.images(img_ids),
                                                                    size)).tokens
-            return region_distillation_loss(self.model.clip_head, tokens, regions.select[size][ridx].to(dev),
-                                            owner.to(dev), regions.targets[ridx].to(dev))
+            head_tokens = head.tokens(tokens)
+            if cfg.region_weight > 0:
+                terms["l_region"] = region_pooled_loss(head, head_tokens, regions.select[size][ridx].to(dev),
+                                                       owner.to(dev), regions.targets[ridx].to(dev), n_regions)
+            if cfg.dense_weight > 0:
+                terms["l_dense"] = dense_distillation_loss(
+                    head, head_tokens, regions.owner[size][torch.as_tensor(img_ids)].to(dev),
+                    regions.targets.to(dev), torch.as_tensor(regions.background, device=dev), (n_bg, n_fg))
+        return terms
 
     # ------------------------------------------------------------------------------------- run
     def run(self, resume: bool = False) -> RunState:
@@ -307,7 +326,7 @@ class MergeTrainer:
         while self.state.stage in STAGES:
             stage = self.state.stage
             sc = self.stage_config(stage)
-            if self.opt is None:
+            if self.opt is None and sc.steps > 0:  # a stage without steps needs no set-up (token caches ...)
                 self._configure(stage)
             while self.state.step < sc.steps and not (stage == 2 and self.state.stopped_early):
                 step = self.state.step
