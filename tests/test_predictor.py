@@ -311,7 +311,7 @@ def test_semantic_map_is_cropped_and_resized_correctly(merged: SamClip, monkeypa
     pred = Predictor(merged)
     pred.set_image(image(90, 200))  # valid tokens: 4 rows x 8 columns of the 8x8 grid
 
-    def fake_logits(state, labels, templates, background):  # noqa: ANN001, ANN202
+    def fake_logits(state, labels, templates, background, refine=False):  # noqa: ANN001, ANN202
         out = torch.zeros(len(labels) + 1, 8, 8)
         out[1, :, :4] = 10.0  # label 1 on the left half of the frame = left half of the image
         out[2, :, 4:] = 10.0
@@ -322,11 +322,36 @@ def test_semantic_map_is_cropped_and_resized_correctly(merged: SamClip, monkeypa
     assert (sem.label_map[:, :90] == 1).all() and (sem.label_map[:, 110:] == 2).all()
 
 
+def test_refinement_prompts_read_the_refine_pool_window(merged: SamClip) -> None:
+    """refine_pool: the refinement's coarse map is the head's max-pool read over that window; the map without
+    refinement stays the per-patch (dense_pool) read; 0 or dense_pool means the per-patch map itself."""
+    model = copy.deepcopy(merged)
+    pred = Predictor(model)
+    state = pred.set_image(image(128, 128))
+    tokens = pred._head_tokens(state)
+    plain = F.normalize(model.clip_head.per_patch(tokens, 1).float(), dim=-1)[0]
+    wide = F.normalize(model.clip_head.per_patch(tokens, 3).float(), dim=-1)[0]
+    assert not torch.allclose(plain, wide)
+    for refine_pool, want in ((0, plain), (1, plain), (3, wide)):
+        model.clip_head.config = model.clip_head.config.replace(dense_pool=1, refine_pool=refine_pool)
+        state.refine_embeddings = state.patch_embeddings = None
+        torch.testing.assert_close(pred._refine_embeddings(state), want)
+        torch.testing.assert_close(pred._patch_embeddings(state), plain)
+        coarse = pred._class_logits(state, LABELS, None, True)
+        refined = pred._class_logits(state, LABELS, None, True, refine=True)
+        txt = torch.cat([pred._background_embedding(), pred.text_embeddings(LABELS)])
+        torch.testing.assert_close(refined, pred._logit_scale() * torch.einsum("ghe,ke->kgh", want, txt))
+        torch.testing.assert_close(coarse, pred._logit_scale() * torch.einsum("ghe,ke->kgh", plain, txt))
+    assert pred.semantic_segment(LABELS, refine=True).label_map.shape == (128, 128)
+    with pytest.raises(ValueError, match="refine_pool"):
+        ClipHeadConfig(refine_pool=2)
+
+
 def test_segment_text_one_instance_per_region(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
     pred = Predictor(merged)
     pred.set_image(image(128, 128))
 
-    def fake_logits(state, labels, templates, background):  # noqa: ANN001, ANN202
+    def fake_logits(state, labels, templates, background, refine=False):  # noqa: ANN001, ANN202
         out = torch.zeros(len(labels) + 1, 8, 8)
         out[1, 1:3, 1:3] = 10.0  # two separate blobs of the phrase
         out[1, 5:7, 5:7] = 10.0
@@ -648,7 +673,7 @@ def test_clip_tasks_read_the_models_own_sizes_and_map_points_back(merged: SamCli
     g = clip_state.grid
     assert g == 4 and state.grid == 8
 
-    def fake_logits(st, labels, templates, background):  # noqa: ANN001, ANN202
+    def fake_logits(st, labels, templates, background, refine=False):  # noqa: ANN001, ANN202
         assert st is clip_state
         out = torch.full((len(labels) + 1, g, g), -5.0)
         out[0] = 5.0

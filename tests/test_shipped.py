@@ -34,7 +34,8 @@ def test_shipped_models_load_and_agree_with_the_merge_config() -> None:
     assert clip.config.text == merged.config.text and merged.tokenizer is not None
     cfg = load_config(CONFIG_DIR / "tiny-synthetic.toml")
     head = merged.config.head
-    assert (head.depth, head.mlp_hidden, head.dense_pool) == (cfg.head.depth, cfg.head.mlp_hidden, cfg.head.dense_pool)
+    assert (head.depth, head.mlp_hidden, head.dense_pool, head.refine_pool) == (
+        cfg.head.depth, cfg.head.mlp_hidden, cfg.head.dense_pool, cfg.head.refine_pool)
     assert merged.config.clip_size in cfg.trained_clip_sizes
     if merged.config.has_tta:  # the merge keeps the config's TTA candidate only when it is better on val
         assert (merged.config.tta_flip, merged.config.tta_sizes) == (cfg.head.tta_flip, tuple(cfg.head.tta_sizes))

@@ -100,6 +100,7 @@ class ImageState:
     head_tokens: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     patch_embeddings: torch.Tensor | None = None
+    refine_embeddings: torch.Tensor | None = None  # per-patch read at the head's refine_pool, when it differs
     decoder: dict[torch.dtype, DecoderInputs] = field(default_factory=dict)  # per decode dtype, on first decode
     other_sizes: dict[tuple[int, bool], ImageState] = field(default_factory=dict)
 
@@ -635,6 +636,20 @@ class Predictor:
                 state.patch_embeddings = F.normalize(self.model.clip_head.per_patch(tokens).float(), dim=-1)[0]
         return state.patch_embeddings
 
+    def _refine_embeddings(self, state: ImageState) -> torch.Tensor:
+        """GxGxE normalised per-patch embeddings that place the SAM-head refinement's prompts: the head's read
+        over ``refine_pool`` windows (the per-patch map itself when that is 0 or ``dense_pool``, and under
+        ONNX, whose image graph outputs only the per-patch map)."""
+        cfg = self.model.clip_head.config if self._onnx is None else None
+        if cfg is None or cfg.refine_pool in (0, cfg.dense_pool):
+            return self._patch_embeddings(state)
+        if state.refine_embeddings is None:
+            tokens = self._head_tokens(state)
+            with torch.no_grad(), self._autocast():
+                emb = self.model.clip_head.per_patch(tokens, cfg.refine_pool).float()
+            state.refine_embeddings = F.normalize(emb, dim=-1)[0]
+        return state.refine_embeddings
+
     def _state_for_size(self, state: ImageState, size: int | None, mirrored: bool = False) -> ImageState:
         """The pass over ``state``'s image at ``size`` (default its own frame), mirrored left-right if asked:
         ``state`` itself, or one extra backbone pass cached in ``state.other_sizes``."""
@@ -692,10 +707,12 @@ class Predictor:
         return F.normalize(total, dim=-1)
 
     def _class_logits(self, state: ImageState, labels: list[str], templates: Sequence[str] | None,
-                      background: bool) -> torch.Tensor:
-        """(K+1)xGxG per-patch logits ``exp(logit_scale) * cos``; row 0 is the background class."""
+                      background: bool, refine: bool = False) -> torch.Tensor:
+        """(K+1)xGxG per-patch logits ``exp(logit_scale) * cos``; row 0 is the background class. ``refine``:
+        of the read that places the refinement's prompts (:meth:`_refine_embeddings`)."""
         txt = torch.cat([self._background_embedding(), self.text_embeddings(labels, templates)])
-        logits = self._logit_scale() * torch.einsum("ghe,ke->kgh", self._patch_embeddings(state), txt)
+        patches = self._refine_embeddings(state) if refine else self._patch_embeddings(state)
+        logits = self._logit_scale() * torch.einsum("ghe,ke->kgh", patches, txt)
         if not background:
             logits[0] = NEG
         return logits
@@ -726,6 +743,9 @@ class Predictor:
         the SAM head (single-mask output); each pixel takes the class with the highest refined mask
         logit, background where none is above ``mask_threshold`` (with ``background=False`` such pixels
         keep their coarse class). ``background=False`` drops the background class from the competition.
+        With refinement the coarse map is the head's read over ``refine_pool`` windows
+        (:class:`~samclip.models.ClipHeadConfig`; 0: the per-patch map itself): a window that covers whole
+        objects places the prompts better than single-token reads, which draw the sharper map without SAM.
         The CLIP-head map comes from the pass at ``size`` (default: the model's ``semseg_size``), the SAM
         head always decodes on the cached SAM-size pass; points and mask input are mapped between frames.
         """
@@ -736,7 +756,7 @@ class Predictor:
         state = self.state
         clip_state = self._clip_state(size, "semseg")
         names = ["background", *labels]
-        grid_logits = self._class_logits(clip_state, labels, templates, background)
+        grid_logits = self._class_logits(clip_state, labels, templates, background, refine)
         logits = self._grid_to_original(grid_logits, clip_state)
         label_map = logits.max(0).indices  # = argmax(0), ~5x faster on CPU over the leading dim
         present = [c for c in torch.unique(label_map).tolist() if c > 0] if refine else []

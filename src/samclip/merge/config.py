@@ -36,6 +36,7 @@ class HeadConfig:
     depth: int = 3
     mlp_hidden: int = 256
     dense_pool: int = 1  # the model's per-patch max-pool window (ClipHeadConfig.dense_pool; not trained)
+    refine_pool: int = 0  # the window that places the SAM-head refinement's prompts (ClipHeadConfig; 0: dense_pool)
     # test-time augmentation candidate for classification (SamClipConfig.tta_flip / tta_sizes): the merge
     # measures val zero-shot with and without it at the chosen clip_size and keeps it only if it is better
     tta_flip: bool = False

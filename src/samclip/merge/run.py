@@ -139,7 +139,7 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
     if getattr(clip_t, "tokenizer", None) is None:
         raise ValueError("the CLIP teacher has no tokenizer; the merged model needs one for zero-shot use")
     head = ClipHeadConfig(depth=cfg.head.depth, mlp_hidden=cfg.head.mlp_hidden, out_dim=clip_t.config.embed_dim,
-                          dense_pool=cfg.head.dense_pool)
+                          dense_pool=cfg.head.dense_pool, refine_pool=cfg.head.refine_pool)
     student = SamClip.from_teachers(sam_t, clip_t, head, clip_size=max(cfg.data.clip_sizes),
                                     semseg_size=max(cfg.data.clip_sizes))
     student.config.replace(tta_sizes=tuple(cfg.head.tta_sizes))  # bad head.tta_sizes fail here, not after training

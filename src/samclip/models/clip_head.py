@@ -26,10 +26,15 @@ class ClipHeadConfig(_Config):
     # per-patch (dense) embeddings: the head's max-pool over a dense_pool x dense_pool window of tokens around
     # each patch (stride 1), then LayerNorm + MLP; 1 = each token alone. Not trained: an inference setting
     dense_pool: int = 1
+    # the read that places the SAM-head refinement's prompts (semantic segmentation with both heads): the same
+    # window max-pool over refine_pool x refine_pool tokens; 0 = dense_pool. Not trained: an inference setting
+    refine_pool: int = 0
 
     def __post_init__(self) -> None:
         if self.dense_pool < 1 or self.dense_pool % 2 == 0:
             raise ValueError(f"dense_pool must be an odd number >= 1, got {self.dense_pool}")
+        if self.refine_pool < 0 or (self.refine_pool and self.refine_pool % 2 == 0):
+            raise ValueError(f"refine_pool must be 0 or an odd number >= 1, got {self.refine_pool}")
 
 
 class ClipHead(nn.Module):
@@ -95,12 +100,13 @@ class ClipHead(nn.Module):
         """BxGxGxD -> BxE (not normalised)."""
         return self.mlp(self.norm(head_tokens.amax(dim=(1, 2))))
 
-    def per_patch(self, head_tokens: torch.Tensor) -> torch.Tensor:
+    def per_patch(self, head_tokens: torch.Tensor, pool: int | None = None) -> torch.Tensor:
         """BxGxGxD -> BxGxGxE (not normalised): for each patch, the pooled path (max-pool, LayerNorm, MLP)
-        over the ``dense_pool`` x ``dense_pool`` window of tokens centred on it (cut at the grid's edge).
-        The head is trained only through max-pools over many tokens; one token alone reads poorly, a small
-        window reads like what the head was trained on."""
-        k = self.config.dense_pool
+        over the ``pool`` x ``pool`` window of tokens centred on it (cut at the grid's edge; default
+        ``dense_pool``). A head trained only through max-pools over many tokens reads poorly from one token
+        alone, and a small window reads like what it was trained on; a head trained with the merge's dense
+        term (``dense_weight``) reads each token alone (``dense_pool = 1``)."""
+        k = self.config.dense_pool if pool is None else pool
         if k > 1:
             x = F.max_pool2d(head_tokens.permute(0, 3, 1, 2), k, stride=1, padding=k // 2)
             head_tokens = x.permute(0, 2, 3, 1)
