@@ -85,7 +85,7 @@ def build_regions(stream: SamStream, teachers: Teachers, sizes: list[int], patch
     plus, when ``background_max_cover`` is set, each image's background region (at the first size, its
     tokens must not be empty; otherwise the image has none); and every token's owner (computed once)."""
     image_ids: list[int] = []
-    by_image, crops, is_bg = [], [], []
+    by_image, targets, is_bg = [], [], []
     select: dict[int, list[torch.Tensor]] = {s: [] for s in sizes}
     owner: dict[int, list[torch.Tensor]] = {s: [] for s in sizes}
     for i in range(len(stream)):
@@ -100,10 +100,12 @@ def build_regions(stream: SamStream, teachers: Teachers, sizes: list[int], patch
         by_image.append(np.arange(len(image_ids), len(image_ids) + n))
         image_ids += [i] * n
         is_bg += [False] * len(keep) + [True] * int(with_bg)
+        # embedded image by image (the teacher's inputs are never all held: full-size images for backgrounds)
         if keep:
-            crops.append(mask_crops(image, masks.numpy(), teachers.clip_image_size, crop_pad))
+            targets.append(_embed(teachers, mask_crops(image, masks.numpy(), teachers.clip_image_size, crop_pad),
+                                  batch))
         if with_bg:
-            crops.append(np.where((inst > 0)[..., None], np.uint8(GREY), image)[None])
+            targets.append(_embed(teachers, np.where((inst > 0)[..., None], np.uint8(GREY), image)[None], batch))
         for s in sizes:
             own, bg = per_size[s]
             parts = [token_cover(masks, s // patch, min_cover, context)] if keep else []
@@ -117,10 +119,13 @@ def build_regions(stream: SamStream, teachers: Teachers, sizes: list[int], patch
     if not image_ids:
         raise ValueError("region distillation: D_SAM has no instance masks of at least "
                          f"{min_pixels} pixels")
-    targets = torch.cat([teachers.clip_image_embeddings(c[j : j + batch]) for c in crops
-                         for j in range(0, len(c), batch)])
-    return RegionSet(np.asarray(image_ids), {s: torch.cat(v) for s, v in select.items()}, targets, by_image,
+    return RegionSet(np.asarray(image_ids), {s: torch.cat(v) for s, v in select.items()}, torch.cat(targets), by_image,
                      np.asarray(is_bg, dtype=bool), {s: torch.stack(v) for s, v in owner.items()})
+
+
+def _embed(teachers: Teachers, images: np.ndarray, batch: int) -> torch.Tensor:
+    """NxSxSx3 uint8 -> NxE teacher image embeddings (normalised), ``batch`` images per call."""
+    return torch.cat([teachers.clip_image_embeddings(images[j : j + batch]) for j in range(0, len(images), batch)])
 
 
 def region_pooled_loss(head, head_tokens: torch.Tensor, select: torch.Tensor,  # noqa: ANN001
