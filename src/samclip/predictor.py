@@ -628,12 +628,17 @@ class Predictor:
                 state.pooled = F.normalize(self.model.clip_head.pooled(tokens).float(), dim=-1)
         return state.pooled
 
+    def _patch_read(self, state: ImageState, pool: int | None = None) -> torch.Tensor:
+        """GxGxE normalised per-patch embeddings of the cached head tokens over ``pool`` windows (None:
+        ``dense_pool``)."""
+        tokens = self._head_tokens(state)
+        with torch.no_grad(), self._autocast():
+            return F.normalize(self.model.clip_head.per_patch(tokens, pool).float(), dim=-1)[0]
+
     def _patch_embeddings(self, state: ImageState) -> torch.Tensor:
         """GxGxE normalised per-patch CLIP-space embeddings."""
         if state.patch_embeddings is None:
-            tokens = self._head_tokens(state)
-            with torch.no_grad(), self._autocast():
-                state.patch_embeddings = F.normalize(self.model.clip_head.per_patch(tokens).float(), dim=-1)[0]
+            state.patch_embeddings = self._patch_read(state)
         return state.patch_embeddings
 
     def _refine_embeddings(self, state: ImageState) -> torch.Tensor:
@@ -644,10 +649,7 @@ class Predictor:
         if cfg is None or cfg.refine_pool in (0, cfg.dense_pool):
             return self._patch_embeddings(state)
         if state.refine_embeddings is None:
-            tokens = self._head_tokens(state)
-            with torch.no_grad(), self._autocast():
-                emb = self.model.clip_head.per_patch(tokens, cfg.refine_pool).float()
-            state.refine_embeddings = F.normalize(emb, dim=-1)[0]
+            state.refine_embeddings = self._patch_read(state, cfg.refine_pool)
         return state.refine_embeddings
 
     def _state_for_size(self, state: ImageState, size: int | None, mirrored: bool = False) -> ImageState:

@@ -187,8 +187,11 @@ def choose_sizes(model: SamClip, evaluator: SceneEvaluator, cfg: MergeConfig) ->
     label_sizes = sorted(set(sizes) | (set(cfg.data.region_sizes) if cfg.uses_regions else set()))
     by_label = evaluator.mask_label_accuracy_by_size(model, label_sizes, pooling="max")
     label = max(by_label, key=by_label.get)
-    dense = evaluator.mask_label_accuracy_by_size(model, label_sizes if cfg.dense_weight > 0 else sizes)
-    semseg = max(dense, key=dense.get) if cfg.dense_weight > 0 else best
+    if cfg.dense_weight > 0:
+        dense = evaluator.mask_label_accuracy_by_size(model, label_sizes)
+        semseg = max(dense, key=dense.get)
+    else:  # reported only
+        dense, semseg = evaluator.mask_label_accuracy_by_size(model, sizes), best
     model.config = model.config.replace(clip_size=best, semseg_size=semseg, label_size=0 if label == best else label)
     return {"val_zero_shot_by_size": by_size, "val_mask_label_accuracy_by_size": dense,
             "val_mask_max_label_accuracy_by_size": by_label, "label_size": label, "clip_size": best,

@@ -290,7 +290,7 @@ class MergeTrainer:
             return {}
         n_regions, n_bg, n_fg = (n / self.world for n in token_counts(regions, size, batch))
         ridx = torch.as_tensor(np.concatenate(per_image))
-        owner = torch.as_tensor(np.repeat(np.arange(len(per_image)), [len(r) for r in per_image]))
+        region_image = torch.as_tensor(np.repeat(np.arange(len(per_image)), [len(r) for r in per_image]))
         dev = model_device(self.model)
         head = self.model.clip_head
         terms = {}
@@ -304,7 +304,8 @@ class MergeTrainer:
             head_tokens = head.tokens(tokens)
             if cfg.region_weight > 0:
                 terms["l_region"] = region_pooled_loss(head, head_tokens, regions.select[size][ridx].to(dev),
-                                                       owner.to(dev), regions.targets[ridx].to(dev), n_regions)
+                                                       region_image.to(dev), regions.targets[ridx].to(dev),
+                                                       n_regions)
             if cfg.dense_weight > 0:
                 terms["l_dense"] = dense_distillation_loss(
                     head, head_tokens, regions.owner[size][torch.as_tensor(img_ids)].to(dev),
