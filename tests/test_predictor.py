@@ -688,12 +688,61 @@ def test_clip_tasks_read_the_models_own_sizes_and_map_points_back(merged: SamCli
 
     monkeypatch.setattr(pred, "_class_logits", fake_logits)
     monkeypatch.setattr(pred, "_decode", fake_decode)
-    pred.semantic_segment(["star", "ring"], refine=True)
-    assert seen["state"] is state  # the SAM head decodes on the SAM-size pass
-    first = seen["coords"][0, 0]
-    # patch (1, 0) of a 64 px frame is centred at (8, 24) there, i.e. (16, 48) in the 128 px frame
-    assert torch.allclose(first, torch.tensor([16.0, 48.0]))
-    assert seen["mask_in"].shape[-1] == 4 * state.grid
+    for relabel in (False, True):
+        pred.semantic_segment(["star", "ring"], refine=True, relabel=relabel)
+        assert seen["state"] is state  # the SAM head decodes on the SAM-size pass
+        first = seen["coords"][0, 0]
+        # patch (1, 0) of a 64 px frame is centred at (8, 24) there, i.e. (16, 48) in the 128 px frame
+        assert torch.allclose(first, torch.tensor([16.0, 48.0]))
+        if relabel:  # one point per decode, no mask input
+            assert seen["coords"].shape == (1, 1, 2) and seen["mask_in"] is None
+        else:
+            assert seen["mask_in"].shape[-1] == 4 * state.grid
+
+
+def test_relabelled_refinement_names_each_mask_by_its_own_read(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    """refine=True, relabel=True: the coarse map only places the points; each point's SAM-head mask takes
+    the class its CLIP-head read matches (background: dropped), masks below REFINE_MIN_IOU are dropped."""
+    from samclip.predictor import REFINE_MIN_IOU
+
+    pred = Predictor(merged)
+    state = pred.set_image(image(128, 128))
+    g = state.grid
+
+    def fake_logits(st, labels, templates, background, refine=False):  # noqa: ANN001, ANN202
+        out = torch.full((len(labels) + 1, g, g), -5.0)
+        out[0] = 5.0
+        out[1, 1, 0] = 10.0  # the coarse map says "star" at one patch only
+        return out
+
+    left = torch.full((4 * g, 4 * g), -10.0)
+    left[:, : 2 * g] = 10.0  # the SAM head's mask: the left half of the frame
+    iou = {"value": 0.9}
+
+    def fake_decode(st, coords, labels, boxes, mask_in, multimask):  # noqa: ANN001, ANN202
+        n = coords.shape[0]
+        return left.expand(n, 3, -1, -1).clone(), torch.tensor([[0.1, iou["value"], 0.2]]).expand(n, -1)
+
+    txt = {"star": 0, "ring": 1}
+    read = {"as": "ring"}
+
+    def fake_mask_embeddings(masks, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        assert masks.shape == (1, 128, 128) and masks[:, :, :64].all() and not masks[:, :, 64:].any()
+        emb = pred._background_embedding() if read["as"] == "background" else \
+            pred.text_embeddings(["star", "ring"])[txt[read["as"]]][None]
+        return emb, torch.zeros(1, dtype=torch.bool)
+
+    monkeypatch.setattr(pred, "_class_logits", fake_logits)
+    monkeypatch.setattr(pred, "_decode", fake_decode)
+    monkeypatch.setattr(pred, "mask_embeddings", fake_mask_embeddings)
+    sem = pred.semantic_segment(["star", "ring"], refine=True)
+    assert (sem.label_map[:, :64] == 2).all() and (sem.label_map[:, 64:] == 0).all()  # named "ring" by its read
+    published = pred.semantic_segment(["star", "ring"], refine=True, relabel=False)
+    assert (published.label_map[:, :64] == 1).all()  # the published composition keeps the coarse class
+    read["as"] = "background"
+    assert (pred.semantic_segment(["star", "ring"], refine=True).label_map == 0).all()
+    read["as"], iou["value"] = "ring", REFINE_MIN_IOU - 0.01
+    assert (pred.semantic_segment(["star", "ring"], refine=True).label_map == 0).all()
 
 
 def test_mask_labels_read_the_label_size_pass(merged: SamClip) -> None:

@@ -72,7 +72,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.benchmark == "scenes":
         result = harness.scenes_benchmark(model, load_sam(args.sam_teacher), load_clip(args.clip_teacher), out,
-                                          quick=args.quick, split=args.split)
+                                          quick=args.quick, split=args.split, semseg_images=args.semseg_images)
     elif args.benchmark == "voc":
         if not args.data or not args.labels:
             raise UserError("--benchmark voc needs --data (VOC folder) and --labels (comma-separated, id order)")
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--clip-teacher", default="tiny-synthetic", help="baseline CLIP (scenes benchmark)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     ev.add_argument("--quick", action="store_true", help="fewer images (smoke test)")
+    ev.add_argument("--semseg-images", type=int, default=None,
+                    help="scenes of the semantic segmentation comparison (default 100; more: less noise, "
+                         "about 1 s each on 2 cores)")
     ev.add_argument("--split", choices=["test", "val"], default="test",
                     help="scenes benchmark seeds: test (report numbers) or val (choose settings; default test)")
     ev.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",

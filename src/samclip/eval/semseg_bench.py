@@ -4,7 +4,11 @@ Methods (the SAM-CLIP paper's comparison, in small):
   (a) ``clip_teacher_dense``  CLIP teacher alone, MaskCLIP-style per-patch features;
   (b) ``sam_plus_clip``       SAM-teacher everything-mode masks, each crop classified by the CLIP teacher;
   (c) ``merged_clip_head``    merged model, CLIP head only;
-  (d) ``merged_both_heads``   merged model, CLIP head + SAM-head refinement;
+  (d) ``merged_both_heads``   merged model, CLIP head + SAM-head refinement (``semantic_segment(refine=True)``:
+                              coarse-map points -> SAM-head masks, each re-named by the CLIP head's read
+                              over it, mirrored view pooled in when the model has TTA);
+  (d') ``merged_both_heads_published``  the same with SAM-CLIP's composition as published (``relabel=False``:
+                              per class its points + the coarse map as mask input, the coarse class kept);
   (e) ``merged_everything``   merged model, (b) in one pass: SAM-head everything-mode masks, each
                               labelled by mask pooling of the CLIP head's per-patch embeddings;
   (f) ``merged_everything_crops``  merged model alone as the two-model pipeline (b): the masks of (e),
@@ -103,7 +107,7 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
     merged_table = _text_table(merged_encoders(merged, merged.config.clip_size)[1], labels)
     merged_pred = Predictor(merged)
     sam_pred = Predictor(sam_teacher)
-    cms = {k: ConfusionMatrix(len(names)) for k in ("a", "b", "c", "d", "e", "f")}
+    cms = {k: ConfusionMatrix(len(names)) for k in ("a", "b", "c", "d", "d'", "e", "f")}
     times = {k: 0.0 for k in cms}
     scenes = [generate_scene(s, size) for s in split_seeds(split, n_images, start=500_000)]
     for sc in scenes:
@@ -125,6 +129,9 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
         times["d"] += t_pass + time.perf_counter() - t
         cms["d"].update(fine, gt)
         t = time.perf_counter()
+        cms["d'"].update(merged_pred.semantic_segment(labels, refine=True, relabel=False).label_map, gt)
+        times["d'"] += t_pass + time.perf_counter() - t
+        t = time.perf_counter()
         masks = merged_pred.generate(points_per_side=points_per_side)
         t_masks = t_pass + time.perf_counter() - t  # (e) and (f) share the pass and the masks
         for k, pooling in (("e", "auto"), ("f", "crop")):
@@ -132,7 +139,7 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
             cms[k].update(merged_everything_map(merged_pred, merged_table, pooling=pooling, masks=masks), gt)
             times[k] += t_masks + time.perf_counter() - t
     keys = {"a": "clip_teacher_dense", "b": "sam_plus_clip", "c": "merged_clip_head", "d": "merged_both_heads",
-            "e": "merged_everything", "f": "merged_everything_crops"}
+            "d'": "merged_both_heads_published", "e": "merged_everything", "f": "merged_everything_crops"}
     result = {keys[k]: {**cm.summary(names), "seconds_per_image": times[k] / n_images} for k, cm in cms.items()}
     result["n_images"] = n_images
     result["image_size"] = size
