@@ -364,7 +364,9 @@ def add_task_commands(subparsers: Any) -> None:
                               epilog=_TASK_EPILOG["semseg"])
     _common(p, "semseg")
     p.add_argument("--labels", help=labels_help)
-    p.add_argument("--refine", action="store_true", help="refine each class with the SAM head (sharper edges)")
+    p.add_argument("--refine", action="store_true",
+                   help="compose with the SAM head: a mask per coarse-map point, each named by the CLIP head "
+                        "(Predictor.semantic_segment(refine=True))")
     p.set_defaults(func=_run_task)
 
     p = subparsers.add_parser("label", help="mask from a point / box prompt and its label", formatter_class=fmt,

@@ -140,7 +140,8 @@ class ClassifyBody(_Body):
 
 class SemsegBody(_Body):
     labels: list[Text] | None = Field(None, description="class names (default: the 12 scene-world shapes)")
-    refine: bool = Field(False, description="refine each class with the SAM head")
+    refine: bool = Field(False, description="compose with the SAM head: a mask per coarse-map point, "
+                                            "each named by the CLIP head")
     png: bool = True
 
 
