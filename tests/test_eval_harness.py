@@ -36,6 +36,11 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     poolings = ("mask_pooling", "max_pooling", "max_pooling_tta", "region_pooling", "merged_crop", "crop")
     assert set(result["labelling"]) >= {f"{m}_{k}" for m in poolings for k in ("point", "box")}
     assert {"clip_teacher", "sam_teacher", "merged", "deltas"} <= set(result)
+    st = result["segment_text"]
+    assert st["n_images"] == 4 and st["n_instances"] > 0
+    for key in ("verified", "unverified"):
+        assert set(st[key]) == {"precision", "recall", "f1", "n_predicted"}
+        assert all(0 <= st[key][m] <= 100 for m in ("precision", "recall", "f1"))
     assert 0 <= result["clip_teacher"]["zero_shot_top1_flip_tta"] <= 100
     clip_size = result["merged"]["clip_size"]  # the tiny model has no TTA: its classification is one view
     assert result["merged"]["tta_views"] == [[clip_size, False]]
@@ -47,7 +52,7 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
                                                 "sam_teacher_point_miou", "merged_point_miou"}
     j, md = harness.write_reports(result, tmp_path)
     assert json.loads(j.read_text())["benchmark"] == "scenes" and "(d) merged" in md.read_text()
-    assert "by shape and by visible area" in md.read_text()
+    assert "by shape and by visible area" in md.read_text() and "Text -> instances" in md.read_text()
     assert (tmp_path / "overlays.png").exists()
     assert result["split"] == "test" and "test split" in md.read_text()
 
@@ -117,3 +122,26 @@ def test_eval_cli_dtype_is_recorded(tiny, tmp_path) -> None:  # noqa: ANN001
     env = {**os.environ, "SAMCLIP_BF16": "maybe"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 2 and "SAMCLIP_BF16 must be" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_match_instances_is_one_to_one_above_half_iou() -> None:
+    from samclip.eval.text_instances import _scores, match_instances
+    from samclip.predictor import Instance
+
+    def inst(mask: np.ndarray) -> Instance:
+        return Instance(mask=mask, score=1.0, box=(0, 0, 1, 1), point=(0, 0), predicted_iou=1.0)
+
+    a = np.zeros((10, 10), bool)
+    a[:5, :5] = True  # 25 px
+    b = np.zeros((10, 10), bool)
+    b[5:, 5:] = True
+    near_a = a.copy()
+    near_a[:5, 5:7] = True  # IoU with a: 25 / 35 > 0.5
+    far_a = np.zeros((10, 10), bool)
+    far_a[:5, :2] = True  # IoU with a: 10 / 25 < 0.5
+    assert match_instances([inst(near_a), inst(a)], [a, b]) == 1  # a is matched once only
+    assert match_instances([inst(far_a), inst(b)], [a, b]) == 1
+    assert match_instances([], [a]) == 0 and match_instances([inst(a)], []) == 0
+    s = _scores(hits=1, n_pred=2, n_true=4)
+    assert s["precision"] == 50 and s["recall"] == 25 and abs(s["f1"] - 100 / 3) < 1e-9
+    assert _scores(0, 0, 0) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "n_predicted": 0}

@@ -367,7 +367,7 @@ def test_segment_text_one_instance_per_region(merged: SamClip, monkeypatch) -> N
 
     monkeypatch.setattr(pred, "_class_logits", fake_logits)
     monkeypatch.setattr(merged, "decode", disk_decode)
-    inst = pred.segment_text("star", vocabulary=["ring"])
+    inst = pred.segment_text("star", vocabulary=["ring"], verify=False)
     assert len(inst) == 2
     for i in inst:
         x, y = i.point
@@ -375,6 +375,20 @@ def test_segment_text_one_instance_per_region(merged: SamClip, monkeypatch) -> N
         assert i.box[0] <= x <= i.box[2] and i.box[1] <= y <= i.box[3]
         assert abs(i.predicted_iou - 0.9) < 1e-6 and 0 < i.score <= 0.9
     assert {(int(i.point[0]) // 64, int(i.point[1]) // 64) for i in inst} == {(0, 0), (1, 1)}
+
+    # verify=True (default): each mask is read again over itself; the one read as "ring" is dropped
+    star, ring = pred.text_embeddings(["star", "ring"])
+
+    def fake_mask_embeddings(masks, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        top_left = torch.from_numpy(masks[:, :64, :64].any((1, 2)))
+        return torch.where(top_left[:, None], star, ring), torch.zeros(len(masks), dtype=torch.bool)
+
+    monkeypatch.setattr(pred, "mask_embeddings", fake_mask_embeddings)
+    inst = pred.segment_text("star", vocabulary=["ring"])
+    assert len(inst) == 1 and int(inst[0].point[0]) // 64 == 0 and int(inst[0].point[1]) // 64 == 0
+    txt = torch.cat([pred._background_embedding(), pred.text_embeddings(["star", "ring"])])
+    prob = float((pred._logit_scale() * star @ txt.T).softmax(-1)[1])
+    assert abs(inst[0].score - 0.9 * prob) < 1e-5  # predicted IoU x the phrase's probability in the read
 
 
 def test_label_masks_pools_the_right_patches(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001

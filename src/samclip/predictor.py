@@ -139,8 +139,9 @@ class SemanticResult:
 
 @dataclass(eq=False)
 class Instance:
-    """One text-prompted instance: ``mask`` HxW bool, ``score`` (SAM predicted IoU x phrase probability
-    at the prompt point), ``box`` XYXY inclusive pixel indices, ``point`` (x, y) prompt, original pixels."""
+    """One text-prompted instance: ``mask`` HxW bool, ``score`` (SAM predicted IoU x the phrase's probability:
+    in the CLIP head's read over the mask when verified, else at the prompt point), ``box`` XYXY inclusive
+    pixel indices, ``point`` (x, y) prompt, original pixels."""
 
     mask: np.ndarray
     score: float
@@ -1004,16 +1005,25 @@ class Predictor:
 
     # ------------------------------------------------------------------------- composed tasks
     def segment_text(self, phrase: str, *, vocabulary: Sequence[str] | None = None, threshold: float = 0.5,
-                     templates: Sequence[str] | None = None, dedupe_iou: float = 0.7) -> list[Instance]:
+                     templates: Sequence[str] | None = None, dedupe_iou: float = 0.7, verify: bool = True,
+                     tta: bool | None = None) -> list[Instance]:
         """Instances of ``phrase`` in the current image.
 
         Semantic map over ``[phrase, *vocabulary]`` + background (the vocabulary acts as distractors) at
         the low-res mask resolution 4Gx4G; connected regions (8-connectivity) where the phrase wins and
         its probability exceeds ``threshold`` (regions smaller than a quarter patch are dropped); one
         foreground point per region at its probability peak; SAM head (multimask, best by predicted IoU).
+        ``verify`` (default): each mask is read again by the CLIP head over the mask itself
+        (:meth:`mask_embeddings`, ``tta`` as in :meth:`semantic_segment`) against the phrase, the vocabulary
+        and the background, and kept only where the phrase wins; the score is then the predicted IoU times
+        the phrase's probability in that read. On the shipped model this lifts instance precision from 23
+        to 58% and F1 (mask IoU > 0.5) from 34 to 55-56 on two val sets of 100 scenes, every shape in turn
+        as the phrase and the other 11 as vocabulary (docs/experiments.md); recall falls from 62-66 to 52-53%.
         Instances are sorted by score; duplicates with mask IoU > ``dedupe_iou`` and empty masks are dropped.
         """
         self._require_clip("segment_text")
+        if verify and tta:
+            self._require_torch_for_tta()
         if not isinstance(phrase, str) or not phrase.strip():
             raise ValueError(f"phrase must be a non-empty string, got {phrase!r}")
         vocab = [] if vocabulary is None else _check_labels(vocabulary, "vocabulary")
@@ -1049,12 +1059,20 @@ class Predictor:
         masks = self.model.postprocess_masks(low_logits[rows, best][:, None], state.input_size,
                                              state.original_size)[:, 0] > self.model.mask_threshold
         pred_iou = iou[rows, best]
-        scores = pred_iou * torch.tensor(peaks, device=self.device)
+        phrase_prob = torch.tensor(peaks, device=self.device)
+        if verify:
+            if tta is None:
+                tta = self._onnx is None and self.model.config.has_tta
+            emb, empty = self.mask_embeddings(masks.cpu().numpy(), tta=tta)
+            txt = torch.cat([self._background_embedding(), self.text_embeddings(labels, templates)])
+            read = (self._logit_scale() * emb @ txt.T).softmax(-1)
+            phrase_prob = torch.where((read.argmax(-1) == 1) & ~empty, read[:, 1], 0.0)
+        scores = pred_iou * phrase_prob
         boxes = masks_to_boxes(masks)
         orig_points = frame_to_original(coords, state.original_size, state.input_size)
         kept: list[int] = []
         for k in torch.argsort(scores, descending=True, stable=True).tolist():
-            if not masks[k].any():
+            if not masks[k].any() or (verify and phrase_prob[k] == 0):
                 continue
             if kept and mask_iou(masks[k][None], masks[kept]).max() > dedupe_iou:
                 continue

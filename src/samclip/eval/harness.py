@@ -25,6 +25,7 @@ from ..predictor import Predictor
 from .merge_report import evaluate_merge
 from .semseg import ConfusionMatrix, read_voc_folder
 from .semseg_bench import labelling_benchmark, semseg_benchmark
+from .text_instances import segment_text_benchmark
 
 SPLITS = ("test", "val")
 
@@ -42,6 +43,7 @@ def scenes_benchmark(merged: SamClip, sam_t: Sam, clip_t: CLIP, out: Path, quick
     result["semantic_segmentation"] = semseg_benchmark(merged, sam_t, clip_t, split=split,
                                                        n_images=semseg_images or (8 if quick else 100))
     result["labelling"] = labelling_benchmark(merged, sam_t, clip_t, n_images=6 if quick else 60, split=split)
+    result["segment_text"] = segment_text_benchmark(merged, n_images=4 if quick else 60, split=split)
     out.mkdir(parents=True, exist_ok=True)
     result["overlays"] = str(write_overlays(merged, out / "overlays.png", split=split))
     return result
@@ -122,6 +124,19 @@ def _breakdown_table(breakdown: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _segment_text_table(st: dict | None) -> list[str]:
+    """Markdown rows of text -> instances precision / recall / F1, verified vs not."""
+    if not st:
+        return []
+    titles = {"verified": "verified by the CLIP head (default)", "unverified": "`verify=False`"}
+    rows = [f"| {title} | {st[k]['precision']:.1f} | {st[k]['recall']:.1f} | {st[k]['f1']:.1f} | "
+            f"{st[k]['n_predicted']} |" for k, title in titles.items()]
+    return [f"## Text -> instances (`segment_text`, {st['n_images']} scenes, {st['n_instances']} instances)", "",
+            "Each shape as the phrase, the other 11 as its vocabulary; a hit: mask IoU > 0.5 with an unmatched "
+            "instance of that shape.", "",
+            "| | precision | recall | F1 | instances returned |", "| --- | --- | --- | --- | --- |", *rows, ""]
+
+
 def markdown_report(result: dict) -> str:
     lines = ["# samclip evaluation", ""]
     if result.get("benchmark") == "scenes":
@@ -148,8 +163,9 @@ def markdown_report(result: dict) -> str:
                     f"{lab[f'max_pooling_tta_{kind}']:.1f} | "
                     f"{lab[f'region_pooling_{kind}']:.1f} | "
                     f"{lab[f'merged_crop_{kind}']:.1f} | {lab[f'crop_{kind}']:.1f} |" for kind in ("point", "box")),
-                  "",
-                  "## Merged model vs teachers", "", "```json",
+                  ""]
+        lines += _segment_text_table(result.get("segment_text"))  # absent from reports written before it
+        lines += ["## Merged model vs teachers", "", "```json",
                   json.dumps({k: result[k] for k in ("clip_teacher", "sam_teacher", "merged", "deltas")}, indent=2),
                   "```", ""]
         lines += _breakdown_table(result.get("prompt_breakdown", {}))
