@@ -711,11 +711,25 @@ class Predictor:
         total = sum(self._pooled(self._state_for_size(self.state, s, mirrored)) for s, mirrored in views)
         return F.normalize(total, dim=-1)
 
+    def _class_table(self, labels: list[str], templates: Sequence[str] | None) -> torch.Tensor:
+        """(1+K)xE normalised: the background class (:data:`BACKGROUND_PROMPTS`) then each label's embedding."""
+        return torch.cat([self._background_embedding(), self.text_embeddings(labels, templates)])
+
+    def _mask_class_logits(self, masks: torch.Tensor, labels: list[str], templates: Sequence[str] | None,
+                           tta: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """NxHxW bool masks (original pixels) -> (Nx(1+K) logits ``exp(logit_scale) * cos`` of each mask's
+        CLIP-head read (:meth:`mask_embeddings`, default pooling) against background + labels, empty N bool).
+        ``tta=None``: the mirrored view too when the model's classification has TTA (PyTorch backend)."""
+        if tta is None:
+            tta = self._onnx is None and self.model.config.has_tta
+        emb, empty = self.mask_embeddings(masks.cpu().numpy(), tta=tta)
+        return self._logit_scale() * emb @ self._class_table(labels, templates).T, empty
+
     def _class_logits(self, state: ImageState, labels: list[str], templates: Sequence[str] | None,
                       background: bool, refine: bool = False) -> torch.Tensor:
         """(K+1)xGxG per-patch logits ``exp(logit_scale) * cos``; row 0 is the background class. ``refine``:
         of the read that places the refinement's prompts (:meth:`_refine_embeddings`)."""
-        txt = torch.cat([self._background_embedding(), self.text_embeddings(labels, templates)])
+        txt = self._class_table(labels, templates)
         patches = self._refine_embeddings(state) if refine else self._patch_embeddings(state)
         logits = self._logit_scale() * torch.einsum("ghe,ke->kgh", patches, txt)
         if not background:
@@ -747,8 +761,8 @@ class Predictor:
         first one always; further ones only where the probability exceeds ``threshold``). Then:
           - ``relabel=True`` (what ``None`` means with the PyTorch backend): each point alone goes to the
             SAM head (multimask, the output with the best predicted IoU); each mask is re-classified by the
-            CLIP head over its own tokens
-            (:meth:`mask_embeddings`, ``pooling="auto"``) against the labels and the background class;
+            CLIP head over its own tokens (:meth:`mask_embeddings`, ``pooling="auto"``) against the labels and
+            the background class;
             masks re-classified as background, or with predicted IoU below ``REFINE_MIN_IOU``, are dropped.
             A pixel takes the class whose masks have the highest logit there. ``tta`` (``None``: on when
             the model's classification has TTA; PyTorch only) pools each mask also on the mirrored
@@ -846,11 +860,7 @@ class Predictor:
         rows = torch.arange(len(points), device=self.device)
         mask_logits = self.model.postprocess_masks(low_logits[rows, best][:, None], state.input_size,
                                                    state.original_size)[:, 0]
-        if tta is None:
-            tta = self._onnx is None and self.model.config.has_tta
-        emb, empty = self.mask_embeddings((mask_logits > self.model.mask_threshold).cpu().numpy(), tta=tta)
-        txt = torch.cat([self._background_embedding(), self.text_embeddings(labels, templates)])
-        scores = emb @ txt.T
+        scores, empty = self._mask_class_logits(mask_logits > self.model.mask_threshold, labels, templates, tta)
         if not background:
             scores[:, 0] = NEG
         classes = scores.argmax(-1)
@@ -1067,11 +1077,8 @@ class Predictor:
         pred_iou = iou[rows, best]
         phrase_prob = torch.tensor(peaks, device=self.device)
         if verify:
-            if tta is None:
-                tta = self._onnx is None and self.model.config.has_tta
-            emb, empty = self.mask_embeddings(masks.cpu().numpy(), tta=tta)
-            txt = torch.cat([self._background_embedding(), self.text_embeddings(labels, templates)])
-            read = (self._logit_scale() * emb @ txt.T).softmax(-1)
+            logits, empty = self._mask_class_logits(masks, labels, templates, tta)
+            read = logits.softmax(-1)
             phrase_prob = torch.where((read.argmax(-1) == 1) & ~empty, read[:, 1], 0.0)
         scores = pred_iou * phrase_prob
         boxes = masks_to_boxes(masks)
