@@ -124,14 +124,15 @@ def test_generate_labels_each_mask_with_the_chosen_pooling(merged: SamClip) -> N
     pred.set_image(image(90, 200))
     kw = {"points_per_side": 4, "pred_iou_thresh": -1e9, "stability_score_thresh": 0.0}
     scores = {}
-    for pooling in ("max", "crop"):
-        out = pred.generate(LABELS, pooling=pooling, **kw)
+    for pooling, tta in (("max", False), ("crop", False), ("max", True)):
+        out = pred.generate(LABELS, pooling=pooling, tta=tta, **kw)
         assert out
-        idx, probs = pred.label_masks(np.stack([r["segmentation"] for r in out]), LABELS, pooling=pooling)
+        idx, probs = pred.label_masks(np.stack([r["segmentation"] for r in out]), LABELS, pooling=pooling, tta=tta)
         assert [r["label"] for r in out] == [LABELS[i] for i in idx]
-        scores[pooling] = np.array([r["label_score"] for r in out])
-        assert np.allclose(scores[pooling], probs[np.arange(len(idx)), idx], atol=1e-6)
-    assert not np.allclose(scores["max"], scores["crop"])
+        scores[pooling, tta] = np.array([r["label_score"] for r in out])
+        assert np.allclose(scores[pooling, tta], probs[np.arange(len(idx)), idx], atol=1e-6)
+    assert not np.allclose(scores["max", False], scores["crop", False])
+    assert not np.allclose(scores["max", False], scores["max", True])  # the mirrored view is pooled in
 
 
 def test_set_images_batches_and_select(merged: SamClip) -> None:

@@ -1107,6 +1107,7 @@ class Predictor:
         min_area: int = 0,
         templates: Sequence[str] | None = None,
         pooling: str = "auto",
+        tta: bool = False,
     ) -> list[dict[str, Any]]:
         """Everything mode (segment-anything's ``SamAutomaticMaskGenerator`` without crops).
 
@@ -1121,7 +1122,8 @@ class Predictor:
         [x, y, w, h] (SAM's XYWH of the inclusive XYXY box), ``predicted_iou``, ``stability_score``,
         ``point_coords`` [[x, y]] (original pixels) and, with ``vocabulary``, ``label`` and
         ``label_score`` from :meth:`label_masks` with ``pooling`` (default: one pass; ``"crop"``: each mask's
-        crop re-encoded, more accurate, one small extra pass per mask).
+        crop re-encoded, more accurate, one small extra pass per mask) and ``tta`` (the mirrored view pooled
+        in, one extra backbone pass; not with ``"crop"``).
         """
         vocab = None
         if vocabulary is not None:
@@ -1178,7 +1180,7 @@ class Predictor:
                 })
         if vocab is not None and records:
             idx, probs = self.label_masks(np.stack([r["segmentation"] for r in records]), vocab, templates,
-                                          pooling=pooling)
+                                          pooling=pooling, tta=tta)
             for r, i, p in zip(records, idx, probs):
                 r["label"] = vocab[int(i)]
                 r["label_score"] = float(p[i])
