@@ -1123,7 +1123,8 @@ class Predictor:
         ``point_coords`` [[x, y]] (original pixels) and, with ``vocabulary``, ``label`` and
         ``label_score`` from :meth:`label_masks` with ``pooling`` (default: one pass; ``"crop"``: each mask's
         crop re-encoded, more accurate, one small extra pass per mask) and ``tta`` (the mirrored view pooled
-        in, one extra backbone pass; not with ``"crop"``).
+        in, one extra backbone pass; not with ``"crop"``; on the shipped model it lifts everything-mode
+        semantic maps from 45.3 to 47.8 val mIoU, 100 scenes).
         """
         vocab = None
         if vocabulary is not None:
