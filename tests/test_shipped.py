@@ -48,3 +48,25 @@ def test_repo_configs_are_the_packaged_ones() -> None:
     assert names == sorted(p.name for p in CONFIG_DIR.glob("*.toml")) and names
     for name in names:
         assert (repo / name).read_text() == (CONFIG_DIR / name).read_text(), name
+
+
+def test_demo_quick_runs_end_to_end_and_resumes(tmp_path, capsys) -> None:  # noqa: ANN001
+    """`samclip demo` (the README main command's job) on a few steps: the embedded-default merge from the
+    shipped teachers, then the report; run again, it resumes the finished merge instead of redoing it."""
+    import json
+
+    from samclip.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {"clip_teacher", "sam_teacher", "merged", "deltas", "merge"} <= set(report)
+    assert 0 <= report["merged"]["box_miou"] <= 100 and report["merge"]["wall_s"] > 0
+    assert "Merge wall time" in (out / "report.md").read_text()
+    merged = samclip.load_model(out / "merge" / "model")
+    assert merged.config.clip_size > 0
+    weights = (out / "merge" / "model" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert "(resuming)" in capsys.readouterr().out
+    assert (out / "merge" / "model" / "model.safetensors").read_bytes() == weights
