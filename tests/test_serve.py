@@ -156,6 +156,13 @@ def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
     assert r.status_code == 200 and r.json()["phrase"] == "star"
     for inst in r.json()["instances"]:
         assert rle_decode(inst["segmentation"]).shape == (SIZE, SIZE)
+    unverified = {"phrase": "star", "vocabulary": ["ring"], "threshold": 0.0, "verify": False}
+    r = client.post(f"/images/{iid}/segment_text", json=unverified)
+    assert r.status_code == 200
+    for inst in r.json()["instances"]:
+        assert rle_decode(inst["segmentation"]).shape == (SIZE, SIZE)
+    r = client.post(f"/images/{iid}/segment_text", json={**unverified, "verify": "perhaps"})
+    assert r.status_code == 422
 
     r = client.post(f"/images/{iid}/everything", json={"labels": ["star", "ring"], "points_per_side": 4,
                                                          "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})

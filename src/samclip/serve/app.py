@@ -149,6 +149,7 @@ class SegmentTextBody(_Body):
     phrase: Text
     vocabulary: list[Text] | None = Field(None, description="distractor classes competing with the phrase")
     threshold: float = Field(0.5, ge=0.0, le=1.0)
+    verify: bool = Field(True, description="keep only masks the CLIP head's read over them names the phrase")
     png: bool = True
 
 
@@ -593,7 +594,8 @@ def create_app(
         entry = svc.entry(image_id)
         vocab = svc.labels(body.vocabulary, "vocabulary", default=False)
         return await svc.run_task(
-            entry, lambda p: task_segment_text(p, body.phrase, vocabulary=vocab, threshold=body.threshold), body.png)
+            entry, lambda p: task_segment_text(p, body.phrase, vocabulary=vocab, threshold=body.threshold,
+                                                verify=body.verify), body.png)
 
     @app.post("/images/{image_id}/everything", response_model=EverythingOut, responses=_ERRORS,
               summary="every mask from a point grid, optionally labelled")
