@@ -847,24 +847,29 @@ class Predictor:
         out[present] = refined
         return out
 
+    def _single_point_masks(self, state: ImageState, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nx2 foreground points (SAM-frame pixels of ``state``), each decoded alone (multimask) -> (NxHxW mask
+        logits at the original size of the output with the best predicted IoU, that IoU N)."""
+        ones = torch.ones(len(coords), 1, dtype=torch.long, device=self.device)
+        low_logits, iou = self._decode(state, coords[:, None], ones, None, None, True)
+        best = iou.argmax(1)
+        rows = torch.arange(len(coords), device=self.device)
+        logits = self.model.postprocess_masks(low_logits[rows, best][:, None], state.input_size, state.original_size)
+        return logits[:, 0], iou[rows, best]
+
     def _relabelled_masks(self, points: list[tuple[int, float, float]], labels: list[str],
                           templates: Sequence[str] | None, background: bool, tta: bool | None,
                           n_classes: int) -> torch.Tensor:
         """One multimask decode per SAM-frame point (c, x, y) -> best mask by predicted IoU -> re-classified
         by the CLIP head over the mask -> (K+1)xHxW: per class the max logit of its masks (``NEG`` where none)."""
         state = self.state
-        coords = torch.tensor([[x, y] for _, x, y in points], dtype=torch.float32, device=self.device)[:, None]
-        ones = torch.ones(len(points), 1, dtype=torch.long, device=self.device)
-        low_logits, iou = self._decode(state, coords, ones, None, None, True)
-        best = iou.argmax(1)
-        rows = torch.arange(len(points), device=self.device)
-        mask_logits = self.model.postprocess_masks(low_logits[rows, best][:, None], state.input_size,
-                                                   state.original_size)[:, 0]
+        coords = torch.tensor([[x, y] for _, x, y in points], dtype=torch.float32, device=self.device)
+        mask_logits, pred_iou = self._single_point_masks(state, coords)
         scores, empty = self._mask_class_logits(mask_logits > self.model.mask_threshold, labels, templates, tta)
         if not background:
             scores[:, 0] = NEG
         classes = scores.argmax(-1)
-        classes[empty | (iou[rows, best] < REFINE_MIN_IOU)] = 0
+        classes[empty | (pred_iou < REFINE_MIN_IOU)] = 0
         out = torch.full((n_classes, *state.original_size), NEG, device=mask_logits.device)
         for k, c in enumerate(classes.tolist()):
             if c > 0:
@@ -1068,13 +1073,8 @@ class Predictor:
         if not points:
             return []
         coords = torch.tensor(points, dtype=torch.float32, device=self.device)
-        ones = torch.ones(len(points), 1, dtype=torch.long, device=self.device)
-        low_logits, iou = self._decode(state, coords[:, None], ones, None, None, True)
-        best = iou.argmax(1)
-        rows = torch.arange(len(points), device=self.device)
-        masks = self.model.postprocess_masks(low_logits[rows, best][:, None], state.input_size,
-                                             state.original_size)[:, 0] > self.model.mask_threshold
-        pred_iou = iou[rows, best]
+        mask_logits, pred_iou = self._single_point_masks(state, coords)
+        masks = mask_logits > self.model.mask_threshold
         phrase_prob = torch.tensor(peaks, device=self.device)
         if verify:
             logits, empty = self._mask_class_logits(masks, labels, templates, tta)

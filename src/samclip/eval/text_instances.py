@@ -10,8 +10,10 @@ and F1 are pooled over all (scene, phrase) pairs, with and without the CLIP-head
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..data import SHAPES, generate_scene, split_seeds
+from ..inference.everything import mask_iou
 from ..models import SamClip
 from ..predictor import Instance, Predictor
 
@@ -21,17 +23,16 @@ MATCH_IOU = 0.5
 def match_instances(predicted: list[Instance], truth: list[np.ndarray], iou: float = MATCH_IOU) -> int:
     """Greedy one-to-one matching in prediction order: the number of predictions whose mask has IoU > ``iou``
     with a ground-truth mask (HxW bool) not matched before."""
-    used: set[int] = set()
+    if not predicted or not truth:
+        return 0
+    ious = mask_iou(torch.from_numpy(np.stack([i.mask for i in predicted])), torch.from_numpy(np.stack(truth)))
+    free = torch.ones(len(truth), dtype=torch.bool)
     hits = 0
-    for inst in predicted:
-        for g, gt in enumerate(truth):
-            if g in used:
-                continue
-            union = int((inst.mask | gt).sum())
-            if union and int((inst.mask & gt).sum()) / union > iou:
-                used.add(g)
-                hits += 1
-                break
+    for row in ious > iou:  # predictions in their order; each takes the first free instance it overlaps
+        match = (row & free).nonzero()
+        if len(match):
+            free[match[0, 0]] = False
+            hits += 1
     return hits
 
 
