@@ -760,6 +760,54 @@ def test_relabelled_refinement_names_each_mask_by_its_own_read(merged: SamClip, 
     assert (pred.semantic_segment(["star", "ring"], refine=True).label_map == 0).all()
 
 
+def test_refinement_crop_margin_reads_unsure_masks_from_their_crops(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    """crop_margin: a mask whose one-pass read is unsure (top-2 probability margin below it) is also read from
+    its crop, and named by the mean of the two reads' log-probabilities; sure masks are not cropped."""
+    pred = Predictor(merged)
+    state = pred.set_image(image(128, 128))
+    g = state.grid
+
+    def fake_logits(st, labels, templates, background, refine=False):  # noqa: ANN001, ANN202
+        out = torch.full((len(labels) + 1, g, g), -5.0)
+        out[0] = 5.0
+        out[1, 1, 0] = 10.0
+        return out
+
+    left = torch.full((4 * g, 4 * g), -10.0)
+    left[:, : 2 * g] = 10.0
+
+    def fake_decode(st, coords, labels, boxes, mask_in, multimask):  # noqa: ANN001, ANN202
+        n = coords.shape[0]
+        return left.expand(n, 3, -1, -1).clone(), torch.tensor([[0.1, 0.9, 0.2]]).expand(n, -1)
+
+    star, ring = pred.text_embeddings(["star", "ring"])
+    crops = []
+
+    def fake_mask_embeddings(masks, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        return torch.nn.functional.normalize(0.3 * star + ring, dim=-1)[None], torch.zeros(1, dtype=torch.bool)
+
+    def fake_crops(masks):  # noqa: ANN001, ANN202
+        crops.append(masks.clone())
+        return star[None], torch.zeros(1, dtype=torch.bool)
+
+    monkeypatch.setattr(pred, "_class_logits", fake_logits)
+    monkeypatch.setattr(pred, "_decode", fake_decode)
+    monkeypatch.setattr(pred, "mask_embeddings", fake_mask_embeddings)
+    monkeypatch.setattr(pred, "_crop_embeddings", fake_crops)
+    assert (pred.semantic_segment(["star", "ring"], refine=True).label_map[:, :64] == 2).all()  # the read: ring
+    assert not crops
+    sem = pred.semantic_segment(["star", "ring"], refine=True, crop_margin=1.0)
+    assert len(crops) == 1 and crops[0].shape == (1, 128, 128) and crops[0][:, :, :64].all()
+    assert not crops[0][:, :, 64:].any()
+    assert (sem.label_map[:, :64] == 1).all() and (sem.label_map[:, 64:] == 0).all()  # the crop tips it: star
+    assert (pred.semantic_segment(["star", "ring"], refine=True, crop_margin=1e-9).label_map[:, :64] == 2).all()
+    assert len(crops) == 1  # a sure read is not cropped
+    with pytest.raises(ValueError, match="crop_margin"):
+        pred.semantic_segment(["star", "ring"], refine=True, crop_margin=1.5)
+    with pytest.raises(ValueError, match="relabel=True"):
+        pred.semantic_segment(["star", "ring"], refine=True, relabel=False, crop_margin=0.5)
+
+
 def test_mask_labels_read_the_label_size_pass(merged: SamClip) -> None:
     """config.label_size (0: clip_size) is the pass max / region pooling read; classification stays at
     clip_size and mean pooling at semseg_size."""

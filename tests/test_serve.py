@@ -145,6 +145,8 @@ def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
 
     r = client.post(f"/images/{iid}/semseg", json={"labels": ["star", "ring"], "refine": True})
     s = r.json()
+    crops = client.post(f"/images/{iid}/semseg", json={"labels": ["star", "ring"], "refine": True, "crop_margin": 1})
+    assert crops.status_code == 200 and crops.json()["refined"]
     assert r.status_code == 200 and [e["name"] for e in s["legend"]] == ["star", "ring"]
     lm = np.asarray(decode_data_url(s["label_map_png"]))
     assert lm.shape == (SIZE, SIZE) and lm.max() <= 2
@@ -237,6 +239,8 @@ def test_bad_requests(client, scenes) -> None:  # noqa: ANN001
     assert_error(client.post(f"/images/{iid}/classify", json={"labels": []}), 422)
     assert_error(client.post(f"/images/{iid}/classify", json={"labels": ["  "]}), 422)
     assert_error(client.post(f"/images/{iid}/semseg", json={"labels": "star"}), 422)
+    assert_error(client.post(f"/images/{iid}/semseg", json={"refine": True, "crop_margin": 2}), 422)
+    assert_error(client.post(f"/images/{iid}/semseg", json={"crop_margin": 0.5}), 422)  # needs refine
     assert_error(client.post(f"/images/{iid}/everything", json={"points_per_side": 1000}), 422)
     assert_error(client.post(f"/images/{iid}/classify", content=b"x" * ((1 << 20) + 1),
                              headers={"content-type": "application/json"}), 413, "payload_too_large")

@@ -260,7 +260,7 @@ def _run_task(args: argparse.Namespace) -> int:
         elif task == "segment":
             res = serve.task_predict(predictor, prompts_per_image[i], multimask=args.multimask)
         elif task == "semseg":
-            res = serve.task_semseg(predictor, labels, refine=args.refine)
+            res = serve.task_semseg(predictor, labels, refine=args.refine, crop_margin=args.crop_margin)
         elif task == "label":
             res = serve.task_label(predictor, prompts_per_image[i], labels, multimask=args.multimask,
                                    pooling=args.pooling)
@@ -367,6 +367,10 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--refine", action="store_true",
                    help="compose with the SAM head: a mask per coarse-map point, each named by the CLIP head "
                         "(Predictor.semantic_segment(refine=True))")
+    p.add_argument("--crop-margin", type=float, default=0.0, metavar="M",
+                   help="with --refine: masks whose CLIP-head read is unsure (top-2 probability margin below M) "
+                        "are also read from their crops by the merged model: better names, not one pass "
+                        "(samclip eval's row (d+) uses 0.7)")
     p.set_defaults(func=_run_task)
 
     p = subparsers.add_parser("label", help="mask from a point / box prompt and its label", formatter_class=fmt,

@@ -147,6 +147,8 @@ def markdown_report(result: dict) -> str:
                            ("sam_plus_clip", "(b) SAM-teacher everything + CLIP-teacher crops"),
                            ("merged_clip_head", "(c) merged, CLIP head"),
                            ("merged_both_heads", "(d) merged, CLIP head + SAM head (masks re-named by the CLIP head)"),
+                           ("merged_both_heads_crops", "(d+) as (d), unsure masks also read from merged-model "
+                            "crops (not one pass)"),
                            ("merged_both_heads_published", "(d') merged, both heads, SAM-CLIP's composition"),
                            ("merged_everything", "(e) merged, SAM-head everything + CLIP-head mask pooling"),
                            ("merged_everything_crops", "(f) merged, SAM-head everything + merged-model crops")):

@@ -7,6 +7,9 @@ Methods (the SAM-CLIP paper's comparison, in small):
   (d) ``merged_both_heads``   merged model, CLIP head + SAM-head refinement (``semantic_segment(refine=True)``:
                               coarse-map points -> SAM-head masks, each re-named by the CLIP head's read
                               over it, mirrored view pooled in when the model has TTA);
+  (d+) ``merged_both_heads_crops``  (d), with the masks whose read is unsure also read from their crops by
+                              the merged model (``crop_margin=SEMSEG_CROP_MARGIN``; NOT one pass: a small
+                              pass per such mask);
   (d') ``merged_both_heads_published``  the same with SAM-CLIP's composition as published (``relabel=False``:
                               per class its points + the coarse map as mask input, the coarse class kept);
   (e) ``merged_everything``   merged model, (b) in one pass: SAM-head everything-mode masks, each
@@ -31,7 +34,7 @@ from ..data import SHAPES, generate_scene, split_seeds
 from ..eval.baselines import crop_embeddings, maskclip_patch_embeddings
 from ..eval.semseg import ConfusionMatrix
 from ..models import CLIP, Sam, SamClip
-from ..predictor import BACKGROUND_PROMPTS, Predictor
+from ..predictor import BACKGROUND_PROMPTS, SEMSEG_CROP_MARGIN, Predictor
 from .zeroshot import class_embeddings
 
 
@@ -107,7 +110,7 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
     merged_table = _text_table(merged_encoders(merged, merged.config.clip_size)[1], labels)
     merged_pred = Predictor(merged)
     sam_pred = Predictor(sam_teacher)
-    cms = {k: ConfusionMatrix(len(names)) for k in ("a", "b", "c", "d", "d'", "e", "f")}
+    cms = {k: ConfusionMatrix(len(names)) for k in ("a", "b", "c", "d", "d+", "d'", "e", "f")}
     times = {k: 0.0 for k in cms}
     scenes = [generate_scene(s, size) for s in split_seeds(split, n_images, start=500_000)]
     for sc in scenes:
@@ -128,6 +131,11 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
         fine = merged_pred.semantic_segment(labels, refine=True).label_map
         times["d"] += t_pass + time.perf_counter() - t
         cms["d"].update(fine, gt)
+        t = time.perf_counter()  # (d+) from a fresh pass, so that it pays for its own mirrored pass as (d) did
+        merged_pred.set_image(sc.image)
+        crops = merged_pred.semantic_segment(labels, refine=True, crop_margin=SEMSEG_CROP_MARGIN)
+        cms["d+"].update(crops.label_map, gt)
+        times["d+"] += time.perf_counter() - t
         t = time.perf_counter()
         cms["d'"].update(merged_pred.semantic_segment(labels, refine=True, relabel=False).label_map, gt)
         times["d'"] += t_pass + time.perf_counter() - t
@@ -139,7 +147,8 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
             cms[k].update(merged_everything_map(merged_pred, merged_table, pooling=pooling, masks=masks), gt)
             times[k] += t_masks + time.perf_counter() - t
     keys = {"a": "clip_teacher_dense", "b": "sam_plus_clip", "c": "merged_clip_head", "d": "merged_both_heads",
-            "d'": "merged_both_heads_published", "e": "merged_everything", "f": "merged_everything_crops"}
+            "d+": "merged_both_heads_crops", "d'": "merged_both_heads_published", "e": "merged_everything",
+            "f": "merged_everything_crops"}
     result = {keys[k]: {**cm.summary(names), "seconds_per_image": times[k] / n_images} for k, cm in cms.items()}
     result["n_images"] = n_images
     result["image_size"] = size

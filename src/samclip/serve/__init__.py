@@ -382,10 +382,12 @@ def task_classify(pred: Predictor, labels: Sequence[str], *, top_k: int = 5, tta
     return TaskResult(data)
 
 
-def task_semseg(pred: Predictor, labels: Sequence[str], *, refine: bool = False) -> TaskResult:
+def task_semseg(pred: Predictor, labels: Sequence[str], *, refine: bool = False,
+                crop_margin: float = 0.0) -> TaskResult:
     """Semantic map over ``labels`` + background: label map id ``k`` = ``labels[k - 1]``, 0 = background.
-    ``segments`` holds one RLE per class present; ``legend`` lists every requested class."""
-    res = pred.semantic_segment(list(labels), refine=refine)
+    ``segments`` holds one RLE per class present; ``legend`` lists every requested class. ``crop_margin``:
+    see :meth:`Predictor.semantic_segment` (with ``refine``)."""
+    res = pred.semantic_segment(list(labels), refine=refine, crop_margin=crop_margin)
     lm = res.label_map
     counts = np.bincount(lm.ravel(), minlength=len(labels) + 1)
     legend = [_legend_entry(k, name, counts[k]) for k, name in enumerate(labels, start=1)]

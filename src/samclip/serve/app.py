@@ -142,6 +142,9 @@ class SemsegBody(_Body):
     labels: list[Text] | None = Field(None, description="class names (default: the 12 scene-world shapes)")
     refine: bool = Field(False, description="compose with the SAM head: a mask per coarse-map point, "
                                             "each named by the CLIP head")
+    crop_margin: float = Field(0.0, ge=0.0, le=1.0,
+                               description="with refine: masks whose read is unsure by less than this "
+                                           "probability margin are also read from their crops (extra passes)")
     png: bool = True
 
 
@@ -586,7 +589,8 @@ def create_app(
     async def semseg(image_id: str, body: SemsegBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         labels = svc.labels(body.labels)
-        return await svc.run_task(entry, lambda p: task_semseg(p, labels, refine=body.refine), body.png)
+        return await svc.run_task(entry, lambda p: task_semseg(p, labels, refine=body.refine,
+                                                                   crop_margin=body.crop_margin), body.png)
 
     @app.post("/images/{image_id}/segment_text", response_model=SegmentTextOut, responses=_ERRORS,
               summary="instances of a phrase")
