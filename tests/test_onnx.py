@@ -138,13 +138,53 @@ def test_predictor_onnx_matches_torch(tiny) -> None:  # noqa: ANN001
         m2_onx = onx.predict(**kwargs, mask_input=low_onx[:1])[0]
         assert (m2_onx == m2_ref).mean() >= 0.99
     assert np.abs(onx.classify(LABELS) - ref.classify(LABELS)).max() <= TOL
-    for refine in (False, True):  # relabelling pools differently under ONNX (mean, not max): the published way
-        a = ref.semantic_segment(LABELS, refine=refine, relabel=False)
-        b = onx.semantic_segment(LABELS, refine=refine, relabel=False)
-        assert (a.label_map == b.label_map).mean() >= 0.99
-    published = onx.semantic_segment(LABELS, refine=True)  # ONNX default: the published composition
-    np.testing.assert_array_equal(published.label_map, b.label_map)
-    assert onx.semantic_segment(LABELS, refine=True, relabel=True).label_map.shape == (96, 120)
+    assert onx.state.head_tokens is not None  # format version 2: the head's tokens come with the pass
+    for relabel in (False, True):
+        for refine in (False, True):
+            a = ref.semantic_segment(LABELS, refine=refine, relabel=relabel)
+            b = onx.semantic_segment(LABELS, refine=refine, relabel=relabel)
+            assert (a.label_map == b.label_map).mean() >= 0.99
+    np.testing.assert_array_equal(onx.semantic_segment(LABELS, refine=True).label_map, b.label_map)  # relabels
+    masks = np.zeros((2, 96, 120), bool)
+    masks[0, 10:50, 20:70] = True
+    masks[1, 40:90, 60:115] = True
+    for kwargs in ({"pooling": "max"}, {"pooling": "max", "tta": True}, {"pooling": "mean", "tta": True}):
+        e_ref, _ = ref.mask_embeddings(masks, **kwargs)
+        e_onx, _ = onx.mask_embeddings(masks, **kwargs)
+        assert (e_onx - e_ref).abs().max() <= TOL
+    others = [LABELS[0], LABELS[2]]  # LABELS[1] has a verified instance in this image (tiny random model)
+    inst = onx.segment_text(LABELS[1], vocabulary=others, threshold=0.0, tta=True)
+    inst_ref = ref.segment_text(LABELS[1], vocabulary=others, threshold=0.0, tta=True)
+    assert len(inst_ref) >= 1 and [round(i.score, 3) for i in inst] == [round(i.score, 3) for i in inst_ref]
+    with pytest.raises(ValueError, match="region"):
+        onx.mask_embeddings(masks, pooling="region")
+    with pytest.raises(ValueError, match="crop_margin"):
+        onx.semantic_segment(LABELS, refine=True, crop_margin=0.5)
+
+
+def test_predictor_on_a_version_1_export_falls_back_to_mean_pooling(tiny, monkeypatch) -> None:  # noqa: ANN001
+    """An export whose image graph has no head_tokens output (format version 1): mean pooling, the published
+    refinement and the per-patch map by default; max pooling is a clear error."""
+    onx = samclip.Predictor(tiny["model"], bf16=False, backend="onnx", onnx_dir=tiny["dir"])
+    engine = onx._onnx
+    full = engine.encode_outputs
+
+    def without_tokens(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return {k: v for k, v in full(*args, **kwargs).items() if k != "head_tokens"}
+
+    monkeypatch.setattr(engine, "has_head_tokens", False)
+    monkeypatch.setattr(engine, "encode_outputs", without_tokens)
+    onx.set_image(_image())
+    assert onx.state.head_tokens is None
+    masks = np.zeros((1, 96, 120), bool)
+    masks[0, 10:50, 20:70] = True
+    e_auto, _ = onx.mask_embeddings(masks)
+    e_mean, _ = onx.mask_embeddings(masks, pooling="mean")
+    assert torch.equal(e_auto, e_mean)
+    with pytest.raises(ValueError, match="re-export"):
+        onx.mask_embeddings(masks, pooling="max")
+    published = onx.semantic_segment(LABELS, refine=True, relabel=False)
+    np.testing.assert_array_equal(onx.semantic_segment(LABELS, refine=True).label_map, published.label_map)
 
 
 def test_export_at_another_frame_size(tiny, tmp_path) -> None:  # noqa: ANN001

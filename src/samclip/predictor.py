@@ -382,15 +382,17 @@ class Predictor:
 
     def _onnx_encode(self, pixels: torch.Tensor, sizes: list[tuple[int, int]],
                      ) -> tuple[torch.Tensor, None, list[dict[str, torch.Tensor]]]:
-        """The ONNX image graph per image: SAM embeddings plus the CLIP head's pooled / per-patch embeddings
-        (cached in the state, so no backbone tokens are kept)."""
+        """The ONNX image graph per image: SAM embeddings plus the CLIP head's pooled / per-patch embeddings and,
+        from a format-version-2 export, its tokens (cached in the state; no backbone tokens are kept)."""
         embs, extra = [], []
         for i, hw in enumerate(sizes):
-            emb, patches, pooled = self._onnx.encode(pixels[i : i + 1].float().cpu().numpy(),
-                                                     valid_grid(hw, self.patch_size))
-            embs.append(torch.from_numpy(emb).to(self.device))
-            extra.append({"patch_embeddings": torch.from_numpy(patches[0]).to(self.device),
-                          "pooled": torch.from_numpy(pooled).to(self.device)})
+            out = self._onnx.encode_outputs(pixels[i : i + 1].float().cpu().numpy(),
+                                            valid_grid(hw, self.patch_size))
+            embs.append(torch.from_numpy(out["image_embeddings"]).to(self.device))
+            extra.append({"patch_embeddings": torch.from_numpy(out["patch_embeddings"][0]).to(self.device),
+                          "pooled": torch.from_numpy(out["image_embedding_clip"]).to(self.device)})
+            if "head_tokens" in out:
+                extra[-1]["head_tokens"] = torch.from_numpy(out["head_tokens"]).to(self.device)
         return torch.cat(embs), None, extra
 
     # ----------------------------------------------------------------------------- SAM prompts
@@ -575,6 +577,13 @@ class Predictor:
             raise ValueError("tta needs the PyTorch model (an ONNX image graph has one fixed frame)")
 
     @property
+    def _reads_head_tokens(self) -> bool:
+        """Whether the CLIP head's tokens are at hand: the PyTorch model, or an ONNX export whose image graph
+        outputs them (format version 2). Max pooling and the refinement's window read need them; so do the
+        defaults that rest on them (relabelling, the mirrored view of mask reads)."""
+        return self._onnx is None or self._onnx.has_head_tokens
+
+    @property
     def text_cache_info(self) -> dict[str, int]:
         """Text-embedding cache statistics: ``hits`` / ``misses`` (per class) and ``size`` (entries)."""
         return {"hits": self._text_hits, "misses": self._text_misses, "size": len(self._text_cache)}
@@ -620,6 +629,9 @@ class Predictor:
         return self.model.logit_scale.detach().float().exp().clamp(max=100.0)
 
     def _head_tokens(self, state: ImageState) -> torch.Tensor:
+        if state.head_tokens is None and state.tokens is None:
+            raise ValueError("this ONNX export's image graph has no head_tokens output (format version 1): "
+                             "re-export the model with `samclip export onnx` for max pooling")
         if state.head_tokens is None:
             with torch.no_grad(), self._autocast():
                 state.head_tokens = self.model.clip_tokens(Features(state.tokens, state.frame))
@@ -649,9 +661,9 @@ class Predictor:
 
     def _refine_embeddings(self, state: ImageState) -> torch.Tensor:
         """GxGxE normalised per-patch embeddings that place the SAM-head refinement's prompts: the head's read
-        over ``refine_pool`` windows (the per-patch map itself when that is 0 or ``dense_pool``, and under
-        ONNX, whose image graph outputs only the per-patch map)."""
-        cfg = self.model.clip_head.config if self._onnx is None else None
+        over ``refine_pool`` windows (the per-patch map itself when that is 0 or ``dense_pool``, and under an
+        ONNX export whose image graph outputs only the per-patch map)."""
+        cfg = self.model.clip_head.config if self._reads_head_tokens else None
         if cfg is None or cfg.refine_pool in (0, cfg.dense_pool):
             return self._patch_embeddings(state)
         if state.refine_embeddings is None:
@@ -722,9 +734,10 @@ class Predictor:
                            tta: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
         """NxHxW bool masks (original pixels) -> (Nx(1+K) logits ``exp(logit_scale) * cos`` of each mask's
         CLIP-head read (:meth:`mask_embeddings`, default pooling) against background + labels, empty N bool).
-        ``tta=None``: the mirrored view too when the model's classification has TTA (PyTorch backend)."""
+        ``tta=None``: the mirrored view too when the model's classification has TTA and the head's tokens are
+        at hand (:attr:`_reads_head_tokens`)."""
         if tta is None:
-            tta = self._onnx is None and self.model.config.has_tta
+            tta = self._reads_head_tokens and self.model.config.has_tta
         emb, empty = self.mask_embeddings(masks.cpu().numpy(), tta=tta)
         return self._logit_scale() * emb @ self._class_table(labels, templates).T, empty
 
@@ -762,21 +775,23 @@ class Predictor:
         ``refine=True``: the SAM head draws the masks. For every non-background class present in the
         coarse map, up to ``max_points`` separated patch-centre points of highest class probability (the
         first one always; further ones only where the probability exceeds ``threshold``). Then:
-          - ``relabel=True`` (what ``None`` means with the PyTorch backend): each point alone goes to the
+          - ``relabel=True`` (what ``None`` means where the head's tokens are at hand: PyTorch, or an ONNX
+            export of format version 2): each point alone goes to the
             SAM head (multimask, the output with the best predicted IoU); each mask is re-classified by the
             CLIP head over its own tokens (:meth:`mask_embeddings`, ``pooling="auto"``) against the labels and
             the background class;
             masks re-classified as background, or with predicted IoU below ``REFINE_MIN_IOU``, are dropped.
             A pixel takes the class whose masks have the highest logit there. ``tta`` (``None``: on when
-            the model's classification has TTA; PyTorch only) pools each mask also on the mirrored
-            image's pass (one extra backbone pass, cached). ``crop_margin`` > 0 (off by default; NOT one
+            the model's classification has TTA) pools each mask also on the mirrored image's pass (one extra
+            backbone pass, cached; also under ONNX: the same frame). ``crop_margin`` > 0 (off by default; NOT one
             pass): a mask whose read is unsure (top class probability minus the runner-up's below
             ``crop_margin``) is also read from its crop, re-encoded by the merged model at ``clip_size``
             (``mask_embeddings(pooling="crop")``, one small pass per such mask), and named by the mean of the
             two reads' log-probabilities. On the shipped model ``crop_margin=0.7`` crops about a third of
-            the masks and scores 53.1 / 55.4 val mIoU vs 48.9 / 53.0 (docs/experiments.md).
-          - ``relabel=False`` (what ``None`` means for an ONNX predictor, whose mask reads are mean pooling: re-naming
-            by it scored 36.4 val mIoU vs 39.3 as published, and 46.2 by max pooling): SAM-CLIP's composition
+            the masks and scores 53.1 / 55.4 val mIoU vs 48.9 / 53.0 (docs/experiments.md). PyTorch only.
+          - ``relabel=False`` (what ``None`` means for an ONNX export of format version 1, whose mask reads are
+            mean pooling: re-naming by it scored 36.4 val mIoU vs 39.3 as published, and 46.2 by max
+            pooling): SAM-CLIP's composition
             as published: one decode per class with all its points plus the coarse class map as mask logits
             (log-odds of its probability, resized to the 4Gx4G mask-input size), single-mask output; the pixel
             takes the class with the highest refined logit.
@@ -799,13 +814,13 @@ class Predictor:
         if not 0.0 <= crop_margin <= 1.0:
             raise ValueError(f"crop_margin must be in [0, 1], got {crop_margin}")
         if relabel is None:
-            relabel = self._onnx is None
+            relabel = self._reads_head_tokens
+        if crop_margin and self._onnx is not None:
+            raise ValueError("crop_margin re-encodes crops with the PyTorch model; an ONNX predictor has one frame")
         if crop_margin and not refine:
             raise ValueError("crop_margin re-reads the refinement's masks: it needs refine=True")
         if crop_margin and not relabel:
             raise ValueError("crop_margin re-reads the relabelled refinement's masks: it needs relabel=True")
-        if tta and relabel:
-            self._require_torch_for_tta()
         state = self.state
         clip_state = self._clip_state(size, "semseg")
         names = ["background", *labels]
@@ -936,7 +951,8 @@ class Predictor:
           - ``"crop"``: NOT one pass: each mask's square crop (grey outside the mask,
             :func:`samclip.inference.mask_crops`) is encoded by the whole model (backbone + CLIP head,
             pooled) at ``clip_size``, batched: OV-SAM's crop-and-classify with the one merged model.
-          - ``"auto"``: ``"max"`` (``"mean"`` under ONNX, whose image graph outputs per-patch embeddings):
+          - ``"auto"``: ``"max"`` (``"mean"`` under an ONNX export of format version 1, whose image graph
+            outputs only per-patch embeddings; version 2 outputs the head's tokens, and max pools as PyTorch):
             one backbone pass serves every task. ``samclip eval``'s labelling benchmark measures them all:
             on the shipped model ``"crop"`` labels best (test clicks / boxes 49.4 / 60.9% vs 44.7 / 51.1% for
             ``"max"``), at one extra pass per mask.
@@ -955,15 +971,17 @@ class Predictor:
             raise ValueError(f"pooling must be 'auto', 'max', 'region', 'mean' or 'crop', got {pooling!r}")
         m = self._check_masks(masks, self.state.original_size)
         if pooling == "auto":
-            pooling = "mean" if self._onnx is not None else "max"
-        if pooling in ("max", "region", "crop") and self._onnx is not None:
-            raise ValueError(f"pooling={pooling!r} needs the PyTorch model; an ONNX predictor supports 'mean'")
+            pooling = "max" if self._reads_head_tokens else "mean"
+        if pooling in ("region", "crop") and self._onnx is not None:
+            raise ValueError(f"pooling={pooling!r} needs the PyTorch model; an ONNX predictor supports 'max' "
+                             "and 'mean'")
+        if pooling == "max" and not self._reads_head_tokens:
+            raise ValueError("pooling='max' needs the CLIP head's tokens, which this ONNX export (format version 1) "
+                             "lacks: re-export the model, or use pooling='mean'")
         if pooling == "crop":
             if tta:
                 raise ValueError("tta is for the one-pass poolings (max, region, mean), not 'crop'")
             return self._crop_embeddings(m)
-        if tta:
-            self._require_torch_for_tta()
         task = "semseg" if pooling == "mean" else "label"
         emb, empty = self._pooled_masks(self._clip_state(None, task), m, pooling, min_cover, context)
         if tta and len(m):
@@ -1065,12 +1083,11 @@ class Predictor:
         the phrase's probability in that read. On the shipped model, on two val sets of 100 scenes (every
         shape in turn as the phrase, the other 11 as vocabulary; a hit: mask IoU > 0.5), it lifts precision
         from 23 / 23% to 57 / 59% and F1 from 34 / 34 to 54 / 57, while recall falls from 66 / 62% to 52 / 54%
-        (docs/experiments.md); with mean pooling, the read of an ONNX predictor, F1 34 -> 42 on the first set.
+        (docs/experiments.md); with mean pooling, the read of a version-1 ONNX export, F1 34 -> 42 on the first
+        set.
         Instances are sorted by score; duplicates with mask IoU > ``dedupe_iou`` and empty masks are dropped.
         """
         self._require_clip("segment_text")
-        if verify and tta:
-            self._require_torch_for_tta()
         if not isinstance(phrase, str) or not phrase.strip():
             raise ValueError(f"phrase must be a non-empty string, got {phrase!r}")
         vocab = [] if vocabulary is None else _check_labels(vocabulary, "vocabulary")

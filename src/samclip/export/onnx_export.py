@@ -9,9 +9,11 @@ The output folder holds
   bottom/right to SxS, S = the model's native frame unless ``size`` says otherwise) and ``valid_grid``
   int64 [2] (token rows / columns over the image, ``ceil(h / patch), ceil(w / patch)``; pass [G, G] for a
   full frame) -> ``image_embeddings`` 1xCxGxG (the SAM head's input), ``patch_embeddings`` 1xGxGxE
-  (L2-normalised per-patch CLIP-head embeddings) and ``image_embedding_clip`` 1xE (L2-normalised pooled
-  CLIP-head embedding; the max-pool covers only the ``valid_grid`` tokens, as in the predictor).
-  The backbone runs once for both heads.
+  (L2-normalised per-patch CLIP-head embeddings), ``image_embedding_clip`` 1xE (L2-normalised pooled
+  CLIP-head embedding; the max-pool covers only the ``valid_grid`` tokens, as in the predictor) and
+  ``head_tokens`` 1xGxGxD (the CLIP head's blocks' output before any pooling, D = the backbone width: what
+  the predictor's max pooling over a mask and its refinement's window read pool, with the head's own
+  LayerNorm / MLP, in PyTorch; since format version 2). The backbone runs once for both heads.
 - ``prompt_decoder.onnx`` (multimask output, K = 3) and ``prompt_decoder_single.onnx`` (single-mask
   output, K = 1): the multimask choice is baked into each graph, so both variants are exported.
   Inputs ``image_embeddings`` 1xCxGxG, ``point_coords`` BxNx2 float32 (x, y pixels of the SxS input
@@ -60,9 +62,10 @@ IMAGE_ENCODER_NAME = "image_encoder.onnx"
 DECODER_NAMES = {True: "prompt_decoder.onnx", False: "prompt_decoder_single.onnx"}  # keyed by multimask
 DECODER_PRECISIONS = ("fp32", "int8")
 FORMAT = "samclip-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the image graph also outputs head_tokens
+READABLE_FORMAT_VERSIONS = (1, 2)
 IMAGE_INPUTS = ("pixels", "valid_grid")
-IMAGE_OUTPUTS = ("image_embeddings", "patch_embeddings", "image_embedding_clip")
+IMAGE_OUTPUTS = ("image_embeddings", "patch_embeddings", "image_embedding_clip", "head_tokens")
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
 
@@ -93,7 +96,7 @@ def _export_view(module: nn.Module) -> nn.Module:
 
 
 class ImageEncoderGraph(nn.Module):
-    """Backbone once, then the SAM neck and the CLIP head (per-patch and pooled), as one graph."""
+    """Backbone once, then the SAM neck and the CLIP head (per-patch, pooled and its tokens), as one graph."""
 
     def __init__(self, model: SamClip) -> None:
         super().__init__()
@@ -110,7 +113,7 @@ class ImageEncoderGraph(nn.Module):
         outside = ~(rows[:, None] & cols[None, :])
         masked = head.masked_fill(outside[None, :, :, None], float("-inf"))
         pooled = F.normalize(model.clip_head.pooled(masked), dim=-1)
-        return emb, patches, pooled
+        return emb, patches, pooled, head
 
 
 class PromptDecoderGraph(nn.Module):

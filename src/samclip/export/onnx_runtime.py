@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_export import DECODER_NAMES, FORMAT, FORMAT_VERSION, IMAGE_ENCODER_NAME, MANIFEST_NAME
+from .onnx_export import (
+    DECODER_NAMES,
+    FORMAT,
+    FORMAT_VERSION,
+    IMAGE_ENCODER_NAME,
+    MANIFEST_NAME,
+    READABLE_FORMAT_VERSIONS,
+)
 
 
 class OnnxBackend:
@@ -52,7 +59,11 @@ class OnnxBackend:
         self.threads = threads
         self.providers = list(providers or ["CPUExecutionProvider"])
         self._sessions: dict[str, Any] = {}
-        self._session(IMAGE_ENCODER_NAME)  # fail early on a broken file
+        image_graph = self._session(IMAGE_ENCODER_NAME)  # fail early on a broken file
+        self.image_outputs: tuple[str, ...] = tuple(o.name for o in image_graph.get_outputs())
+        #: whether the image graph outputs the CLIP head's tokens (format version 2): then the Predictor
+        #: max-pools masks and reads the refinement's windows exactly as the PyTorch model does
+        self.has_head_tokens = "head_tokens" in self.image_outputs
 
     # ------------------------------------------------------------------------------- sessions
     def _session(self, name: str) -> Any:  # noqa: ANN401 - onnxruntime.InferenceSession
@@ -93,14 +104,20 @@ class OnnxBackend:
         """1x3xSxS normalised, padded pixels -> (image_embeddings 1xCxGxG, patch_embeddings 1xGxGxE,
         pooled 1xE); the CLIP embeddings are L2-normalised, the pooled one covers ``valid_grid`` tokens
         (default: the whole frame)."""
+        out = self.encode_outputs(pixels, valid_grid)
+        return out["image_embeddings"], out["patch_embeddings"], out["image_embedding_clip"]
+
+    def encode_outputs(self, pixels: np.ndarray, valid_grid: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """:meth:`encode`, every output of the image graph by name (``head_tokens`` 1xGxGxD too, where
+        :attr:`has_head_tokens`)."""
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         if pixels.shape != (1, 3, self.frame, self.frame):
             raise ValueError(f"pixels must be 1x3x{self.frame}x{self.frame} (the exported frame), got "
                              f"{tuple(pixels.shape)}; re-export with --size for another frame size")
         gh, gw = valid_grid if valid_grid is not None else (self.grid, self.grid)
         valid = np.array([min(max(int(gh), 1), self.grid), min(max(int(gw), 1), self.grid)], dtype=np.int64)
-        emb, patches, pooled = self._session(IMAGE_ENCODER_NAME).run(None, {"pixels": pixels, "valid_grid": valid})
-        return emb, patches, pooled
+        values = self._session(IMAGE_ENCODER_NAME).run(None, {"pixels": pixels, "valid_grid": valid})
+        return dict(zip(self.image_outputs, values))
 
     # ---------------------------------------------------------------------------------- prompts
     def run_decoder(self, image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
@@ -210,9 +227,10 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a samclip ONNX manifest (format {FORMAT!r} expected)")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ValueError(f"{path} has format_version {manifest.get('format_version')!r}; this samclip reads "
-                         f"{FORMAT_VERSION}; re-export the model")
+                         f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))} (writes {FORMAT_VERSION}); re-export "
+                         "the model")
     missing = [k for k in ("frame", "grid", "patch_size", "low_res", "pixel_mean", "pixel_std", "mask_threshold",
                            "logit_scale", "config") if k not in manifest]
     if missing:
