@@ -31,9 +31,11 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     result = harness.scenes_benchmark(tiny["merged"], tiny["sam"], tiny["clip"], tmp_path, quick=True)
     ss = result["semantic_segmentation"]
     for key in ("clip_teacher_dense", "sam_plus_clip", "merged_clip_head", "merged_both_heads",
-                "merged_both_heads_published", "merged_everything", "merged_everything_crops"):
+                "merged_both_heads_crops", "merged_both_heads_published", "merged_everything",
+                "merged_everything_crops"):
         assert 0 <= ss[key]["miou"] <= 100 and ss[key]["seconds_per_image"] > 0
-    poolings = ("mask_pooling", "max_pooling", "max_pooling_tta", "region_pooling", "merged_crop", "crop")
+    poolings = ("mask_pooling", "max_pooling", "max_pooling_tta", "region_pooling", "merged_crop",
+                "max_pooling_tta_crop", "crop")
     assert set(result["labelling"]) >= {f"{m}_{k}" for m in poolings for k in ("point", "box")}
     assert {"clip_teacher", "sam_teacher", "merged", "deltas"} <= set(result)
     st = result["segment_text"]

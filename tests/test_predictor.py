@@ -204,6 +204,26 @@ def test_classify_tta_is_the_mean_of_the_mirrored_and_resized_views(merged: SamC
         old.replace(tta_sizes=(50,))
 
 
+def test_max_plus_crop_pooling_sums_the_one_pass_and_crop_reads(merged: SamClip) -> None:
+    """pooling="max+crop": the normalised sum of the max-pool read (mirrored view with tta) and the crop read;
+    an empty mask stays an all-zero, flagged row."""
+    pred = Predictor(merged)
+    pred.set_image(image())
+    masks = np.zeros((3, 90, 200), bool)
+    masks[0, 10:60, 20:90] = True
+    masks[1, 40:80, 150:190] = True  # masks[2] empty
+    for tta in (False, True):
+        got, empty = pred.mask_embeddings(masks, pooling="max+crop", tta=tta)
+        one_pass, _ = pred.mask_embeddings(masks, pooling="max", tta=tta)
+        crops, _ = pred.mask_embeddings(masks, pooling="crop")
+        torch.testing.assert_close(got[:2], F.normalize(one_pass[:2] + crops[:2], dim=-1), atol=1e-5, rtol=0)
+        assert empty.tolist() == [False, False, True] and not got[2].any()
+        assert not torch.allclose(got[:2], one_pass[:2], atol=1e-3)
+        assert not torch.allclose(got[:2], crops[:2], atol=1e-3)
+    idx, probs = pred.label_masks(masks, LABELS, pooling="max+crop")
+    assert idx.tolist()[2] == -1 and np.allclose(probs[:2].sum(1), 1, atol=1e-5)
+
+
 @pytest.mark.parametrize("pooling", ["max", "mean"])
 def test_mask_embedding_tta_adds_the_mirrored_mask_on_the_mirrored_image(merged: SamClip, pooling: str) -> None:
     img = image()

@@ -322,10 +322,11 @@ def _device_args(p: argparse.ArgumentParser) -> None:
 
 
 def _pooling_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pooling", choices=["auto", "max", "mean", "region", "crop"], default="auto",
+    p.add_argument("--pooling", choices=["auto", "max", "mean", "region", "crop", "max+crop"], default="auto",
                    help="how a mask is labelled: max / mean / region pooling of the one cached pass "
                         "(auto = max; mean under a version-1 ONNX export), or crop: the mask's crop re-encoded by "
-                        "the model (an extra small pass per mask; more accurate)")
+                        "the model (an extra small pass per mask; more accurate), or max+crop: both reads "
+                        "summed (the most accurate)")
 
 
 def _prompt_args(p: argparse.ArgumentParser) -> None:

@@ -159,12 +159,14 @@ def markdown_report(result: dict) -> str:
         lines += ["", "## Click / box -> label accuracy", "",
                   "| prompt | mean pooling (merged, one pass) | max pooling (merged, one pass) | "
                   "max pooling + mirrored view (one extra pass) | "
-                  "region pooling (merged, one pass) | merged model on the crop | crop baseline (two models) |",
-                  "| --- | --- | --- | --- | --- | --- | --- |",
+                  "region pooling (merged, one pass) | merged model on the crop | "
+                  "max pooling + mirrored view + merged crop (one model) | crop baseline (two models) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |",
                   *(f"| {kind} | {lab[f'mask_pooling_{kind}']:.1f} | {lab[f'max_pooling_{kind}']:.1f} | "
                     f"{lab[f'max_pooling_tta_{kind}']:.1f} | "
                     f"{lab[f'region_pooling_{kind}']:.1f} | "
-                    f"{lab[f'merged_crop_{kind}']:.1f} | {lab[f'crop_{kind}']:.1f} |" for kind in ("point", "box")),
+                    f"{lab[f'merged_crop_{kind}']:.1f} | {lab.get(f'max_pooling_tta_crop_{kind}', float('nan')):.1f} | "
+                    f"{lab[f'crop_{kind}']:.1f} |" for kind in ("point", "box")),
                   ""]
         lines += _segment_text_table(result.get("segment_text"))  # absent from reports written before it
         lines += ["## Merged model vs teachers", "", "```json",

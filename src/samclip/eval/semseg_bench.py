@@ -163,14 +163,16 @@ def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n
     ``region_pooling`` (one pass: the CLIP head re-run on the mask's tokens) and ``merged_crop`` (the mask's
     crop re-encoded by the merged model: one small extra pass per mask); ``crop`` is OV-SAM's two-model
     baseline (SAM-teacher mask, crop classified by the CLIP teacher). ``max_pooling_tta`` is max pooling with
-    the mirrored image's pass averaged in (``label_masks(tta=True)``, one extra pass per image). Scenes of
-    ``split``."""
+    the mirrored image's pass averaged in (``label_masks(tta=True)``, one extra pass per image);
+    ``max_pooling_tta_crop`` sums that read with ``merged_crop``'s (``pooling="max+crop"``, ``tta=True``). Scenes
+    of ``split``."""
     size = size or sam_teacher.img_size
     labels = list(SHAPES)
     merged_pred, sam_pred = Predictor(merged), Predictor(sam_teacher)
     clip_table = class_embeddings(_clip_text(clip_teacher), labels)
     methods = {"mask_pooling": ("mean", False), "max_pooling": ("max", False), "max_pooling_tta": ("max", True),
-               "region_pooling": ("region", False), "merged_crop": ("crop", False)}
+               "region_pooling": ("region", False), "merged_crop": ("crop", False),
+               "max_pooling_tta_crop": ("max+crop", True)}
     hits = {f"{k}_{kind}": 0 for k in [*methods, "crop"] for kind in ("point", "box")}
     total = 0
     gen = np.random.default_rng(0)

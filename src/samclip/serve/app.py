@@ -123,7 +123,7 @@ class PromptBody(_Body):
     png: bool = Field(False, description="also return the best mask as a palette-PNG data URL")
 
 
-Pooling = Literal["auto", "max", "mean", "region", "crop"]
+Pooling = Literal["auto", "max", "mean", "region", "crop", "max+crop"]
 POOLING_HELP = ("how a mask is labelled (Predictor.label_masks): auto / max / mean / region read the one cached pass; "
                 "crop re-encodes the mask's crop (a small extra pass per mask, more accurate; PyTorch models only)")
 
