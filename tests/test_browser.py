@@ -146,6 +146,17 @@ def test_click_label_and_semantic_map(browser, server, tmp_path) -> None:  # noq
         assert label.get_attribute("data-label") in SHAPES and st["lastLabel"] == label.get_attribute("data-label")
         assert label.inner_text().strip()
 
+        # "label with the crop too": the same click labelled by pooling="max+crop"
+        page.check("#label-crop")
+        click_image(page, x, y)
+        page.wait_for_function("() => window.samclipState.lastRequest.pooling === 'max+crop' && "
+                               "window.samclipState.points.length === 2 && !window.samclipState.busy")
+        assert page.locator("#mask-label").get_attribute("data-label") in SHAPES
+        page.uncheck("#label-crop")
+        page.keyboard.press("Escape")  # clear the prompts
+        click_image(page, x, y)
+        page.wait_for_function("() => window.samclipState.lastMode === 'mask' && !window.samclipState.busy")
+
         # right click adds a background point; the page re-segments with both prompts
         click_image(page, 1, 1, button="right")
         page.wait_for_function("() => window.samclipState.pointLabels.length === 2 && !window.samclipState.busy")
@@ -162,6 +173,16 @@ def test_click_label_and_semantic_map(browser, server, tmp_path) -> None:  # noq
         assert names == ["star", "ring"]
         assert page.locator("#legend").get_attribute("data-mode") == "semseg"
         assert not np.array_equal(before, overlay_alpha(page)), "the canvas did not change"
+        assert page.evaluate("() => window.samclipState.lastRequest.crop_margin") == 0  # "+ crops" needs refine
+        page.check("#sem-refine")
+        page.check("#sem-crops")
+        version = page.evaluate("() => window.samclipState.overlayVersion")
+        page.click("#sem-run")
+        page.wait_for_function(f"() => window.samclipState.lastMode === 'semseg' && "
+                               f"window.samclipState.overlayVersion > {version}")
+        assert page.evaluate("() => window.samclipState.lastRequest") == {
+            "labels": ["star", "ring"], "refine": True, "crop_margin": 0.7, "png": True}
+        assert page.evaluate("() => window.samclipState.lastResponse.refined")
 
         # drag = box prompt, in original-image pixels
         box = page.locator("#prompt-canvas").bounding_box()

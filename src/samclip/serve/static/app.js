@@ -18,7 +18,7 @@
     imageId: null, width: 0, height: 0,
     points: [], pointLabels: [], box: null,     // current prompts, original-image pixels
     lastMode: null,                             // "mask" | "semseg" | "everything"
-    lastLabel: null, lastScore: null, lastMaskPixels: 0, lastResponse: null,
+    lastLabel: null, lastScore: null, lastMaskPixels: 0, lastRequest: null, lastResponse: null,
     legend: [], overlayVersion: 0, busy: false, requests: 0, errors: 0, lastError: null,
   };
   window.samclipState = state;
@@ -226,11 +226,13 @@
     if (!labels.length) return setStatus("The vocabulary is empty: type some comma-separated words.", "error");
     drawPrompts();
     const body = { labels, multimask: true, png: true };
+    if ($("label-crop").checked) body.pooling = "max+crop"; // + the mask's crop: better labels, one more small pass
     if (state.points.length) {
       body.points = state.points;
       body.point_labels = state.pointLabels;
     }
     if (state.box) body.box = state.box;
+    state.lastRequest = body;
     await busy("Segmenting…", async (current) => {
       const data = await postJSON(`/images/${state.imageId}/label`, body);
       if (!current()) return;
@@ -248,9 +250,12 @@
     const words = parseWords($("sem-words").value);
     if (!words.length) return setStatus("Type at least one word, e.g. star, ring.", "error");
     clearPrompts();
+    const refine = $("sem-refine").checked;
+    // "+ crops": the refinement's unsure masks are also read from their crops (samclip eval's row (d+))
+    const body = { labels: words, refine, crop_margin: refine && $("sem-crops").checked ? 0.7 : 0, png: true };
+    state.lastRequest = body;
     await busy("Semantic map…", async (current) => {
-      const data = await postJSON(`/images/${state.imageId}/semseg`,
-        { labels: words, refine: $("sem-refine").checked, png: true });
+      const data = await postJSON(`/images/${state.imageId}/semseg`, body);
       if (!current()) return;
       await drawLabelMap(data.label_map_png);
       state.lastMode = "semseg";
