@@ -782,7 +782,7 @@ def test_relabelled_refinement_names_each_mask_by_its_own_read(merged: SamClip, 
 
 def test_refinement_crop_margin_reads_unsure_masks_from_their_crops(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
     """crop_margin: a mask whose one-pass read is unsure (top-2 probability margin below it) is also read from
-    its crop, and named by the mean of the two reads' log-probabilities; sure masks are not cropped."""
+    its crop, and named by both reads (pooling="max+crop"); sure masks are not cropped."""
     pred = Predictor(merged)
     state = pred.set_image(image(128, 128))
     g = state.grid
@@ -803,16 +803,17 @@ def test_refinement_crop_margin_reads_unsure_masks_from_their_crops(merged: SamC
     star, ring = pred.text_embeddings(["star", "ring"])
     crops = []
 
-    def fake_mask_embeddings(masks, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        return torch.nn.functional.normalize(0.3 * star + ring, dim=-1)[None], torch.zeros(1, dtype=torch.bool)
+    def fake_pooled_masks(st, masks, pooling, min_cover, context):  # noqa: ANN001, ANN202 - the one-pass read
+        read = torch.nn.functional.normalize(0.3 * star + ring, dim=-1)
+        return read.expand(len(masks), -1), torch.zeros(len(masks), dtype=torch.bool)
 
     def fake_crops(masks):  # noqa: ANN001, ANN202
         crops.append(masks.clone())
-        return star[None], torch.zeros(1, dtype=torch.bool)
+        return star.expand(len(masks), -1), torch.zeros(len(masks), dtype=torch.bool)
 
     monkeypatch.setattr(pred, "_class_logits", fake_logits)
     monkeypatch.setattr(pred, "_decode", fake_decode)
-    monkeypatch.setattr(pred, "mask_embeddings", fake_mask_embeddings)
+    monkeypatch.setattr(pred, "_pooled_masks", fake_pooled_masks)
     monkeypatch.setattr(pred, "_crop_embeddings", fake_crops)
     assert (pred.semantic_segment(["star", "ring"], refine=True).label_map[:, :64] == 2).all()  # the read: ring
     assert not crops

@@ -733,14 +733,14 @@ class Predictor:
         return torch.cat([self._background_embedding(), self.text_embeddings(labels, templates)])
 
     def _mask_class_logits(self, masks: torch.Tensor, labels: list[str], templates: Sequence[str] | None,
-                           tta: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+                           tta: bool | None, pooling: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """NxHxW bool masks (original pixels) -> (Nx(1+K) logits ``exp(logit_scale) * cos`` of each mask's
         CLIP-head read (:meth:`mask_embeddings`, default pooling) against background + labels, empty N bool).
         ``tta=None``: the mirrored view too when the model's classification has TTA and the head's tokens are
         at hand (:attr:`_reads_head_tokens`)."""
         if tta is None:
             tta = self._reads_head_tokens and self.model.config.has_tta
-        emb, empty = self.mask_embeddings(masks.cpu().numpy(), tta=tta)
+        emb, empty = self.mask_embeddings(masks.cpu().numpy(), pooling=pooling, tta=tta)
         return self._logit_scale() * emb @ self._class_table(labels, templates).T, empty
 
     def _class_logits(self, state: ImageState, labels: list[str], templates: Sequence[str] | None,
@@ -787,10 +787,10 @@ class Predictor:
             the model's classification has TTA) pools each mask also on the mirrored image's pass (one extra
             backbone pass, cached; also under ONNX: the same frame). ``crop_margin`` > 0 (off by default; NOT one
             pass): a mask whose read is unsure (top class probability minus the runner-up's below
-            ``crop_margin``) is also read from its crop, re-encoded by the merged model at ``clip_size``
-            (``mask_embeddings(pooling="crop")``, one small pass per such mask), and named by the mean of the
-            two reads' log-probabilities. On the shipped model ``crop_margin=0.7`` crops about a third of
-            the masks and scores 53.1 / 55.4 val mIoU vs 48.9 / 53.0 (docs/experiments.md). PyTorch only.
+            ``crop_margin``) is named by its read and its crop's together (:meth:`mask_embeddings` with
+            ``pooling="max+crop"``: one small pass of the merged model at ``clip_size`` per such mask). On
+            the shipped model ``crop_margin=0.7`` crops about a third of the masks and scores 53.1 / 55.2 val
+            mIoU vs 48.9 / 53.0 (docs/experiments.md). PyTorch only.
           - ``relabel=False`` (what ``None`` means for an ONNX export of format version 1, whose mask reads are
             mean pooling: re-naming by it scored 36.4 val mIoU vs 39.3 as published, and 46.2 by max
             pooling): SAM-CLIP's composition
@@ -902,15 +902,13 @@ class Predictor:
         if not background:
             scores[:, 0] = NEG
         if crop_margin:
-            scores = scores.log_softmax(-1)
-            top2 = scores.exp().topk(2, dim=-1).values
+            top2 = scores.softmax(-1).topk(2, dim=-1).values
             unsure = ((top2[:, 0] - top2[:, 1]) < crop_margin) & ~empty & (pred_iou >= REFINE_MIN_IOU)
             if bool(unsure.any()):
-                crops, _ = self._crop_embeddings(masks[unsure])
-                crop_scores = self._logit_scale() * crops @ self._class_table(labels, templates).T
+                both, _ = self._mask_class_logits(masks[unsure], labels, templates, tta, pooling="max+crop")
                 if not background:
-                    crop_scores[:, 0] = NEG
-                scores[unsure] = (scores[unsure] + crop_scores.log_softmax(-1)) / 2
+                    both[:, 0] = NEG
+                scores[unsure] = both
         classes = scores.argmax(-1)
         classes[empty | (pred_iou < REFINE_MIN_IOU)] = 0
         out = torch.full((n_classes, *state.original_size), NEG, device=mask_logits.device)
