@@ -189,7 +189,8 @@ def test_predictor_on_a_version_1_export_falls_back_to_mean_pooling(tiny, monkey
 
 def test_export_at_another_frame_size(tiny, tmp_path) -> None:  # noqa: ANN001
     out = export_onnx(tiny["model"], tmp_path / "s96", size=96)
-    assert json.loads((out / MANIFEST_NAME).read_text())["grid"] == 6
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["grid"] == 6 and manifest["extra_frames"] == {"128": "image_encoder_128.onnx"}  # clip_size
     ref = samclip.Predictor(tiny["model"], bf16=False)
     onx = samclip.Predictor(tiny["model"], bf16=False, backend="onnx", onnx_dir=out)
     ref.set_image(_image(), size=96)
@@ -198,9 +199,40 @@ def test_export_at_another_frame_size(tiny, tmp_path) -> None:  # noqa: ANN001
     kwargs = {"point_coords": [[50, 40], [10, 70]], "point_labels": [1, 0], "box": [5, 5, 100, 90]}
     (m_ref, s_ref, _), (m_onx, s_onx, _) = ref.predict(**kwargs), onx.predict(**kwargs)
     assert (m_ref == m_onx).mean() >= 0.99 and np.abs(s_ref - s_onx).max() <= TOL
-    # an ONNX predictor has one frame for every task; the PyTorch one classifies at the model's clip_size
-    # unless told otherwise
-    assert np.abs(onx.classify(LABELS) - ref.classify(LABELS, size=96)).max() <= TOL
+    # both classify at the model's clip_size (128: an image graph of the export) unless told otherwise
+    assert np.abs(onx.classify(LABELS) - ref.classify(LABELS)).max() <= TOL
+    assert np.abs(onx.classify(LABELS, size=96) - ref.classify(LABELS, size=96)).max() <= TOL
+    with pytest.raises(ValueError, match="frames"):
+        onx.classify(LABELS, size=64)
+    with pytest.raises(ValueError, match="export's frame"):
+        onx.set_image(_image(), size=128)
+
+
+def test_export_holds_the_clip_tasks_frames_and_the_predictor_reads_them(tiny, tmp_path) -> None:  # noqa: ANN001
+    """A model whose classification reads 64 px with a 48 px view, each mirrored: the export writes image graphs
+    at 48 and 64 px beside its 128 px frame, and the ONNX predictor's TTA classification matches PyTorch's; with
+    --no-clip-frames it falls back to the one frame."""
+    import copy
+
+    model = copy.deepcopy(tiny["model"])
+    model.config = model.config.replace(clip_size=64, tta_sizes=(48,), tta_flip=True)
+    out = export_onnx(model, tmp_path / "tta")
+    assert json.loads((out / MANIFEST_NAME).read_text())["extra_frames"] == {
+        "48": "image_encoder_48.onnx", "64": "image_encoder_64.onnx"}
+    ref = samclip.Predictor(model, bf16=False)
+    onx = samclip.Predictor(model, bf16=False, backend="onnx", onnx_dir=out)
+    for p in (ref, onx):
+        p.set_image(_image())
+    assert np.abs(onx.classify(LABELS) - ref.classify(LABELS)).max() <= TOL  # 4 views each
+    assert np.abs(onx.classify(LABELS, tta=False) - ref.classify(LABELS, tta=False)).max() <= TOL
+    assert {k[0] for k in onx.state.other_sizes} == {48, 64}
+    single = export_onnx(model, tmp_path / "one", clip_frames=False)
+    assert json.loads((single / MANIFEST_NAME).read_text())["extra_frames"] == {}
+    one = samclip.Predictor(model, bf16=False, backend="onnx", onnx_dir=single)
+    one.set_image(_image())
+    assert np.abs(one.classify(LABELS) - ref.classify(LABELS, size=128, tta=False)).max() <= TOL  # its frame
+    with pytest.raises(ValueError, match="frames"):
+        one.classify(LABELS, tta=True)
 
 
 def test_from_onnx_uses_the_recorded_model(tiny) -> None:  # noqa: ANN001
@@ -244,14 +276,14 @@ def test_backend_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001
         samclip.Predictor(tiny["model"], backend="tensorrt")
     p = samclip.Predictor(tiny["model"], backend="onnx", onnx_dir=tiny["dir"])
     p.set_image(_image())
-    with pytest.raises(ValueError, match="exported frame"):
+    with pytest.raises(ValueError, match="image graphs for the frames"):
         p.classify(LABELS, size=64)
 
 
 def test_cli_export(tiny, tmp_path, capsys) -> None:  # noqa: ANN001
     assert cli_main(["export", "onnx", "--model", str(tiny["root"] / "model"), "--out", str(tmp_path / "e")]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["frame"] == 128 and IMAGE_ENCODER_NAME in summary["bytes"]
+    assert summary["frame"] == 128 and IMAGE_ENCODER_NAME in summary["bytes"] and summary["extra_frames"] == []
     assert (tmp_path / "e" / MANIFEST_NAME).is_file()
     assert cli_main(["export", "onnx", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "f")]) == 2
     assert "no such file or folder" in capsys.readouterr().err

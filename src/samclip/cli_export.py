@@ -1,7 +1,8 @@
 """``samclip export onnx --model <name|folder> --out DIR [--size S] [--opset 17] [--decoder-precision int8]``:
 deployment exports.
 
-Writes ``image_encoder.onnx`` (backbone + SAM neck + CLIP head, one pass), ``prompt_decoder.onnx``
+Writes ``image_encoder.onnx`` (backbone + SAM neck + CLIP head, one pass; ``image_encoder_<S>.onnx`` at the
+CLIP-head tasks' other sizes unless ``--no-clip-frames``), ``prompt_decoder.onnx``
 (multimask) / ``prompt_decoder_single.onnx`` and the ``samclip_onnx.json`` manifest; see
 :mod:`samclip.export.onnx_export`. Run them with ``samclip.Predictor.from_onnx(DIR)`` or
 :class:`samclip.export.OnnxBackend`.
@@ -20,10 +21,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = export_onnx(args.model, Path(args.out), size=args.size, opset=args.opset, exporter=args.exporter,
-                      decoder_precision=args.decoder_precision)
+                      decoder_precision=args.decoder_precision, clip_frames=args.clip_frames)
     manifest = json.loads((out / "samclip_onnx.json").read_text())
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
-    print(json.dumps({"out": str(out), "frame": manifest["frame"], "grid": manifest["grid"], "opset": manifest["opset"],
+    print(json.dumps({"out": str(out), "frame": manifest["frame"],
+                      "extra_frames": sorted(map(int, manifest["extra_frames"])), "grid": manifest["grid"],
+                      "opset": manifest["opset"],
                       "exporters": manifest["exporters"], "decoder_precision": manifest["decoder_precision"],
                       "bytes": files,
                       "seconds": round(time.perf_counter() - t0, 2)}, indent=2))
@@ -43,5 +46,8 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
                    help="torch.onnx exporter (auto: TorchScript-based, dynamo if that fails)")
     p.add_argument("--decoder-precision", choices=["fp32", "int8"], default="fp32",
                    help="int8: dynamically quantized prompt-decoder weights (smaller, faster decode; default fp32)")
+    p.add_argument("--no-clip-frames", dest="clip_frames", action="store_false",
+                   help="leave out the image graphs at the CLIP-head tasks' own sizes (classification at clip_size "
+                        "and the TTA sizes...): a smaller export whose predictor reads every task from one frame")
     p.set_defaults(func=_cmd_export)
     return p

@@ -288,8 +288,10 @@ class Predictor:
 
         ``image``: HxWx3 uint8 RGB (see :func:`samclip.inference.to_rgb_uint8` for the accepted
         variants: grayscale, RGBA, uint16, PIL). ``size``: frame size (a multiple of the patch size;
-        default the model's native ``img_size``). Returns the cached :class:`ImageState`.
+        default the model's native ``img_size``; an ONNX predictor sets images at its export's frame). Returns
+        the cached :class:`ImageState`.
         """
+        self._check_onnx_set_size(size)
         state = self._encode([image], size, batch_size=1)[0]
         self._states = [state]
         self._state = state
@@ -304,6 +306,7 @@ class Predictor:
             raise ValueError("set_images needs a non-empty list of images")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._check_onnx_set_size(size)
         self._states = self._encode(list(images), size, batch_size)
         self._state = self._states[0]
         return list(self._states)
@@ -351,7 +354,17 @@ class Predictor:
             return self.model.img_size if self._onnx is None else self._onnx.frame
         if int(size) != size or size < self.patch_size or size % self.patch_size:
             raise ValueError(f"size must be a positive multiple of the patch size {self.patch_size}, got {size}")
+        if self._onnx is not None and int(size) not in self._onnx.frames:
+            raise ValueError(f"this ONNX export has image graphs for the frames {sorted(self._onnx.frames)}, not "
+                             f"{size}: re-export it (`samclip export onnx` writes the CLIP-head tasks' own sizes "
+                             "unless --no-clip-frames), or use the PyTorch backend")
         return int(size)
+
+    def _check_onnx_set_size(self, size: int | None) -> None:
+        """An ONNX predictor's images are set at its export's own frame (the prompt decoders' grid)."""
+        if self._onnx is not None and size is not None and int(size) != self._onnx.frame:
+            raise ValueError(f"an ONNX predictor sets images at its export's frame ({self._onnx.frame} px), got "
+                             f"size={size}; export another frame with `samclip export onnx --size`")
 
     def _encode(self, images: list[Any], size: int | None, batch_size: int) -> list[ImageState]:
         frame = self._frame_size(size)
@@ -367,7 +380,7 @@ class Predictor:
             ])
             extra: list[dict[str, torch.Tensor]] = [{} for _ in chunk]
             if self._onnx is not None:
-                emb, tokens, extra = self._onnx_encode(pixels, sizes)
+                emb, tokens, extra = self._onnx_encode(pixels, sizes, frame)
             else:
                 with torch.no_grad(), self._autocast():
                     if self.has_clip:
@@ -382,14 +395,14 @@ class Predictor:
                 ))
         return states
 
-    def _onnx_encode(self, pixels: torch.Tensor, sizes: list[tuple[int, int]],
+    def _onnx_encode(self, pixels: torch.Tensor, sizes: list[tuple[int, int]], frame: int,
                      ) -> tuple[torch.Tensor, None, list[dict[str, torch.Tensor]]]:
         """The ONNX image graph per image: SAM embeddings plus the CLIP head's pooled / per-patch embeddings and,
         from a format-version-2 export, its tokens (cached in the state; no backbone tokens are kept)."""
         embs, extra = [], []
         for i, hw in enumerate(sizes):
             out = self._onnx.encode_outputs(pixels[i : i + 1].float().cpu().numpy(),
-                                            valid_grid(hw, self.patch_size))
+                                            valid_grid(hw, self.patch_size), frame)
             embs.append(torch.from_numpy(out["image_embeddings"]).to(self.device))
             extra.append({"patch_embeddings": torch.from_numpy(out["patch_embeddings"][0]).to(self.device),
                           "pooled": torch.from_numpy(out["image_embedding_clip"]).to(self.device)})
@@ -574,10 +587,6 @@ class Predictor:
                 "use a merged SamClip model (samclip.load_model)")
         return self.model  # type: ignore[return-value]
 
-    def _require_torch_for_tta(self) -> None:
-        if self._onnx is not None:
-            raise ValueError("tta needs the PyTorch model (an ONNX image graph has one fixed frame)")
-
     @property
     def _reads_head_tokens(self) -> bool:
         """Whether the CLIP head's tokens are at hand: the PyTorch model, or an ONNX export whose image graph
@@ -688,10 +697,13 @@ class Predictor:
         (``config.clip_size`` for classification, ``config.label_size`` (0: ``clip_size``) for max / region
         mask labels, ``config.semseg_size`` for dense maps; the merge picks them on validation data). The
         native SAM-size pass is reused when they match it; otherwise one extra backbone pass at that size is
-        made and cached per image. ONNX predictors have one fixed frame."""
-        if size is None and self._onnx is None and isinstance(self.model, SamClip):
+        made and cached per image. An ONNX predictor reads the same sizes where its export has image graphs at
+        them (``samclip export onnx`` writes them), else its own frame."""
+        if size is None and isinstance(self.model, SamClip):
             cfg = self.model.config
             size = {"semseg": cfg.semseg_size, "label": cfg.label_size or cfg.clip_size}.get(task, cfg.clip_size)
+            if self._onnx is not None and size not in self._onnx.frames:
+                size = None
         return self._state_for_size(self.state, size, mirrored)
 
     def classify(self, labels: Sequence[str], templates: Sequence[str] | None = None, *,
@@ -706,7 +718,8 @@ class Predictor:
         when it is better on validation): the embedding is the normalised mean of the pooled embeddings of
         :meth:`SamClipConfig.classify_views` (``size``, then ``tta_sizes``, each also mirrored when
         ``tta_flip``): one extra backbone pass per view, cached per image; ``True`` on a model without TTA
-        settings averages the image and its mirror. Not with the ONNX backend.
+        settings averages the image and its mirror. An ONNX predictor needs image graphs at the views' sizes
+        (``samclip export onnx`` writes them); ``None`` then means TTA only where it has them all.
         """
         self._require_clip("classify")
         txt = self.text_embeddings(labels, templates)
@@ -717,13 +730,12 @@ class Predictor:
         """1xE L2-normalised CLIP-space embedding of the current image, what :meth:`classify` compares with
         the class texts (same ``size`` / ``tta`` rules): e.g. for image-text retrieval."""
         self._require_clip("image_embedding")
-        if tta:
-            self._require_torch_for_tta()
+        cfg = self.model.config
         if tta is None:
-            tta = self._onnx is None and self.model.config.has_tta
+            views = cfg.classify_views(size)
+            tta = cfg.has_tta and (self._onnx is None or all(s in self._onnx.frames for s, _ in views))
         if not tta:
             return self._pooled(self._clip_state(size, "classify"))
-        cfg = self.model.config
         views = cfg.classify_views(size) if cfg.has_tta else cfg.replace(tta_flip=True).classify_views(size)
         total = sum(self._pooled(self._state_for_size(self.state, s, mirrored)) for s, mirrored in views)
         return F.normalize(total, dim=-1)

@@ -27,6 +27,12 @@ The output folder holds
   quantization of the MatMul / Gemm weights, activations quantized on the fly; the convolutions stay
   float): smaller files and a faster decode at a small cost in accuracy (``benchmarks/onnx_speed.py``
   measures both); the manifest's ``decoder_precision`` says which an export holds.
+- ``image_encoder_<S>.onnx`` for each other frame S the model's CLIP-head tasks read by default (its
+  ``clip_size`` and ``tta_sizes`` for classification, ``label_size``, ``semseg_size``; e.g. 128 and 112 px for
+  the shipped model, whose SAM frame is 256): the same graph at that frame, so that an ONNX predictor reads
+  every task at the size PyTorch does (the shipped model's CLIP head classifies at 128 px; one 256 px view
+  scores 83% zero-shot vs 95%). ``clip_frames=False`` (CLI ``--no-clip-frames``) leaves them out: a smaller
+  export whose predictor reads everything from the one frame. The manifest lists them (``extra_frames``).
 - ``samclip_onnx.json``: the manifest (model config, frame, grid, patch size, pixel mean / std, logit
   scale, mask threshold, file and tensor names) so a runtime can pre/post-process without torch weights.
 
@@ -228,14 +234,16 @@ def _load(model: SamClip | str | os.PathLike) -> tuple[SamClip, str | None]:
 
 def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, size: int | None = None,
                 opset: int = 17, overwrite: bool = True, exporter: str = "auto",
-                decoder_precision: str = "fp32") -> Path:
+                decoder_precision: str = "fp32", clip_frames: bool = True) -> Path:
     """Export ``model`` (a :class:`SamClip`, a registered name or a saved folder) to the folder ``out``.
 
     ``size``: the input frame S in pixels (a multiple of the patch size; default the native frame).
     ``exporter``: "auto" (TorchScript-based ``torch.onnx.export(dynamo=False)``, the dynamo exporter if that
     fails), "torchscript" or "dynamo". ``decoder_precision``: "fp32" (default) or "int8" (dynamically
-    quantized decoder weights, see the module docstring). Everything is written to a temporary folder beside ``out`` and
-    renamed into place at the end, so ``out`` never holds a partial export. Returns ``out``.
+    quantized decoder weights, see the module docstring). ``clip_frames``: also an image graph at each other
+    frame the CLIP-head tasks read by default (:func:`clip_task_frames`). Everything is written to a temporary
+    folder beside ``out`` and renamed into place at the end, so ``out`` never holds a partial export. Returns
+    ``out``.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -268,12 +276,14 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
     try:
         exporters = {}
-        pixels = torch.randn(1, 3, frame, frame, device=device)
-        valid = torch.tensor([grid, grid], dtype=torch.int64, device=device)
+        extra = {f: extra_frame_name(f) for f in clip_task_frames(model, frame)} if clip_frames else {}
         with torch.no_grad():
-            exporters[IMAGE_ENCODER_NAME] = _torch_export(
-                ImageEncoderGraph(model), (pixels, valid), tmp / IMAGE_ENCODER_NAME, IMAGE_INPUTS, IMAGE_OUTPUTS,
-                {}, opset, exporter)
+            for f, name in {frame: IMAGE_ENCODER_NAME, **extra}.items():
+                g = f // enc.patch_size
+                pixels = torch.randn(1, 3, f, f, device=device)
+                valid = torch.tensor([g, g], dtype=torch.int64, device=device)
+                exporters[name] = _torch_export(ImageEncoderGraph(model), (pixels, valid), tmp / name, IMAGE_INPUTS,
+                                                IMAGE_OUTPUTS, {}, opset, exporter)
             c = model.sam.config.prompt_embed_dim
             args = (torch.randn(1, c, grid, grid, device=device),
                     torch.rand(2, 3, 2, device=device) * frame,
@@ -288,6 +298,7 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
                 if decoder_precision == "int8":
                     _quantize_in_place(tmp / name)
         manifest = _manifest(model, frame, grid, opset, exporters, source)
+        manifest["extra_frames"] = {str(f): name for f, name in extra.items()}
         manifest["decoder_precision"] = decoder_precision
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _move_into_place(tmp, out)
@@ -297,6 +308,19 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
     finally:
         model.train(was_training)
     return out
+
+
+def clip_task_frames(model: SamClip, frame: int) -> list[int]:
+    """The frames other than ``frame`` that the model's CLIP-head tasks read by default (classification views,
+    mask labels, dense maps), ascending."""
+    cfg = model.config
+    sizes = {s for s, _ in cfg.classify_views()} | {cfg.label_size or cfg.clip_size, cfg.semseg_size}
+    return sorted(s for s in sizes if s != frame)
+
+
+def extra_frame_name(frame: int) -> str:
+    """File name of the image graph at another frame than the export's own."""
+    return f"image_encoder_{frame}.onnx"
 
 
 def _quantize_in_place(path: Path) -> None:
@@ -365,5 +389,5 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 __all__ = [
     "DECODER_NAMES", "DECODER_PRECISIONS", "IMAGE_ENCODER_NAME", "MANIFEST_NAME", "ImageEncoderGraph",
-    "PromptDecoderGraph", "export_onnx",
+    "PromptDecoderGraph", "clip_task_frames", "export_onnx", "extra_frame_name",
 ]

@@ -59,6 +59,9 @@ class OnnxBackend:
         self.threads = threads
         self.providers = list(providers or ["CPUExecutionProvider"])
         self._sessions: dict[str, Any] = {}
+        #: frame (pixels) -> image-graph file: the export's own frame, then those of ``extra_frames``
+        self.frames: dict[int, str] = {self.frame: IMAGE_ENCODER_NAME,
+                                       **{int(f): str(n) for f, n in m.get("extra_frames", {}).items()}}
         image_graph = self._session(IMAGE_ENCODER_NAME)  # fail early on a broken file
         self.image_outputs: tuple[str, ...] = tuple(o.name for o in image_graph.get_outputs())
         #: whether the image graph outputs the CLIP head's tokens (format version 2): then the Predictor
@@ -107,16 +110,22 @@ class OnnxBackend:
         out = self.encode_outputs(pixels, valid_grid)
         return out["image_embeddings"], out["patch_embeddings"], out["image_embedding_clip"]
 
-    def encode_outputs(self, pixels: np.ndarray, valid_grid: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    def encode_outputs(self, pixels: np.ndarray, valid_grid: tuple[int, int] | None = None,
+                       frame: int | None = None) -> dict[str, np.ndarray]:
         """:meth:`encode`, every output of the image graph by name (``head_tokens`` 1xGxGxD too, where
-        :attr:`has_head_tokens`)."""
+        :attr:`has_head_tokens`), on the graph of ``frame`` (one of :attr:`frames`; default the export's own)."""
+        frame = self.frame if frame is None else int(frame)
+        if frame not in self.frames:
+            raise ValueError(f"this ONNX export has image graphs for the frames {sorted(self.frames)}, not {frame}; "
+                             "re-export (`samclip export onnx --size`) for another one")
+        grid = frame // self.patch_size
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        if pixels.shape != (1, 3, self.frame, self.frame):
-            raise ValueError(f"pixels must be 1x3x{self.frame}x{self.frame} (the exported frame), got "
+        if pixels.shape != (1, 3, frame, frame):
+            raise ValueError(f"pixels must be 1x3x{frame}x{frame} (an exported frame), got "
                              f"{tuple(pixels.shape)}; re-export with --size for another frame size")
-        gh, gw = valid_grid if valid_grid is not None else (self.grid, self.grid)
-        valid = np.array([min(max(int(gh), 1), self.grid), min(max(int(gw), 1), self.grid)], dtype=np.int64)
-        values = self._session(IMAGE_ENCODER_NAME).run(None, {"pixels": pixels, "valid_grid": valid})
+        gh, gw = valid_grid if valid_grid is not None else (grid, grid)
+        valid = np.array([min(max(int(gh), 1), grid), min(max(int(gw), 1), grid)], dtype=np.int64)
+        values = self._session(self.frames[frame]).run(None, {"pixels": pixels, "valid_grid": valid})
         return dict(zip(self.image_outputs, values))
 
     # ---------------------------------------------------------------------------------- prompts
