@@ -2,8 +2,9 @@
 
 Two workloads, each the median of ``--reps`` runs after one warm-up:
 
-- ``image_encoder``: backbone + SAM neck + CLIP head (per-patch and pooled), one 1x3xSxS image
-  (PyTorch runs the same export wrapper module that was exported);
+- ``image_encoder``: backbone + SAM neck + CLIP head (per-patch and pooled), one 1x3xSxS image: the two
+  image-side graphs (PyTorch runs the same export wrapper modules that were exported); ``backbone_only``: the
+  first graph alone, what ``Predictor.set_image`` runs;
 - ``prompt_decode``: one prompt (a foreground point, multimask output) on cached image embeddings
   (PyTorch: ``model.decode``; ONNX: the ``prompt_decoder.onnx`` graph through :class:`OnnxBackend`, in fp32
   and as the int8 export of ``samclip export onnx --decoder-precision int8``, with its mask agreement).
@@ -77,7 +78,7 @@ def main() -> None:
     import onnxruntime
 
     from samclip.export import OnnxBackend, export_onnx
-    from samclip.export.onnx_export import DECODER_NAMES, ImageEncoderGraph
+    from samclip.export.onnx_export import DECODER_NAMES, ClipHeadGraph, ImageEncoderGraph
 
     model, described = build_model(args)
     frame = model.img_size
@@ -95,17 +96,21 @@ def main() -> None:
 
         pixels = torch.randn(1, 3, frame, frame, generator=torch.Generator().manual_seed(0))
         valid = torch.tensor([grid, grid])
-        graph = ImageEncoderGraph(model).eval()
+        graph, head = ImageEncoderGraph(model).eval(), ClipHeadGraph(model).eval()
         px = pixels.numpy()
 
-        def torch_encode(bf16: bool):  # noqa: ANN202
+        def torch_both(x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # what backend.encode runs: both graphs
+            emb, tokens = graph(x)
+            return (emb, *head(tokens, valid))
+
+        def torch_encode(bf16: bool, backbone_only: bool = False):  # noqa: ANN202
             def run() -> None:
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    graph(pixels, valid)
+                    graph(pixels) if backbone_only else torch_both(pixels)
             return run
 
         with torch.inference_mode():
-            ref = [t.numpy() for t in graph(pixels, valid)]
+            ref = [t.numpy() for t in torch_both(pixels)]
         got = backend.encode(px, (grid, grid))
         enc_diff = {name: float(np.abs(a - b).max())
                     for name, a, b in zip(("image_embeddings", "patch_embeddings", "image_embedding_clip"), got, ref)}
@@ -141,6 +146,10 @@ def main() -> None:
                 "onnxruntime_fp32": 1e3 * median_seconds(lambda: backend.encode(px, (grid, grid)), args.reps),
                 "torch_fp32": 1e3 * median_seconds(torch_encode(False), args.reps),
             },
+            "backbone_only_ms": {  # what set_image runs (the CLIP head waits for a CLIP task)
+                "onnxruntime_fp32": 1e3 * median_seconds(lambda: backend.encode_image(px), args.reps),
+                "torch_fp32": 1e3 * median_seconds(torch_encode(False, backbone_only=True), args.reps),
+            },
             "prompt_decode_ms": {
                 "onnxruntime_fp32": 1e3 * median_seconds(lambda: backend.decode(got[0], pc, pl), args.decode_reps),
                 "onnxruntime_int8": 1e3 * median_seconds(lambda: backend8.decode(got[0], pc, pl), args.decode_reps),
@@ -151,7 +160,7 @@ def main() -> None:
             result["image_encoder_ms"]["torch_bf16_autocast"] = 1e3 * median_seconds(torch_encode(True), args.reps)
             result["prompt_decode_ms"]["torch_bf16_autocast"] = 1e3 * median_seconds(
                 torch_decode(True), args.decode_reps)
-        for key in ("image_encoder_ms", "prompt_decode_ms"):
+        for key in ("image_encoder_ms", "backbone_only_ms", "prompt_decode_ms"):
             r = result[key]
             for name in list(r):
                 r[name] = round(r[name], 3)

@@ -17,7 +17,7 @@ from conftest import randomize_  # noqa: E402
 from samclip.cli import main as cli_main  # noqa: E402
 from samclip.data import SHAPES, generate_scene  # noqa: E402
 from samclip.export import OnnxBackend, export_onnx  # noqa: E402
-from samclip.export.onnx_export import DECODER_NAMES, IMAGE_ENCODER_NAME, MANIFEST_NAME  # noqa: E402
+from samclip.export.onnx_export import CLIP_HEAD_NAME, DECODER_NAMES, IMAGE_ENCODER_NAME, MANIFEST_NAME  # noqa: E402
 from samclip.models import SamClip  # noqa: E402
 from samclip.testing import tiny_merged_model  # noqa: E402
 
@@ -45,7 +45,7 @@ def _image(seed: int = 3, hw: tuple[int, int] = (96, 120)) -> np.ndarray:
 def test_export_writes_graphs_and_manifest(tiny) -> None:  # noqa: ANN001
     out = tiny["dir"]
     names = {p.name for p in out.iterdir()}
-    assert names == {IMAGE_ENCODER_NAME, *DECODER_NAMES.values(), MANIFEST_NAME}
+    assert names == {IMAGE_ENCODER_NAME, CLIP_HEAD_NAME, *DECODER_NAMES.values(), MANIFEST_NAME}
     assert not [p for p in tiny["root"].iterdir() if p.name.startswith(".")]  # no temporary folder left
     m = json.loads((out / MANIFEST_NAME).read_text())
     assert (m["frame"], m["grid"], m["patch_size"], m["low_res"]) == (128, 8, 16, 32)
@@ -70,6 +70,14 @@ def test_image_graph_matches_torch(tiny) -> None:  # noqa: ANN001
         assert np.abs(emb - ref_emb.numpy()).max() <= TOL
         assert np.abs(patches - ref_patches.numpy()).max() <= TOL
         assert np.abs(pooled - ref_pooled.numpy()).max() <= TOL
+    emb, tokens = backend.encode_image(x.numpy())  # the backbone pass alone, then the head on its tokens
+    clip = backend.encode_clip(tokens, (8, 8))
+    with torch.no_grad():
+        feats = model.features(x)
+        ref_head, ref_patches = model.clip_tokens(feats), model.patch_embeddings(feats)
+    assert np.abs(tokens - feats.tokens.numpy()).max() <= TOL
+    assert np.abs(clip["head_tokens"] - ref_head.numpy()).max() <= TOL
+    assert np.abs(clip["patch_embeddings"] - ref_patches.numpy()).max() <= TOL
 
 
 def test_backend_preprocess_matches_the_predictor(tiny) -> None:  # noqa: ANN001
@@ -125,7 +133,8 @@ def test_predictor_onnx_matches_torch(tiny) -> None:  # noqa: ANN001
     image = _image()
     for p in (ref, onx):
         p.set_image(image)
-    assert onx.state.tokens is None and onx.state.pooled is not None
+    # set_image runs the backbone graph only; the CLIP-head graph runs when a CLIP task first reads the image
+    assert onx.state.tokens is not None and onx.state.pooled is None and onx.state.head_tokens is None
     for kwargs in ({"point_coords": [[50, 40]], "point_labels": [1]},
                    {"box": [10, 12, 90, 80], "multimask_output": False},
                    {"point_coords": [[50, 40], [100, 20]], "point_labels": [1, 0], "box": [10, 12, 110, 90]}):
@@ -138,7 +147,7 @@ def test_predictor_onnx_matches_torch(tiny) -> None:  # noqa: ANN001
         m2_onx = onx.predict(**kwargs, mask_input=low_onx[:1])[0]
         assert (m2_onx == m2_ref).mean() >= 0.99
     assert np.abs(onx.classify(LABELS) - ref.classify(LABELS)).max() <= TOL
-    assert onx.state.head_tokens is not None  # format version 2: the head's tokens come with the pass
+    assert onx.state.head_tokens is not None and onx.state.pooled is not None  # the CLIP-head graph ran
     for relabel in (False, True):
         for refine in (False, True):
             a = ref.semantic_segment(LABELS, refine=refine, relabel=relabel)
@@ -295,7 +304,8 @@ def test_int8_decoder_export_is_smaller_and_close(tiny, tmp_path, capsys) -> Non
                      "--decoder-precision", "int8"]) == 0
     assert json.loads(capsys.readouterr().out)["decoder_precision"] == "int8"
     assert json.loads((out / MANIFEST_NAME).read_text())["decoder_precision"] == "int8"
-    assert {p.name for p in out.iterdir()} == {IMAGE_ENCODER_NAME, *DECODER_NAMES.values(), MANIFEST_NAME}
+    files = {IMAGE_ENCODER_NAME, CLIP_HEAD_NAME, *DECODER_NAMES.values(), MANIFEST_NAME}
+    assert {p.name for p in out.iterdir()} == files
     onnx = pytest.importorskip("onnx")
     for name in DECODER_NAMES.values():  # integer matmuls on uint8 weights (files shrink only at real sizes)
         ops = [{n.op_type for n in onnx.load(str(d / name)).graph.node} for d in (out, tiny["dir"])]

@@ -396,19 +396,24 @@ class Predictor:
         return states
 
     def _onnx_encode(self, pixels: torch.Tensor, sizes: list[tuple[int, int]], frame: int,
-                     ) -> tuple[torch.Tensor, None, list[dict[str, torch.Tensor]]]:
-        """The ONNX image graph per image: SAM embeddings plus the CLIP head's pooled / per-patch embeddings and,
-        from a format-version-2 export, its tokens (cached in the state; no backbone tokens are kept)."""
-        embs, extra = [], []
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, list[dict[str, torch.Tensor]]]:
+        """The ONNX backbone pass per image: SAM embeddings and backbone tokens (format version 2; the CLIP-head
+        graph runs later, when a task reads it: :meth:`_head_tokens`), or, from a version-1 export, SAM
+        embeddings plus the CLIP head's pooled / per-patch embeddings (no tokens)."""
+        embs, tokens, extra = [], [], []
         for i, hw in enumerate(sizes):
-            out = self._onnx.encode_outputs(pixels[i : i + 1].float().cpu().numpy(),
-                                            valid_grid(hw, self.patch_size), frame)
-            embs.append(torch.from_numpy(out["image_embeddings"]).to(self.device))
-            extra.append({"patch_embeddings": torch.from_numpy(out["patch_embeddings"][0]).to(self.device),
-                          "pooled": torch.from_numpy(out["image_embedding_clip"]).to(self.device)})
-            if "head_tokens" in out:
-                extra[-1]["head_tokens"] = torch.from_numpy(out["head_tokens"]).to(self.device)
-        return torch.cat(embs), None, extra
+            x = pixels[i : i + 1].float().cpu().numpy()
+            if self._onnx.has_head_tokens:
+                emb, tok = self._onnx.encode_image(x, frame)
+                tokens.append(torch.from_numpy(tok).to(self.device))
+                extra.append({})
+            else:
+                out = self._onnx.encode_outputs(x, valid_grid(hw, self.patch_size), frame)
+                emb = out["image_embeddings"]
+                extra.append({"patch_embeddings": torch.from_numpy(out["patch_embeddings"][0]).to(self.device),
+                              "pooled": torch.from_numpy(out["image_embedding_clip"]).to(self.device)})
+            embs.append(torch.from_numpy(emb).to(self.device))
+        return torch.cat(embs), torch.cat(tokens) if tokens else None, extra
 
     # ----------------------------------------------------------------------------- SAM prompts
     def predict(
@@ -643,6 +648,12 @@ class Predictor:
         if state.head_tokens is None and state.tokens is None:
             raise ValueError("this ONNX export's image graph has no head_tokens output (format version 1): "
                              "re-export the model with `samclip export onnx` for max pooling")
+        if state.head_tokens is None and self._onnx is not None:  # the CLIP-head graph: all three reads at once
+            out = self._onnx.encode_clip(state.tokens.cpu().numpy(), valid_grid(state.input_size, self.patch_size),
+                                         state.frame)
+            state.head_tokens = torch.from_numpy(out["head_tokens"]).to(self.device)
+            state.patch_embeddings = torch.from_numpy(out["patch_embeddings"][0]).to(self.device)
+            state.pooled = torch.from_numpy(out["image_embedding_clip"]).to(self.device)
         if state.head_tokens is None:
             with torch.no_grad(), self._autocast():
                 state.head_tokens = self.model.clip_tokens(Features(state.tokens, state.frame))
@@ -650,6 +661,8 @@ class Predictor:
 
     def _pooled(self, state: ImageState) -> torch.Tensor:
         """1xE normalised pooled CLIP-head embedding; the max-pool covers only tokens over the image."""
+        if state.pooled is None and self._onnx is not None:
+            self._head_tokens(state)  # the CLIP-head graph outputs the pooled embedding too
         if state.pooled is None:
             gh, gw = valid_grid(state.input_size, self.patch_size)
             tokens = self._head_tokens(state)[:, :gh, :gw]
@@ -666,6 +679,8 @@ class Predictor:
 
     def _patch_embeddings(self, state: ImageState) -> torch.Tensor:
         """GxGxE normalised per-patch CLIP-space embeddings."""
+        if state.patch_embeddings is None and self._onnx is not None:
+            self._head_tokens(state)  # the CLIP-head graph outputs the per-patch embeddings too
         if state.patch_embeddings is None:
             state.patch_embeddings = self._patch_read(state)
         return state.patch_embeddings

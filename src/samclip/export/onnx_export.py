@@ -1,4 +1,4 @@
-"""Export a merged SAM-CLIP model to ONNX: one image graph (backbone + both heads) and prompt decoders.
+"""Export a merged SAM-CLIP model to ONNX: the image side (backbone + SAM neck, CLIP head) and prompt decoders.
 
     samclip export onnx --model tiny-synthetic --out exports/tiny           # CLI
     export_onnx("runs/demo/merge/model", "exports/demo", size=None, opset=17)  # Python
@@ -6,14 +6,18 @@
 The output folder holds
 
 - ``image_encoder.onnx``: ``pixels`` 1x3xSxS float32 (normalised with SAM's pixel mean / std, padded
-  bottom/right to SxS, S = the model's native frame unless ``size`` says otherwise) and ``valid_grid``
-  int64 [2] (token rows / columns over the image, ``ceil(h / patch), ceil(w / patch)``; pass [G, G] for a
-  full frame) -> ``image_embeddings`` 1xCxGxG (the SAM head's input), ``patch_embeddings`` 1xGxGxE
-  (L2-normalised per-patch CLIP-head embeddings), ``image_embedding_clip`` 1xE (L2-normalised pooled
+  bottom/right to SxS, S = the model's native frame unless ``size`` says otherwise) -> ``image_embeddings``
+  1xCxGxG (the SAM head's input) and ``backbone_tokens`` 1xGxGxD (D = the backbone width). The one
+  backbone pass; SAM-only work (prompt decodes) needs nothing more.
+- ``clip_head.onnx``: ``backbone_tokens`` and ``valid_grid`` int64 [2] (token rows / columns over the
+  image, ``ceil(h / patch), ceil(w / patch)``; pass [G, G] for a full frame) -> ``patch_embeddings``
+  1xGxGxE (L2-normalised per-patch CLIP-head embeddings), ``image_embedding_clip`` 1xE (L2-normalised pooled
   CLIP-head embedding; the max-pool covers only the ``valid_grid`` tokens, as in the predictor) and
-  ``head_tokens`` 1xGxGxD (the CLIP head's blocks' output before any pooling, D = the backbone width: what
-  the predictor's max pooling over a mask and its refinement's window read pool, with the head's own
-  LayerNorm / MLP, in PyTorch; since format version 2). The backbone runs once for both heads.
+  ``head_tokens`` 1xGxGxD (the head's blocks' output before any pooling: what the predictor's max pooling
+  over a mask and its refinement's window read pool, with the head's own LayerNorm / MLP, in PyTorch). Run
+  only for CLIP tasks, on the cached backbone tokens, as the PyTorch predictor does. (Format version 1 had
+  one image graph with ``pixels`` and ``valid_grid`` in and the SAM embeddings and the two CLIP embeddings
+  out; :class:`~samclip.export.OnnxBackend` still reads it.)
 - ``prompt_decoder.onnx`` (multimask output, K = 3) and ``prompt_decoder_single.onnx`` (single-mask
   output, K = 1): the multimask choice is baked into each graph, so both variants are exported.
   Inputs ``image_embeddings`` 1xCxGxG, ``point_coords`` BxNx2 float32 (x, y pixels of the SxS input
@@ -27,12 +31,14 @@ The output folder holds
   quantization of the MatMul / Gemm weights, activations quantized on the fly; the convolutions stay
   float): smaller files and a faster decode at a small cost in accuracy (``benchmarks/onnx_speed.py``
   measures both); the manifest's ``decoder_precision`` says which an export holds.
-- ``image_encoder_<S>.onnx`` for each other frame S the model's CLIP-head tasks read by default (its
-  ``clip_size`` and ``tta_sizes`` for classification, ``label_size``, ``semseg_size``; e.g. 128 and 112 px for
-  the shipped model, whose SAM frame is 256): the same graph at that frame, so that an ONNX predictor reads
+- ``image_encoder_<S>.onnx`` and ``clip_head_<S>.onnx`` for each other frame S the model's CLIP-head tasks
+  read by default (its ``clip_size`` and ``tta_sizes`` for classification, ``label_size``, ``semseg_size``;
+  e.g. 128 and 112 px for the shipped model, whose SAM frame is 256): the same graphs at that frame, so that
+  an ONNX predictor reads
   every task at the size PyTorch does (the shipped model's CLIP head classifies at 128 px; one 256 px view
   scores 83% zero-shot vs 95%). ``clip_frames=False`` (CLI ``--no-clip-frames``) leaves them out: a smaller
-  export whose predictor reads everything from the one frame. The manifest lists them (``extra_frames``).
+  export whose predictor reads everything from the one frame. The manifest lists every frame's two graphs
+  (``graphs``).
 - ``samclip_onnx.json``: the manifest (model config, frame, grid, patch size, pixel mean / std, logit
   scale, mask threshold, file and tensor names) so a runtime can pre/post-process without torch weights.
 
@@ -65,13 +71,18 @@ from ..models.samclip import SamClip
 
 MANIFEST_NAME = "samclip_onnx.json"
 IMAGE_ENCODER_NAME = "image_encoder.onnx"
+CLIP_HEAD_NAME = "clip_head.onnx"
 DECODER_NAMES = {True: "prompt_decoder.onnx", False: "prompt_decoder_single.onnx"}  # keyed by multimask
 DECODER_PRECISIONS = ("fp32", "int8")
 FORMAT = "samclip-onnx"
-FORMAT_VERSION = 2  # 2: image graphs also output head_tokens; extra_frames (image graphs at the CLIP sizes)
+# 2: the image graph split into the backbone + SAM neck and the CLIP head (which also outputs its tokens);
+#    graphs at the CLIP-head tasks' other sizes (extra_frames). 1: one image graph, no head tokens.
+FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
-IMAGE_INPUTS = ("pixels", "valid_grid")
-IMAGE_OUTPUTS = ("image_embeddings", "patch_embeddings", "image_embedding_clip", "head_tokens")
+IMAGE_INPUTS = ("pixels",)
+IMAGE_OUTPUTS = ("image_embeddings", "backbone_tokens")
+CLIP_HEAD_INPUTS = ("backbone_tokens", "valid_grid")
+CLIP_HEAD_OUTPUTS = ("patch_embeddings", "image_embedding_clip", "head_tokens")
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
 
@@ -102,24 +113,35 @@ def _export_view(module: nn.Module) -> nn.Module:
 
 
 class ImageEncoderGraph(nn.Module):
-    """Backbone once, then the SAM neck and the CLIP head (per-patch, pooled and its tokens), as one graph."""
+    """The backbone once, then the SAM neck: pixels -> (SAM image embeddings, backbone tokens)."""
 
     def __init__(self, model: SamClip) -> None:
         super().__init__()
         self.model = _export_view(model)
 
-    def forward(self, pixels: torch.Tensor, valid_grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.features(pixels)
+        return self.model.sam_embeddings(feats), feats.tokens
+
+
+class ClipHeadGraph(nn.Module):
+    """The CLIP head on backbone tokens: (tokens, valid_grid) -> (per-patch embeddings, pooled embedding over
+    the valid tokens, the head's tokens)."""
+
+    def __init__(self, model: SamClip) -> None:
+        super().__init__()
+        self.model = _export_view(model)
+
+    def forward(self, backbone_tokens: torch.Tensor, valid_grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
         model = self.model
-        feats = model.features(pixels)
-        emb = model.sam_embeddings(feats)
-        head = model.clip_tokens(feats)
+        head = model.clip_head.tokens(backbone_tokens)
         patches = F.normalize(model.clip_head.per_patch(head), dim=-1)
         rows = torch.arange(head.shape[1], device=head.device) < valid_grid[0]
         cols = torch.arange(head.shape[2], device=head.device) < valid_grid[1]
         outside = ~(rows[:, None] & cols[None, :])
         masked = head.masked_fill(outside[None, :, :, None], float("-inf"))
         pooled = F.normalize(model.clip_head.pooled(masked), dim=-1)
-        return emb, patches, pooled, head
+        return patches, pooled, head
 
 
 class PromptDecoderGraph(nn.Module):
@@ -276,14 +298,18 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
     try:
         exporters = {}
-        extra = {f: extra_frame_name(f) for f in clip_task_frames(model, frame)} if clip_frames else {}
+        frames = [frame, *(clip_task_frames(model, frame) if clip_frames else [])]
         with torch.no_grad():
-            for f, name in {frame: IMAGE_ENCODER_NAME, **extra}.items():
+            for f in frames:
                 g = f // enc.patch_size
                 pixels = torch.randn(1, 3, f, f, device=device)
                 valid = torch.tensor([g, g], dtype=torch.int64, device=device)
-                exporters[name] = _torch_export(ImageEncoderGraph(model), (pixels, valid), tmp / name, IMAGE_INPUTS,
-                                                IMAGE_OUTPUTS, {}, opset, exporter)
+                tokens = model.features(pixels).tokens
+                names = graph_names(f, frame)
+                exporters[names[0]] = _torch_export(ImageEncoderGraph(model), (pixels,), tmp / names[0],
+                                                    IMAGE_INPUTS, IMAGE_OUTPUTS, {}, opset, exporter)
+                exporters[names[1]] = _torch_export(ClipHeadGraph(model), (tokens, valid), tmp / names[1],
+                                                    CLIP_HEAD_INPUTS, CLIP_HEAD_OUTPUTS, {}, opset, exporter)
             c = model.sam.config.prompt_embed_dim
             args = (torch.randn(1, c, grid, grid, device=device),
                     torch.rand(2, 3, 2, device=device) * frame,
@@ -298,7 +324,8 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
                 if decoder_precision == "int8":
                     _quantize_in_place(tmp / name)
         manifest = _manifest(model, frame, grid, opset, exporters, source)
-        manifest["extra_frames"] = {str(f): name for f, name in extra.items()}
+        manifest["graphs"] = {str(f): list(graph_names(f, frame)) for f in frames}
+        manifest["extra_frames"] = {str(f): graph_names(f, frame)[0] for f in frames[1:]}
         manifest["decoder_precision"] = decoder_precision
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _move_into_place(tmp, out)
@@ -318,9 +345,12 @@ def clip_task_frames(model: SamClip, frame: int) -> list[int]:
     return sorted(s for s in sizes if s != frame)
 
 
-def extra_frame_name(frame: int) -> str:
-    """File name of the image graph at another frame than the export's own."""
-    return f"image_encoder_{frame}.onnx"
+def graph_names(frame: int, own_frame: int) -> tuple[str, str]:
+    """File names of the (backbone + SAM neck, CLIP head) graphs at ``frame``; the export's own frame's carry no
+    size suffix."""
+    if frame == own_frame:
+        return IMAGE_ENCODER_NAME, CLIP_HEAD_NAME
+    return f"image_encoder_{frame}.onnx", f"clip_head_{frame}.onnx"
 
 
 def _quantize_in_place(path: Path) -> None:
@@ -366,9 +396,10 @@ def _manifest(model: SamClip, frame: int, grid: int, opset: int, exporters: dict
         "torch_version": torch.__version__,
         "exporters": exporters,
         "fingerprint": _fingerprint(model),
-        "files": {"image_encoder": IMAGE_ENCODER_NAME, "decoder_multimask": DECODER_NAMES[True],
-                  "decoder_single": DECODER_NAMES[False]},
+        "files": {"image_encoder": IMAGE_ENCODER_NAME, "clip_head": CLIP_HEAD_NAME,
+                  "decoder_multimask": DECODER_NAMES[True], "decoder_single": DECODER_NAMES[False]},
         "image_encoder": {"inputs": list(IMAGE_INPUTS), "outputs": list(IMAGE_OUTPUTS)},
+        "clip_head": {"inputs": list(CLIP_HEAD_INPUTS), "outputs": list(CLIP_HEAD_OUTPUTS)},
         "prompt_decoder": {"inputs": list(DECODER_INPUTS), "outputs": list(DECODER_OUTPUTS),
                            "point_labels": {"-1": "padding", "0": "background", "1": "foreground",
                                             "2": "box top-left", "3": "box bottom-right"}},
@@ -388,6 +419,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 __all__ = [
-    "DECODER_NAMES", "DECODER_PRECISIONS", "IMAGE_ENCODER_NAME", "MANIFEST_NAME", "ImageEncoderGraph",
-    "PromptDecoderGraph", "clip_task_frames", "export_onnx", "extra_frame_name",
+    "CLIP_HEAD_NAME", "DECODER_NAMES", "DECODER_PRECISIONS", "IMAGE_ENCODER_NAME", "MANIFEST_NAME",
+    "ImageEncoderGraph", "ClipHeadGraph", "PromptDecoderGraph", "clip_task_frames", "export_onnx", "graph_names",
 ]

@@ -2,7 +2,8 @@
 
     backend = OnnxBackend("exports/tiny")
     pixels, input_size = backend.preprocess(image)                        # HxWx3 uint8 -> 1x3xSxS
-    emb, patches, pooled = backend.encode(pixels, backend.valid_grid(input_size))
+    emb, patches, pooled = backend.encode(pixels, backend.valid_grid(input_size))  # both graphs
+    emb, tokens = backend.encode_image(pixels)                            # the backbone pass only
     low_res, iou = backend.decode(emb, point_coords=[[[60.0, 40.0]]], point_labels=[[1]])
 
 Everything is numpy float32. :meth:`OnnxBackend.decode` follows :meth:`samclip.models.Sam.decode`: B prompt
@@ -59,14 +60,16 @@ class OnnxBackend:
         self.threads = threads
         self.providers = list(providers or ["CPUExecutionProvider"])
         self._sessions: dict[str, Any] = {}
-        #: frame (pixels) -> image-graph file: the export's own frame, then those of ``extra_frames``
-        self.frames: dict[int, str] = {self.frame: IMAGE_ENCODER_NAME,
-                                       **{int(f): str(n) for f, n in m.get("extra_frames", {}).items()}}
-        image_graph = self._session(IMAGE_ENCODER_NAME)  # fail early on a broken file
-        self.image_outputs: tuple[str, ...] = tuple(o.name for o in image_graph.get_outputs())
-        #: whether the image graph outputs the CLIP head's tokens (format version 2): then the Predictor
-        #: max-pools masks and reads the refinement's windows exactly as the PyTorch model does
-        self.has_head_tokens = "head_tokens" in self.image_outputs
+        #: frame (pixels) -> (backbone + SAM-neck graph, CLIP-head graph); format version 1: one graph for both
+        #: (None for the head), at the export's own frame only
+        self.graphs: dict[int, tuple[str, str | None]] = (
+            {int(f): (str(a), str(b)) for f, (a, b) in m["graphs"].items()} if "graphs" in m
+            else {self.frame: (IMAGE_ENCODER_NAME, None)})
+        self.frames = sorted(self.graphs)
+        #: format version 2: the CLIP head is its own graph, run only for CLIP tasks, and it outputs the head's
+        #: tokens, so the Predictor max-pools masks and reads the refinement's windows as the PyTorch model does
+        self.has_head_tokens = self.graphs[self.frame][1] is not None
+        self._session(IMAGE_ENCODER_NAME)  # fail early on a broken file
 
     # ------------------------------------------------------------------------------- sessions
     def _session(self, name: str) -> Any:  # noqa: ANN401 - onnxruntime.InferenceSession
@@ -79,6 +82,9 @@ class OnnxBackend:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; re-export with `samclip export onnx`")
             opts = ort.SessionOptions()
+            # an export runs several sessions one after another (image graphs per frame, CLIP heads, decoders):
+            # threads that spin after their work would take the cores from the next session
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if self.threads:
                 opts.intra_op_num_threads = int(self.threads)
                 opts.inter_op_num_threads = 1
@@ -112,21 +118,57 @@ class OnnxBackend:
 
     def encode_outputs(self, pixels: np.ndarray, valid_grid: tuple[int, int] | None = None,
                        frame: int | None = None) -> dict[str, np.ndarray]:
-        """:meth:`encode`, every output of the image graph by name (``head_tokens`` 1xGxGxD too, where
-        :attr:`has_head_tokens`), on the graph of ``frame`` (one of :attr:`frames`; default the export's own)."""
+        """Both graphs of ``frame`` (one of :attr:`frames`; default the export's own): every output by name
+        (``backbone_tokens`` and ``head_tokens`` 1xGxGxD too, where :attr:`has_head_tokens`)."""
+        frame, valid = self._frame(frame), None
+        if self.graphs[frame][1] is None:  # format version 1: one graph
+            valid = self._valid(frame, valid_grid)
+            session = self._session(self.graphs[frame][0])
+            values = session.run(None, {"pixels": self._pixels(pixels, frame), "valid_grid": valid})
+            return dict(zip((o.name for o in session.get_outputs()), values))
+        emb, tokens = self.encode_image(pixels, frame)
+        return {"image_embeddings": emb, "backbone_tokens": tokens, **self.encode_clip(tokens, valid_grid, frame)}
+
+    def encode_image(self, pixels: np.ndarray, frame: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Format version 2: 1x3xSxS pixels -> (image_embeddings 1xCxGxG, backbone_tokens 1xGxGxD), the one
+        backbone pass."""
+        frame = self._frame(frame)
+        if self.graphs[frame][1] is None:
+            raise ValueError(f"{self.folder} is a format-version-1 export (one image graph): use encode_outputs")
+        emb, tokens = self._session(self.graphs[frame][0]).run(None, {"pixels": self._pixels(pixels, frame)})
+        return emb, tokens
+
+    def encode_clip(self, backbone_tokens: np.ndarray, valid_grid: tuple[int, int] | None = None,
+                    frame: int | None = None) -> dict[str, np.ndarray]:
+        """Format version 2: backbone tokens of ``frame`` -> ``patch_embeddings``, ``image_embedding_clip`` (over
+        ``valid_grid``, default the whole frame) and ``head_tokens``."""
+        frame = self._frame(frame)
+        name = self.graphs[frame][1]
+        if name is None:
+            raise ValueError(f"{self.folder} is a format-version-1 export (one image graph): use encode_outputs")
+        session = self._session(name)
+        tokens = np.ascontiguousarray(backbone_tokens, dtype=np.float32)
+        values = session.run(None, {"backbone_tokens": tokens, "valid_grid": self._valid(frame, valid_grid)})
+        return dict(zip((o.name for o in session.get_outputs()), values))
+
+    def _frame(self, frame: int | None) -> int:
         frame = self.frame if frame is None else int(frame)
-        if frame not in self.frames:
-            raise ValueError(f"this ONNX export has image graphs for the frames {sorted(self.frames)}, not {frame}; "
+        if frame not in self.graphs:
+            raise ValueError(f"this ONNX export has image graphs for the frames {self.frames}, not {frame}; "
                              "re-export (`samclip export onnx --size`) for another one")
-        grid = frame // self.patch_size
+        return frame
+
+    def _pixels(self, pixels: np.ndarray, frame: int) -> np.ndarray:
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         if pixels.shape != (1, 3, frame, frame):
             raise ValueError(f"pixels must be 1x3x{frame}x{frame} (an exported frame), got "
                              f"{tuple(pixels.shape)}; re-export with --size for another frame size")
+        return pixels
+
+    def _valid(self, frame: int, valid_grid: tuple[int, int] | None) -> np.ndarray:
+        grid = frame // self.patch_size
         gh, gw = valid_grid if valid_grid is not None else (grid, grid)
-        valid = np.array([min(max(int(gh), 1), grid), min(max(int(gw), 1), grid)], dtype=np.int64)
-        values = self._session(self.frames[frame]).run(None, {"pixels": pixels, "valid_grid": valid})
-        return dict(zip(self.image_outputs, values))
+        return np.array([min(max(int(gh), 1), grid), min(max(int(gw), 1), grid)], dtype=np.int64)
 
     # ---------------------------------------------------------------------------------- prompts
     def run_decoder(self, image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
