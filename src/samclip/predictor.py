@@ -220,9 +220,10 @@ class Predictor:
             fp32 prompt tokens (all fp32 for little image-sized work, ``mixed_decode_min_elements``; outputs
             are float32); ``None``: only where the
             device multiplies bf16 natively (elsewhere bf16 is emulated and many times slower than fp32).
-        backend: ``"torch"`` (default) or ``"onnx"``: the image graph (backbone + both heads) and the
-            prompt decoder run on onnxruntime from ``onnx_dir`` (written by ``samclip export onnx`` from
-            this model); the text tower, pre- and post-processing stay in PyTorch. See :meth:`from_onnx`.
+        backend: ``"torch"`` (default) or ``"onnx"``: the image graphs (backbone + SAM neck; the CLIP head,
+            run when a CLIP task first reads the image) and the prompt decoder run on onnxruntime from
+            ``onnx_dir`` (written by ``samclip export onnx`` from this model); the text tower, pre- and
+            post-processing and the mask poolings' LayerNorm / MLP stay in PyTorch. See :meth:`from_onnx`.
     """
 
     # with bf16, a decode call runs in bf16 (mixed) from this many image-embedding elements (C x h x w) times
@@ -355,7 +356,7 @@ class Predictor:
         if int(size) != size or size < self.patch_size or size % self.patch_size:
             raise ValueError(f"size must be a positive multiple of the patch size {self.patch_size}, got {size}")
         if self._onnx is not None and int(size) not in self._onnx.frames:
-            raise ValueError(f"this ONNX export has image graphs for the frames {sorted(self._onnx.frames)}, not "
+            raise ValueError(f"this ONNX export has image graphs for the frames {self._onnx.frames}, not "
                              f"{size}: re-export it (`samclip export onnx` writes the CLIP-head tasks' own sizes "
                              "unless --no-clip-frames), or use the PyTorch backend")
         return int(size)
@@ -594,7 +595,7 @@ class Predictor:
 
     @property
     def _reads_head_tokens(self) -> bool:
-        """Whether the CLIP head's tokens are at hand: the PyTorch model, or an ONNX export whose image graph
+        """Whether the CLIP head's tokens are at hand: the PyTorch model, or an ONNX export whose CLIP-head graph
         outputs them (format version 2). Max pooling and the refinement's window read need them; so do the
         defaults that rest on them (relabelling, the mirrored view of mask reads)."""
         return self._onnx is None or self._onnx.has_head_tokens
