@@ -325,3 +325,33 @@ def test_int8_decoder_export_is_smaller_and_close(tiny, tmp_path, capsys) -> Non
     assert np.abs(iou - ref_iou.numpy()).max() <= 0.05
     with pytest.raises(ValueError, match="decoder_precision"):
         export_onnx(model, tmp_path / "bad", decoder_precision="fp16")
+
+
+def test_serve_on_an_onnx_export(tiny) -> None:  # noqa: ANN001
+    """samclip serve --onnx: the same endpoints on the onnxruntime backend, the same masks and labels."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from samclip.serve import rle_decode
+    from samclip.serve.app import create_app
+
+    buf = io.BytesIO()
+    Image.fromarray(_image()).save(buf, format="PNG")
+    results = {}
+    for name, onnx_dir in (("torch", None), ("onnx", tiny["dir"])):
+        with TestClient(create_app(tiny["model"], onnx_dir=onnx_dir)) as client:
+            info = client.get("/info").json()
+            assert info["backend"] == name
+            iid = client.post("/images", files={"file": ("s.png", buf.getvalue(), "image/png")}).json()["image_id"]
+            body = {"points": [[50, 40]], "point_labels": [1], "labels": LABELS}
+            label = client.post(f"/images/{iid}/label", json=body).json()
+            semseg = client.post(f"/images/{iid}/semseg", json={"labels": LABELS, "refine": True, "png": False})
+            assert semseg.status_code == 200
+            results[name] = (rle_decode(label["mask"]["segmentation"]), label["label"], label["probs"])
+    (m_t, l_t, p_t), (m_o, l_o, p_o) = results["torch"], results["onnx"]
+    assert (m_t == m_o).mean() >= 0.99 and l_t == l_o
+    assert max(abs(p_t[k] - p_o[k]) for k in p_t) <= TOL
+    with pytest.raises(ValueError, match="other weights"):
+        create_app(SamClip.from_config(tiny["model"].config).eval(), onnx_dir=tiny["dir"])

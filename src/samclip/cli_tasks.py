@@ -298,8 +298,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise _user_error(f"--port {args.port}: expected 0..65535")
     app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                      max_prompts=args.max_prompts, cache_size=args.cache_size, request_timeout_s=args.timeout,
-                     device=device, bf16=_bf16(args, device))
-    print(f"samclip: serving {args.model} at http://{args.host}:{args.port}/ "
+                     device=device, bf16=_bf16(args, device), onnx_dir=args.onnx)
+    backend = "" if args.onnx is None else f" (onnxruntime: {args.onnx})"
+    print(f"samclip: serving {args.model}{backend} at http://{args.host}:{args.port}/ "
           "(API spec /openapi.json, docs /docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -413,6 +414,9 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--cache-size", type=int, default=16, help="images kept in the LRU cache (default 16)")
     p.add_argument("--timeout", type=float, default=60.0, help="request timeout in seconds (504; default 60)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--onnx", metavar="DIR", default=None,
+                   help="run the image and prompt graphs of this ONNX export of --model (samclip export onnx) "
+                        "with onnxruntime")
     _device_args(p)
     p.set_defaults(func=_run_serve)
 

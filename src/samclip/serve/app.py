@@ -340,11 +340,15 @@ class Service:
     """The model, its predictor, the image cache and the worker threads behind the endpoints."""
 
     def __init__(self, model: Any, source: str, limits: Limits, cache: ImageCache, *, bf16: bool,
-                 vocabulary: tuple[str, ...], workers: int = 8) -> None:
+                 vocabulary: tuple[str, ...], workers: int = 8, onnx_dir: Any = None) -> None:
         from ..predictor import Predictor
 
         self.model, self.source, self.limits, self.cache = model, source, limits, cache
-        self.predictor = Predictor(model, bf16=bf16)
+        if onnx_dir is None:
+            self.predictor = Predictor(model, bf16=bf16)
+        else:
+            self.predictor = Predictor(model, bf16=bf16, backend="onnx", onnx_dir=onnx_dir)
+        self.onnx_dir = None if onnx_dir is None else os.fspath(onnx_dir)
         self.bf16, self.vocabulary = bf16, vocabulary
         self.lock = threading.Lock()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="samclip-serve")
@@ -417,6 +421,7 @@ class Service:
             "model": self.source, "model_class": type(m).__name__,
             "parameters": int(sum(p.numel() for p in m.parameters())),
             "device": str(self.predictor.device), "dtype": "bf16" if self.bf16 else "fp32",
+            "backend": self.predictor.backend, "onnx_dir": self.onnx_dir,
             "img_size": int(m.img_size), "patch_size": int(enc["patch_size"]), "grid": m.img_size // enc["patch_size"],
             "embed_dim": enc["embed_dim"], "depth": enc["depth"], "mask_threshold": float(m.mask_threshold),
             "text": {k: cfg["text"][k] for k in ("context_length", "width", "layers", "vocab_size")},
@@ -454,20 +459,23 @@ def create_app(
     bf16: bool = False,
     vocabulary: tuple[str, ...] | list[str] = DEFAULT_VOCABULARY,
     workers: int = 8,
+    onnx_dir: Any = None,
 ) -> FastAPI:
     """Build the FastAPI app for a merged model (a registered name, a saved folder, or a SamClip object).
 
     Limits: ``max_upload_mb`` (upload bytes, 413), ``max_pixels`` (decompression-bomb guard from the
     image header, 413), ``max_prompts`` (points + box, or labels, per request; 422), ``cache_size``
     (images kept, LRU; also ``cache_max_mb`` of cached state), ``request_timeout_s`` (504).
-    ``bf16``: bfloat16 autocast (default fp32: faster and exact on most CPUs).
+    ``bf16``: bfloat16 autocast (default fp32: faster and exact on most CPUs). ``onnx_dir``: run the image
+    and prompt graphs of that ONNX export of the model (``samclip export onnx``) with onnxruntime.
     """
     model, source = _load(model_source, device)
     limits = Limits(int(max_upload_mb * (1 << 20)), int(max_pixels), int(max_prompts), float(request_timeout_s))
     if limits.max_prompts < 1 or limits.max_pixels < 1 or limits.max_upload_bytes < 1 or limits.request_timeout_s <= 0:
         raise ValueError(f"every limit must be positive: {limits}")
     cache = ImageCache(cache_size, None if cache_max_mb is None else int(cache_max_mb * (1 << 20)))
-    svc = Service(model, source, limits, cache, bf16=bf16, vocabulary=tuple(vocabulary), workers=workers)
+    svc = Service(model, source, limits, cache, bf16=bf16, vocabulary=tuple(vocabulary), workers=workers,
+                  onnx_dir=onnx_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
