@@ -111,6 +111,12 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     code, _, _ = run(env, "label", img, "--point", "30,30", "--labels", "star,ring,heart", "--pooling", "crop",
                      "--out", str(tmp_path / "lc"), capsys=capsys)
     assert code == 0 and load_outputs(tmp_path / "lc", "scene1")["label"] in ("star", "ring", "heart")
+    code, _, _ = run(env, "label", img, "--point", "30,30", "--labels", "star,ring,heart", "--pooling", "max+crop",
+                     "--out", str(tmp_path / "lmc"), capsys=capsys)
+    assert code == 0 and load_outputs(tmp_path / "lmc", "scene1")["label"] in ("star", "ring", "heart")
+    code, _, _ = run(env, "semseg", img, "--labels", "star,ring", "--refine", "--crop-margin", "1",
+                     "--out", str(tmp_path / "sc"), capsys=capsys)
+    assert code == 0 and load_outputs(tmp_path / "sc", "scene1")["refined"]
 
     code, _, _ = run(env, "everything", img, "--labels", "star,ring", "--points-per-side", "4",
                      "--pred-iou-thresh", "0", "--stability-thresh", "0", "--out", str(tmp_path / "e"), capsys=capsys)
@@ -139,6 +145,8 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     (["segment", "{imgs}/scene0.png"], "at least one --point"),
     (["label", "{imgs}/scene0.png", "--point", "500,4"], "outside the 96x96 image"),
     (["segment", "{imgs}/scene0.png", "--text", "star", "--point", "1,1"], "not both"),
+    (["semseg", "{imgs}/scene0.png", "--crop-margin", "0.5"], "needs refine=True"),
+    (["semseg", "{imgs}/scene0.png", "--refine", "--crop-margin", "2"], "crop_margin must be in [0, 1]"),
 ])
 def test_bad_inputs_exit_2(env, capsys, args, message) -> None:  # noqa: ANN001
     args = [a.format(imgs=env / "imgs", root=env) for a in args]
