@@ -17,7 +17,14 @@ from conftest import randomize_  # noqa: E402
 from samclip.cli import main as cli_main  # noqa: E402
 from samclip.data import SHAPES, generate_scene  # noqa: E402
 from samclip.export import OnnxBackend, export_onnx  # noqa: E402
-from samclip.export.onnx_export import CLIP_HEAD_NAME, DECODER_NAMES, IMAGE_ENCODER_NAME, MANIFEST_NAME  # noqa: E402
+from samclip.export.onnx_export import (  # noqa: E402
+    CLIP_HEAD_NAME,
+    DECODER_NAMES,
+    IMAGE_ENCODER_NAME,
+    MANIFEST_NAME,
+    TEXT_ENCODER_NAME,
+    TOKENIZER_NAME,
+)
 from samclip.models import SamClip  # noqa: E402
 from samclip.testing import tiny_merged_model  # noqa: E402
 
@@ -45,7 +52,8 @@ def _image(seed: int = 3, hw: tuple[int, int] = (96, 120)) -> np.ndarray:
 def test_export_writes_graphs_and_manifest(tiny) -> None:  # noqa: ANN001
     out = tiny["dir"]
     names = {p.name for p in out.iterdir()}
-    assert names == {IMAGE_ENCODER_NAME, CLIP_HEAD_NAME, *DECODER_NAMES.values(), MANIFEST_NAME}
+    assert names == {IMAGE_ENCODER_NAME, CLIP_HEAD_NAME, *DECODER_NAMES.values(), MANIFEST_NAME, TEXT_ENCODER_NAME,
+                     TOKENIZER_NAME}
     assert not [p for p in tiny["root"].iterdir() if p.name.startswith(".")]  # no temporary folder left
     m = json.loads((out / MANIFEST_NAME).read_text())
     assert (m["frame"], m["grid"], m["patch_size"], m["low_res"]) == (128, 8, 16, 32)
@@ -304,7 +312,8 @@ def test_int8_decoder_export_is_smaller_and_close(tiny, tmp_path, capsys) -> Non
                      "--decoder-precision", "int8"]) == 0
     assert json.loads(capsys.readouterr().out)["decoder_precision"] == "int8"
     assert json.loads((out / MANIFEST_NAME).read_text())["decoder_precision"] == "int8"
-    files = {IMAGE_ENCODER_NAME, CLIP_HEAD_NAME, *DECODER_NAMES.values(), MANIFEST_NAME}
+    files = {IMAGE_ENCODER_NAME, CLIP_HEAD_NAME, *DECODER_NAMES.values(), MANIFEST_NAME, TEXT_ENCODER_NAME,
+             TOKENIZER_NAME}
     assert {p.name for p in out.iterdir()} == files
     onnx = pytest.importorskip("onnx")
     for name in DECODER_NAMES.values():  # integer matmuls on uint8 weights (files shrink only at real sizes)
@@ -355,3 +364,23 @@ def test_serve_on_an_onnx_export(tiny) -> None:  # noqa: ANN001
     assert max(abs(p_t[k] - p_o[k]) for k in p_t) <= TOL
     with pytest.raises(ValueError, match="other weights"):
         create_app(SamClip.from_config(tiny["model"].config).eval(), onnx_dir=tiny["dir"])
+
+
+def test_text_encoder_export_matches_the_text_tower(tiny) -> None:  # noqa: ANN001
+    """text_encoder.onnx + tokenizer.json: OnnxBackend tokenizes as the model's tokenizer does and embeds as its
+    text tower does, so zero-shot needs no PyTorch model."""
+    model, backend = tiny["model"], tiny["backend"]
+    texts = ["a photo of a star", "a red striped ring next to a blue heart " * 8, "x"]  # one needs truncating
+    assert backend.has_text
+    np.testing.assert_array_equal(backend.tokenize(texts), model.tokenizer(texts).numpy())
+    with torch.no_grad():
+        ref = model.encode_text(model.tokenizer(texts), normalize=True).numpy()
+    got = backend.encode_text(texts)
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= TOL
+    # with the image graphs' pooled embedding, zero-shot needs only the export (one view: the predictor's tta=False)
+    pixels, hw = backend.preprocess(_image())
+    _, _, pooled = backend.encode(pixels, backend.valid_grid(hw))
+    pred = samclip.Predictor(model, bf16=False)
+    pred.set_image(_image())
+    ref_pooled = pred.image_embedding(tta=False).numpy()
+    assert np.abs(pooled - ref_pooled).max() <= TOL

@@ -40,11 +40,13 @@ The output folder holds
   per frame; a ViT-B backbone: ~0.4 GB). ``clip_frames=False`` (CLI ``--no-clip-frames``) leaves them out: a
   smaller export whose predictor reads everything from the one frame. The manifest lists every frame's two graphs
   (``graphs``).
+- ``text_encoder.onnx`` (when the model has a tokenizer): ``input_ids`` BxL int64 (L = the text tower's
+  context length; start token, ids, end token, zero padding; B dynamic) -> ``text_embeddings`` BxE
+  (L2-normalised), and ``tokenizer.json`` (the ``tokenizers`` file; the manifest's ``text`` entry gives the
+  start and end token ids and L; padding is 0), so that a runtime without the PyTorch model embeds class names too
+  (:meth:`samclip.export.OnnxBackend.encode_text`). The PyTorch predictor keeps its own text tower.
 - ``samclip_onnx.json``: the manifest (model config, frame, grid, patch size, pixel mean / std, logit
   scale, mask threshold, file and tensor names) so a runtime can pre/post-process without torch weights.
-
-The text tower is not exported: class embeddings are computed once per label and cached, so the
-predictor keeps using the PyTorch text tower (the ONNX graphs cover the image and the prompts).
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ from ..models.samclip import SamClip
 MANIFEST_NAME = "samclip_onnx.json"
 IMAGE_ENCODER_NAME = "image_encoder.onnx"
 CLIP_HEAD_NAME = "clip_head.onnx"
+TEXT_ENCODER_NAME = "text_encoder.onnx"
+TOKENIZER_NAME = "tokenizer.json"
 DECODER_NAMES = {True: "prompt_decoder.onnx", False: "prompt_decoder_single.onnx"}  # keyed by multimask
 DECODER_PRECISIONS = ("fp32", "int8")
 FORMAT = "samclip-onnx"
@@ -143,6 +147,17 @@ class ClipHeadGraph(nn.Module):
         masked = head.masked_fill(outside[None, :, :, None], float("-inf"))
         pooled = F.normalize(model.clip_head.pooled(masked), dim=-1)
         return patches, pooled, head
+
+
+class TextEncoderGraph(nn.Module):
+    """The CLIP text tower: BxL token ids -> BxE L2-normalised text embeddings."""
+
+    def __init__(self, model: SamClip) -> None:
+        super().__init__()
+        self.model = _export_view(model)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(input_ids), dim=-1)
 
 
 class PromptDecoderGraph(nn.Module):
@@ -324,6 +339,12 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
                                                 DECODER_INPUTS, DECODER_OUTPUTS, dyn, opset, exporter)
                 if decoder_precision == "int8":
                     _quantize_in_place(tmp / name)
+            if model.tokenizer is not None:  # the text tower, batch dynamic
+                ids = model.tokenizer(["a photo of a star", "a ring"]).to(device)
+                exporters[TEXT_ENCODER_NAME] = _torch_export(
+                    TextEncoderGraph(model), (ids,), tmp / TEXT_ENCODER_NAME, ("input_ids",), ("text_embeddings",),
+                    {"input_ids": {0: "batch"}, "text_embeddings": {0: "batch"}}, opset, exporter)
+                model.tokenizer.save(tmp / TOKENIZER_NAME)
         manifest = _manifest(model, frame, grid, opset, exporters, source)
         manifest["graphs"] = {str(f): list(graph_names(f, frame)) for f in frames}
         manifest["extra_frames"] = {str(f): graph_names(f, frame)[0] for f in frames[1:]}
@@ -404,7 +425,10 @@ def _manifest(model: SamClip, frame: int, grid: int, opset: int, exporters: dict
         "prompt_decoder": {"inputs": list(DECODER_INPUTS), "outputs": list(DECODER_OUTPUTS),
                            "point_labels": {"-1": "padding", "0": "background", "1": "foreground",
                                             "2": "box top-left", "3": "box bottom-right"}},
-        "text_tower": "not exported: use the PyTorch text tower (class embeddings are cached)",
+        "text": {"encoder": TEXT_ENCODER_NAME, "tokenizer": TOKENIZER_NAME,
+                 "context_length": model.config.text.context_length, "sot_token_id": model.config.text.sot_token_id,
+                 "eot_token_id": model.config.text.eot_token_id, "padding": 0,
+                 "inputs": ["input_ids"], "outputs": ["text_embeddings"]} if model.tokenizer is not None else None,
     }
 
 
@@ -421,5 +445,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 __all__ = [
     "CLIP_HEAD_NAME", "DECODER_NAMES", "DECODER_PRECISIONS", "IMAGE_ENCODER_NAME", "MANIFEST_NAME",
-    "ImageEncoderGraph", "ClipHeadGraph", "PromptDecoderGraph", "clip_task_frames", "export_onnx", "graph_names",
+    "TEXT_ENCODER_NAME", "TOKENIZER_NAME", "ImageEncoderGraph", "ClipHeadGraph", "PromptDecoderGraph",
+    "TextEncoderGraph", "clip_task_frames", "export_onnx", "graph_names",
 ]

@@ -60,6 +60,7 @@ class OnnxBackend:
         self.threads = threads
         self.providers = list(providers or ["CPUExecutionProvider"])
         self._sessions: dict[str, Any] = {}
+        self._tokenizer: Any = None
         #: frame (pixels) -> (backbone + SAM-neck graph, CLIP-head graph); format version 1: one graph for both
         #: (None for the head), at the export's own frame only
         self.graphs: dict[int, tuple[str, str | None]] = (
@@ -92,15 +93,17 @@ class OnnxBackend:
         return self._sessions[name]
 
     # ------------------------------------------------------------------------------------ image
-    def preprocess(self, image: Any) -> tuple[np.ndarray, tuple[int, int]]:  # noqa: ANN401
+    def preprocess(self, image: Any, frame: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:  # noqa: ANN401
         """An image (HxWx3 uint8 RGB, see :func:`samclip.inference.to_rgb_uint8`) -> (1x3xSxS normalised,
-        padded pixels, input_size (h, w) of the resized image inside the frame). No torch needed."""
+        padded pixels, input_size (h, w) of the resized image inside the frame S: ``frame``, one of
+        :attr:`frames`, default the export's own). No torch needed."""
         from ..inference.image_input import preprocess_shape, resize_uint8, to_rgb_uint8
 
+        frame = self._frame(frame)
         arr = to_rgb_uint8(image)
-        hw = preprocess_shape(arr.shape[0], arr.shape[1], self.frame)
+        hw = preprocess_shape(arr.shape[0], arr.shape[1], frame)
         x = (resize_uint8(arr, hw).transpose(2, 0, 1).astype(np.float32) - self.pixel_mean) / self.pixel_std
-        out = np.zeros((1, 3, self.frame, self.frame), dtype=np.float32)
+        out = np.zeros((1, 3, frame, frame), dtype=np.float32)
         out[0, :, : hw[0], : hw[1]] = x
         return out, hw
 
@@ -169,6 +172,40 @@ class OnnxBackend:
         grid = frame // self.patch_size
         gh, gw = valid_grid if valid_grid is not None else (grid, grid)
         return np.array([min(max(int(gh), 1), grid), min(max(int(gw), 1), grid)], dtype=np.int64)
+
+    # ------------------------------------------------------------------------------------- text
+    @property
+    def has_text(self) -> bool:
+        """Whether the export holds the text tower (``text_encoder.onnx`` + ``tokenizer.json``)."""
+        return bool(self.manifest.get("text"))
+
+    def tokenize(self, texts: str | list[str]) -> np.ndarray:
+        """Texts -> BxL int64 token ids as the model's tokenizer makes them (start token, ids, end token, zero
+        padding; too long: truncated, still ending with the end token). Needs only the ``tokenizers`` library."""
+        spec = self._text_spec()
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(self.folder / spec["tokenizer"]))
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        n = int(spec["context_length"])
+        out = np.zeros((len(texts), n), dtype=np.int64)
+        for i, enc in enumerate(self._tokenizer.encode_batch(texts, add_special_tokens=False)):
+            ids = [int(spec["sot_token_id"]), *enc.ids[: n - 2], int(spec["eot_token_id"])]
+            out[i, : len(ids)] = ids
+        return out
+
+    def encode_text(self, texts: str | list[str]) -> np.ndarray:
+        """Texts -> BxE L2-normalised text embeddings (``text_encoder.onnx``), to compare with
+        ``image_embedding_clip`` / ``patch_embeddings`` (times ``logit_scale``'s exp for logits)."""
+        spec = self._text_spec()
+        return self._session(spec["encoder"]).run(None, {"input_ids": self.tokenize(texts)})[0]
+
+    def _text_spec(self) -> dict[str, Any]:
+        if not self.has_text:
+            raise ValueError(f"{self.folder} holds no text tower (exported from a model without a tokenizer, or "
+                             "by an older samclip); re-export it with `samclip export onnx`")
+        return self.manifest["text"]
 
     # ---------------------------------------------------------------------------------- prompts
     def run_decoder(self, image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
