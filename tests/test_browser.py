@@ -184,6 +184,22 @@ def test_click_label_and_semantic_map(browser, server, tmp_path) -> None:  # noq
             "labels": ["star", "ring"], "refine": True, "crop_margin": 0.7, "png": True}
         assert page.evaluate("() => window.samclipState.lastResponse.refined")
 
+        # phrase -> every instance: the legend lists the instances, the overlay is their union
+        version = page.evaluate("() => window.samclipState.overlayVersion")
+        page.fill("#text-phrase", "star")
+        page.press("#text-phrase", "Enter")
+        page.wait_for_function(f"() => window.samclipState.lastMode === 'text' && "
+                               f"window.samclipState.overlayVersion > {version} && !window.samclipState.busy")
+        st = page.evaluate("() => window.samclipState")
+        assert st["lastRequest"]["phrase"] == "star" and "star" not in st["lastRequest"].get("vocabulary", [])
+        instances = st["lastResponse"]["instances"]
+        names = page.locator("#legend li").evaluate_all("els => els.map(e => e.dataset.name)")
+        assert names == [f"star {k}" for k in range(1, len(instances) + 1)]
+        union = np.zeros((SIZE, SIZE), bool)
+        for inst in instances:
+            union |= rle_decode(inst["segmentation"]).astype(bool)
+        assert np.array_equal(overlay_alpha(page) > 0, union)
+
         # drag = box prompt, in original-image pixels
         box = page.locator("#prompt-canvas").bounding_box()
         sx, sy = box["width"] / SIZE, box["height"] / SIZE
@@ -253,6 +269,16 @@ def test_trained_model_labels_clicked_object(browser, tmp_path) -> None:  # noqa
                 assert overlay_alpha(page)[y, x] > 0, f"seed {seed}: the overlay does not cover the clicked object"
                 shown = page.locator("#mask-label").get_attribute("data-label")
                 results.append((obj.category, SHAPES[int(idx[0])], shown))
+                if len(results) == 1:  # the phrase search on the first scene: its instances drawn, one is the object
+                    page.fill("#text-phrase", obj.category)
+                    page.click("#text-run")
+                    page.wait_for_function("() => window.samclipState.lastMode === 'text' && "
+                                           "!window.samclipState.busy")
+                    instances = page.evaluate("() => window.samclipState.lastResponse.instances")
+                    masks = [rle_decode(i["segmentation"]).astype(bool) for i in instances]
+                    assert masks and np.array_equal(overlay_alpha(page) > 0, np.any(masks, axis=0))
+                    truth = scene.instance_masks[0]
+                    assert max((m & truth).sum() / (m | truth).sum() for m in masks) > 0.5
             finally:
                 page.close()
     assert all(model_label == shown for _, model_label, shown in results), results

@@ -956,3 +956,20 @@ def test_predict_without_prompts(merged: SamClip, bf16: bool) -> None:
     masks, scores, low = pred.predict()
     assert masks.shape == (3, 90, 200) and scores.shape == (3,) and low.shape[0] == 3
     assert pred.predict_torch()[0].shape == (1, 3, 90, 200)
+
+
+def test_segment_text_duplicates_by_iou_or_cover() -> None:
+    """A mask is a duplicate of a kept one when their IoU is high, or when most of the smaller one lies in the
+    other (a part of the same object prompted from a second region)."""
+    from samclip.predictor import _duplicate
+
+    big = torch.zeros(40, 40, dtype=torch.bool)
+    big[0:20, 0:20] = True
+    part = torch.zeros(40, 40, dtype=torch.bool)
+    part[12:22, 0:10] = True  # 8 of its 10 rows inside ``big``: 80% covered, IoU 0.2
+    apart = torch.zeros(40, 40, dtype=torch.bool)
+    apart[16:26, 0:10] = True  # 40% covered
+    assert _duplicate(part, big[None], 0.7, 0.5) and not _duplicate(part, big[None], 0.7, 0.9)
+    assert not _duplicate(apart, big[None], 0.7, 0.5)
+    assert _duplicate(big, part[None], 0.7, 0.5)  # the kept mask inside the new one counts too
+    assert _duplicate(big, big[None], 0.7, 1.0)  # IoU 1 > 0.7

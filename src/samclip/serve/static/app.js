@@ -17,7 +17,7 @@
   const state = {
     imageId: null, width: 0, height: 0,
     points: [], pointLabels: [], box: null,     // current prompts, original-image pixels
-    lastMode: null,                             // "mask" | "semseg" | "everything"
+    lastMode: null,                             // "mask" | "semseg" | "text" | "everything"
     lastLabel: null, lastScore: null, lastMaskPixels: 0, lastRequest: null, lastResponse: null,
     legend: [], overlayVersion: 0, busy: false, requests: 0, errors: 0, lastError: null,
   };
@@ -167,7 +167,7 @@
       name.textContent = e.name;
       const area = document.createElement("span");
       area.className = "area";
-      area.textContent = `${((100 * e.area) / total).toFixed(1)}%` + (e.score != null && mode === "everything" ? ` · ${e.score.toFixed(2)}` : "");
+      area.textContent = `${((100 * e.area) / total).toFixed(1)}%` + (e.score != null && (mode === "everything" || mode === "text") ? ` · ${e.score.toFixed(2)}` : "");
       li.append(sw, name, area);
       legendEl.append(li);
     }
@@ -264,6 +264,27 @@
     });
   }
 
+  async function runText() {
+    if (!state.imageId) return setStatus("Open an image first.", "error");
+    const phrase = $("text-phrase").value.trim();
+    if (!phrase) return setStatus("Type a phrase, e.g. star.", "error");
+    // the vocabulary's other words compete with the phrase (distractors)
+    const vocabulary = parseWords($("vocab").value).filter((w) => w !== phrase);
+    const body = { phrase, png: true };
+    if (vocabulary.length) body.vocabulary = vocabulary;
+    clearPrompts();
+    state.lastRequest = body;
+    await busy("Finding instances…", async (current) => {
+      const data = await postJSON(`/images/${state.imageId}/segment_text`, body);
+      if (!current()) return;
+      await drawLabelMap(data.label_map_png);
+      state.lastMode = "text";
+      state.lastResponse = data;
+      showLegend(data.legend, "text");
+      if (!data.instances.length) setStatus(`No instance of “${phrase}” found.`, "idle");
+    });
+  }
+
   async function runEverything() {
     if (!state.imageId) return setStatus("Open an image first.", "error");
     const labels = parseWords($("vocab").value);
@@ -290,6 +311,8 @@
   $("sem-run").addEventListener("click", runSemantic);
   $("sem-words").addEventListener("keydown", (ev) => { if (ev.key === "Enter") runSemantic(); });
   $("everything-run").addEventListener("click", runEverything);
+  $("text-run").addEventListener("click", runText);
+  $("text-phrase").addEventListener("keydown", (ev) => { if (ev.key === "Enter") runText(); });
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape") { clearPrompts(); drawLabelMap(null); }
   });
