@@ -180,20 +180,17 @@ class OnnxBackend:
         return bool(self.manifest.get("text"))
 
     def tokenize(self, texts: str | list[str]) -> np.ndarray:
-        """Texts -> BxL int64 token ids as the model's tokenizer makes them (start token, ids, end token, zero
-        padding; too long: truncated, still ending with the end token). Needs only the ``tokenizers`` library."""
+        """Texts -> BxL int64 token ids, as the model's tokenizer makes them (start token, ids, end token, zero
+        padding; too long: truncated, still ending with the end token): :class:`samclip.tokenizer.ClipTokenizer`
+        on the export's ``tokenizer.json``. A runtime without samclip does the same with the manifest's ``text``
+        entry (start / end ids, length) and any ``tokenizers`` port."""
         spec = self._text_spec()
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
+            from ..tokenizer import ClipTokenizer
 
-            self._tokenizer = Tokenizer.from_file(str(self.folder / spec["tokenizer"]))
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        n = int(spec["context_length"])
-        out = np.zeros((len(texts), n), dtype=np.int64)
-        for i, enc in enumerate(self._tokenizer.encode_batch(texts, add_special_tokens=False)):
-            ids = [int(spec["sot_token_id"]), *enc.ids[: n - 2], int(spec["eot_token_id"])]
-            out[i, : len(ids)] = ids
-        return out
+            self._tokenizer = ClipTokenizer.from_file(self.folder / spec["tokenizer"],
+                                                      context_length=int(spec["context_length"]))
+        return self._tokenizer(texts).numpy()
 
     def encode_text(self, texts: str | list[str]) -> np.ndarray:
         """Texts -> BxE L2-normalised text embeddings (``text_encoder.onnx``), to compare with
