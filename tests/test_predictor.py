@@ -735,29 +735,37 @@ def test_clip_tasks_read_the_models_own_sizes_and_map_points_back(merged: SamCli
             assert seen["mask_in"].shape[-1] == 4 * state.grid
 
 
+def _fake_refinement(pred: Predictor, monkeypatch) -> dict[str, float]:  # noqa: ANN001
+    """Set a 128x128 image; the coarse map says "star" at one patch only, and every decode returns the left
+    half of the frame with predicted IoUs (0.1, iou["value"], 0.2). Returns the mutable ``iou`` (0.9)."""
+    g = pred.set_image(image(128, 128)).grid
+    iou = {"value": 0.9}
+
+    def fake_logits(st, labels, templates, background, refine=False):  # noqa: ANN001, ANN202
+        out = torch.full((len(labels) + 1, g, g), -5.0)
+        out[0] = 5.0
+        out[1, 1, 0] = 10.0
+        return out
+
+    left = torch.full((4 * g, 4 * g), -10.0)
+    left[:, : 2 * g] = 10.0
+
+    def fake_decode(st, coords, labels, boxes, mask_in, multimask):  # noqa: ANN001, ANN202
+        n = coords.shape[0]
+        return left.expand(n, 3, -1, -1).clone(), torch.tensor([[0.1, iou["value"], 0.2]]).expand(n, -1)
+
+    monkeypatch.setattr(pred, "_class_logits", fake_logits)
+    monkeypatch.setattr(pred, "_decode", fake_decode)
+    return iou
+
+
 def test_relabelled_refinement_names_each_mask_by_its_own_read(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
     """refine=True, relabel=True: the coarse map only places the points; each point's SAM-head mask takes
     the class its CLIP-head read matches (background: dropped), masks below REFINE_MIN_IOU are dropped."""
     from samclip.predictor import REFINE_MIN_IOU
 
     pred = Predictor(merged)
-    state = pred.set_image(image(128, 128))
-    g = state.grid
-
-    def fake_logits(st, labels, templates, background, refine=False):  # noqa: ANN001, ANN202
-        out = torch.full((len(labels) + 1, g, g), -5.0)
-        out[0] = 5.0
-        out[1, 1, 0] = 10.0  # the coarse map says "star" at one patch only
-        return out
-
-    left = torch.full((4 * g, 4 * g), -10.0)
-    left[:, : 2 * g] = 10.0  # the SAM head's mask: the left half of the frame
-    iou = {"value": 0.9}
-
-    def fake_decode(st, coords, labels, boxes, mask_in, multimask):  # noqa: ANN001, ANN202
-        n = coords.shape[0]
-        return left.expand(n, 3, -1, -1).clone(), torch.tensor([[0.1, iou["value"], 0.2]]).expand(n, -1)
-
+    iou = _fake_refinement(pred, monkeypatch)
     txt = {"star": 0, "ring": 1}
     read = {"as": "ring"}
 
@@ -767,8 +775,6 @@ def test_relabelled_refinement_names_each_mask_by_its_own_read(merged: SamClip, 
             pred.text_embeddings(["star", "ring"])[txt[read["as"]]][None]
         return emb, torch.zeros(1, dtype=torch.bool)
 
-    monkeypatch.setattr(pred, "_class_logits", fake_logits)
-    monkeypatch.setattr(pred, "_decode", fake_decode)
     monkeypatch.setattr(pred, "mask_embeddings", fake_mask_embeddings)
     sem = pred.semantic_segment(["star", "ring"], refine=True)
     assert (sem.label_map[:, :64] == 2).all() and (sem.label_map[:, 64:] == 0).all()  # named "ring" by its read
@@ -784,22 +790,7 @@ def test_refinement_crop_margin_reads_unsure_masks_from_their_crops(merged: SamC
     """crop_margin: a mask whose one-pass read is unsure (top-2 probability margin below it) is also read from
     its crop, and named by both reads (pooling="max+crop"); sure masks are not cropped."""
     pred = Predictor(merged)
-    state = pred.set_image(image(128, 128))
-    g = state.grid
-
-    def fake_logits(st, labels, templates, background, refine=False):  # noqa: ANN001, ANN202
-        out = torch.full((len(labels) + 1, g, g), -5.0)
-        out[0] = 5.0
-        out[1, 1, 0] = 10.0
-        return out
-
-    left = torch.full((4 * g, 4 * g), -10.0)
-    left[:, : 2 * g] = 10.0
-
-    def fake_decode(st, coords, labels, boxes, mask_in, multimask):  # noqa: ANN001, ANN202
-        n = coords.shape[0]
-        return left.expand(n, 3, -1, -1).clone(), torch.tensor([[0.1, 0.9, 0.2]]).expand(n, -1)
-
+    _fake_refinement(pred, monkeypatch)
     star, ring = pred.text_embeddings(["star", "ring"])
     crops = []
 
@@ -811,8 +802,6 @@ def test_refinement_crop_margin_reads_unsure_masks_from_their_crops(merged: SamC
         crops.append(masks.clone())
         return star.expand(len(masks), -1), torch.zeros(len(masks), dtype=torch.bool)
 
-    monkeypatch.setattr(pred, "_class_logits", fake_logits)
-    monkeypatch.setattr(pred, "_decode", fake_decode)
     monkeypatch.setattr(pred, "_pooled_masks", fake_pooled_masks)
     monkeypatch.setattr(pred, "_crop_embeddings", fake_crops)
     assert (pred.semantic_segment(["star", "ring"], refine=True).label_map[:, :64] == 2).all()  # the read: ring

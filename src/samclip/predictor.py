@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .data.captions import class_prompt_templates, fix_articles
 from .inference.crops import mask_crops
-from .inference.everything import box_nms, box_xyxy_to_xywh, build_point_grid, mask_iou, stability_score
+from .inference.everything import box_nms, box_xyxy_to_xywh, build_point_grid, stability_score
 from .inference.image_input import (
     REGION_CONTEXT,
     REGION_MIN_COVER,
@@ -159,11 +159,11 @@ class Instance:
 def _duplicate(mask: torch.Tensor, kept: torch.Tensor, max_iou: float, max_cover: float) -> bool:
     """HxW bool ``mask`` against NxHxW ``kept``: IoU with one of them above ``max_iou``, or more than
     ``max_cover`` of the smaller of the two masks inside the other."""
-    if bool(mask_iou(mask[None], kept).max() > max_iou):
-        return True
     inter = (kept & mask).flatten(1).sum(1).float()
-    smaller = torch.minimum(kept.flatten(1).sum(1), mask.sum()).clamp(min=1).float()
-    return bool((inter / smaller).max() > max_cover)
+    areas, area = kept.flatten(1).sum(1).float(), mask.sum().float()
+    iou = inter / (areas + area - inter).clamp(min=1)
+    cover = inter / torch.minimum(areas, area).clamp(min=1)
+    return bool(((iou > max_iou) | (cover > max_cover)).any())
 
 
 def _check_labels(labels: Any, what: str = "labels") -> list[str]:

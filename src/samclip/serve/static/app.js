@@ -253,15 +253,7 @@
     const refine = $("sem-refine").checked;
     // "+ crops": the refinement's unsure masks are also read from their crops (samclip eval's row (d+))
     const body = { labels: words, refine, crop_margin: refine && $("sem-crops").checked ? 0.7 : 0, png: true };
-    state.lastRequest = body;
-    await busy("Semantic map…", async (current) => {
-      const data = await postJSON(`/images/${state.imageId}/semseg`, body);
-      if (!current()) return;
-      await drawLabelMap(data.label_map_png);
-      state.lastMode = "semseg";
-      state.lastResponse = data;
-      showLegend(data.legend, "semseg");
-    });
+    await runMapTask("Semantic map…", "semseg", body, "semseg");
   }
 
   async function runText() {
@@ -273,14 +265,7 @@
     const body = { phrase, png: true };
     if (vocabulary.length) body.vocabulary = vocabulary;
     clearPrompts();
-    state.lastRequest = body;
-    await busy("Finding instances…", async (current) => {
-      const data = await postJSON(`/images/${state.imageId}/segment_text`, body);
-      if (!current()) return;
-      await drawLabelMap(data.label_map_png);
-      state.lastMode = "text";
-      state.lastResponse = data;
-      showLegend(data.legend, "text");
+    await runMapTask("Finding instances…", "segment_text", body, "text", (data) => {
       if (!data.instances.length) setStatus(`No instance of “${phrase}” found.`, "idle");
     });
   }
@@ -289,16 +274,25 @@
     if (!state.imageId) return setStatus("Open an image first.", "error");
     const labels = parseWords($("vocab").value);
     clearPrompts();
-    await busy("Everything mode…", async (current) => {
-      const body = { png: true };
-      if (labels.length) body.labels = labels;
-      const data = await postJSON(`/images/${state.imageId}/everything`, body);
+    const body = { png: true };
+    if (labels.length) body.labels = labels;
+    await runMapTask("Everything mode…", "everything", body, "everything", (data) => {
+      if (!data.count) setStatus("Everything mode found no confident masks.", "idle");
+    });
+  }
+
+  // one image-level request whose answer is a label map with a legend (semseg, segment_text, everything);
+  // ``after(data)`` runs once it is drawn, unless a newer request superseded it
+  async function runMapTask(label, endpoint, body, mode, after = null) {
+    state.lastRequest = body;
+    await busy(label, async (current) => {
+      const data = await postJSON(`/images/${state.imageId}/${endpoint}`, body);
       if (!current()) return;
       await drawLabelMap(data.label_map_png);
-      state.lastMode = "everything";
+      state.lastMode = mode;
       state.lastResponse = data;
-      showLegend(data.legend, "everything");
-      if (!data.count) setStatus("Everything mode found no confident masks.", "idle");
+      showLegend(data.legend, mode);
+      if (after) after(data);
     });
   }
 
