@@ -950,7 +950,7 @@ def test_predict_without_prompts(merged: SamClip, bf16: bool) -> None:
 def test_segment_text_duplicates_by_iou_or_cover() -> None:
     """A mask is a duplicate of a kept one when their IoU is high, or when most of the smaller one lies in the
     other (a part of the same object prompted from a second region)."""
-    from samclip.predictor import _duplicate
+    from samclip.predictor.text_instances import is_duplicate
 
     big = torch.zeros(40, 40, dtype=torch.bool)
     big[0:20, 0:20] = True
@@ -958,7 +958,7 @@ def test_segment_text_duplicates_by_iou_or_cover() -> None:
     part[12:22, 0:10] = True  # 8 of its 10 rows inside ``big``: 80% covered, IoU 0.2
     apart = torch.zeros(40, 40, dtype=torch.bool)
     apart[16:26, 0:10] = True  # 40% covered
-    assert _duplicate(part, big[None], 0.7, 0.5) and not _duplicate(part, big[None], 0.7, 0.9)
-    assert not _duplicate(apart, big[None], 0.7, 0.5)
-    assert _duplicate(big, part[None], 0.7, 0.5)  # the kept mask inside the new one counts too
-    assert _duplicate(big, big[None], 0.7, 1.0)  # IoU 1 > 0.7
+    assert is_duplicate(part, big[None], 0.7, 0.5) and not is_duplicate(part, big[None], 0.7, 0.9)
+    assert not is_duplicate(apart, big[None], 0.7, 0.5)
+    assert is_duplicate(big, part[None], 0.7, 0.5)  # the kept mask inside the new one counts too
+    assert is_duplicate(big, big[None], 0.7, 1.0)  # IoU 1 > 0.7
