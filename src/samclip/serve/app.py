@@ -45,13 +45,12 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import (
@@ -74,6 +73,23 @@ from . import (
     task_semseg,
 )
 from .cache import CacheEntry, ImageCache
+from .schemas import (
+    ERROR_RESPONSES,
+    ClassifyBody,
+    ClassifyOut,
+    EverythingBody,
+    EverythingOut,
+    ImageOut,
+    LabelBody,
+    LabelOut,
+    PredictOut,
+    PromptBody,
+    SegmentTextBody,
+    SegmentTextOut,
+    SemsegBody,
+    SemsegOut,
+    UploadOut,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_JSON_BYTES = 1 << 20  # request bodies other than uploads
@@ -101,179 +117,6 @@ _STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"
 
 def _error(status: int, error: str, detail: Any, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
-
-
-# -------------------------------------------------------------------------------------------- schemas
-Coord = Annotated[float, Field(allow_inf_nan=False)]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PromptBody(_Body):
-    """SAM prompts in ORIGINAL-image pixels: points (x, y) with labels (1 foreground, 0 background,
-    default all 1) and/or one XYXY box. Every coordinate must lie in ``[0, W] x [0, H]`` (422 otherwise)."""
-
-    points: list[tuple[Coord, Coord]] | None = Field(None, description="(x, y) points, original-image pixels")
-    point_labels: list[Literal[0, 1]] | None = Field(None, description="1 foreground / 0 background per point")
-    box: tuple[Coord, Coord, Coord, Coord] | None = Field(None, description="XYXY box, original-image pixels")
-    multimask: bool = Field(True, description="three candidate masks (the best is reported as `best`)")
-    png: bool = Field(False, description="also return the best mask as a palette-PNG data URL")
-
-
-Pooling = Literal["auto", "max", "mean", "region", "crop", "max+crop"]
-POOLING_HELP = ("how a mask is labelled (Predictor.label_masks): auto / max / mean / region read the one cached pass; "
-                "crop re-encodes the mask's crop (a small extra pass per mask, more accurate; PyTorch models only)")
-
-
-class LabelBody(PromptBody):
-    labels: list[Text] | None = Field(None, description="vocabulary (default: the 12 scene-world shapes)")
-    pooling: Pooling = Field("auto", description=POOLING_HELP)
-
-
-class ClassifyBody(_Body):
-    labels: list[Text] | None = Field(None, description="class names (default: the 12 scene-world shapes)")
-    tta: bool | None = Field(None, description="test-time augmentation (null: the model's own setting)")
-
-
-class SemsegBody(_Body):
-    labels: list[Text] | None = Field(None, description="class names (default: the 12 scene-world shapes)")
-    refine: bool = Field(False, description="compose with the SAM head: a mask per coarse-map point, "
-                                            "each named by the CLIP head")
-    crop_margin: float = Field(0.0, ge=0.0, le=1.0,
-                               description="with refine: masks whose read is unsure by less than this "
-                                           "probability margin are also read from their crops (extra passes)")
-    png: bool = True
-
-
-class SegmentTextBody(_Body):
-    phrase: Text
-    vocabulary: list[Text] | None = Field(None, description="distractor classes competing with the phrase")
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
-    verify: bool = Field(True, description="keep only masks the CLIP head's read over them names the phrase")
-    png: bool = True
-
-
-class EverythingBody(_Body):
-    labels: list[Text] | None = Field(None, description="vocabulary to label every mask (omit: no labels)")
-    points_per_side: int = Field(16, ge=2, le=64)
-    pred_iou_thresh: float = Field(0.7, ge=0.0, le=1.0)
-    stability_score_thresh: float = Field(0.8, ge=0.0, le=1.0)
-    min_area: int = Field(0, ge=0)
-    max_masks: int = Field(100, ge=1, le=255)
-    pooling: Pooling = Field("auto", description=POOLING_HELP)
-    png: bool = True
-
-
-class Rle(BaseModel):
-    size: list[int] = Field(description="[H, W]")
-    counts: str = Field(description="COCO compressed RLE string (pycocotools)")
-
-
-class MaskOut(BaseModel):
-    segmentation: Rle
-    area: int
-    box: list[int] = Field(description="XYXY pixel edges (x1, y1 exclusive)")
-    score: float | None = None
-    predicted_iou: float | None = None
-    stability_score: float | None = None
-    point: list[float] | None = None
-    label: str | None = None
-    label_score: float | None = None
-
-
-class LegendEntry(BaseModel):
-    id: int = Field(description="index in label_map_png")
-    name: str
-    color: str
-    area: int
-    score: float | None = None
-
-
-class _Prompts(BaseModel):
-    points: list[list[float]] | None = None
-    point_labels: list[int] | None = None
-    box: list[float] | None = None
-
-
-class _Visual(BaseModel):
-    legend: list[LegendEntry] = []
-    label_map_png: str | None = Field(None, description="palette PNG data URL; index 0 transparent")
-
-
-class UploadOut(BaseModel):
-    image_id: str
-    width: int
-    height: int
-    cached: bool = Field(description="the same bytes were already cached (no backbone pass)")
-    seconds: float
-
-
-class ImageOut(BaseModel):
-    image_id: str
-    width: int
-    height: int
-
-
-class PredictOut(_Prompts, _Visual):
-    masks: list[MaskOut]
-    scores: list[float]
-    best: int
-
-
-class LabelOut(_Prompts, _Visual):
-    mask: MaskOut
-    label: str | None
-    label_index: int
-    label_score: float
-    probs: dict[str, float]
-    labels: list[str]
-
-
-class Ranked(BaseModel):
-    label: str
-    prob: float
-
-
-class ClassifyOut(BaseModel):
-    labels: list[str]
-    probs: list[float]
-    top: str
-    ranking: list[Ranked]
-
-
-class Segment(MaskOut):
-    id: int
-
-
-class SemsegOut(_Visual):
-    labels: list[str]
-    refined: bool
-    background_area: int
-    segments: list[Segment]
-
-
-class SegmentTextOut(_Visual):
-    phrase: str
-    instances: list[MaskOut]
-
-
-class EverythingOut(_Visual):
-    masks: list[MaskOut]
-    count: int
-    labels: list[str] | None
-
-
-class ErrorOut(BaseModel):
-    error: str
-    detail: Any
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 404, 413, 422, 504)
-}
 
 
 # -------------------------------------------------------------------------------------------- limits
@@ -535,7 +378,7 @@ def create_app(
     async def info() -> dict[str, Any]:
         return svc.info()
 
-    @app.post("/images", response_model=UploadOut, responses=_ERRORS,
+    @app.post("/images", response_model=UploadOut, responses=ERROR_RESPONSES,
               summary="upload an image (multipart field `file`); runs the backbone once and caches it")
     async def upload(file: Annotated[UploadFile, File(description="PNG / JPEG / WebP / ... image")]) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -558,25 +401,25 @@ def create_app(
         return {"image_id": image_id, "width": entry.width, "height": entry.height, "cached": False,
                 "seconds": time.perf_counter() - t0}
 
-    @app.get("/images/{image_id}", response_model=ImageOut, responses=_ERRORS, summary="a cached image's size")
+    @app.get("/images/{image_id}", response_model=ImageOut, responses=ERROR_RESPONSES, summary="a cached image's size")
     async def image_info(image_id: str) -> dict[str, Any]:
         e = svc.entry(image_id)
         return {"image_id": image_id, "width": e.width, "height": e.height}
 
-    @app.delete("/images/{image_id}", responses=_ERRORS, summary="drop a cached image")
+    @app.delete("/images/{image_id}", responses=ERROR_RESPONSES, summary="drop a cached image")
     async def image_delete(image_id: str) -> dict[str, Any]:
         if svc.cache.pop(image_id) is None:
             svc.entry(image_id)  # raises the 404
         return {"image_id": image_id, "deleted": True}
 
-    @app.post("/images/{image_id}/predict", response_model=PredictOut, responses=_ERRORS,
+    @app.post("/images/{image_id}/predict", response_model=PredictOut, responses=ERROR_RESPONSES,
               summary="SAM masks from points / box (original-image pixels, XYXY)")
     async def predict(image_id: str, body: PromptBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         prompts = svc.prompts(body, entry)
         return await svc.run_task(entry, lambda p: task_predict(p, prompts, multimask=body.multimask), body.png)
 
-    @app.post("/images/{image_id}/label", response_model=LabelOut, responses=_ERRORS,
+    @app.post("/images/{image_id}/label", response_model=LabelOut, responses=ERROR_RESPONSES,
               summary="the best mask of points / box prompts and its label from a vocabulary")
     async def label(image_id: str, body: LabelBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
@@ -585,14 +428,14 @@ def create_app(
         return await svc.run_task(
             entry, lambda p: task_label(p, prompts, labels, multimask=body.multimask, pooling=body.pooling), body.png)
 
-    @app.post("/images/{image_id}/classify", response_model=ClassifyOut, responses=_ERRORS,
+    @app.post("/images/{image_id}/classify", response_model=ClassifyOut, responses=ERROR_RESPONSES,
               summary="zero-shot classification of the whole image")
     async def classify(image_id: str, body: ClassifyBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         labels = svc.labels(body.labels)
         return await svc.run_task(entry, lambda p: task_classify(p, labels, tta=body.tta), False)
 
-    @app.post("/images/{image_id}/semseg", response_model=SemsegOut, responses=_ERRORS,
+    @app.post("/images/{image_id}/semseg", response_model=SemsegOut, responses=ERROR_RESPONSES,
               summary="semantic segmentation into labels + background (palette PNG + legend)")
     async def semseg(image_id: str, body: SemsegBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
@@ -600,7 +443,7 @@ def create_app(
         return await svc.run_task(entry, lambda p: task_semseg(p, labels, refine=body.refine,
                                                                    crop_margin=body.crop_margin), body.png)
 
-    @app.post("/images/{image_id}/segment_text", response_model=SegmentTextOut, responses=_ERRORS,
+    @app.post("/images/{image_id}/segment_text", response_model=SegmentTextOut, responses=ERROR_RESPONSES,
               summary="instances of a phrase")
     async def segment_text(image_id: str, body: SegmentTextBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
@@ -609,7 +452,7 @@ def create_app(
             entry, lambda p: task_segment_text(p, body.phrase, vocabulary=vocab, threshold=body.threshold,
                                                 verify=body.verify), body.png)
 
-    @app.post("/images/{image_id}/everything", response_model=EverythingOut, responses=_ERRORS,
+    @app.post("/images/{image_id}/everything", response_model=EverythingOut, responses=ERROR_RESPONSES,
               summary="every mask from a point grid, optionally labelled")
     async def everything(image_id: str, body: EverythingBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
