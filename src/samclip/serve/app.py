@@ -53,26 +53,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_VOCABULARY,
-    ImageDecodeError,
-    ImageTooLarge,
-    PromptError,
-    TaskResult,
-    TooManyPrompts,
-    check_labels,
-    check_prompts,
-    png_data_url,
-    read_image,
-    task_classify,
-    task_everything,
-    task_label,
-    task_predict,
-    task_segment_text,
-    task_semseg,
-)
+from . import tasks
 from .cache import CacheEntry, ImageCache
+from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLarge, png_data_url, read_image
+from .render import TaskResult
 from .schemas import (
     ERROR_RESPONSES,
     ClassifyBody,
@@ -90,6 +74,7 @@ from .schemas import (
     SemsegOut,
     UploadOut,
 )
+from .tasks import DEFAULT_VOCABULARY, PromptError, TooManyPrompts, check_labels, check_prompts
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_JSON_BYTES = 1 << 20  # request bodies other than uploads
@@ -417,7 +402,7 @@ def create_app(
     async def predict(image_id: str, body: PromptBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         prompts = svc.prompts(body, entry)
-        return await svc.run_task(entry, lambda p: task_predict(p, prompts, multimask=body.multimask), body.png)
+        return await svc.run_task(entry, lambda p: tasks.task_predict(p, prompts, multimask=body.multimask), body.png)
 
     @app.post("/images/{image_id}/label", response_model=LabelOut, responses=ERROR_RESPONSES,
               summary="the best mask of points / box prompts and its label from a vocabulary")
@@ -426,21 +411,22 @@ def create_app(
         prompts = svc.prompts(body, entry)
         labels = svc.labels(body.labels)
         return await svc.run_task(
-            entry, lambda p: task_label(p, prompts, labels, multimask=body.multimask, pooling=body.pooling), body.png)
+            entry, lambda p: tasks.task_label(p, prompts, labels, multimask=body.multimask, pooling=body.pooling),
+            body.png)
 
     @app.post("/images/{image_id}/classify", response_model=ClassifyOut, responses=ERROR_RESPONSES,
               summary="zero-shot classification of the whole image")
     async def classify(image_id: str, body: ClassifyBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         labels = svc.labels(body.labels)
-        return await svc.run_task(entry, lambda p: task_classify(p, labels, tta=body.tta), False)
+        return await svc.run_task(entry, lambda p: tasks.task_classify(p, labels, tta=body.tta), False)
 
     @app.post("/images/{image_id}/semseg", response_model=SemsegOut, responses=ERROR_RESPONSES,
               summary="semantic segmentation into labels + background (palette PNG + legend)")
     async def semseg(image_id: str, body: SemsegBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         labels = svc.labels(body.labels)
-        return await svc.run_task(entry, lambda p: task_semseg(p, labels, refine=body.refine,
+        return await svc.run_task(entry, lambda p: tasks.task_semseg(p, labels, refine=body.refine,
                                                                    crop_margin=body.crop_margin), body.png)
 
     @app.post("/images/{image_id}/segment_text", response_model=SegmentTextOut, responses=ERROR_RESPONSES,
@@ -449,7 +435,7 @@ def create_app(
         entry = svc.entry(image_id)
         vocab = svc.labels(body.vocabulary, "vocabulary", default=False)
         return await svc.run_task(
-            entry, lambda p: task_segment_text(p, body.phrase, vocabulary=vocab, threshold=body.threshold,
+            entry, lambda p: tasks.task_segment_text(p, body.phrase, vocabulary=vocab, threshold=body.threshold,
                                                 verify=body.verify), body.png)
 
     @app.post("/images/{image_id}/everything", response_model=EverythingOut, responses=ERROR_RESPONSES,
@@ -457,7 +443,7 @@ def create_app(
     async def everything(image_id: str, body: EverythingBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         labels = svc.labels(body.labels, default=False)
-        return await svc.run_task(entry, lambda p: task_everything(
+        return await svc.run_task(entry, lambda p: tasks.task_everything(
             p, labels, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
             stability_score_thresh=body.stability_score_thresh, min_area=body.min_area,
             max_masks=body.max_masks, pooling=body.pooling), body.png)
