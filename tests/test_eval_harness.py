@@ -147,3 +147,27 @@ def test_match_instances_is_one_to_one_above_half_iou() -> None:
     s = _scores(hits=1, n_pred=2, n_true=4)
     assert s["precision"] == 50 and s["recall"] == 25 and abs(s["f1"] - 100 / 3) < 1e-9
     assert _scores(0, 0, 0) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "n_predicted": 0}
+
+
+def test_report_tables_say_which_goals_are_met() -> None:
+    """The markdown's goal rows follow the numbers: hand-made results on both sides of each margin."""
+    from samclip.eval.merge_report import teacher_table
+
+    def semseg(a: float, b: float, c: float, d: float) -> dict:
+        keys = ("clip_teacher_dense", "sam_plus_clip", "merged_clip_head", "merged_both_heads")
+        return {k: {"miou": v, "seconds_per_image": t} for k, v, t in zip(keys, (a, b, c, d), (0.01, 0.2, 0.02, 0.05))}
+
+    rows = "\n".join(harness._semseg_goals(semseg(10.0, 40.0, 21.0, 41.0)))
+    assert "| (d) >= (c) + 3 | 41.0 vs 24.0 | yes |" in rows and "| (c) >= (a) + 10 | 21.0 vs 20.0 | yes |" in rows
+    assert "| (d) >= (b) | 41.0 vs 40.0, 0.25x (b)'s time | yes |" in rows
+    rows = "\n".join(harness._semseg_goals(semseg(12.0, 45.0, 21.0, 23.0)))
+    assert rows.count("**no**") == 3
+
+    report = {"clip_teacher": {"zero_shot_top1": 99.0, "zero_shot_top1_flip_tta": 99.5, "size": 64},
+              "sam_teacher": {"box_miou": 80.0, "point_miou": 75.0},
+              "merged": {"clip_size": 128, "zero_shot_top1@128": 96.0, "zero_shot_top1": 97.6,
+                         "tta_views": [[128, False], [128, True]], "box_miou": 78.4, "point_miou": 73.6},
+              "deltas": {"zero_shot_top1": -1.9, "box_miou": -1.6, "point_miou": -1.4}}
+    table = "\n".join(teacher_table(report))
+    assert "mean of 128 px, 128 px mirrored" in table and "| 99.5 (CLIP teacher" in table
+    assert "| -1.9 | yes (-2.0) |" in table and "| -1.6 | **no** (-1.5) |" in table and "| -1.4 | yes (-1.5) |" in table

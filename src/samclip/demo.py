@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .checkpoint import atomic_write_bytes
 from .errors import UserError
-from .eval.merge_report import evaluate_merge, write_json
+from .eval.merge_report import evaluate_merge, teacher_table, write_json
 from .factory import load_clip, load_model, load_sam
 from .merge.config import CONFIG_DIR, load_config
 from .merge.run import run_merge
@@ -26,32 +26,15 @@ QUICK = [
 
 
 def _markdown(report: dict, merge_wall: float, curves: Path | None) -> str:
-    ct, st, m, d = report["clip_teacher"], report["sam_teacher"], report["merged"], report["deltas"]
-    zs = {k: v for k, v in m.items() if k.startswith("zero_shot_top1@")}
     lines = [
         "# samclip demo: embedded-default merge",
         "",
         f"Merge wall time: {merge_wall / 60:.1f} min. All numbers on the scene world's `test` split "
         "(seeds training never used).",
         "",
-        "| metric | teacher | merged | merged - teacher |",
-        "| --- | --- | --- | --- |",
+        *teacher_table(report),
+        "",
     ]
-    for k, v in zs.items():
-        size = int(k.split("@")[1])
-        mark = " (its `clip_size`, chosen on val)" if size == m.get("clip_size") else ""
-        lines.append(f"| zero-shot shape top-1, CLIP head at {size} px{mark} | {ct['zero_shot_top1']:.1f} "
-                     f"(CLIP teacher, {ct['size']} px) | {v:.1f} | {v - ct['zero_shot_top1']:+.1f} |")
-    if len(m.get("tta_views", [])) > 1:
-        views = ", ".join(f"{v[0]} px{' mirrored' if v[1] else ''}" for v in m["tta_views"])
-        lines.append(f"| zero-shot shape top-1, the model's classification (mean of {views}) | "
-                     f"{ct['zero_shot_top1_flip_tta']:.1f} (CLIP teacher, image + mirror) | "
-                     f"{m['zero_shot_top1']:.1f} | "
-                     f"{d['zero_shot_top1']:+.1f} (vs the better teacher number) |")
-    lines.append(f"| box-prompt mIoU | {st['box_miou']:.1f} | {m['box_miou']:.1f} | {d['box_miou']:+.1f} |")
-    lines.append(f"| point-prompt mIoU (best of 3) | {st['point_miou']:.1f} | {m['point_miou']:.1f} | "
-                 f"{d['point_miou']:+.1f} |")
-    lines += ["", "Acceptance margins: zero-shot >= teacher - 2, box/point mIoU >= teacher - 1.5.", ""]
     if curves is not None:
         lines += ["![learning and forgetting curves](curves.png)", ""]
     return "\n".join(lines)

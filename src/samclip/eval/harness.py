@@ -22,7 +22,7 @@ from ..checkpoint import atomic_write_bytes
 from ..data import SHAPES, generate_scene, split_seeds, write_grid
 from ..models import CLIP, Sam, SamClip
 from ..predictor import Predictor
-from .merge_report import evaluate_merge
+from .merge_report import evaluate_merge, teacher_table
 from .semseg import ConfusionMatrix, read_voc_folder
 from .semseg_bench import labelling_benchmark, semseg_benchmark
 from .text_instances import segment_text_benchmark
@@ -137,6 +137,23 @@ def _segment_text_table(st: dict | None) -> list[str]:
             "| | precision | recall | F1 | instances returned |", "| --- | --- | --- | --- | --- |", *rows, ""]
 
 
+def _semseg_goals(ss: dict) -> list[str]:
+    """Markdown rows: the inference issue's semantic-segmentation goals against this run's numbers."""
+    a, b, c, d = (ss[k] for k in ("clip_teacher_dense", "sam_plus_clip", "merged_clip_head", "merged_both_heads"))
+
+    def row(goal: str, left: float, right: float, extra: str = "") -> str:
+        return f"| {goal} | {left:.1f} vs {right:.1f}{extra} | {'yes' if left >= right else '**no**'} |"
+
+    speed = f", {d['seconds_per_image'] / b['seconds_per_image']:.2f}x (b)'s time" if b["seconds_per_image"] else ""
+    rows = [row("(d) >= (c) + 3", d["miou"], c["miou"] + 3), row("(c) >= (a) + 10", c["miou"], a["miou"] + 10),
+            row("(d) >= (b)", d["miou"], b["miou"], speed)]
+    plus = ss.get("merged_both_heads_crops")
+    if plus:
+        rows.append(row("(d+) >= (b)", plus["miou"], b["miou"],
+                        f", {plus['seconds_per_image'] / b['seconds_per_image']:.2f}x (b)'s time" if speed else ""))
+    return ["", "| goal | mIoU | met |", "| --- | --- | --- |", *rows]
+
+
 def markdown_report(result: dict) -> str:
     lines = ["# samclip evaluation", ""]
     if result.get("benchmark") == "scenes":
@@ -155,6 +172,7 @@ def markdown_report(result: dict) -> str:
             r = ss[key]
             lines.append(f"| {title} | {r['miou']:.1f} | {r['miou_no_background']:.1f} | "
                          f"{r['seconds_per_image']:.3f} |")
+        lines += _semseg_goals(ss)
         lab = result["labelling"]
         lines += ["", "## Click / box -> label accuracy", "",
                   "| prompt | mean pooling (merged, one pass) | max pooling (merged, one pass) | "
@@ -169,9 +187,7 @@ def markdown_report(result: dict) -> str:
                     f"{lab[f'crop_{kind}']:.1f} |" for kind in ("point", "box")),
                   ""]
         lines += _segment_text_table(result.get("segment_text"))  # absent from reports written before it
-        lines += ["## Merged model vs teachers", "", "```json",
-                  json.dumps({k: result[k] for k in ("clip_teacher", "sam_teacher", "merged", "deltas")}, indent=2),
-                  "```", ""]
+        lines += ["## Merged model vs teachers", "", *teacher_table(result), ""]
         lines += _breakdown_table(result.get("prompt_breakdown", {}))
         lines += ["![overlays: input, ground truth, CLIP head, both heads](overlays.png)", ""]
     else:

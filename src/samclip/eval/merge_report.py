@@ -75,6 +75,36 @@ def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_s
     }
 
 
+#: the merge issue's acceptance margins: merged minus teacher at least this (zero-shot, box / point mIoU)
+MARGINS = {"zero_shot_top1": -2.0, "box_miou": -1.5, "point_miou": -1.5}
+
+
+def teacher_table(report: dict) -> list[str]:
+    """Markdown rows of an :func:`evaluate_merge` report: each metric for the teacher and the merged model, the
+    difference, and whether it is within the acceptance margin (:data:`MARGINS`)."""
+    ct, st, m, d = report["clip_teacher"], report["sam_teacher"], report["merged"], report["deltas"]
+
+    def met(key: str) -> str:
+        return "yes" if d[key] >= MARGINS[key] else "**no**"
+
+    lines = ["| metric | teacher | merged | merged - teacher | within the margin |", "| --- | --- | --- | --- | --- |"]
+    for k, v in m.items():
+        if k.startswith("zero_shot_top1@"):
+            size = int(k.split("@")[1])
+            mark = " (its `clip_size`, chosen on val)" if size == m.get("clip_size") else ""
+            lines.append(f"| zero-shot shape top-1, CLIP head at {size} px{mark} | {ct['zero_shot_top1']:.1f} "
+                         f"(CLIP teacher, {ct['size']} px) | {v:.1f} | {v - ct['zero_shot_top1']:+.1f} | |")
+    views = ", ".join(f"{v[0]} px{' mirrored' if v[1] else ''}" for v in m.get("tta_views", []))
+    how = f"mean of {views}" if len(m.get("tta_views", [])) > 1 else "one view"
+    lines.append(f"| zero-shot shape top-1, the model's classification ({how}) | "
+                 f"{max(ct['zero_shot_top1'], ct['zero_shot_top1_flip_tta']):.1f} (CLIP teacher, the better of one "
+                 f"view and image + mirror) | {m['zero_shot_top1']:.1f} | {d['zero_shot_top1']:+.1f} | "
+                 f"{met('zero_shot_top1')} ({MARGINS['zero_shot_top1']:+.1f}) |")
+    for key, name in (("box_miou", "box-prompt mIoU"), ("point_miou", "point-prompt mIoU (best of 3)")):
+        lines.append(f"| {name} | {st[key]:.1f} | {m[key]:.1f} | {d[key]:+.1f} | {met(key)} ({MARGINS[key]:+.1f}) |")
+    return lines
+
+
 def _side_by_side(teacher: dict, merged: dict) -> dict:
     """Per group key (same bank, so the same keys): instances and the box / point mIoU of both models."""
     return {key: {"instances": t["instances"],
