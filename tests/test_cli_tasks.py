@@ -147,6 +147,11 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     (["segment", "{imgs}/scene0.png", "--text", "star", "--point", "1,1"], "not both"),
     (["semseg", "{imgs}/scene0.png", "--crop-margin", "0.5"], "needs refine=True"),
     (["semseg", "{imgs}/scene0.png", "--refine", "--crop-margin", "2"], "crop_margin must be in [0, 1]"),
+    (["classify", "{imgs}/scene0.png", "--out", "{imgs}"], "would replace the input image"),
+    (["classify", "{imgs}/scene0.png", "--out", "{root}/notes.txt"], "exists and is not a folder"),
+    (["classify", "{imgs}/scene0.png", "--out", "{root}/notes.txt/sub"], "cannot create the folder"),
+    (["everything", "{imgs}/scene0.png", "--max-masks", "0"], "--max-masks 0: expected 1..255"),
+    (["everything", "{imgs}/scene0.png", "--points-per-side", "100000"], "expected 1..256"),
 ])
 def test_bad_inputs_exit_2(env, capsys, args, message) -> None:  # noqa: ANN001
     args = [a.format(imgs=env / "imgs", root=env) for a in args]
@@ -175,3 +180,22 @@ def test_helpers() -> None:
     from pathlib import Path
 
     assert output_stems([Path("a/x.png"), Path("b/x.png"), Path("y.jpg")]) == ["x", "x-2", "y"]
+    # a suffixed stem never takes another input's own stem
+    assert output_stems([Path("a/x.png"), Path("b/x.png"), Path("x-2.png")]) == ["x", "x-3", "x-2"]
+
+
+def test_outputs_are_checked_before_the_model_runs(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    """A folder where an output file goes, or an input that an output would replace: exit 2, nothing written,
+    the input untouched."""
+    (tmp_path / "half" / "scene0.png").mkdir(parents=True)
+    code, _, err = run(env, "classify", str(env / "imgs" / "scene0.png"), "--out", str(tmp_path / "half"),
+                       capsys=capsys)
+    assert code == 2 and "is a folder, where an output file goes" in err
+    assert not (tmp_path / "half" / "scene0.json").exists()
+    own = tmp_path / "own"
+    own.mkdir()
+    image = (env / "imgs" / "scene0.png").read_bytes()
+    (own / "scene0.png").write_bytes(image)
+    code, _, err = run(env, "classify", str(own / "scene0.png"), "--out", str(own), capsys=capsys)
+    assert code == 2 and "would replace the input image" in err
+    assert (own / "scene0.png").read_bytes() == image and sorted(p.name for p in own.iterdir()) == ["scene0.png"]

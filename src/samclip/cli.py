@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .cli_export import add_export_command
-from .cli_tasks import add_task_commands
+from .cli_tasks import add_task_commands, check_out_dir
 from .errors import UserError
 from .merge.config import CONFIG_DIR
 
@@ -56,7 +56,7 @@ def _cmd_teachers(args: argparse.Namespace) -> int:
     if args.action == "eval":
         print(json.dumps(teachers_eval(args.sam, args.clip, quick=args.quick), indent=2))
     else:
-        for p in teacher_grids(args.sam, Path(args.out)):
+        for p in teacher_grids(args.sam, check_out_dir(Path(args.out))):
             print(p)
     return 0
 
@@ -68,8 +68,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.dtype != "auto":  # every model call of the harness resolves "auto" through this
         os.environ[ENV_OVERRIDE] = "true" if args.dtype == "bf16" else "false"
+    out = check_out_dir(Path(args.out))
     model = load_model(args.model)
-    out = Path(args.out)
     if args.benchmark == "scenes":
         result = harness.scenes_benchmark(model, load_sam(args.sam_teacher), load_clip(args.clip_teacher), out,
                                           quick=args.quick, split=args.split, semseg_images=args.semseg_images)
@@ -93,7 +93,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick, fresh=args.fresh)
+    return run_demo(check_out_dir(Path(args.out)), quick=args.quick, fresh=args.fresh)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,8 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"samclip: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, KeyError, ValueError) as e:  # bad paths, names, configs, checkpoints
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    except (OSError, KeyError, ValueError) as e:  # bad paths, names, configs, checkpoints; unwritable outputs
+        if isinstance(e, KeyError) and e.args:
+            msg = e.args[0]
+        elif isinstance(e, OSError) and e.strerror and e.filename is not None:
+            msg = f"{e.filename}: {e.strerror}"
+        else:
+            msg = e
         print(f"samclip: error: {msg}", file=sys.stderr)
         return 2
 

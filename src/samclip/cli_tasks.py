@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+#: the everything mode's grid at most (the CLI's bound; 256 x 256 = 65536 prompts per image)
+MAX_POINTS_PER_SIDE = 256
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _POINT_RE = re.compile(rf"^\s*({_NUM})\s*,\s*({_NUM})\s*(?::\s*([^\s]*)\s*)?$")
@@ -132,28 +134,64 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
 
 def output_stems(paths: list[Path]) -> list[str]:
-    """File stems for the outputs, made unique (``a``, ``a-2`` ...) when inputs share a name."""
-    used: dict[str, int] = {}
+    """File stems for the outputs, made unique (``a``, ``a-2`` ...) when inputs share a name; a suffixed stem
+    never takes the name of another input's stem (``a``, ``a``, ``a-2`` -> ``a``, ``a-3``, ``a-2``)."""
+    taken = {p.stem or "image" for p in paths}
+    used: set[str] = set()
     stems = []
     for p in paths:
         stem = p.stem or "image"
-        n = used.get(stem, 0) + 1
-        used[stem] = n
-        stems.append(stem if n == 1 else f"{stem}-{n}")
+        if stem in used:
+            n = 2
+            while f"{stem}-{n}" in used or f"{stem}-{n}" in taken:
+                n += 1
+            stem = f"{stem}-{n}"
+        used.add(stem)
+        stems.append(stem)
     return stems
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def check_out_dir(out: Path, what: str = "--out") -> Path:
+    """Create the output folder now, before any model work, or fail with one line saying why."""
+    if out.exists() and not out.is_dir():
+        raise _user_error(f"{what} {out}: exists and is not a folder")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _user_error(f"{what} {out}: cannot create the folder ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise _user_error(f"{what} {out}: the folder is not writable")
+    return out
+
+
+def output_pairs(out: Path, paths: list[Path]) -> list[tuple[Path, Path]]:
+    """``(<stem>.json, <stem>.png)`` in ``out`` per input; an error when one would replace an input image or a
+    folder (checked before any model work)."""
+    inputs = {p.resolve() for p in paths}
+    pairs = [(out / f"{stem}.json", out / f"{stem}.png") for stem in output_stems(paths)]
+    for target in (t for pair in pairs for t in pair):
+        if target.resolve() in inputs:
+            raise _user_error(f"--out {out}: the output {target.name} would replace the input image {target}; "
+                              "choose another --out folder")
+        if target.is_dir():
+            raise _user_error(f"--out {out}: {target} is a folder, where an output file goes")
+    return pairs
+
+
+def write_pair_atomic(files: list[tuple[Path, bytes]]) -> None:
+    """Write several files so that none is left half-written and, short of a failing rename, all or none
+    appear: each goes to a temporary file first, then all are renamed into place."""
+    tmps = []
+    try:
+        for path, data in files:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmps.append(tmp)
+            tmp.write_bytes(data)
+        for (path, _), tmp in zip(files, tmps):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 def resolve_device(name: str) -> str:
@@ -238,16 +276,26 @@ def _run_task(args: argparse.Namespace) -> int:
                     prompts_per_image.append(serve.check_prompts(points, point_labels, box, (h, w)))
                 except ValueError as err:
                     raise _user_error(f"{p}: {err}") from None
+    if task == "semseg" and args.crop_margin:
+        if not 0.0 <= args.crop_margin <= 1.0:  # NaN fails this too
+            raise _user_error(f"--crop-margin {args.crop_margin}: crop_margin must be in [0, 1]")
+        if not args.refine:
+            raise _user_error("--crop-margin re-reads the refinement's masks: it needs refine=True (--refine)")
+    if task == "everything":
+        if not 1 <= args.max_masks <= 255:
+            raise _user_error(f"--max-masks {args.max_masks}: expected 1..255 (label-map PNGs hold 255 ids)")
+        if not 1 <= args.points_per_side <= MAX_POINTS_PER_SIDE:
+            raise _user_error(f"--points-per-side {args.points_per_side}: expected 1..{MAX_POINTS_PER_SIDE}")
     device = resolve_device(args.device)
+    out_dir = check_out_dir(Path(args.out))
+    pairs = output_pairs(out_dir, paths)
 
     from .factory import load_model
     from .predictor import Predictor
 
     predictor = Predictor(load_model(args.model, device=device), bf16=_bf16(args, device))
-    out_dir = Path(args.out)
-    stems = output_stems(paths)
-    bar = tqdm(list(zip(paths, stems)), desc=task, unit="img", disable=len(paths) < 2, file=sys.stderr)
-    for i, (path, stem) in enumerate(bar):
+    bar = tqdm(list(zip(paths, pairs)), desc=task, unit="img", disable=len(paths) < 2, file=sys.stderr)
+    for i, (path, (json_path, png_path)) in enumerate(bar):
         image = serve.read_image(path, serve.DEFAULT_MAX_PIXELS)
         predictor.set_image(image)
         title = None
@@ -277,9 +325,8 @@ def _run_task(args: argparse.Namespace) -> int:
         }
         if res.label_map is not None:
             data["legend"] = res.legend
-        json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
-        write_atomic(json_path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
-        write_atomic(png_path, serve.render_overlay(image, res, title=title))
+        write_pair_atomic([(json_path, (json.dumps(data, indent=1) + "\n").encode("utf-8")),
+                           (png_path, serve.render_overlay(image, res, title=title))])
         tqdm.write(f"{_summary(task, path, data)} -> {json_path}")
     print(f"wrote {len(paths)} JSON + PNG pair(s) to {out_dir}", file=sys.stderr)
     return 0
@@ -422,5 +469,6 @@ def add_task_commands(subparsers: Any) -> None:
 
 
 __all__ = [
-    "TaskInputError", "add_task_commands", "expand_inputs", "output_stems", "parse_box", "parse_point", "write_atomic",
+    "TaskInputError", "add_task_commands", "check_out_dir", "expand_inputs", "output_pairs", "output_stems",
+    "parse_box", "parse_point", "write_pair_atomic",
 ]
