@@ -593,6 +593,56 @@ def test_bad_prompts_and_labels(merged: SamClip) -> None:
         pred.classify(LABELS, templates=["no placeholder"])
     with pytest.raises(ValueError, match="phrase"):
         pred.segment_text("")
+    # what the text encoder reads alike is one class; text it cannot read is refused
+    with pytest.raises(ValueError, match="the same class as 'star'"):
+        pred.classify(["star", "ring", " Star "])
+    with pytest.raises(ValueError, match="not valid text"):
+        pred.classify(["st\udcffar", "ring"])
+    with pytest.raises(ValueError, match="not valid text"):
+        pred.segment_text("st\udcffar")
+    # numbers out of range or of the wrong kind are errors, never silently a default or a no-op
+    more = [
+        (lambda: pred.predict_torch(torch.zeros(0, 1, 2), torch.ones(0, 1)), "empty prompt batch"),
+        (lambda: pred.predict_torch(boxes=torch.zeros(0, 4)), "empty prompt batch"),
+        (lambda: pred.classify(LABELS, size=0), "multiple of the patch size"),
+        (lambda: pred.semantic_segment(LABELS, refine=True, max_points=2.5), "max_points must be an integer"),
+        (lambda: pred.semantic_segment(LABELS, threshold=float("nan")), "threshold must be in"),
+        (lambda: pred.segment_text("star", dedupe_iou=1.5), "dedupe_iou must be in"),
+        (lambda: pred.generate(points_per_side=2.5), "points_per_side must be an integer"),
+        (lambda: pred.generate(points_per_side=10**6), r"points_per_side must be in \[1, 256\]"),
+        (lambda: pred.generate(nms_thresh=float("nan")), "nms_thresh must be in"),
+        (lambda: pred.label_masks(np.ones((1, 90, 200), bool), LABELS, context=1.5), "context must be an integer"),
+        (lambda: pred.label_masks(np.ones((1, 90, 200), bool), LABELS, min_cover=float("nan")), "min_cover"),
+        (lambda: pred.set_image("scene.png"), "read_image"),
+    ]
+    for call, match in more:
+        with pytest.raises(ValueError, match=match):
+            call()
+    with pytest.raises(TypeError, match="image index or an ImageState"):
+        pred.select("a")
+
+
+def test_label_case_variants_are_one_class(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    """segment_text drops the vocabulary entry the text encoder reads as the phrase: "Star" among ["star", "ring"]
+    competes with "ring" only, as "star" among ["ring"] does."""
+    pred = Predictor(merged)
+    pred.set_image(image())
+    seen, original = [], pred._class_logits
+    monkeypatch.setattr(pred, "_class_logits",
+                        lambda state, labels, *a: seen.append(labels) or original(state, labels, *a))
+    pred.segment_text("Star", vocabulary=["star", "ring"])
+    pred.segment_text("star", vocabulary=["ring", "STAR"])
+    assert seen == [["Star", "ring"], ["star", "ring"]]
+
+
+def test_truncated_pil_image_is_a_value_error(merged: SamClip, tmp_path) -> None:  # noqa: ANN001
+    from PIL import Image
+
+    Image.fromarray(image()).save(tmp_path / "scene.png")
+    data = (tmp_path / "scene.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with Image.open(tmp_path / "cut.png") as im, pytest.raises(ValueError, match="cannot decode the PIL image"):
+        Predictor(merged).set_image(im)
 
 
 # ------------------------------------------------------------------------------------ plain SAM

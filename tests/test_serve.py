@@ -211,6 +211,11 @@ def test_bad_uploads(client, scenes) -> None:  # noqa: ANN001
     cheap_but_big = png_bytes(np.zeros((300, 300, 3), np.uint8))  # 90k pixels > max_pixels 40k, few bytes
     assert_error(client.post("/images", files={"file": ("b.png", cheap_but_big)}), 413, "image_too_large")
     assert_error(client.post("/images", data={"nofile": "1"}), 422, "invalid_request")
+    for arr in (np.full((8, 8), 0.5, np.float32), np.full((8, 8), 70000, np.int32)):  # 'F' / 'I' modes: refused,
+        buf = io.BytesIO()  # never clipped to a black or white image
+        Image.fromarray(arr).save(buf, format="TIFF")
+        body = assert_error(client.post("/images", files={"file": ("x.tiff", buf.getvalue())}), 400, "invalid_image")
+        assert "32-bit" in body["detail"]
     assert client.get("/health").json()["status"] == "ok"
 
 

@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: the everything mode's grid at most (the CLI's bound; 256 x 256 = 65536 prompts per image)
-MAX_POINTS_PER_SIDE = 256
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _POINT_RE = re.compile(rf"^\s*({_NUM})\s*,\s*({_NUM})\s*(?::\s*([^\s]*)\s*)?$")
@@ -102,8 +100,8 @@ def _labels(text: str | None, what: str = "--labels", *, default: bool = True) -
         return check_labels(text, what=what, default=None)
     except TooManyPrompts as err:
         raise _user_error(str(err)) from None
-    except PromptError:
-        raise _user_error(f"{what} is empty; give comma-separated class names, e.g. {what} star,ring,heart") from None
+    except PromptError as err:
+        raise _user_error(f"{err} (comma-separated class names, e.g. {what} star,ring,heart)") from None
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
@@ -284,6 +282,8 @@ def _run_task(args: argparse.Namespace) -> int:
     if task == "everything":
         if not 1 <= args.max_masks <= 255:
             raise _user_error(f"--max-masks {args.max_masks}: expected 1..255 (label-map PNGs hold 255 ids)")
+        from .inference.everything import MAX_POINTS_PER_SIDE
+
         if not 1 <= args.points_per_side <= MAX_POINTS_PER_SIDE:
             raise _user_error(f"--points-per-side {args.points_per_side}: expected 1..{MAX_POINTS_PER_SIDE}")
     device = resolve_device(args.device)

@@ -296,7 +296,7 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder")
     enc = model.sam.config.image_encoder
-    frame = int(size or enc.img_size)
+    frame = int(enc.img_size if size is None else size)
     if frame < enc.patch_size or frame % enc.patch_size:
         raise ValueError(f"size must be a positive multiple of the patch size {enc.patch_size}, got {size}")
     grid = frame // enc.patch_size

@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+#: the everything mode's grid at most per side (256 x 256 = 65536 prompts per image); the CLI and the Predictor check it
+MAX_POINTS_PER_SIDE = 256
+
 
 def build_point_grid(points_per_side: int) -> np.ndarray:
     """SAM's regular grid: (n*n)x2 (x, y) in [0, 1], cell centres ``(i + 0.5) / n``."""

@@ -14,6 +14,7 @@ Conventions
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -69,9 +70,15 @@ def _as_array(image: Any) -> np.ndarray:
     except ImportError:  # pragma: no cover - pillow is a dependency
         Image = None  # noqa: N806
     if Image is not None and isinstance(image, Image.Image):
-        if image.mode in ("P", "PA", "1", "CMYK", "YCbCr", "LA", "HSV", "LAB"):
-            image = image.convert("RGB")
-        return np.asarray(image)
+        try:
+            if image.mode in ("P", "PA", "1", "CMYK", "YCbCr", "LA", "HSV", "LAB"):
+                image = image.convert("RGB")
+            return np.asarray(image)
+        except (OSError, SyntaxError, ValueError) as err:  # decoded lazily: truncated or corrupt files fail here
+            raise ValueError(f"cannot decode the PIL image ({err})") from None
+    if isinstance(image, str | bytes | bytearray | os.PathLike):
+        raise ValueError(f"expected an image (HxWx3 uint8 array or PIL image), got {type(image).__name__}; "
+                         "read files with samclip.serve.read_image(path_or_bytes)")
     if isinstance(image, torch.Tensor):
         return image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):

@@ -127,6 +127,8 @@ class PredictorBase:
         else:
             if not self._states:
                 raise RuntimeError("no images set: call set_images(images) first")
+            if isinstance(which, bool) or not isinstance(which, int | np.integer):
+                raise TypeError(f"select takes an image index or an ImageState, got {which!r}")
             if not -len(self._states) <= int(which) < len(self._states):
                 raise IndexError(f"image index {which} out of range for {len(self._states)} images")
             self._state = self._states[int(which)]
@@ -346,6 +348,8 @@ class PredictorBase:
             masks_t = masks_t.float().to(self.device)
         if len(set(batch.values())) > 1:
             raise ValueError(f"prompt batch sizes differ: {batch}")
+        if 0 in batch.values():
+            raise ValueError(f"an empty prompt batch (B = 0): {batch}; give at least one prompt")
         return coords, labels, boxes_t, masks_t
 
     def _decode(self, state: ImageState, coords: torch.Tensor | None, labels: torch.Tensor | None,
@@ -551,6 +555,8 @@ class PredictorBase:
         """1xE L2-normalised CLIP-space embedding of the current image, what :meth:`classify` compares with
         the class texts (same ``size`` / ``tta`` rules): e.g. for image-text retrieval."""
         self._require_clip("image_embedding")
+        if size is not None:
+            self._frame_size(size)  # a bad size is an error here, never the default
         cfg = self.model.config
         if tta is None:
             views = cfg.classify_views(size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,8 +14,26 @@ import torch
 from ..data.captions import class_prompt_templates
 
 
+def label_key(label: str) -> str:
+    """What the text encoder sees of a class name: Unicode NFC, whitespace runs as one space, lower case (the
+    CLIP tokenizer's normalisation), so ``"Star"`` and ``" star "`` are one class."""
+    return " ".join(unicodedata.normalize("NFC", label).split()).lower()
+
+
+def check_text(text: Any, what: str) -> str:
+    """A non-empty string the tokenizer can read (no lone surrogates, e.g. from undecodable command-line bytes)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {text!r} is not valid text (undecodable bytes); use UTF-8") from None
+    return text
+
+
 def check_labels(labels: Any, what: str = "labels") -> list[str]:
-    """A list of distinct non-empty class names, or ValueError saying what is wrong (``what``: its name)."""
+    """A list of distinct non-empty class names, or ValueError saying what is wrong (``what``: its name).
+    Names that differ only in case or spacing are duplicates (:func:`label_key`)."""
     if isinstance(labels, str):
         raise ValueError(f"{what} must be a list of strings, not a single string; pass [{labels!r}]")
     try:
@@ -23,13 +42,15 @@ def check_labels(labels: Any, what: str = "labels") -> list[str]:
         raise ValueError(f"{what} must be a list of strings, got {type(labels).__name__}") from err
     if not out:
         raise ValueError(f"{what} is empty; pass at least one class name")
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for label in out:
-        if not isinstance(label, str) or not label.strip():
-            raise ValueError(f"every entry of {what} must be a non-empty string, got {label!r}")
-        if label in seen:
-            raise ValueError(f"duplicate label {label!r} in {what}")
-        seen.add(label)
+        check_text(label, f"every entry of {what}")
+        key = label_key(label)
+        if key in seen:
+            same = "" if seen[key] == label else f" (the same class as {seen[key]!r} to the text encoder, which " \
+                                                  "ignores case and spacing)"
+            raise ValueError(f"duplicate label {label!r} in {what}{same}")
+        seen[key] = label
     return out
 
 
@@ -55,6 +76,27 @@ def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
 def content_key(name: str, prompts: Sequence[str]) -> str:
     """The text-embedding cache key of a class: a hash of its name and its filled prompts."""
     return hashlib.sha256(json.dumps([name, list(prompts)]).encode("utf-8")).hexdigest()
+
+
+def check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
+    """An integer (not a bool, not 2.5) in ``[low, high]``, or ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}" if high is not None
+                         else f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """A number in [0, 1] (NaN is not), or ValueError naming ``name``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return v
 
 
 def float_tensor(x: Any, name: str) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,10 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference.everything import box_nms, box_xyxy_to_xywh, build_point_grid, stability_score
+from ..inference.everything import MAX_POINTS_PER_SIDE, box_nms, box_xyxy_to_xywh, build_point_grid, stability_score
 from ..inference.image_input import original_to_frame
 from ..prompts import masks_to_boxes
-from .checks import check_labels
+from .checks import check_fraction, check_int, check_labels
 from .labelling import MaskLabelling
 
 
@@ -55,8 +56,15 @@ class EverythingMode(MaskLabelling):
         if vocabulary is not None:
             self._require_clip("generate(vocabulary=...)")
             vocab = check_labels(vocabulary, "vocabulary")
-        if points_per_batch < 1:
-            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        check_int(points_per_side, "points_per_side", 1, MAX_POINTS_PER_SIDE)
+        check_int(points_per_batch, "points_per_batch", 1)
+        check_int(min_area, "min_area", 0)
+        for name, value in (("stability_score_thresh", stability_score_thresh), ("nms_thresh", nms_thresh)):
+            check_fraction(value, name)
+        if math.isnan(pred_iou_thresh):  # predicted IoUs are regressed, any other number is a threshold
+            raise ValueError("pred_iou_thresh is NaN")
+        if not math.isfinite(stability_score_offset) or stability_score_offset < 0:
+            raise ValueError(f"stability_score_offset must be a finite number >= 0, got {stability_score_offset}")
         state = self.state
         big_h, big_w = state.original_size
         h, w = state.input_size

@@ -18,7 +18,7 @@ from ..inference.image_input import (
     valid_grid,
 )
 from .base import PredictorBase
-from .checks import check_labels
+from .checks import check_fraction, check_int, check_labels
 from .state import ImageState
 
 #: the ``pooling`` choices of :meth:`Predictor.mask_embeddings` / :meth:`Predictor.label_masks`
@@ -86,6 +86,8 @@ class MaskLabelling(PredictorBase):
         if pooling not in MASK_POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(map(repr, MASK_POOLINGS))}, got {pooling!r}")
         m = self._check_masks(masks, self.state.original_size)
+        check_fraction(min_cover, "min_cover")
+        check_int(context, "context", 0)
         if pooling == "auto":
             pooling = "max" if self._reads_head_tokens else "mean"
         if pooling in ("region", "crop", "max+crop") and self._onnx is not None:

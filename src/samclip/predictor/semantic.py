@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..inference.image_input import valid_grid
 from ..inference.regions import peak_points
 from .base import NEG
-from .checks import check_labels
+from .checks import check_fraction, check_int, check_labels
 from .labelling import MaskLabelling
 from .state import ImageState
 
@@ -100,10 +100,9 @@ class SemanticSegmentation(MaskLabelling):
         """
         self._require_clip("semantic_segment")
         labels = check_labels(labels)
-        if max_points < 1:
-            raise ValueError(f"max_points must be >= 1, got {max_points}")
-        if not 0.0 <= crop_margin <= 1.0:
-            raise ValueError(f"crop_margin must be in [0, 1], got {crop_margin}")
+        check_int(max_points, "max_points", 1)
+        check_fraction(threshold, "threshold")
+        check_fraction(crop_margin, "crop_margin")
         if relabel is None:
             relabel = self._reads_head_tokens
         if crop_margin and self._onnx is not None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..inference.image_input import frame_to_original
 from ..inference.regions import connected_components
 from ..prompts import masks_to_boxes
-from .checks import check_labels
+from .checks import check_fraction, check_labels, check_text, label_key
 from .labelling import MaskLabelling
 
 
@@ -66,10 +66,11 @@ class TextInstances(MaskLabelling):
         0.5 vs IoU alone, precision +3.5 / +3.8, recall -0.6 / -0.3 points).
         """
         self._require_clip("segment_text")
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise ValueError(f"phrase must be a non-empty string, got {phrase!r}")
+        check_text(phrase, "phrase")
+        for name, value in (("threshold", threshold), ("dedupe_iou", dedupe_iou), ("dedupe_cover", dedupe_cover)):
+            check_fraction(value, name)
         vocab = [] if vocabulary is None else check_labels(vocabulary, "vocabulary")
-        labels = [phrase, *[v for v in vocab if v != phrase]]
+        labels = [phrase, *[v for v in vocab if label_key(v) != label_key(phrase)]]  # the phrase competes once
         state = self.state
         # the CLIP-head map at the model's semseg size covers the same frame as the SAM-size pass
         probs = self._class_logits(self._clip_state(None, "semseg"), labels, templates, True).softmax(0)

@@ -73,8 +73,8 @@ def read_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
     """Decode an image file or bytes -> HxWx3 uint8 RGB, EXIF orientation applied (as browsers show it).
 
     The pixel count is checked from the header BEFORE decoding (:class:`ImageTooLarge`); unreadable,
-    truncated or corrupt data raises :class:`ImageDecodeError`. 16-bit images keep their high byte;
-    alpha is dropped; animations give their first frame.
+    truncated or corrupt data raises :class:`ImageDecodeError`, so do 32-bit float or integer images (their value
+    range is unknown). 16-bit images keep their high byte; alpha is dropped; animations give their first frame.
     """
     from PIL import Image, ImageOps
 
@@ -89,7 +89,12 @@ def read_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
             im = ImageOps.exif_transpose(im)
             if im.mode.startswith("I;16"):
                 return to_rgb_uint8(np.asarray(im))
+            if im.mode in ("F", "I"):  # convert("RGB") would clip their values to 0..255 (black / white images)
+                raise ImageDecodeError(f"{name}: 32-bit {'float' if im.mode == 'F' else 'integer'} pixels are not "
+                                       "supported; save the image with 8- or 16-bit channels")
             return to_rgb_uint8(im.convert("RGB"))
+    except ImageDecodeError:
+        raise
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({err})") from None
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.shapes import SHAPES
+from ..predictor.checks import check_text, label_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..predictor import Predictor
@@ -31,15 +32,23 @@ class TooManyPrompts(PromptError):
 
 def parse_labels(text: str | Sequence[str] | None, what: str = "labels") -> list[str]:
     """``"a, b,c"`` (or a list) -> ``["a", "b", "c"]``; whitespace stripped, empty entries dropped,
-    duplicates dropped (first kept). PromptError when nothing is left."""
+    duplicates dropped (first kept; names that differ only in case or spacing are duplicates, as the text encoder
+    reads them alike). PromptError when nothing is left or an entry is not valid text."""
     items = text.split(",") if isinstance(text, str) else list(text or [])
     out: list[str] = []
+    keys: set[str] = set()
     for item in items:
         if not isinstance(item, str):
             raise PromptError(f"every entry of {what} must be a string, got {item!r}")
         s = " ".join(item.split())
-        if s and s not in out:
-            out.append(s)
+        if not s or label_key(s) in keys:
+            continue
+        try:
+            check_text(s, f"an entry of {what}")
+        except ValueError as err:
+            raise PromptError(str(err)) from None
+        keys.add(label_key(s))
+        out.append(s)
     if not out:
         raise PromptError(f"{what} is empty; give at least one comma-separated class name")
     return out
