@@ -16,7 +16,7 @@ import torch
 
 import samclip
 from samclip.checkpoint import load_safetensors
-from samclip.merge.config import load_config
+from samclip.merge.config import CONFIG_DIR, load_config
 from samclip.merge.run import build_streams, build_student
 from samclip.merge.trainer import MergeTrainer, clip_distillation_loss, sam_distillation_loss
 from samclip.models import CLIP, SamClip, clip_preset
@@ -279,6 +279,21 @@ def test_bad_config_is_a_clear_cli_error(tmp_path) -> None:  # noqa: ANN001
     p = _run_cli([sys.executable, "-m", "samclip.cli", "merge", "--config", str(bad)])
     out = p.communicate(timeout=120)[0].decode()
     assert p.returncode == 2 and "invalid TOML" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("override, match", [
+    ("stage2.steps=-5", "stage2.steps = -5: must be >= 0"),
+    ("stage1.lr=nan", "stage1.lr = nan: must be > 0"),
+    ("data.clip_batch=0", "data.clip_batch = 0: must be >= 1"),
+    ("data.clip_single_fraction=2", r"must be in \[0, 1\]"),
+    ("lambda_sam=inf", "lambda_sam = inf"),
+    ("checkpoint_every=0", "checkpoint_every = 0"),
+    ("data.clip_sizes=128,-64", "data.clip_sizes = -64"),
+    ("out=", "out is empty"),
+])
+def test_out_of_range_knobs_fail_at_load(override: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_config(CONFIG_DIR / "tiny-synthetic.toml", [override])
 
 
 def test_precision_and_device_knobs_resolve_or_fail_clearly(teacher_dirs, tmp_path) -> None:  # noqa: ANN001

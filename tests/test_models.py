@@ -160,6 +160,37 @@ def test_config_round_trip() -> None:
         assert type(cfg).from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown config fields"):
         type(cfg).from_dict({**cfg.to_dict(), "bogus": 1})
+    enc = cfg.to_dict()["image_encoder"]
+    for change, match in (({"img_size": "256"}, "img_size: expected int, got '256'"),
+                          ({"patch_size": 16.0}, "patch_size: expected int"),
+                          ({"qkv_bias": 1}, "qkv_bias: expected bool"),
+                          ({"global_attn_indexes": [2, "5"]}, "global_attn_indexes"),
+                          ({"patch_size": 0}, "patch_size must be >= 1")):
+        with pytest.raises(ValueError, match=match):
+            type(cfg).from_dict({**cfg.to_dict(), "image_encoder": {**enc, **change}})
+    with pytest.raises(ValueError, match="expected a mapping"):
+        type(cfg).from_dict([])
+
+
+def test_hand_edited_model_folders_are_checkpoint_errors(tmp_path) -> None:  # noqa: ANN001
+    """A weights file given as the model, or a config.json with wrong types: one CheckpointError naming the file."""
+    import json
+
+    from samclip.checkpoint import CheckpointError
+    from samclip.testing import tiny_merged_model
+
+    folder = samclip.save_pretrained(tiny_merged_model(), tmp_path / "m")
+    with pytest.raises(CheckpointError, match="is a file; expected a model folder"):
+        samclip.load_model(folder / "model.safetensors")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["config"]["sam"]["image_encoder"]["patch_size"] = 0
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="patch_size must be >= 1"):
+        samclip.load_model(folder)
+    meta["config"] = []
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="a \"config\" object"):
+        samclip.load_model(folder)
 
 
 def test_no_forbidden_runtime_imports() -> None:

@@ -76,6 +76,9 @@ def save_folder(folder: str | os.PathLike, model_type: str, config: dict[str, An
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``config.json`` of one of our folders, validated."""
+    if Path(folder).is_file():
+        raise CheckpointError(f"{folder} is a file; expected a model folder (config.json + {WEIGHTS_NAME}) or a "
+                              "registered name")
     path = Path(folder) / CONFIG_NAME
     try:
         meta = json.loads(path.read_text())
@@ -87,6 +90,8 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a samclip config (missing \"format\": \"{FORMAT}\")")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {meta['format_version']} is newer than this samclip")
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("model_type"), str):
+        raise CheckpointError(f"{path}: needs a \"model_type\" string and a \"config\" object")
     return meta
 
 

@@ -28,6 +28,8 @@ def _resolve_config(path: str | None) -> Path | None:
     if path is None:
         return None
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"config {path!r} is a folder; expected a TOML file (e.g. configs/tiny-synthetic.toml)")
     if p.exists():
         return p
     packaged = CONFIG_DIR / (path if path.endswith(".toml") else f"{path}.toml")
@@ -44,6 +46,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         cfg = load_config(_resolve_config(args.config), args.set or [])
     except ValueError as e:
         raise UserError(str(e)) from None
+    check_out_dir(Path(cfg.out), "config out")
     summary = run_merge(cfg, resume=args.resume, evaluate=not args.no_eval)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     print(f"merged model: {Path(cfg.out) / 'model'}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +43,16 @@ def _resolve(kind: str, source: str | os.PathLike) -> Path:
     return path
 
 
+def _build(cls: type, cfg: Any, path: Path) -> Any:
+    """``cls.from_config(cfg)``, with a config that cannot describe a network (a zero patch size, say) reported
+    as a :class:`CheckpointError` naming the checkpoint."""
+    try:
+        return cls.from_config(cfg)
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: its config does not describe a buildable {cls.__name__} "
+                              f"({type(err).__name__}: {err})") from None
+
+
 def _finish(model: torch.nn.Module, device: str | torch.device | None, dtype: torch.dtype | None):  # noqa: ANN202
     model.eval()
     if device is not None or dtype is not None:
@@ -66,7 +77,7 @@ def load_sam(
     path = _resolve("sam", source)
     cfg = sam_preset(config) if isinstance(config, str) else config
     cfg, state, fmt = load_sam_checkpoint(path, cfg)
-    model = Sam.from_config(cfg)
+    model = _build(Sam, cfg, path)
     load_state_strict(model, state, f"SAM ({fmt} format, image encoder {cfg.image_encoder.embed_dim}-d)")
     return _finish(model, device, dtype)
 
@@ -89,7 +100,7 @@ def load_clip(
     path = _resolve("clip", source)
     cfg = clip_preset(config) if isinstance(config, str) else config
     cfg, state, tokenizer, fmt = load_clip_checkpoint(path, cfg, trust_torchscript=trust_torchscript)
-    model = CLIP.from_config(cfg)
+    model = _build(CLIP, cfg, path)
     load_state_strict(model, state, f"CLIP ({fmt} format, vision width {cfg.vision.width})")
     model.tokenizer = tokenizer
     return _finish(model, device, dtype)
@@ -106,8 +117,11 @@ def load_model(
     kind, cfg_dict, state = load_folder(path)
     if kind != "samclip":
         raise CheckpointError(f"{path} holds a {kind!r} model, not a merged samclip model")
-    cfg = SamClipConfig.from_dict(cfg_dict)
-    model = SamClip.from_config(cfg)
+    try:
+        cfg = SamClipConfig.from_dict(cfg_dict)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: config.json: {err}") from None
+    model = _build(SamClip, cfg, path)
     load_state_strict(model, state, "the merged SAM-CLIP model")
     model.tokenizer = read_tokenizer(path, cfg.text.context_length)
     return _finish(model, device, dtype)

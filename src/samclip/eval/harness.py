@@ -74,6 +74,19 @@ def voc_benchmark(merged: SamClip, root: str, labels: list[str], refine: bool = 
     return {"benchmark": "voc", "refine": refine, "n_images": n, **cm.summary(["background", *labels])}
 
 
+def _read_coco_json(path: Path) -> dict:
+    """A COCO instances file, checked: ValueError naming the file when it is not one."""
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file (a COCO instances JSON is expected)")
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
+        raise ValueError(f"{path}: a COCO instances JSON needs 'images', 'annotations' and 'categories'")
+    return data
+
+
 def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, limit: int | None = None) -> dict:
     """Mask AP of box-prompted masks (ground-truth boxes as prompts) with pycocotools' COCOeval."""
     from PIL import Image
@@ -81,7 +94,11 @@ def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, 
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    gt = COCO(annotations)
+    gt = COCO()
+    gt.dataset = _read_coco_json(Path(annotations))
+    gt.createIndex()
+    if not Path(images_dir).is_dir():
+        raise ValueError(f"{images_dir}: not a folder (the images of {annotations})")
     pred = Predictor(model)
     results = []
     img_ids = sorted(gt.getImgIds())[:limit]

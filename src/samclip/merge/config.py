@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -245,8 +246,53 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> MergeConf
         _set_path(data, key.strip(), value.strip())
     cfg = _build(MergeConfig, data, "")
     cfg.bf16 = str(cfg.bf16).lower()
+    check_ranges(cfg)
     cfg.use_bf16  # noqa: B018 - validates bf16 and device now, not mid-run
     return cfg
+
+
+#: value ranges of the numeric knobs, checked when a config is loaded (name: (low, high), None = unbounded;
+#: "lo<" means strictly above low); lists are checked item by item
+_RANGES: dict[str, tuple[float | None, float | None] | tuple[str, float]] = {
+    "checkpoint_every": (1, None), "threads": (0, None), "lambda_sam": (0, None), "backbone_lr_mult": (0, None),
+    "region_weight": (0, None), "region_start": (0, None), "dense_weight": (0, None),
+    "head.depth": (1, None), "head.mlp_hidden": (1, None), "head.dense_pool": (1, None), "head.refine_pool": (0, None),
+    "head.tta_sizes": (1, None),
+    "data.clip_images": (1, None), "data.sam_images": (1, None), "data.clip_render_size": (1, None),
+    "data.clip_single_fraction": (0, 1), "data.clip_sizes": (1, None), "data.stage3_sizes": (1, None),
+    "data.clip_batch": (1, None), "data.sam_batch": (1, None), "data.prompts_per_image": (1, None),
+    "data.stage3_token_cache_images": (0, None), "data.region_images": (1, None), "data.region_min_cover": (0, 1),
+    "data.region_context": (0, None), "data.region_crop_pad": (0, None), "data.region_sizes": (1, None),
+    "data.region_background_max_cover": (0, 1), "data.clip_mask_crops": (0, None),
+    "eval.every": (0, None), "eval.val_images": (1, None), "eval.zero_shot_images": (1, None),
+    "eval.early_stop_patience": (1, None), "eval.early_stop_tolerance": (0, None),
+    **{f"stage{i}.{k}": r for i in (1, 2, 3)
+       for k, r in (("steps", (0, None)), ("lr", ("lo<", 0)), ("weight_decay", (0, None)), ("warmup", (0, None)))},
+}
+
+
+def check_ranges(cfg: MergeConfig) -> None:
+    """ValueError naming the first knob out of its range (negative steps, a zero batch, a NaN learning rate ...),
+    so that a bad value stops the run before any work rather than mid-run or silently."""
+    if not str(cfg.out).strip():
+        raise ValueError("config out is empty; give the run's output folder")
+    for name, bounds in _RANGES.items():
+        value: Any = cfg
+        for part in name.split("."):
+            value = getattr(value, part)
+        for v in value if isinstance(value, list) else [value]:
+            if bounds[0] == "lo<":
+                ok, want = math.isfinite(v) and v > bounds[1], f"> {bounds[1]}"
+            else:
+                low, high = bounds
+                ok = math.isfinite(v) and (low is None or v >= low) and (high is None or v <= high)
+                want = f">= {low}" if high is None else f"in [{low}, {high}]"
+            if not ok:
+                raise ValueError(f"config {name} = {v!r}: must be {want}")
+    if not cfg.data.clip_sizes:
+        raise ValueError("config data.clip_sizes is empty; give at least one student size")
+    if cfg.stage3.steps and not cfg.data.stage3_sizes:
+        raise ValueError("config data.stage3_sizes is empty but stage3.steps > 0")
 
 
 def dump_config(cfg: MergeConfig) -> str:

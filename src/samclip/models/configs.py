@@ -8,29 +8,68 @@ checkpoints can describe themselves (``config.json`` beside ``model.safetensors`
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether a JSON / TOML value fits a config field's annotation (int, float, bool, str, tuples of them,
+    unions, nested config dataclasses)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return isinstance(value, tp | dict)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
 def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build a (possibly nested) config dataclass from a dict, rejecting unknown fields."""
+    """Build a (possibly nested) config dataclass from a dict, rejecting unknown fields and values of the wrong
+    type (``ValueError`` naming the field)."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected a mapping of config fields, got {type(data).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown config fields {unknown}")
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         sub = _NESTED.get((cls.__name__, name))
+        if not _matches(value, hints.get(name, Any)) and not (sub is not None and isinstance(value, dict)):
+            raise ValueError(f"{cls.__name__}.{name}: expected {_type_name(hints[name])}, got {value!r}")
         if sub is not None and isinstance(value, dict):
             value = _from_dict(sub, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
 class _Config:
@@ -71,6 +110,11 @@ class ImageEncoderConfig(_Config):
     window_size: int = 14
     global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
     layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "out_chans", "in_chans"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ImageEncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def grid_size(self) -> int:
