@@ -4,6 +4,7 @@ Predictor parity (backend="onnx" vs torch), the CLI and clear errors."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -295,6 +296,11 @@ def test_backend_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001
     p.set_image(_image())
     with pytest.raises(ValueError, match="image graphs for the frames"):
         p.classify(LABELS, size=64)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny["dir"], broken)
+    (broken / "prompt_decoder.onnx").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="prompt_decoder.onnx: not a loadable ONNX graph"):
+        OnnxBackend(broken).open_graphs()
 
 
 def test_cli_export(tiny, tmp_path, capsys) -> None:  # noqa: ANN001

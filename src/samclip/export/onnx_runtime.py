@@ -89,8 +89,23 @@ class OnnxBackend:
             if self.threads:
                 opts.intra_op_num_threads = int(self.threads)
                 opts.inter_op_num_threads = 1
-            self._sessions[name] = ort.InferenceSession(str(path), opts, providers=self.providers)
+            try:
+                self._sessions[name] = ort.InferenceSession(str(path), opts, providers=self.providers)
+            except Exception as err:  # noqa: BLE001 - onnxruntime's own exception types (InvalidProtobuf, Fail ...)
+                raise ValueError(f"{path}: not a loadable ONNX graph ({type(err).__name__}: {err}); re-export with "
+                                 "`samclip export onnx`") from None
         return self._sessions[name]
+
+    def open_graphs(self) -> list[str]:
+        """Load every graph a request at the export's own frame may need (image graphs, prompt decoders, text
+        tower), so that a broken file is reported now rather than by the first request that reads it; the
+        graphs at the CLIP tasks' other frames stay lazy. Returns their names."""
+        names = [n for n in self.graphs[self.frame] if n is not None] + list(DECODER_NAMES.values())
+        if self.has_text:
+            names.append(self._text_spec()["encoder"])
+        for name in names:
+            self._session(name)
+        return names
 
     # ------------------------------------------------------------------------------------ image
     def preprocess(self, image: Any, frame: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:  # noqa: ANN401

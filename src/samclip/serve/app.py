@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -176,6 +177,7 @@ class Service:
             self.predictor = Predictor(model, bf16=bf16)
         else:
             self.predictor = Predictor(model, bf16=bf16, backend="onnx", onnx_dir=onnx_dir)
+            self.predictor._onnx.open_graphs()  # noqa: SLF001 - a broken export fails at start-up, not per request
         self.onnx_dir = None if onnx_dir is None else os.fspath(onnx_dir)
         self.bf16, self.vocabulary = bf16, vocabulary
         self.lock = threading.Lock()
@@ -299,7 +301,8 @@ def create_app(
     """
     model, source = _load(model_source, device)
     limits = Limits(int(max_upload_mb * (1 << 20)), int(max_pixels), int(max_prompts), float(request_timeout_s))
-    if limits.max_prompts < 1 or limits.max_pixels < 1 or limits.max_upload_bytes < 1 or limits.request_timeout_s <= 0:
+    if (limits.max_prompts < 1 or limits.max_pixels < 1 or limits.max_upload_bytes < 1
+            or not limits.request_timeout_s > 0 or not math.isfinite(limits.request_timeout_s)):  # NaN fails too
         raise ValueError(f"every limit must be positive: {limits}")
     cache = ImageCache(cache_size, None if cache_max_mb is None else int(cache_max_mb * (1 << 20)))
     svc = Service(model, source, limits, cache, bf16=bf16, vocabulary=tuple(vocabulary), workers=workers,
