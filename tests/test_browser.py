@@ -199,6 +199,12 @@ def test_click_label_and_semantic_map(browser, server, tmp_path) -> None:  # noq
         for inst in instances:
             union |= rle_decode(inst["segmentation"]).astype(bool)
         assert np.array_equal(overlay_alpha(page) > 0, union)
+        version = page.evaluate("() => window.samclipState.overlayVersion")
+        page.check("#text-every")  # candidates from the everything mode
+        page.click("#text-run")
+        page.wait_for_function(f"() => window.samclipState.lastMode === 'text' && "
+                               f"window.samclipState.overlayVersion > {version} && !window.samclipState.busy")
+        assert page.evaluate("() => window.samclipState.lastRequest.candidates") == "everything"
 
         # drag = box prompt, in original-image pixels
         box = page.locator("#prompt-canvas").bounding_box()

@@ -90,6 +90,9 @@ def test_segment_points_box_text(env, tmp_path, capsys) -> None:  # noqa: ANN001
     assert code == 0 and d["phrase"] == "star"
     for inst in d["instances"]:
         check_rle(inst["segmentation"], SIZE, SIZE)
+    code, _, _ = run(env, "segment", img, "--text", "star", "--candidates", "everything", "--out", str(tmp_path),
+                     capsys=capsys)
+    assert code == 0 and load_outputs(tmp_path, "scene0")["phrase"] == "star"
 
 
 def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001

@@ -40,7 +40,7 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     assert {"clip_teacher", "sam_teacher", "merged", "deltas"} <= set(result)
     st = result["segment_text"]
     assert st["n_images"] == 4 and st["n_instances"] > 0
-    for key in ("verified", "unverified"):
+    for key in ("verified", "unverified", "everything"):
         assert set(st[key]) == {"precision", "recall", "f1", "n_predicted"}
         assert all(0 <= st[key][m] <= 100 for m in ("precision", "recall", "f1"))
     assert 0 <= result["clip_teacher"]["zero_shot_top1_flip_tta"] <= 100

@@ -635,6 +635,41 @@ def test_label_case_variants_are_one_class(merged: SamClip, monkeypatch) -> None
     assert seen == [["Star", "ring"], ["star", "ring"]]
 
 
+def test_segment_text_everything_candidates_name_the_everything_masks_once_per_image(merged: SamClip,
+                                                                                    monkeypatch) -> None:  # noqa: ANN001
+    """candidates="everything": each instance is one of generate()'s masks whose read names the phrase (against
+    the vocabulary and the background); generate and the reads run once per image, whatever the phrase."""
+    pred = Predictor(merged)
+    pred.set_image(image())
+    h, w = pred.original_size
+    records = []  # the random tiny model's everything mode finds nothing confident: hand-made masks instead
+    for k, (y0, x0, y1, x1) in enumerate([(0, 0, 40, 60), (30, 100, 90, 200), (50, 20, 90, 90), (5, 120, 40, 190),
+                                          (0, 0, 90, 200), (60, 150, 80, 170)]):
+        m = np.zeros((h, w), bool)
+        m[y0:y1, x0:x1] = True
+        records.append({"segmentation": m, "predicted_iou": 0.95 - 0.05 * k, "point_coords": [[x0, y0]]})
+    calls = []
+    monkeypatch.setattr(pred, "generate", lambda *a, **k: calls.append(1) or records)
+    found = {p: pred.segment_text(p, vocabulary=[q for q in LABELS if q != p], candidates="everything", pooling="max")
+             for p in LABELS}
+    assert len(calls) == 1 and sum(len(v) for v in found.values()) > 0
+    masks = np.stack([r["segmentation"] for r in records])
+    logits, empty = pred._mask_class_logits(torch.from_numpy(masks), LABELS, None, None, pooling="max")
+    named = logits.argmax(-1)
+    for j, p in enumerate(LABELS):
+        for inst in found[p]:
+            k = next(k for k in range(len(masks)) if np.array_equal(masks[k], inst.mask))
+            assert int(named[k]) == j + 1 and not empty[k] and inst.point == tuple(records[k]["point_coords"][0])
+        assert [i.score for i in found[p]] == sorted((i.score for i in found[p]), reverse=True)
+    pred.set_image(image())  # a new image: new candidates
+    pred.segment_text("star", candidates="everything", pooling="max")
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="candidates must be one of"):
+        pred.segment_text("star", candidates="all")
+    with pytest.raises(ValueError, match="verify=False does not apply"):
+        pred.segment_text("star", candidates="everything", verify=False)
+
+
 def test_truncated_pil_image_is_a_value_error(merged: SamClip, tmp_path) -> None:  # noqa: ANN001
     from PIL import Image
 

@@ -165,6 +165,11 @@ def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
         assert rle_decode(inst["segmentation"]).shape == (SIZE, SIZE)
     r = client.post(f"/images/{iid}/segment_text", json={**unverified, "verify": "perhaps"})
     assert r.status_code == 422
+    every = {"phrase": "star", "vocabulary": ["ring"], "candidates": "everything"}
+    r = client.post(f"/images/{iid}/segment_text", json=every)
+    assert r.status_code == 200 and len(r.json()["legend"]) == len(r.json()["instances"])
+    assert client.post(f"/images/{iid}/segment_text", json={**every, "candidates": "all"}).status_code == 422
+    assert client.post(f"/images/{iid}/segment_text", json={**every, "verify": False}).status_code == 422
 
     r = client.post(f"/images/{iid}/everything", json={"labels": ["star", "ring"], "points_per_side": 4,
                                                          "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})

@@ -36,6 +36,7 @@ _TASK_EPILOG = {
   samclip segment scene.png --point 120,80 --point 30,40:0   # plus a background point
   samclip segment scene.png --box 10,20,200,180 --multimask  # box prompt, three candidate masks
   samclip segment scene.png --text star --labels ring,heart  # instances of a phrase
+  samclip segment scene.png --text star --candidates everything  # more of them, slower
 """,
     "semseg": """examples:
   samclip semseg scene.png --labels star,ring,heart
@@ -303,7 +304,7 @@ def _run_task(args: argparse.Namespace) -> int:
             res = serve.task_classify(predictor, labels, tta=args.tta)
             title = " | ".join(f"{r['label']} {r['prob']:.2f}" for r in res.data["ranking"][:3])
         elif task == "segment" and args.text is not None:
-            res = serve.task_segment_text(predictor, args.text, vocabulary=labels)
+            res = serve.task_segment_text(predictor, args.text, vocabulary=labels, candidates=args.candidates)
             title = f"text: {args.text}"
         elif task == "segment":
             res = serve.task_predict(predictor, prompts_per_image[i], multimask=args.multimask)
@@ -406,6 +407,10 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--multimask", action="store_true", help="three candidate masks (the overlay shows the best)")
     p.add_argument("--text", help="segment the instances of this phrase instead of using point / box prompts")
     p.add_argument("--labels", help="with --text: distractor classes competing with the phrase")
+    p.add_argument("--candidates", choices=["regions", "everything"], default="regions",
+                   help="with --text: regions = one mask per coarse-map region of the phrase (one pass, default); "
+                        "everything = every everything-mode mask named by its read and its crop (finds more "
+                        "instances; slower)")
     p.set_defaults(func=_run_task)
 
     p = subparsers.add_parser("semseg", help="semantic segmentation into --labels + background", formatter_class=fmt,

@@ -145,9 +145,11 @@ def _segment_text_table(st: dict | None) -> list[str]:
     """Markdown rows of text -> instances precision / recall / F1, verified vs not."""
     if not st:
         return []
-    titles = {"verified": "verified by the CLIP head (default)", "unverified": "`verify=False`"}
+    titles = {"verified": "coarse-map regions, verified by the CLIP head (default, one pass)",
+              "unverified": "`verify=False`",
+              "everything": "`candidates=\"everything\"`: everything-mode masks named by max pooling + crop"}
     rows = [f"| {title} | {st[k]['precision']:.1f} | {st[k]['recall']:.1f} | {st[k]['f1']:.1f} | "
-            f"{st[k]['n_predicted']} |" for k, title in titles.items()]
+            f"{st[k]['n_predicted']} |" for k, title in titles.items() if k in st]
     return [f"## Text -> instances (`segment_text`, {st['n_images']} scenes, {st['n_instances']} instances)", "",
             "Each shape as the phrase, the other 11 as its vocabulary; a hit: mask IoU > 0.5 with an unmatched "
             "instance of that shape.", "",

@@ -3,8 +3,8 @@
 Every scene is asked for each of the 12 shapes in turn (the other 11 as the vocabulary of distractors); a
 predicted instance is a true positive when its mask has IoU > 0.5 with a not yet matched ground-truth
 instance of that shape (predictions taken in their returned order, best score first). Precision, recall
-and F1 are pooled over all (scene, phrase) pairs, with and without the CLIP-head verification of each mask
-(``verify``).
+and F1 are pooled over all (scene, phrase) pairs: with and without the CLIP-head verification of each mask
+(``verify``), and with the everything mode's masks as candidates (``candidates="everything"``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from ..models import SamClip
 from ..predictor import Instance, Predictor
 
 MATCH_IOU = 0.5
+#: the benchmark's third row: candidates from the everything mode, named by max pooling + the crop
+EVERYTHING = {"candidates": "everything"}
 
 
 def match_instances(predicted: list[Instance], truth: list[np.ndarray], iou: float = MATCH_IOU) -> int:
@@ -50,7 +52,7 @@ def segment_text_benchmark(merged: SamClip, n_images: int = 60, size: int | None
     size = size or merged.img_size
     labels = list(SHAPES)
     pred = Predictor(merged)
-    counts = {"verified": [0, 0], "unverified": [0, 0]}  # hits, predictions
+    counts = {"verified": [0, 0], "unverified": [0, 0], "everything": [0, 0]}  # hits, predictions
     n_true = 0
     for seed in split_seeds(split, n_images, start=800_000):
         scene = generate_scene(seed, size)
@@ -59,8 +61,8 @@ def segment_text_benchmark(merged: SamClip, n_images: int = 60, size: int | None
             truth = [m for o, m in zip(scene.objects, scene.instance_masks) if o.category == phrase and m.any()]
             n_true += len(truth)
             vocabulary = [name for name in labels if name != phrase]
-            for key, verify in (("verified", True), ("unverified", False)):
-                found = pred.segment_text(phrase, vocabulary=vocabulary, verify=verify)
+            for key, kw in (("verified", {}), ("unverified", {"verify": False}), ("everything", EVERYTHING)):
+                found = pred.segment_text(phrase, vocabulary=vocabulary, **kw)
                 counts[key][0] += match_instances(found, truth)
                 counts[key][1] += len(found)
     return {**{k: _scores(hits, n_pred, n_true) for k, (hits, n_pred) in counts.items()},

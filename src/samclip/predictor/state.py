@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,8 @@ class ImageState:
     refine_embeddings: torch.Tensor | None = None  # per-patch read at the head's refine_pool, when it differs
     decoder: dict[torch.dtype, DecoderInputs] = field(default_factory=dict)  # per decode dtype, on first decode
     other_sizes: dict[tuple[int, bool], ImageState] = field(default_factory=dict)
+    #: composed tasks' per-image work reused by later calls (``segment_text``'s everything-mode candidates)
+    tasks: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     @property
     def grid(self) -> int:

@@ -439,7 +439,7 @@ def create_app(
         vocab = svc.labels(body.vocabulary, "vocabulary", default=False)
         return await svc.run_task(
             entry, lambda p: tasks.task_segment_text(p, body.phrase, vocabulary=vocab, threshold=body.threshold,
-                                                verify=body.verify), body.png)
+                                                     verify=body.verify, candidates=body.candidates), body.png)
 
     @app.post("/images/{image_id}/everything", response_model=EverythingOut, responses=ERROR_RESPONSES,
               summary="every mask from a point grid, optionally labelled")

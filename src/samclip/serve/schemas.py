@@ -56,6 +56,10 @@ class SegmentTextBody(_Body):
     vocabulary: list[Text] | None = Field(None, description="distractor classes competing with the phrase")
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     verify: bool = Field(True, description="keep only masks the CLIP head's read over them names the phrase")
+    candidates: Literal["regions", "everything"] = Field(
+        "regions", description="regions: one mask per coarse-map region of the phrase (one pass); everything: every "
+                               "everything-mode mask named by its read and its crop (more instances found, slower; "
+                               "PyTorch models read the crops)")
     png: bool = True
 
 

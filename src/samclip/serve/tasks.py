@@ -192,14 +192,15 @@ def task_semseg(pred: Predictor, labels: Sequence[str], *, refine: bool = False,
 
 
 def task_segment_text(pred: Predictor, phrase: str, *, vocabulary: Sequence[str] | None = None,
-                      threshold: float = 0.5, verify: bool = True) -> TaskResult:
-    """Instances of ``phrase`` (the vocabulary acts as distractors), sorted by score; ``verify``: see
-    :meth:`Predictor.segment_text`."""
+                      threshold: float = 0.5, verify: bool = True, candidates: str = "regions") -> TaskResult:
+    """Instances of ``phrase`` (the vocabulary acts as distractors), sorted by score; ``verify`` and
+    ``candidates``: see :meth:`Predictor.segment_text`."""
     if not isinstance(phrase, str) or not phrase.strip():
         raise PromptError("phrase is empty")
     phrase = " ".join(phrase.split())
     vocab = None if vocabulary is None else [v for v in vocabulary if v != phrase] or None
-    inst = pred.segment_text(phrase, vocabulary=vocab, threshold=threshold, verify=verify)[:MAX_INSTANCES]
+    inst = pred.segment_text(phrase, vocabulary=vocab, threshold=threshold, verify=verify,
+                             candidates=candidates)[:MAX_INSTANCES]
     records = [mask_record(i.mask, score=i.score, predicted_iou=i.predicted_iou, point=list(i.point))
                for i in inst]
     legend = [legend_entry(k, f"{phrase} {k}", r["area"], score=r["score"]) for k, r in enumerate(records, 1)]

@@ -262,7 +262,8 @@
     if (!phrase) return setStatus("Type a phrase, e.g. star.", "error");
     // the vocabulary's other words compete with the phrase (distractors)
     const vocabulary = parseWords($("vocab").value).filter((w) => w !== phrase);
-    const body = { phrase, png: true };
+    // "every mask": candidates from the everything mode, each named by its read and its crop
+    const body = { phrase, png: true, candidates: $("text-every").checked ? "everything" : "regions" };
     if (vocabulary.length) body.vocabulary = vocabulary;
     clearPrompts();
     await runMapTask("Finding instances…", "segment_text", body, "text", (data) => {
