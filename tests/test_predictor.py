@@ -19,6 +19,7 @@ from samclip.inference import (
     box_nms,
     build_point_grid,
     connected_components,
+    mask_crops,
     mask_to_grid_weights,
     preprocess_shape,
     stability_score,
@@ -205,8 +206,8 @@ def test_classify_tta_is_the_mean_of_the_mirrored_and_resized_views(merged: SamC
 
 
 def test_max_plus_crop_pooling_sums_the_one_pass_and_crop_reads(merged: SamClip) -> None:
-    """pooling="max+crop": the normalised sum of the max-pool read (mirrored view with tta) and the crop read;
-    an empty mask stays an all-zero, flagged row."""
+    """pooling="max+crop": the normalised sum of the max-pool read and the crop read (with tta: the mirrored view,
+    the mirrored crop); an empty mask stays an all-zero, flagged row."""
     pred = Predictor(merged)
     pred.set_image(image())
     masks = np.zeros((3, 90, 200), bool)
@@ -215,13 +216,20 @@ def test_max_plus_crop_pooling_sums_the_one_pass_and_crop_reads(merged: SamClip)
     for tta in (False, True):
         got, empty = pred.mask_embeddings(masks, pooling="max+crop", tta=tta)
         one_pass, _ = pred.mask_embeddings(masks, pooling="max", tta=tta)
-        crops, _ = pred.mask_embeddings(masks, pooling="crop")
+        crops, _ = pred.mask_embeddings(masks, pooling="crop", tta=tta)
         torch.testing.assert_close(got[:2], F.normalize(one_pass[:2] + crops[:2], dim=-1), atol=1e-5, rtol=0)
         assert empty.tolist() == [False, False, True] and not got[2].any()
         assert not torch.allclose(got[:2], one_pass[:2], atol=1e-3)
         assert not torch.allclose(got[:2], crops[:2], atol=1e-3)
     idx, probs = pred.label_masks(masks, LABELS, pooling="max+crop")
     assert idx.tolist()[2] == -1 and np.allclose(probs[:2].sum(1), 1, atol=1e-5)
+    # tta on a crop read: the crop and its mirror image, each encoded by the merged model, summed
+    crops = torch.from_numpy(mask_crops(pred.state.image, masks[:2], merged.config.clip_size)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        enc = [merged.encode_image(merged.preprocess(x, merged.config.clip_size), normalize=True)
+               for x in (crops, crops.flip(-1))]
+    got, _ = pred.mask_embeddings(masks[:2], pooling="crop", tta=True)
+    torch.testing.assert_close(got, F.normalize(enc[0] + enc[1], dim=-1), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean"])
@@ -242,8 +250,6 @@ def test_mask_embedding_tta_adds_the_mirrored_mask_on_the_mirrored_image(merged:
         pred.set_image(img)
         got, empty = pred.mask_embeddings(masks, pooling=pooling, tta=True)
         single, _ = pred.mask_embeddings(masks, pooling=pooling)
-        with pytest.raises(ValueError, match="crop"):
-            pred.mask_embeddings(masks, pooling="crop", tta=True)
     finally:
         merged.config = old
     torch.testing.assert_close(got, F.normalize(a + b, dim=-1), atol=1e-5, rtol=0)
@@ -883,7 +889,7 @@ def test_refinement_crop_margin_reads_unsure_masks_from_their_crops(merged: SamC
         read = torch.nn.functional.normalize(0.3 * star + ring, dim=-1)
         return read.expand(len(masks), -1), torch.zeros(len(masks), dtype=torch.bool)
 
-    def fake_crops(masks):  # noqa: ANN001, ANN202
+    def fake_crops(masks, mirrored=False):  # noqa: ANN001, ANN202
         crops.append(masks.clone())
         return star.expand(len(masks), -1), torch.zeros(len(masks), dtype=torch.bool)
 
@@ -948,7 +954,6 @@ def test_mask_embeddings_shapes_empty_rows_and_pooling_choice(merged: SamClip) -
 def test_crop_pooling_encodes_each_masks_crop_with_the_merged_model(merged: SamClip) -> None:
     """pooling="crop": each mask's grey-outside square crop at clip_size goes through
     the whole merged model; empty masks get zero rows and never reach it."""
-    from samclip.inference import mask_crops
 
     pred = Predictor(merged, bf16=False)
     img = image(90, 200)

@@ -197,7 +197,7 @@ def markdown_report(result: dict) -> str:
                   "| prompt | mean pooling (merged, one pass) | max pooling (merged, one pass) | "
                   "max pooling + mirrored view (one extra pass) | "
                   "region pooling (merged, one pass) | merged model on the crop | "
-                  "max pooling + mirrored view + merged crop (one model) | crop baseline (two models) |",
+                  "max pooling + merged crop, each with its mirror view (one model) | crop baseline (two models) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |",
                   *(f"| {kind} | {lab[f'mask_pooling_{kind}']:.1f} | {lab[f'max_pooling_{kind}']:.1f} | "
                     f"{lab[f'max_pooling_tta_{kind}']:.1f} | "

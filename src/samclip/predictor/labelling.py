@@ -62,11 +62,12 @@ class MaskLabelling(PredictorBase):
           - ``"crop"``: NOT one pass: each mask's square crop (grey outside the mask,
             :func:`samclip.inference.mask_crops`) is encoded by the whole model (backbone + CLIP head,
             pooled) at ``clip_size``, batched: OV-SAM's crop-and-classify with the one merged model.
-          - ``"max+crop"``: NOT one pass: the normalised sum of the ``"max"`` read (with ``tta`` as asked) and
-            the ``"crop"`` read. The two make different mistakes: on two val sets of ~430 objects each it
-            labelled clicks / boxes 61.7 / 68.8% and 60.5 / 69.0% with ``tta=True`` (62.4 / 67.2% and 59.3 /
-            69.0% without), vs 55.4 / 64.7% and 54.4 / 62.6% for ``"crop"`` and 58.8 / 60.1% and 56.7 / 58.6%
-            for ``"max"`` with ``tta``.
+          - ``"max+crop"``: NOT one pass: the normalised sum of the ``"max"`` read and the ``"crop"`` read (each
+            with ``tta`` as asked). The two make different mistakes: on two val sets of ~430 objects each it
+            labelled clicks / boxes 61.7 / 68.8% and 60.5 / 69.0% with ``tta=True`` on the max read only (62.4 /
+            67.2% and 59.3 / 69.0% without), vs 55.4 / 64.7% and 54.4 / 62.6% for ``"crop"`` and 58.8 / 60.1%
+            and 56.7 / 58.6% for ``"max"`` with ``tta``; mirroring the crop too added 1.1 / 1.6 and 0.8 / 1.4
+            points on two other val sets of ~367 objects (docs/experiments.md).
           - ``"auto"``: ``"max"`` (``"mean"`` under an ONNX export of format version 1, whose image graph
             outputs only per-patch embeddings; version 2 outputs the head's tokens, and max pools as PyTorch):
             one backbone pass serves every task. ``samclip eval``'s labelling benchmark measures them all:
@@ -75,8 +76,9 @@ class MaskLabelling(PredictorBase):
         Max and region pooling read the pass at the model's ``label_size`` (0: ``clip_size``, where the head
         is trained; the merge picks it on val), mean pooling the one at ``semseg_size``; either is the cached
         SAM-size pass when equal.
-        ``tta`` (max / region / mean pooling; off by default): also pool the mirrored mask on the mirrored
-        image's pass (one extra backbone pass per image, cached) and average the two normalised embeddings.
+        ``tta`` (off by default): also pool the mirrored mask on the mirrored image's pass (max / region / mean
+        pooling: one extra backbone pass per image, cached), and read each crop's mirror image too (crop
+        poolings: twice the crop passes); the two normalised embeddings are averaged.
         Off here by default (chosen on the previous shipped model, whose clicked / boxed objects it did not
         label better on val: 33.6 / 32.7 vs 34.1 / 33.6%); on the shipped model it labels test clicks / boxes
         47.7 / 51.5% vs 44.7 / 51.1%, and :meth:`semantic_segment`'s relabelling uses it when the model has TTA.
@@ -97,12 +99,10 @@ class MaskLabelling(PredictorBase):
             raise ValueError("pooling='max' needs the CLIP head's tokens, which this ONNX export (format version 1) "
                              "lacks: re-export the model, or use pooling='mean'")
         if pooling == "crop":
-            if tta:
-                raise ValueError("tta is for the one-pass poolings (max, region, mean) and max+crop, not 'crop'")
-            return self._crop_embeddings(m)
+            return self._crop_embeddings(m, mirrored=tta)
         if pooling == "max+crop":
             one_pass, empty = self.mask_embeddings(m, pooling="max", min_cover=min_cover, context=context, tta=tta)
-            crops, _ = self._crop_embeddings(m)
+            crops, _ = self._crop_embeddings(m, mirrored=tta)
             return F.normalize(one_pass + crops, dim=-1), empty
         task = "semseg" if pooling == "mean" else "label"
         emb, empty = self._pooled_masks(self._clip_state(None, task), m, pooling, min_cover, context)
@@ -161,8 +161,10 @@ class MaskLabelling(PredictorBase):
         emb, empty = self.mask_embeddings(masks.cpu().numpy(), pooling=pooling, tta=tta)
         return self._logit_scale() * emb @ self._class_table(labels, templates).T, empty
 
-    def _crop_embeddings(self, masks: torch.Tensor, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-        """NxHxW bool masks -> (NxE normalised embeddings of their crops at ``clip_size``, empty N bool)."""
+    def _crop_embeddings(self, masks: torch.Tensor, mirrored: bool = False,
+                         batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """NxHxW bool masks -> (NxE normalised embeddings of their crops at ``clip_size``, empty N bool);
+        ``mirrored``: each the normalised sum of the crop's and its mirror image's embeddings."""
         size = self.model.config.clip_size
         empty = ~masks.flatten(1).any(1)
         crops = mask_crops(self.state.image, masks.cpu().numpy(), size)
@@ -172,7 +174,10 @@ class MaskLabelling(PredictorBase):
             for i in range(0, len(keep), batch):
                 rows = keep[i : i + batch]
                 x = torch.from_numpy(crops[rows.cpu().numpy()]).to(self.device).permute(0, 3, 1, 2)
-                out[rows] = self.model.encode_image(self.model.preprocess(x, size), normalize=True).float()
+                if mirrored:
+                    x = torch.cat([x, x.flip(-1)])
+                emb = self.model.encode_image(self.model.preprocess(x, size), normalize=True).float()
+                out[rows] = F.normalize(emb[: len(rows)] + emb[len(rows):], dim=-1) if mirrored else emb
         return out, empty
 
     def _region_tokens(self, state: ImageState, weights: torch.Tensor, min_cover: float, context: int) -> torch.Tensor:
