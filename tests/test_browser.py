@@ -146,11 +146,12 @@ def test_click_label_and_semantic_map(browser, server, tmp_path) -> None:  # noq
         assert label.get_attribute("data-label") in SHAPES and st["lastLabel"] == label.get_attribute("data-label")
         assert label.inner_text().strip()
 
-        # "label with the crop too": the same click labelled by pooling="max+crop"
+        # "label with the crop too": the same click labelled by pooling="max+crop", with the mirrored reads
         page.check("#label-crop")
         click_image(page, x, y)
         page.wait_for_function("() => window.samclipState.lastRequest.pooling === 'max+crop' && "
                                "window.samclipState.points.length === 2 && !window.samclipState.busy")
+        assert page.evaluate("() => window.samclipState.lastRequest.tta") is True
         assert page.locator("#mask-label").get_attribute("data-label") in SHAPES
         page.uncheck("#label-crop")
         page.keyboard.press("Escape")  # clear the prompts

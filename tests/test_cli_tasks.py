@@ -117,6 +117,11 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     code, _, _ = run(env, "label", img, "--point", "30,30", "--labels", "star,ring,heart", "--pooling", "max+crop",
                      "--out", str(tmp_path / "lmc"), capsys=capsys)
     assert code == 0 and load_outputs(tmp_path / "lmc", "scene1")["label"] in ("star", "ring", "heart")
+    code, _, _ = run(env, "label", img, "--point", "30,30", "--labels", "star,ring,heart", "--pooling", "max+crop",
+                     "--tta", "--out", str(tmp_path / "lmt"), capsys=capsys)
+    tta = load_outputs(tmp_path / "lmt", "scene1")
+    assert code == 0 and tta["label"] in ("star", "ring", "heart")
+    assert tta["probs"] != load_outputs(tmp_path / "lmc", "scene1")["probs"]  # the mirrored reads count
     code, _, _ = run(env, "semseg", img, "--labels", "star,ring", "--refine", "--crop-margin", "1",
                      "--out", str(tmp_path / "sc"), capsys=capsys)
     assert code == 0 and load_outputs(tmp_path / "sc", "scene1")["refined"]

@@ -312,11 +312,12 @@ def _run_task(args: argparse.Namespace) -> int:
             res = serve.task_semseg(predictor, labels, refine=args.refine, crop_margin=args.crop_margin)
         elif task == "label":
             res = serve.task_label(predictor, prompts_per_image[i], labels, multimask=args.multimask,
-                                   pooling=args.pooling)
+                                   pooling=args.pooling, tta=args.tta)
         else:
             res = serve.task_everything(predictor, labels, points_per_side=args.points_per_side,
                                   pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
-                                  min_area=args.min_area, max_masks=args.max_masks, pooling=args.pooling)
+                                  min_area=args.min_area, max_masks=args.max_masks, pooling=args.pooling,
+                                        tta=args.tta)
         h, w = image.shape[:2]
         data: dict[str, Any] = {
             "image": str(path), "width": w, "height": h, "task": task, "model": str(args.model),
@@ -376,6 +377,9 @@ def _pooling_arg(p: argparse.ArgumentParser) -> None:
                         "(auto = max; mean under a version-1 ONNX export), or crop: the mask's crop re-encoded by "
                         "the model (an extra small pass per mask; more accurate), or max+crop: both reads "
                         "summed (the most accurate)")
+    p.add_argument("--tta", action="store_true",
+                   help="also read the mirrored image (one extra backbone pass per image) and, with crop / max+crop, "
+                        "each crop's mirror image: better labels (max+crop --tta labels best)")
 
 
 def _prompt_args(p: argparse.ArgumentParser) -> None:

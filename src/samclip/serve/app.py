@@ -414,8 +414,8 @@ def create_app(
         prompts = svc.prompts(body, entry)
         labels = svc.labels(body.labels)
         return await svc.run_task(
-            entry, lambda p: tasks.task_label(p, prompts, labels, multimask=body.multimask, pooling=body.pooling),
-            body.png)
+            entry, lambda p: tasks.task_label(p, prompts, labels, multimask=body.multimask, pooling=body.pooling,
+                                              tta=body.tta), body.png)
 
     @app.post("/images/{image_id}/classify", response_model=ClassifyOut, responses=ERROR_RESPONSES,
               summary="zero-shot classification of the whole image")
@@ -449,7 +449,7 @@ def create_app(
         return await svc.run_task(entry, lambda p: tasks.task_everything(
             p, labels, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
             stability_score_thresh=body.stability_score_thresh, min_area=body.min_area,
-            max_masks=body.max_masks, pooling=body.pooling), body.png)
+            max_masks=body.max_masks, pooling=body.pooling, tta=body.tta), body.png)
 
     # -------------------------------------------------------------------------------- web page
     @app.get("/", include_in_schema=False)

@@ -31,9 +31,14 @@ POOLING_HELP = ("how a mask is labelled (Predictor.label_masks): auto / max / me
                 "crop re-encodes the mask's crop (a small extra pass per mask, more accurate; PyTorch models only)")
 
 
+TTA_HELP = ("also read the mirrored image (one extra backbone pass per image, cached) and, with the crop poolings, "
+            "each crop's mirror image: better labels")
+
+
 class LabelBody(PromptBody):
     labels: list[Text] | None = Field(None, description="vocabulary (default: the 12 scene-world shapes)")
     pooling: Pooling = Field("auto", description=POOLING_HELP)
+    tta: bool = Field(False, description=TTA_HELP)
 
 
 class ClassifyBody(_Body):
@@ -71,6 +76,7 @@ class EverythingBody(_Body):
     min_area: int = Field(0, ge=0)
     max_masks: int = Field(100, ge=1, le=255)
     pooling: Pooling = Field("auto", description=POOLING_HELP)
+    tta: bool = Field(False, description=TTA_HELP)
     png: bool = True
 
 

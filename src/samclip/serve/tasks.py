@@ -146,12 +146,12 @@ def task_predict(pred: Predictor, prompts: dict[str, Any], *, multimask: bool = 
 
 
 def task_label(pred: Predictor, prompts: dict[str, Any], labels: Sequence[str], *,
-               multimask: bool = True, pooling: str = "auto") -> TaskResult:
+               multimask: bool = True, pooling: str = "auto", tta: bool = False) -> TaskResult:
     """Prompts -> the best mask (highest predicted IoU) and its label from ``labels``
-    (:meth:`Predictor.label_masks` with ``pooling``). ``label`` is None for an empty mask."""
+    (:meth:`Predictor.label_masks` with ``pooling`` and ``tta``). ``label`` is None for an empty mask."""
     masks, scores = _predict_masks(pred, prompts, multimask)
     best = int(np.argmax(scores))
-    idx, probs = pred.label_masks(masks[best][None], list(labels), pooling=pooling)
+    idx, probs = pred.label_masks(masks[best][None], list(labels), pooling=pooling, tta=tta)
     i = int(idx[0])
     label = labels[i] if i >= 0 else None
     rec = mask_record(masks[best], score=float(scores[best]))
@@ -211,13 +211,13 @@ def task_segment_text(pred: Predictor, phrase: str, *, vocabulary: Sequence[str]
 
 def task_everything(pred: Predictor, labels: Sequence[str] | None = None, *, points_per_side: int = 16,
                     pred_iou_thresh: float = 0.7, stability_score_thresh: float = 0.8, min_area: int = 0,
-                    max_masks: int = 100, pooling: str = "auto") -> TaskResult:
+                    max_masks: int = 100, pooling: str = "auto", tta: bool = False) -> TaskResult:
     """Everything mode: masks from a point grid (+ a label each with ``labels``, by
-    :meth:`Predictor.label_masks` with ``pooling``), best first, at most ``max_masks`` (<= 255). ``point`` is
-    the grid point (x, y) that produced the mask."""
+    :meth:`Predictor.label_masks` with ``pooling`` and ``tta``), best first, at most ``max_masks`` (<= 255).
+    ``point`` is the grid point (x, y) that produced the mask."""
     records = pred.generate(vocabulary=None if labels is None else list(labels), points_per_side=points_per_side,
                             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-                            min_area=min_area, pooling=pooling)[: min(max_masks, MAX_INSTANCES)]
+                            min_area=min_area, pooling=pooling, tta=tta)[: min(max_masks, MAX_INSTANCES)]
     out, legend = [], []
     for k, r in enumerate(records, start=1):
         extra = {"predicted_iou": r["predicted_iou"], "stability_score": r["stability_score"],

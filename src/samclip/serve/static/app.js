@@ -226,7 +226,8 @@
     if (!labels.length) return setStatus("The vocabulary is empty: type some comma-separated words.", "error");
     drawPrompts();
     const body = { labels, multimask: true, png: true };
-    if ($("label-crop").checked) body.pooling = "max+crop"; // + the mask's crop: better labels, one more small pass
+    // + the mask's crop, each read with its mirror image: the best labels, a few more small passes
+    if ($("label-crop").checked) Object.assign(body, { pooling: "max+crop", tta: true });
     if (state.points.length) {
       body.points = state.points;
       body.point_labels = state.pointLabels;
