@@ -24,6 +24,12 @@ Conventions (see :mod:`samclip.inference.image_input`):
 Works on a merged :class:`~samclip.models.SamClip` (all tasks) or a plain :class:`~samclip.models.Sam`
 (SAM tasks: ``predict``, ``predict_torch``, ``generate`` without vocabulary); CLIP tasks on a plain SAM
 raise ``ValueError``.
+
+Layout: :class:`Predictor` composes one class per job, each in its own module: :mod:`.base` (images and their
+cached passes, SAM prompts, text embeddings, the CLIP head's reads, ``classify``), :mod:`.labelling`
+(``mask_embeddings`` / ``label_masks``), :mod:`.semantic` (``semantic_segment``), :mod:`.text_instances`
+(``segment_text``), :mod:`.everything` (``generate``); :mod:`.state` holds the per-image cache and
+:mod:`.checks` the input validation.
 """
 
 from __future__ import annotations
