@@ -251,9 +251,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> MergeConf
     return cfg
 
 
-#: value ranges of the numeric knobs, checked when a config is loaded (name: (low, high), None = unbounded;
-#: "lo<" means strictly above low); lists are checked item by item
-_RANGES: dict[str, tuple[float | None, float | None] | tuple[str, float]] = {
+#: value ranges of the numeric knobs, checked when a config is loaded (name: (low, high), None = unbounded);
+#: lists are checked item by item
+_RANGES: dict[str, tuple[float, float | None]] = {
     "checkpoint_every": (1, None), "threads": (0, None), "lambda_sam": (0, None), "backbone_lr_mult": (0, None),
     "region_weight": (0, None), "region_start": (0, None), "dense_weight": (0, None),
     "head.depth": (1, None), "head.mlp_hidden": (1, None), "head.dense_pool": (1, None), "head.refine_pool": (0, None),
@@ -267,8 +267,10 @@ _RANGES: dict[str, tuple[float | None, float | None] | tuple[str, float]] = {
     "eval.every": (0, None), "eval.val_images": (1, None), "eval.zero_shot_images": (1, None),
     "eval.early_stop_patience": (1, None), "eval.early_stop_tolerance": (0, None),
     **{f"stage{i}.{k}": r for i in (1, 2, 3)
-       for k, r in (("steps", (0, None)), ("lr", ("lo<", 0)), ("weight_decay", (0, None)), ("warmup", (0, None)))},
+       for k, r in (("steps", (0, None)), ("lr", (0, None)), ("weight_decay", (0, None)), ("warmup", (0, None)))},
 }
+#: knobs that must also be above their low bound, not equal to it
+_ABOVE_LOW = {f"stage{i}.lr" for i in (1, 2, 3)}
 
 
 def check_ranges(cfg: MergeConfig) -> None:
@@ -280,13 +282,10 @@ def check_ranges(cfg: MergeConfig) -> None:
         value: Any = cfg
         for part in name.split("."):
             value = getattr(value, part)
+        low, high = bounds
         for v in value if isinstance(value, list) else [value]:
-            if bounds[0] == "lo<":
-                ok, want = math.isfinite(v) and v > bounds[1], f"> {bounds[1]}"
-            else:
-                low, high = bounds
-                ok = math.isfinite(v) and (low is None or v >= low) and (high is None or v <= high)
-                want = f">= {low}" if high is None else f"in [{low}, {high}]"
+            ok = math.isfinite(v) and (v > low if name in _ABOVE_LOW else v >= low) and (high is None or v <= high)
+            want = f"> {low}" if name in _ABOVE_LOW else f">= {low}" if high is None else f"in [{low}, {high}]"
             if not ok:
                 raise ValueError(f"config {name} = {v!r}: must be {want}")
     if not cfg.data.clip_sizes:
