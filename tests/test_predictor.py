@@ -125,7 +125,7 @@ def test_generate_labels_each_mask_with_the_chosen_pooling(merged: SamClip) -> N
     pred.set_image(image(90, 200))
     kw = {"points_per_side": 4, "pred_iou_thresh": -1e9, "stability_score_thresh": 0.0}
     scores = {}
-    for pooling, tta in (("max", False), ("crop", False), ("max", True)):
+    for pooling, tta in (("max", False), ("crop", False), ("max", True), ("max+crop", True)):
         out = pred.generate(LABELS, pooling=pooling, tta=tta, **kw)
         assert out
         idx, probs = pred.label_masks(np.stack([r["segmentation"] for r in out]), LABELS, pooling=pooling, tta=tta)
