@@ -7,7 +7,9 @@ Two workloads, each the median of ``--reps`` runs after one warm-up:
   first graph alone, what ``Predictor.set_image`` runs;
 - ``prompt_decode``: one prompt (a foreground point, multimask output) on cached image embeddings
   (PyTorch: ``model.decode``; ONNX: the ``prompt_decoder.onnx`` graph through :class:`OnnxBackend`, in fp32
-  and as the int8 export of ``samclip export onnx --decoder-precision int8``, with its mask agreement).
+  and as the int8 export of ``samclip export onnx --decoder-precision int8``, with its mask agreement); and both
+  with the image's first-layer projections computed once beforehand (``image_cache``: what the predictors run;
+  ONNX: ``prompt_decoder_cached.onnx``).
 
 Model: ``--model`` (a merged-model name or folder; default ``tiny-synthetic``) when it exists, otherwise
 (or with ``--preset``) a randomly initialised merged model of a preset shape: ``vit-b`` = sam-vit-b
@@ -118,17 +120,23 @@ def main() -> None:
         pc, pl = [[[frame * 0.4, frame * 0.3]]], [[1]]
         pc_t, pl_t = torch.tensor(pc), torch.tensor(pl)
 
-        def torch_decode(bf16: bool):  # noqa: ANN202
+        with torch.inference_mode():
+            torch_cache = model.decoder_image_cache(emb_t)
+        onnx_cache = backend.image_cache(got[0])
+
+        def torch_decode(bf16: bool, cached: bool = False):  # noqa: ANN202
             def run() -> None:
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    model.decode(emb_t, pc_t, pl_t, None, None, True)
+                    model.decode(emb_t, pc_t, pl_t, None, None, True, image_cache=torch_cache if cached else None)
             return run
 
         with torch.inference_mode():
             ref_low, ref_iou = model.decode(emb_t, pc_t, pl_t, None, None, True)
         low, iou = backend.decode(got[0], pc, pl)
+        low_c, _ = backend.decode(got[0], pc, pl, image_cache=onnx_cache)
         dec_diff = {"low_res_masks": float(np.abs(low - ref_low.numpy()).max()),
-                    "iou_predictions": float(np.abs(iou - ref_iou.numpy()).max())}
+                    "iou_predictions": float(np.abs(iou - ref_iou.numpy()).max()),
+                    "low_res_masks_image_cache": float(np.abs(low_c - ref_low.numpy()).max())}
         low8, iou8 = backend8.decode(got[0], pc, pl)
         a, b = low8 > 0, ref_low.numpy() > 0
         int8_vs_torch = {"low_res_masks_max_abs_diff": float(np.abs(low8 - ref_low.numpy()).max()),
@@ -154,6 +162,10 @@ def main() -> None:
                 "onnxruntime_fp32": 1e3 * median_seconds(lambda: backend.decode(got[0], pc, pl), args.decode_reps),
                 "onnxruntime_int8": 1e3 * median_seconds(lambda: backend8.decode(got[0], pc, pl), args.decode_reps),
                 "torch_fp32": 1e3 * median_seconds(torch_decode(False), args.decode_reps),
+                # both with the image's first-layer projections computed once (what the predictors run)
+                "onnxruntime_fp32_image_cache": 1e3 * median_seconds(
+                    lambda: backend.decode(got[0], pc, pl, image_cache=onnx_cache), args.decode_reps),
+                "torch_fp32_image_cache": 1e3 * median_seconds(torch_decode(False, cached=True), args.decode_reps),
             },
         }
         if not args.skip_bf16:
@@ -167,6 +179,8 @@ def main() -> None:
             r["speedup_onnx_vs_torch_fp32"] = round(r["torch_fp32"] / r["onnxruntime_fp32"], 2)
         d = result["prompt_decode_ms"]
         d["speedup_onnx_int8_vs_torch_fp32"] = round(d["torch_fp32"] / d["onnxruntime_int8"], 2)
+        d["speedup_onnx_vs_torch_fp32_image_cache"] = round(d["torch_fp32_image_cache"] /
+                                                            d["onnxruntime_fp32_image_cache"], 2)
     print(json.dumps(result, indent=2))
 
 

@@ -19,7 +19,9 @@ from samclip.cli import main as cli_main  # noqa: E402
 from samclip.data import SHAPES, generate_scene  # noqa: E402
 from samclip.export import OnnxBackend, export_onnx  # noqa: E402
 from samclip.export.onnx_export import (  # noqa: E402
+    CACHED_DECODER_NAMES,
     CLIP_HEAD_NAME,
+    DECODER_CACHE_NAME,
     DECODER_NAMES,
     IMAGE_ENCODER_NAME,
     MANIFEST_NAME,
@@ -54,7 +56,7 @@ def test_export_writes_graphs_and_manifest(tiny) -> None:  # noqa: ANN001
     out = tiny["dir"]
     names = {p.name for p in out.iterdir()}
     assert names == {IMAGE_ENCODER_NAME, CLIP_HEAD_NAME, *DECODER_NAMES.values(), MANIFEST_NAME, TEXT_ENCODER_NAME,
-                     TOKENIZER_NAME}
+                     TOKENIZER_NAME, DECODER_CACHE_NAME, *CACHED_DECODER_NAMES.values()}
     assert not [p for p in tiny["root"].iterdir() if p.name.startswith(".")]  # no temporary folder left
     m = json.loads((out / MANIFEST_NAME).read_text())
     assert (m["frame"], m["grid"], m["patch_size"], m["low_res"]) == (128, 8, 16, 32)
@@ -127,11 +129,14 @@ def test_decoder_matches_torch(tiny, name, with_mask) -> None:  # noqa: ANN001
     for multimask in (True, False):
         with torch.no_grad():
             ref_low, ref_iou = model.decode(emb, t["pc"], t["pl"], t["box"], mask, multimask)
-        low, iou = backend.decode(emb.numpy(), pc, pl, box, None if mask is None else mask.numpy(), multimask)
-        k = 3 if multimask else 1
-        assert low.shape == (b, k, 32, 32) and iou.shape == (b, k)
-        assert np.abs(low - ref_low.numpy()).max() <= TOL, name
-        assert np.abs(iou - ref_iou.numpy()).max() <= TOL, name
+        cache = backend.image_cache(emb.numpy())  # the cached decoders serve prompts without a mask input
+        for image_cache in (None, cache):
+            low, iou = backend.decode(emb.numpy(), pc, pl, box, None if mask is None else mask.numpy(), multimask,
+                                      image_cache=image_cache)
+            k = 3 if multimask else 1
+            assert low.shape == (b, k, 32, 32) and iou.shape == (b, k)
+            assert np.abs(low - ref_low.numpy()).max() <= TOL, name
+            assert np.abs(iou - ref_iou.numpy()).max() <= TOL, name
 
 
 # ----------------------------------------------------------------------------- predictor parity
@@ -319,10 +324,10 @@ def test_int8_decoder_export_is_smaller_and_close(tiny, tmp_path, capsys) -> Non
     assert json.loads(capsys.readouterr().out)["decoder_precision"] == "int8"
     assert json.loads((out / MANIFEST_NAME).read_text())["decoder_precision"] == "int8"
     files = {IMAGE_ENCODER_NAME, CLIP_HEAD_NAME, *DECODER_NAMES.values(), MANIFEST_NAME, TEXT_ENCODER_NAME,
-             TOKENIZER_NAME}
+             TOKENIZER_NAME, DECODER_CACHE_NAME, *CACHED_DECODER_NAMES.values()}
     assert {p.name for p in out.iterdir()} == files
     onnx = pytest.importorskip("onnx")
-    for name in DECODER_NAMES.values():  # integer matmuls on uint8 weights (files shrink only at real sizes)
+    for name in (*DECODER_NAMES.values(), *CACHED_DECODER_NAMES.values()):  # integer matmuls on uint8 weights
         ops = [{n.op_type for n in onnx.load(str(d / name)).graph.node} for d in (out, tiny["dir"])]
         assert "MatMulInteger" in ops[0] and "MatMulInteger" not in ops[1]
     backend = OnnxBackend(out, threads=1)
@@ -333,11 +338,12 @@ def test_int8_decoder_export_is_smaller_and_close(tiny, tmp_path, capsys) -> Non
     with torch.no_grad():
         emb = model.sam_embeddings(model.features(x))
         ref, ref_iou = model.decode(emb, torch.tensor(pts), torch.tensor(labels), multimask_output=True)
-    low, iou = backend.decode(emb.numpy(), pts, labels)
-    err = np.abs(low - ref.numpy())
-    assert 0 < err.max() <= 0.1 * float(ref.abs().max())  # quantized (not identical), yet close
-    assert ((low > 0) == (ref.numpy() > 0)).mean() >= 0.97
-    assert np.abs(iou - ref_iou.numpy()).max() <= 0.05
+    for cache in (None, backend.image_cache(emb.numpy())):
+        low, iou = backend.decode(emb.numpy(), pts, labels, image_cache=cache)
+        err = np.abs(low - ref.numpy())
+        assert 0 < err.max() <= 0.1 * float(ref.abs().max())  # quantized (not identical), yet close
+        assert ((low > 0) == (ref.numpy() > 0)).mean() >= 0.97
+        assert np.abs(iou - ref_iou.numpy()).max() <= 0.05
     with pytest.raises(ValueError, match="decoder_precision"):
         export_onnx(model, tmp_path / "bad", decoder_precision="fp16")
 
@@ -390,3 +396,25 @@ def test_text_encoder_export_matches_the_text_tower(tiny) -> None:  # noqa: ANN0
     pred.set_image(_image())
     ref_pooled = pred.image_embedding(tta=False).numpy()
     assert np.abs(pooled - ref_pooled).max() <= TOL
+
+
+def test_predictor_decodes_through_the_image_cache_and_without_it(tiny, monkeypatch) -> None:  # noqa: ANN001
+    """The ONNX predictor computes the decoder's first-layer image cache once per image and decodes prompts without
+    a mask input through the cached graphs; an export without them (before session 18) decodes the same."""
+    onx = samclip.Predictor(tiny["model"], bf16=False, backend="onnx", onnx_dir=tiny["dir"])
+    onx.set_image(_image())
+    kwargs = {"point_coords": [[50, 40], [100, 20]], "point_labels": [1, 0]}
+    m, s, low = onx.predict(**kwargs)
+    cache = onx.state.decoder[torch.float32].onnx_first_layer
+    assert cache is not None and len(cache) == 4
+    onx.predict(box=[10, 12, 90, 80])
+    assert onx.state.decoder[torch.float32].onnx_first_layer is cache  # once per image
+    monkeypatch.delitem(onx._onnx.manifest, "cached_decoder")
+    older = samclip.Predictor(tiny["model"], bf16=False, backend="onnx", onnx_dir=tiny["dir"])
+    older._onnx = onx._onnx
+    older.set_image(_image())
+    m2, s2, low2 = older.predict(**kwargs)
+    assert older.state.decoder[torch.float32].onnx_first_layer is None
+    assert np.abs(low2 - low).max() <= TOL and np.abs(s2 - s).max() <= TOL and (m2 == m).mean() >= 0.99
+    with pytest.raises(ValueError, match="no decoder image cache"):
+        onx._onnx.image_cache(np.zeros((1, 32, 8, 8), np.float32))

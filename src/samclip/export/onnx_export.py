@@ -31,6 +31,15 @@ The output folder holds
   quantization of the MatMul / Gemm weights, activations quantized on the fly; the convolutions stay
   float): smaller files and a faster decode at a small cost in accuracy (``benchmarks/onnx_speed.py``
   measures both); the manifest's ``decoder_precision`` says which an export holds.
+- ``decoder_image_cache.onnx``: ``image_embeddings`` 1xCxGxG -> what the decoder's first layer needs of the
+  image for prompts without a mask input (``image_tokens`` 1x(G*G)xC, the image plus the no-mask embedding, and
+  the first layer's ``t2i_keys``, ``t2i_values``, ``i2t_queries`` per head), computed once per image; and
+  ``prompt_decoder_cached.onnx`` / ``prompt_decoder_cached_single.onnx``, the decoders that start from it:
+  those four tensors, ``point_coords`` and ``point_labels`` (as above; no mask input) -> the same outputs, about
+  1.4-1.8x faster per call on the shipped model (``benchmarks/onnx_speed.py``). The PyTorch predictor caches
+  the same projections; :class:`~samclip.export.OnnxBackend` uses these graphs when asked to
+  (:meth:`~samclip.export.OnnxBackend.image_cache`), the others for prompts with a mask input and for exports
+  that lack them.
 - ``image_encoder_<S>.onnx`` and ``clip_head_<S>.onnx`` for each other frame S the model's CLIP-head tasks
   read by default (its ``clip_size`` and ``tta_sizes`` for classification, ``label_size``, ``semseg_size``;
   e.g. 128 and 112 px for the shipped model, whose SAM frame is 256): the same graphs at that frame, so that
@@ -69,6 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.layers import LayerNorm2d
+from ..models.mask_decoder import FirstLayerImage
 from ..models.sam import Sam
 from ..models.samclip import SamClip
 
@@ -78,6 +88,10 @@ CLIP_HEAD_NAME = "clip_head.onnx"
 TEXT_ENCODER_NAME = "text_encoder.onnx"
 TOKENIZER_NAME = "tokenizer.json"
 DECODER_NAMES = {True: "prompt_decoder.onnx", False: "prompt_decoder_single.onnx"}  # keyed by multimask
+DECODER_CACHE_NAME = "decoder_image_cache.onnx"
+CACHED_DECODER_NAMES = {True: "prompt_decoder_cached.onnx", False: "prompt_decoder_cached_single.onnx"}
+DECODER_CACHE_OUTPUTS = ("image_tokens", "t2i_keys", "t2i_values", "i2t_queries")
+CACHED_DECODER_INPUTS = (*DECODER_CACHE_OUTPUTS, "point_coords", "point_labels")
 DECODER_PRECISIONS = ("fp32", "int8")
 FORMAT = "samclip-onnx"
 # 2: the image graph split into the backbone + SAM neck and the CLIP head (which also outputs its tokens);
@@ -199,6 +213,34 @@ class PromptDecoderGraph(nn.Module):
         dense = has_mask_input * pe.mask_downscaling(mask_input)
         dense = dense + (1 - has_mask_input) * pe.no_mask_embedding()
         return self.mask_decoder(image_embeddings, self.dense_pe, sparse, dense, self.multimask_output)
+
+
+class DecoderImageCacheGraph(nn.Module):
+    """Image embeddings 1xCxGxG -> the mask decoder's first-layer view of them for prompts without a mask input
+    (:meth:`Sam.decoder_image_cache`, as four tensors)."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = _export_view(sam)
+
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cache = self.sam.decoder_image_cache(image_embeddings)
+        return cache.tokens, cache.t2i_keys, cache.t2i_values, cache.i2t_queries
+
+
+class CachedPromptDecoderGraph(PromptDecoderGraph):
+    """:class:`PromptDecoderGraph` without a mask input, starting from :class:`DecoderImageCacheGraph`'s outputs of
+    one image: the decoder's first layer reads the image's projections instead of computing them per call."""
+
+    def forward(self, image_tokens: torch.Tensor, t2i_keys: torch.Tensor, t2i_values: torch.Tensor,
+                i2t_queries: torch.Tensor, point_coords: torch.Tensor,
+                point_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        md = self.mask_decoder
+        tokens = md.decoder_tokens(self._embed_points(point_coords, point_labels))
+        image = FirstLayerImage(image_tokens, t2i_keys, t2i_values, i2t_queries)
+        hs, src = md.transformer.forward_projected(image, self.dense_pe, tokens)
+        grid = self.dense_pe.shape[-1]
+        return md.output_masks(hs, src, grid, grid, slice(1, None) if self.multimask_output else slice(0, 1))
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -339,6 +381,17 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
                                                 DECODER_INPUTS, DECODER_OUTPUTS, dyn, opset, exporter)
                 if decoder_precision == "int8":
                     _quantize_in_place(tmp / name)
+            cache_graph = DecoderImageCacheGraph(model.sam)
+            exporters[DECODER_CACHE_NAME] = _torch_export(cache_graph, args[:1], tmp / DECODER_CACHE_NAME,
+                                                          ("image_embeddings",), DECODER_CACHE_OUTPUTS, {}, opset,
+                                                          exporter)
+            cached_args = (*cache_graph(args[0]), *args[1:3])
+            for multimask, name in CACHED_DECODER_NAMES.items():
+                exporters[name] = _torch_export(CachedPromptDecoderGraph(model.sam, frame, multimask), cached_args,
+                                                tmp / name, CACHED_DECODER_INPUTS, DECODER_OUTPUTS,
+                                                {k: v for k, v in dyn.items() if k != "mask_input"}, opset, exporter)
+                if decoder_precision == "int8":
+                    _quantize_in_place(tmp / name)
             if model.tokenizer is not None:  # the text tower, batch dynamic
                 ids = model.tokenizer(["a photo of a star", "a ring"]).to(device)
                 exporters[TEXT_ENCODER_NAME] = _torch_export(
@@ -425,6 +478,9 @@ def _manifest(model: SamClip, frame: int, grid: int, opset: int, exporters: dict
         "prompt_decoder": {"inputs": list(DECODER_INPUTS), "outputs": list(DECODER_OUTPUTS),
                            "point_labels": {"-1": "padding", "0": "background", "1": "foreground",
                                             "2": "box top-left", "3": "box bottom-right"}},
+        "cached_decoder": {"image_cache": DECODER_CACHE_NAME, "image_cache_outputs": list(DECODER_CACHE_OUTPUTS),
+                           "multimask": CACHED_DECODER_NAMES[True], "single": CACHED_DECODER_NAMES[False],
+                           "inputs": list(CACHED_DECODER_INPUTS), "outputs": list(DECODER_OUTPUTS)},
         "text": {"encoder": TEXT_ENCODER_NAME, "tokenizer": TOKENIZER_NAME,
                  "context_length": model.config.text.context_length, "sot_token_id": model.config.text.sot_token_id,
                  "eot_token_id": model.config.text.eot_token_id, "padding": 0,
@@ -444,7 +500,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 __all__ = [
-    "CLIP_HEAD_NAME", "DECODER_NAMES", "DECODER_PRECISIONS", "IMAGE_ENCODER_NAME", "MANIFEST_NAME",
-    "TEXT_ENCODER_NAME", "TOKENIZER_NAME", "ImageEncoderGraph", "ClipHeadGraph", "PromptDecoderGraph",
-    "TextEncoderGraph", "clip_task_frames", "export_onnx", "graph_names",
+    "CACHED_DECODER_NAMES", "CLIP_HEAD_NAME", "DECODER_CACHE_NAME", "DECODER_NAMES", "DECODER_PRECISIONS",
+    "IMAGE_ENCODER_NAME", "MANIFEST_NAME", "TEXT_ENCODER_NAME", "TOKENIZER_NAME", "CachedPromptDecoderGraph",
+    "ClipHeadGraph", "DecoderImageCacheGraph", "ImageEncoderGraph", "PromptDecoderGraph", "TextEncoderGraph",
+    "clip_task_frames", "export_onnx", "graph_names",
 ]

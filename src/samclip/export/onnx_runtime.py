@@ -101,6 +101,9 @@ class OnnxBackend:
         tower), so that a broken file is reported now rather than by the first request that reads it; the
         graphs at the CLIP tasks' other frames stay lazy. Returns their names."""
         names = [n for n in self.graphs[self.frame] if n is not None] + list(DECODER_NAMES.values())
+        if self.has_image_cache:
+            spec = self.manifest["cached_decoder"]
+            names += [spec["image_cache"], spec["multimask"], spec["single"]]
         if self.has_text:
             names.append(self._text_spec()["encoder"])
         for name in names:
@@ -248,11 +251,32 @@ class OnnxBackend:
             "mask_input": mask, "has_mask_input": has})
         return low, iou
 
+    @property
+    def has_image_cache(self) -> bool:
+        """Whether the export holds the decoder's first-layer image cache graphs (``decoder_image_cache.onnx`` and
+        the cached decoders; exports since session 18)."""
+        return bool(self.manifest.get("cached_decoder"))
+
+    def image_cache(self, image_embeddings: np.ndarray) -> tuple[np.ndarray, ...]:
+        """1xCxGxG image embeddings -> the decoder's first-layer view of them (``image_tokens``, ``t2i_keys``,
+        ``t2i_values``, ``i2t_queries``), computed once per image: pass it to :meth:`decode` as ``image_cache``
+        for every prompt without a mask input."""
+        if not self.has_image_cache:
+            raise ValueError(f"{self.folder} holds no decoder image cache graph (an older export); re-export it with "
+                             "`samclip export onnx`")
+        emb = np.ascontiguousarray(image_embeddings, dtype=np.float32)
+        if emb.ndim != 4 or emb.shape[0] != 1 or emb.shape[-1] != self.grid:
+            raise ValueError(f"image_embeddings must be 1xCx{self.grid}x{self.grid}, got {tuple(emb.shape)}")
+        spec = self.manifest["cached_decoder"]
+        return tuple(self._session(spec["image_cache"]).run(None, {"image_embeddings": emb}))
+
     def decode(self, image_embeddings: np.ndarray, point_coords: Any = None, point_labels: Any = None,  # noqa: ANN401
                boxes: Any = None, mask_input: Any = None, multimask_output: bool = True,  # noqa: ANN401
-               ) -> tuple[np.ndarray, np.ndarray]:
+               image_cache: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`samclip.models.Sam.decode` on onnxruntime: points BxNx2 / labels BxN (1, 0, -1), boxes Bx4
-        XYXY, mask_input Bx1x4Gx4G, all in input-frame pixels -> (low-res logits BxKx4Gx4G, IoU BxK)."""
+        XYXY, mask_input Bx1x4Gx4G, all in input-frame pixels -> (low-res logits BxKx4Gx4G, IoU BxK).
+        ``image_cache``: :meth:`image_cache` of these embeddings; prompts without a mask input then run the
+        cached decoder (the same outputs, faster)."""
         parts_c, parts_l, b = [], [], None
         if point_coords is not None:
             if point_labels is None:
@@ -285,6 +309,13 @@ class OnnxBackend:
             coords, labels = np.concatenate(parts_c, axis=1), np.concatenate(parts_l, axis=1)
         else:  # no sparse prompt at all (mask only / nothing): zero points, like the PyTorch model
             coords, labels = np.zeros((b, 0, 2), dtype=np.float32), np.zeros((b, 0), dtype=np.float32)
+        if image_cache is not None and mask_input is None:
+            spec = self.manifest["cached_decoder"]
+            feeds = dict(zip(spec["image_cache_outputs"], image_cache))
+            name = spec["multimask" if multimask_output else "single"]
+            low, iou = self._session(name).run(None, {**feeds, "point_coords": np.ascontiguousarray(coords),
+                                                      "point_labels": np.ascontiguousarray(labels)})
+            return low, iou
         return self.run_decoder(image_embeddings, coords, labels, mask_input, multimask_output)
 
     # ------------------------------------------------------------------------------------ checks

@@ -412,11 +412,9 @@ class MaskDecoder(nn.Module):
             raise ValueError(
                 f"{n} prompts cannot be split evenly over {image_embeddings.shape[0]} images"
             )
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1).to(sparse_prompt_embeddings.dtype)
-        tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
+        tokens = self.decoder_tokens(sparse_prompt_embeddings)
         per_image = n // image_embeddings.shape[0]
-        _, c, h, w = image_embeddings.shape
+        h, w = image_embeddings.shape[-2:]
         if image_cache is None and per_image > 1 and dense_prompt_embeddings.stride(0) == 0 \
                 and self._may_share_images():
             # one dense embedding broadcast over the prompts (the prompt encoder's no-mask embedding): the
@@ -427,6 +425,20 @@ class MaskDecoder(nn.Module):
         else:
             src = image_embeddings if per_image == 1 else torch.repeat_interleave(image_embeddings, per_image, 0)
             hs, src = self.transformer(src + dense_prompt_embeddings, image_pe, tokens)
+        return self.output_masks(hs, src, h, w, mask_tokens)
+
+    def decoder_tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """NxTxC prompt tokens -> Nx(1+K+T)xC: the IoU token and the K mask tokens, then the prompts."""
+        n = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1).to(sparse_prompt_embeddings.dtype)
+        return torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
+
+    def output_masks(self, hs: torch.Tensor, src: torch.Tensor, h: int, w: int,
+                     mask_tokens: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's outputs (tokens Nx(1+K+T)xC, image tokens Nx(h*w)xC) -> the mask logits
+        NxMx4hx4w and IoU predictions NxM of the tokens ``mask_tokens`` selects."""
+        n, c = hs.shape[0], src.shape[-1]
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         iou = self.iou_prediction_head(iou_token_out)[:, mask_tokens]

@@ -360,8 +360,11 @@ class PredictorBase:
             def arr(t: torch.Tensor | None) -> np.ndarray | None:
                 return None if t is None else t.detach().float().cpu().numpy()
 
+            view = state.decoder.setdefault(torch.float32, DecoderInputs())
+            if mask_input is None and view.onnx_first_layer is None and self._onnx.has_image_cache:
+                view.onnx_first_layer = self._onnx.image_cache(arr(state.sam_embeddings))  # once per image
             low, iou = self._onnx.decode(arr(state.sam_embeddings), arr(coords), arr(labels), arr(boxes),
-                                         arr(mask_input), multimask_output)
+                                         arr(mask_input), multimask_output, image_cache=view.onnx_first_layer)
             return torch.from_numpy(low).to(self.device), torch.from_numpy(iou).to(self.device)
         prompts = next((t.shape[0] for t in (coords, boxes, mask_input) if t is not None), 1)  # none: 1, as SAM
         dtype, decode_autocast = self._decode_precision(state, prompts)

@@ -19,6 +19,7 @@ class DecoderInputs:
 
     embeddings: torch.Tensor | None = None
     first_layer: FirstLayerImage | None = None
+    onnx_first_layer: tuple[np.ndarray, ...] | None = None  # the same, from an ONNX export's decoder_image_cache
 
 
 @dataclass(eq=False)

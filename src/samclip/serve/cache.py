@@ -12,19 +12,18 @@ import torch
 
 
 def state_nbytes(state: Any) -> int:
-    """Approximate memory of an :class:`~samclip.predictor.ImageState`: its arrays and tensors, including
-    those of nested states (other sizes) and of objects it holds (the decoder's first-layer cache)."""
-    total = 0
-    for v in getattr(state, "__dict__", {}).values():
-        if isinstance(v, torch.Tensor):
-            total += v.element_size() * v.nelement()
-        elif isinstance(v, np.ndarray):
-            total += v.nbytes
-        elif isinstance(v, dict):
-            total += sum(state_nbytes(s) for s in v.values())
-        elif hasattr(v, "__dict__"):
-            total += state_nbytes(v)
-    return total
+    """Approximate memory of an :class:`~samclip.predictor.ImageState` (or of anything it holds): its arrays and
+    tensors, including those of nested states (other sizes), of containers and of objects it holds (the decoder's
+    first-layer caches, segment_text's candidates)."""
+    if isinstance(state, torch.Tensor):
+        return state.element_size() * state.nelement()
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    if isinstance(state, dict):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, tuple | list):
+        return sum(state_nbytes(v) for v in state)
+    return sum(state_nbytes(v) for v in getattr(state, "__dict__", {}).values())
 
 
 @dataclass(eq=False)
