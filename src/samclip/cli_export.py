@@ -3,7 +3,8 @@ deployment exports.
 
 Writes ``image_encoder.onnx`` (backbone + SAM neck + CLIP head, one pass; ``image_encoder_<S>.onnx`` at the
 CLIP-head tasks' other sizes unless ``--no-clip-frames``), ``prompt_decoder.onnx``
-(multimask) / ``prompt_decoder_single.onnx`` and the ``samclip_onnx.json`` manifest; see
+(multimask) / ``prompt_decoder_single.onnx``, ``decoder_image_cache.onnx`` with the decoders that start from it
+(``prompt_decoder_cached[_single].onnx``), the text tower and the ``samclip_onnx.json`` manifest; see
 :mod:`samclip.export.onnx_export`. Run them with ``samclip.Predictor.from_onnx(DIR)`` or
 :class:`samclip.export.OnnxBackend`.
 """
