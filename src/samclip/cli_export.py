@@ -1,8 +1,9 @@
 """``samclip export onnx --model <name|folder> --out DIR [--size S] [--opset 17] [--decoder-precision int8]``:
 deployment exports.
 
-Writes ``image_encoder.onnx`` (backbone + SAM neck + CLIP head, one pass; ``image_encoder_<S>.onnx`` at the
-CLIP-head tasks' other sizes unless ``--no-clip-frames``), ``prompt_decoder.onnx``
+Writes ``image_encoder.onnx`` (backbone + SAM neck, the one backbone pass) and ``clip_head.onnx`` (the CLIP head
+on its tokens), both also at the CLIP-head tasks' other sizes (``image_encoder_<S>.onnx``, ``clip_head_<S>.onnx``)
+unless ``--no-clip-frames``, ``prompt_decoder.onnx``
 (multimask) / ``prompt_decoder_single.onnx``, ``decoder_image_cache.onnx`` with the decoders that start from it
 (``prompt_decoder_cached[_single].onnx``), the text tower and the ``samclip_onnx.json`` manifest; see
 :mod:`samclip.export.onnx_export`. Run them with ``samclip.Predictor.from_onnx(DIR)`` or
