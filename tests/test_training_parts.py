@@ -31,6 +31,14 @@ def test_masks_to_boxes_xyxy() -> None:
     boxes = masks_to_boxes(_square_masks())
     assert boxes.tolist() == [[3, 2, 8, 5], [20, 10, 28, 18]]
     assert masks_to_boxes(torch.zeros(1, 5, 5, dtype=torch.bool)).tolist() == [[0, 0, 0, 0]]
+    g = torch.Generator().manual_seed(0)
+    sparse = torch.rand(6, 37, 53, generator=g) > 0.995  # scattered pixels; one mask empty; a strided view too
+    sparse[0] = False
+    for m in (sparse, sparse.transpose(1, 2)):
+        ref = [[0.0] * 4 if not k.any() else [float(k.nonzero()[:, 1].min()), float(k.nonzero()[:, 0].min()),
+                                             float(k.nonzero()[:, 1].max()), float(k.nonzero()[:, 0].max())]
+               for k in m]
+        assert masks_to_boxes(m).tolist() == ref
 
 
 def test_points_fall_inside_masks() -> None:

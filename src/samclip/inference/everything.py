@@ -29,8 +29,9 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     ratio of their areas; an empty low-threshold mask scores 0.
     """
     flat = logits.flatten(1)
-    inter = (flat > threshold + offset).sum(-1, dtype=torch.int64)
-    union = (flat > threshold - offset).sum(-1, dtype=torch.int64)
+    # counted as uint8 into int32 (exact below 2^31 pixels): about twice as fast as summing bools into int64
+    inter = (flat > threshold + offset).view(torch.uint8).sum(-1, dtype=torch.int32)
+    union = (flat > threshold - offset).view(torch.uint8).sum(-1, dtype=torch.int32)
     return torch.where(union > 0, inter.double() / union.clamp(min=1).double(), 0.0).float()
 
 

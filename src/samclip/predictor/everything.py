@@ -85,7 +85,8 @@ class EverythingMode(MaskLabelling):
                 up = F.interpolate(low[part][:, None], (state.frame, state.frame), mode="bilinear",
                                    align_corners=False)[:, 0, :h, :w]
                 stab = stability_score(up, thr, stability_score_offset)
-                ok = (stab >= stability_score_thresh) & (up > thr).flatten(1).any(1)
+                nonempty = (up > thr).view(torch.uint8).flatten(1).amax(1).bool()  # uint8 max: fast on CPU
+                ok = (stab >= stability_score_thresh) & nonempty
                 if ok.any():
                     keep_low.append(low[part][ok])
                     keep_iou.append(iou[part][ok])
