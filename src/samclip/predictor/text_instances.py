@@ -86,7 +86,7 @@ class TextInstances(MaskLabelling):
         masks the phrase wins are kept (``verify`` must be on, ``threshold`` is not used). The masks and their
         reads are computed once per image and kept, so further phrases on the same image cost a product with
         their class table. On the same two val sets: precision / recall / F1 57.2 / 63.5 / 60.2 and 62.6 / 61.7 /
-        62.2 vs 60.1 / 51.6 / 55.5 and 62.8 / 53.9 / 58.0 with regions; 0.24 vs 0.09 s per image for all 12
+        62.2 vs 60.1 / 51.6 / 55.5 and 62.8 / 53.9 / 58.0 with regions; 0.24 vs 0.08 s per image for all 12
         phrases on 2 CPU cores.
 
         Either way instances are sorted by score; empty masks and duplicates of a better-scored instance are
