@@ -117,7 +117,8 @@ class SemanticSegmentation(MaskLabelling):
         grid_logits = self._class_logits(clip_state, labels, templates, background, refine)
         logits = self._grid_to_original(grid_logits, clip_state)
         label_map = logits.max(0).indices  # = argmax(0), ~5x faster on CPU over the leading dim
-        present = [c for c in torch.unique(label_map).tolist() if c > 0] if refine else []
+        present = torch.bincount(label_map.flatten(), minlength=len(names))[1:].nonzero()[:, 0].add(1).tolist() \
+            if refine else []  # the classes on the map (a count, not unique()'s sort of every pixel)
         if not present:
             return SemanticResult(label_map.cpu().numpy(), logits.cpu().numpy(), names, refined=refine)
 
@@ -144,6 +145,8 @@ class SemanticSegmentation(MaskLabelling):
         """CxGxG maps over the padded frame -> CxHxW: upsample to the frame, crop the image, resize."""
         h, w = state.input_size
         up = F.interpolate(maps[None].float(), (state.frame, state.frame), mode="bilinear", align_corners=False)
+        if (h, w) == tuple(state.original_size):  # a resize to the same size is the identity
+            return up[0, :, :h, :w].contiguous()
         return F.interpolate(up[..., :h, :w], state.original_size, mode="bilinear", align_corners=False)[0]
 
     def _published_refinement(self, peaks: list[list[tuple[int, float, float]]], present: list[int],
