@@ -103,7 +103,7 @@ class EverythingMode(MaskLabelling):
             part = order[i : i + 16]
             masks = self.model.postprocess_masks(lows[part][:, None], state.input_size, state.original_size)[:, 0] > thr
             boxes = box_xyxy_to_xywh(masks_to_boxes(masks))
-            areas = masks.flatten(1).sum(1)
+            areas = masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)  # uint8 sums: fast on CPU
             for j, k in enumerate(part.tolist()):
                 area = int(areas[j])
                 if area == 0 or area < min_area:
