@@ -156,10 +156,13 @@ class MaskLabelling(PredictorBase):
         CLIP-head read (:meth:`mask_embeddings`, default pooling) against background + labels, empty N bool).
         ``tta=None``: the mirrored view too when the model's classification has TTA and the head's tokens are
         at hand (:attr:`_reads_head_tokens`)."""
-        if tta is None:
-            tta = self._reads_head_tokens and self.model.config.has_tta
-        emb, empty = self.mask_embeddings(masks.cpu().numpy(), pooling=pooling, tta=tta)
+        emb, empty = self.mask_embeddings(masks.cpu().numpy(), pooling=pooling, tta=self._mask_tta(tta))
         return self._logit_scale() * emb @ self._class_table(labels, templates).T, empty
+
+    def _mask_tta(self, tta: bool | None) -> bool:
+        """``tta`` of the composed tasks' mask reads; ``None``: the mirrored view when the model's classification
+        has TTA and the head's tokens are at hand."""
+        return bool(self._reads_head_tokens and self.model.config.has_tta) if tta is None else tta
 
     def _crop_embeddings(self, masks: torch.Tensor, mirrored: bool = False,
                          batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -185,14 +185,18 @@ class SemanticSegmentation(MaskLabelling):
         coords = torch.tensor([[x, y] for _, x, y in points], dtype=torch.float32, device=self.device)
         mask_logits, pred_iou = self._single_point_masks(state, coords)
         masks = mask_logits > self.model.mask_threshold
-        scores, empty = self._mask_class_logits(masks, labels, templates, tta)
+        tta = self._mask_tta(tta)
+        emb, empty = self.mask_embeddings(masks.cpu().numpy(), tta=tta)
+        table = self._class_table(labels, templates)
+        scores = self._logit_scale() * emb @ table.T
         if not background:
             scores[:, 0] = NEG
         if crop_margin:
             top2 = scores.softmax(-1).topk(2, dim=-1).values
             unsure = ((top2[:, 0] - top2[:, 1]) < crop_margin) & ~empty & (pred_iou >= REFINE_MIN_IOU)
-            if bool(unsure.any()):
-                both, _ = self._mask_class_logits(masks[unsure], labels, templates, tta, pooling="max+crop")
+            if bool(unsure.any()):  # pooling="max+crop" for these, reusing their max read
+                crops, _ = self._crop_embeddings(masks[unsure], mirrored=tta)
+                both = self._logit_scale() * F.normalize(emb[unsure] + crops, dim=-1) @ table.T
                 if not background:
                     both[:, 0] = NEG
                 scores[unsure] = both

@@ -172,9 +172,8 @@ class TextInstances(MaskLabelling):
         prompt points Nx2 original pixels, the phrase's probability N)."""
         if pooling is None:
             pooling = "max+crop" if self._onnx is None else "auto"
-        if tta is None:
-            tta = self._reads_head_tokens and self.model.config.has_tta
-        key = ("everything", pooling, bool(tta))
+        tta = self._mask_tta(tta)
+        key = ("everything", pooling, tta)
         found = self.state.tasks.get(key)
         if found is None:
             records = self.generate()
