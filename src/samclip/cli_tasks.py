@@ -276,8 +276,9 @@ def _run_task(args: argparse.Namespace) -> int:
                 except ValueError as err:
                     raise _user_error(f"{p}: {err}") from None
     if task == "semseg" and args.crop_margin:
-        if not 0.0 <= args.crop_margin <= 1.0:  # NaN fails this too
-            raise _user_error(f"--crop-margin {args.crop_margin}: crop_margin must be in [0, 1]")
+        from .predictor.checks import check_fraction
+
+        check_fraction(args.crop_margin, "crop_margin")  # the Predictor's own check, before the model loads
         if not args.refine:
             raise _user_error("--crop-margin re-reads the refinement's masks: it needs refine=True (--refine)")
     if task == "everything":
