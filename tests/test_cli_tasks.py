@@ -84,6 +84,13 @@ def test_segment_points_box_text(env, tmp_path, capsys) -> None:  # noqa: ANN001
     code, _, _ = run(env, "segment", img, "--box", "10,10,60,70", "--out", str(tmp_path), capsys=capsys)
     d = load_outputs(tmp_path, "scene0")
     assert code == 0 and len(d["masks"]) == 1 and d["box"] == [10, 10, 60, 70]
+    code, _, _ = run(env, "segment", img, "--box", "10,10,24,22", "--out", str(tmp_path / "p"), capsys=capsys)
+    code_z, _, _ = run(env, "segment", img, "--box", "10,10,24,22", "--zoom", "--out", str(tmp_path / "z"),
+                       capsys=capsys)
+    plain, zoomed = load_outputs(tmp_path / "p", "scene0"), load_outputs(tmp_path / "z", "scene0")
+    assert code == code_z == 0 and zoomed["masks"][0]["segmentation"] != plain["masks"][0]["segmentation"]
+    code, _, err = run(env, "label", img, "--point", "30,30", "--zoom", "--out", str(tmp_path / "bad"), capsys=capsys)
+    assert code == 2 and "--zoom needs a --box" in err and not (tmp_path / "bad").exists()
     code, _, _ = run(env, "segment", img, "--text", "star", "--labels", "ring,heart", "--out", str(tmp_path),
                      capsys=capsys)
     d = load_outputs(tmp_path, "scene0")

@@ -51,7 +51,10 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
     shapes = result["prompt_breakdown"]["by_category"]
     assert sum(r["instances"] for r in shapes.values()) == result["n"]["sam_instances"]
     assert set(next(iter(shapes.values()))) == {"instances", "sam_teacher_box_miou", "merged_box_miou",
-                                                "sam_teacher_point_miou", "merged_point_miou"}
+                                                "sam_teacher_point_miou", "merged_point_miou",
+                                                "sam_teacher_box_miou_zoom", "merged_box_miou_zoom"}
+    assert result["deltas"]["box_miou_zoom"] == pytest.approx(
+        result["merged"]["box_miou_zoom"] - result["sam_teacher"]["box_miou_zoom"])
     j, md = harness.write_reports(result, tmp_path)
     assert json.loads(j.read_text())["benchmark"] == "scenes" and "(d) merged" in md.read_text()
     assert "by shape and by visible area" in md.read_text() and "Text -> instances" in md.read_text()

@@ -79,8 +79,8 @@ def test_prompt_miou_breakdown_partitions_the_instances() -> None:
     sam = samclip.create_sam("sam-tiny").eval()
     bank = build_bank("val", 6, sam.img_size, workers=1)
     plain = prompt_miou(sam, bank, bf16=False)
-    out = prompt_miou(sam, bank, bf16=False, breakdown=True)
-    assert "by_category" not in plain and out["box_miou"] == plain["box_miou"]
+    out = prompt_miou(sam, bank, bf16=False, breakdown=True, zoom=True)
+    assert "by_category" not in plain and "box_miou_zoom" not in plain and out["box_miou"] == plain["box_miou"]
     from collections import Counter
 
     present = Counter(o[0] for i, objs in enumerate(bank.objects) for k, o in enumerate(objs)
@@ -90,6 +90,6 @@ def test_prompt_miou_breakdown_partitions_the_instances() -> None:
     for group in ("by_category", "by_area"):
         rows = out[group].values()
         assert sum(r["instances"] for r in rows) == out["instances"]
-        for metric in ("box_miou", "point_miou"):
+        for metric in ("box_miou", "point_miou", "box_miou_zoom"):
             mean = sum(r[metric] * r["instances"] for r in rows) / out["instances"]
             assert mean == pytest.approx(out[metric], abs=1e-4)

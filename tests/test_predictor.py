@@ -318,6 +318,70 @@ def test_box_on_left_half_gives_mask_on_left_half(merged: SamClip, monkeypatch, 
     torch.testing.assert_close(captured[-1]["boxes"], torch.tensor([[0, 0, (w / 2 - 1) * sx, (h / 2 - 1) * sy]]))
 
 
+@pytest.mark.parametrize("size", [(90, 200), (200, 90)])
+def test_zoomed_box_is_decoded_in_its_window_and_mapped_back(merged: SamClip, monkeypatch, size) -> None:  # noqa: ANN001
+    """zoom=True: one more backbone pass over a square of 3x the box's longer side around the box; the box reaches
+    the decoder in that window's frame, the mask comes back in original pixels (finer than the image's own
+    low-res cells), the low-res logits in the image's frame; the current image stays current."""
+    from samclip.inference.zoom import zoom_window
+
+    h, w = size
+    captured: list = []
+    monkeypatch.setattr(merged, "decode", _box_stub(merged, captured))
+    pred = Predictor(merged)
+    calls, handle = count_backbone(merged)
+    try:
+        state = pred.set_image(image(h, w))
+        box = [0.3 * w, 0.4 * h, 0.3 * w + 12, 0.4 * h + 10]
+        masks, scores, low = pred.predict(box=box, multimask_output=False, zoom=True,
+                                          point_coords=[[0.3 * w + 6, 0.4 * h + 5], [1, 1]], point_labels=[1, 0])
+    finally:
+        handle.remove()
+    assert calls[0] == 2 and pred.state is state and masks.shape == (1, h, w) and scores.shape == (1,)
+    x0, y0, x1, y1 = zoom_window(box, (h, w))
+    assert x1 - x0 <= 37 and y1 - y0 <= 37 and x0 <= box[0] and box[2] <= x1 and y0 <= box[1] and box[3] <= y1
+    scale = merged.img_size / max(x1 - x0, y1 - y0)  # the window fills the frame's longer side
+    sent = captured[-1]["boxes"][0]
+    torch.testing.assert_close(sent, torch.tensor([box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0]) * scale,
+                               atol=1e-3, rtol=1e-3)
+    assert captured[-1]["labels"].tolist() == [[1, -1]]  # the point outside the window is padding
+    ys, xs = np.nonzero(masks[0])
+    assert abs(xs.min() - box[0]) <= 1.5 and abs(xs.max() - box[2]) <= 1.5  # window cells are < 1 original px
+    assert abs(ys.min() - box[1]) <= 1.5 and abs(ys.max() - box[3]) <= 1.5
+    assert low.shape == (1, 4 * pred.state.grid, 4 * pred.state.grid)
+    back = merged.postprocess_masks(torch.from_numpy(low)[None], pred.input_size, pred.original_size)[0, 0] > 0
+    assert back[int(0.4 * h) + 5, int(0.3 * w) + 6] and not back[:, : int(0.3 * w) - 8].any()
+    pred.predict(box=box, mask_input=low, multimask_output=False)  # usable as a mask prompt of the image
+    # a box whose window would not be smaller than the image: the ordinary pass, the same outputs
+    big = [0, 0, 0.5 * w, 0.5 * h]
+    for a, b in zip(pred.predict(box=big, zoom=True), pred.predict(box=big), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="zoom needs a box"):
+        pred.predict(point_coords=[[5, 5]], point_labels=[1], zoom=True)
+    with pytest.raises(ValueError, match="zoom does not take a mask_input"):
+        pred.predict(box=box, mask_input=low, zoom=True)
+
+
+def test_zoomed_box_equals_the_window_predicted_alone(merged: SamClip) -> None:
+    """On the real (random) SAM head: the zoomed prediction is the window's own image predicted with the shifted
+    box, its logits pasted into the image (each mask's lowest logit outside the window)."""
+    from samclip.inference.zoom import zoom_window
+
+    img = image(120, 160, seed=3)
+    pred, alone = Predictor(merged, bf16=False), Predictor(merged, bf16=False)
+    pred.set_image(img)
+    box = np.array([70, 50, 90, 62], np.float32)
+    logits, scores, _ = pred.predict(box=box, zoom=True, return_logits=True)
+    x0, y0, x1, y1 = zoom_window(box, (120, 160))
+    alone.set_image(img[y0:y1, x0:x1])
+    ref, ref_scores, _ = alone.predict(box=box - np.array([x0, y0, x0, y0], np.float32), return_logits=True)
+    np.testing.assert_allclose(logits[:, y0:y1, x0:x1], ref, atol=1e-5)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+    outside = logits.copy()
+    outside[:, y0:y1, x0:x1] = np.inf
+    assert (outside.min(axis=(1, 2)) == ref.min(axis=(1, 2))).all() and logits.shape == (3, 120, 160)
+
+
 def test_point_coordinates_are_mapped_into_the_frame(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
     captured: list = []
     monkeypatch.setattr(merged, "decode", _box_stub(merged, captured))

@@ -127,6 +127,12 @@ def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
 
     r = client.post(f"/images/{iid}/predict", json={"box": [10, 10, 60, 70], "multimask": False})
     assert r.status_code == 200 and len(r.json()["masks"]) == 1 and r.json()["label_map_png"] is None
+    small = {"box": [10, 10, 24, 22], "multimask": False}  # its 42 px zoom window is smaller than the image
+    plain, zoomed = (client.post(f"/images/{iid}/predict", json={**small, "zoom": z}) for z in (False, True))
+    assert zoomed.status_code == 200 and zoomed.json()["masks"][0] != plain.json()["masks"][0]
+    r = client.post(f"/images/{iid}/label", json={**small, "zoom": True, "labels": ["star", "ring"]})
+    assert r.status_code == 200 and r.json()["mask"] == zoomed.json()["masks"][0]
+    assert_error(client.post(f"/images/{iid}/predict", json={"points": [[5, 5]], "zoom": True}), 422, "invalid_prompt")
 
     r = client.post(f"/images/{iid}/label", json={"points": [[x, y], [2, 2]], "point_labels": [1, 0],
                                                     "labels": ["star", "ring", "heart"]})

@@ -261,8 +261,8 @@ def _run_task(args: argparse.Namespace) -> int:
     prompts_per_image: list[dict[str, Any]] = []
     if task in ("segment", "label"):
         if task == "segment" and args.text is not None:
-            if args.point or args.box:
-                raise _user_error("segment: give either --text or --point/--box prompts, not both")
+            if args.point or args.box or args.zoom:
+                raise _user_error("segment: give either --text or --point/--box prompts (and --zoom), not both")
             if not args.text.strip():
                 raise _user_error("--text is empty; give a phrase, e.g. --text star")
             labels = _labels(args.labels, default=False)
@@ -270,6 +270,8 @@ def _run_task(args: argparse.Namespace) -> int:
             points, point_labels, box = _prompts_for(args)
             if points is None and box is None:
                 raise _user_error(f"{task}: give at least one --point x,y[:label] or a --box x0,y0,x1,y1")
+            if args.zoom and box is None:
+                raise _user_error(f"{task}: --zoom needs a --box (the box sets the window that is re-encoded)")
             for p, (w, h) in zip(paths, sizes):
                 try:
                     prompts_per_image.append(serve.check_prompts(points, point_labels, box, (h, w)))
@@ -308,12 +310,12 @@ def _run_task(args: argparse.Namespace) -> int:
             res = serve.task_segment_text(predictor, args.text, vocabulary=labels, candidates=args.candidates)
             title = f"text: {args.text}"
         elif task == "segment":
-            res = serve.task_predict(predictor, prompts_per_image[i], multimask=args.multimask)
+            res = serve.task_predict(predictor, prompts_per_image[i], multimask=args.multimask, zoom=args.zoom)
         elif task == "semseg":
             res = serve.task_semseg(predictor, labels, refine=args.refine, crop_margin=args.crop_margin)
         elif task == "label":
             res = serve.task_label(predictor, prompts_per_image[i], labels, multimask=args.multimask,
-                                   pooling=args.pooling, tta=args.tta)
+                                   pooling=args.pooling, tta=args.tta, zoom=args.zoom)
         else:
             res = serve.task_everything(predictor, labels, points_per_side=args.points_per_side,
                                   pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
@@ -388,6 +390,9 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
                    help="point prompt in original-image pixels; label L = 1 foreground (default) or 0 background; "
                         "repeatable")
     p.add_argument("--box", metavar="X0,Y0,X1,Y1", help="box prompt, XYXY original-image pixels")
+    p.add_argument("--zoom", action="store_true",
+                   help="decode the --box on a second backbone pass over its neighbourhood (3x the box's longer "
+                        "side), magnified: better masks of small objects (Predictor.predict(zoom=True))")
 
 
 def add_task_commands(subparsers: Any) -> None:

@@ -132,12 +132,13 @@ def _breakdown_table(breakdown: dict) -> list[str]:
     if not breakdown:
         return []
     lines = ["## Prompt mIoU by shape and by visible area", "",
-             "| group | instances | SAM teacher box | merged box | SAM teacher point | merged point |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| group | instances | SAM teacher box | merged box | SAM teacher point | merged point | SAM teacher box, "
+             "zoomed | merged box, zoomed |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for group in ("by_category", "by_area"):
         for key, r in breakdown.get(group, {}).items():
+            zoom = [f"{r[k]:.1f}" if k in r else "" for k in ("sam_teacher_box_miou_zoom", "merged_box_miou_zoom")]
             lines.append(f"| {key} | {r['instances']} | {r['sam_teacher_box_miou']:.1f} | {r['merged_box_miou']:.1f} | "
-                         f"{r['sam_teacher_point_miou']:.1f} | {r['merged_point_miou']:.1f} |")
+                         f"{r['sam_teacher_point_miou']:.1f} | {r['merged_point_miou']:.1f} | {zoom[0]} | {zoom[1]} |")
     return [*lines, ""]
 
 

@@ -4,7 +4,8 @@ one JSON.
 Keys (stable): ``clip_teacher.zero_shot_top1`` (one view) and ``zero_shot_top1_flip_tta`` (image + mirror),
 ``merged.zero_shot_top1@<size>`` for each size (one view), ``merged.zero_shot_top1`` (the model's own
 classification: its ``clip_size`` with its test-time-augmentation views, ``merged.tta_views``),
-``sam_teacher.box_miou`` / ``point_miou``, ``merged.box_miou`` / ``point_miou``, ``deltas`` (merged
+``sam_teacher.box_miou`` / ``point_miou``, ``merged.box_miou`` / ``point_miou``, ``box_miou_zoom`` of both (the
+same boxes through ``Predictor.predict(zoom=True)``, a second backbone pass per box), ``deltas`` (merged
 minus teacher, the issue's acceptance margins), ``prompt_breakdown`` (box / point mIoU of both per shape
 category and per visible-area bucket: where masks are lost or kept) and ``n`` (sample counts). The headline
 zero-shot delta compares the model's own classification with the better of the teacher's two.
@@ -20,6 +21,9 @@ from ..models import CLIP, Sam, SamClip
 from ..teachers.clip_teacher import clip_encoders
 from .prompt_seg import prompt_miou
 from .zeroshot import single_object_eval_set, with_flip_tta, zero_shot_accuracy
+
+#: the prompt metrics of both SAM heads in the report
+PROMPT_KEYS = ("box_miou", "point_miou", "point_miou_first", "box_miou_zoom")
 
 
 def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_single: int = 1000,
@@ -49,19 +53,19 @@ def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_s
     else:
         merged_default = merged_zs[clip_size]
     bank = build_bank(split, n_scenes, sam_teacher.img_size, workers=1)
-    sam_t = prompt_miou(sam_teacher, bank, breakdown=True)
-    sam_m = prompt_miou(merged, bank, breakdown=True)
+    sam_t = prompt_miou(sam_teacher, bank, breakdown=True, zoom=True)
+    sam_m = prompt_miou(merged, bank, breakdown=True, zoom=True)
     return {
         "split": split,
         "clip_teacher": {"zero_shot_top1": clip_t, "zero_shot_top1_flip_tta": clip_t_flip, "size": teacher_size},
-        "sam_teacher": {k: sam_t[k] for k in ("box_miou", "point_miou", "point_miou_first")},
+        "sam_teacher": {k: sam_t[k] for k in PROMPT_KEYS},
         "merged": {
             "clip_size": clip_size,
             "label_size": merged.config.label_size or clip_size,  # the pass one-pass mask labels read
             "zero_shot_top1": merged_default,
             "tta_views": [list(v) for v in views],
             **{f"zero_shot_top1@{s}": v for s, v in merged_zs.items()},
-            **{k: sam_m[k] for k in ("box_miou", "point_miou", "point_miou_first")},
+            **{k: sam_m[k] for k in PROMPT_KEYS},
         },
         "deltas": {
             "zero_shot_top1": merged_default - max(clip_t, clip_t_flip),
@@ -69,6 +73,7 @@ def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_s
             "zero_shot_top1_at_sam_size": merged_zs[merged.img_size] - clip_t,
             "box_miou": sam_m["box_miou"] - sam_t["box_miou"],
             "point_miou": sam_m["point_miou"] - sam_t["point_miou"],
+            "box_miou_zoom": sam_m["box_miou_zoom"] - sam_t["box_miou_zoom"],
         },
         "prompt_breakdown": {group: _side_by_side(sam_t[group], sam_m[group]) for group in ("by_category", "by_area")},
         "n": {"zero_shot_images": n_single, "sam_images": n_scenes, "sam_instances": sam_m["instances"]},
@@ -102,6 +107,9 @@ def teacher_table(report: dict) -> list[str]:
                  f"{met('zero_shot_top1')} ({MARGINS['zero_shot_top1']:+.1f}) |")
     for key, name in (("box_miou", "box-prompt mIoU"), ("point_miou", "point-prompt mIoU (best of 3)")):
         lines.append(f"| {name} | {st[key]:.1f} | {m[key]:.1f} | {d[key]:+.1f} | {met(key)} ({MARGINS[key]:+.1f}) |")
+    if "box_miou_zoom" in d:  # reports from before session 19 lack it
+        lines.append(f"| box-prompt mIoU, zoomed (a second backbone pass per box) | {st['box_miou_zoom']:.1f} | "
+                     f"{m['box_miou_zoom']:.1f} | {d['box_miou_zoom']:+.1f} | |")
     return lines
 
 
@@ -109,7 +117,9 @@ def _side_by_side(teacher: dict, merged: dict) -> dict:
     """Per group key (same bank, so the same keys): instances and the box / point mIoU of both models."""
     return {key: {"instances": t["instances"],
                   "sam_teacher_box_miou": t["box_miou"], "merged_box_miou": merged[key]["box_miou"],
-                  "sam_teacher_point_miou": t["point_miou"], "merged_point_miou": merged[key]["point_miou"]}
+                  "sam_teacher_point_miou": t["point_miou"], "merged_point_miou": merged[key]["point_miou"],
+                  **({"sam_teacher_box_miou_zoom": t["box_miou_zoom"],
+                      "merged_box_miou_zoom": merged[key]["box_miou_zoom"]} if "box_miou_zoom" in t else {})}
             for key, t in teacher.items()}
 
 

@@ -24,21 +24,24 @@ def _iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | None = None,  # noqa: ANN001
-                seed: int = 0, max_images: int | None = None, breakdown: bool = False) -> dict:
+                seed: int = 0, max_images: int | None = None, breakdown: bool = False, zoom: bool = False) -> dict:
     """mIoU over every instance of ``bank`` (images at the model's native size).
 
     Returns ``box_miou`` (GT box, single-mask output), ``point_miou`` (one interior point, best of
     the multimask outputs, SAM's oracle protocol), ``point_miou_first`` (the output ranked first by
-    the predicted IoU) and ``instances``; IoUs in percent. ``breakdown`` adds ``by_category`` (per shape
-    category: ``box_miou``, ``point_miou``, ``instances``) and ``by_area`` (the same per bucket of the
-    instance's visible area as a share of the image, :data:`AREA_BUCKETS`).
+    the predicted IoU) and ``instances``; IoUs in percent. ``zoom`` adds ``box_miou_zoom``: the same boxes
+    through ``Predictor.predict(zoom=True)`` (a second backbone pass over each box's neighbourhood).
+    ``breakdown`` adds ``by_category`` (per shape category: ``box_miou``, ``point_miou``, ``instances``, and
+    ``box_miou_zoom`` with ``zoom``) and ``by_area`` (the same per bucket of the instance's visible area as a
+    share of the image, :data:`AREA_BUCKETS`).
     """
     model.eval()
     dev = next(model.parameters()).device
     bf16 = resolve_bf16(bf16, dev)
     gen = torch.Generator().manual_seed(seed)
     n = len(bank) if max_images is None else min(len(bank), max_images)
-    box_ious, point_best, point_ranked, categories, areas = [], [], [], [], []
+    box_ious, point_best, point_ranked, categories, areas, zoom_ious = [], [], [], [], [], []
+    zoomer = _zoom_predictor(model, bf16) if zoom else None
     for start in range(0, n, batch_images):
         imgs = torch.from_numpy(bank.images[start : start + batch_images]).to(dev).permute(0, 3, 1, 2)
         size = imgs.shape[-2:]
@@ -65,6 +68,8 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
             up_p = model.postprocess_masks(low_p, tuple(size), tuple(size)) > model.mask_threshold
             masks = masks.to(dev)
             box_ious.append(_iou(up_b, masks)[:, 0])
+            if zoomer is not None:
+                zoom_ious.append(_zoomed_box_ious(zoomer, bank.images[start + j], masks))
             ious = _iou(up_p, masks)
             point_best.append(ious.max(1).values)
             point_ranked.append(ious.gather(1, iou_p.float().argmax(1, keepdim=True))[:, 0])
@@ -75,12 +80,29 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
         "point_miou_first": 100 * torch.cat(point_ranked).mean().item(),
         "instances": int(box.numel()),
     }
+    zoomed = torch.cat(zoom_ious).cpu() if zoom_ious else None
+    if zoomed is not None:
+        out["box_miou_zoom"] = 100 * zoomed.mean().item()
     if breakdown:
-        out["by_category"] = _groups(box, point, categories)
+        out["by_category"] = _groups(box, point, categories, zoomed=zoomed)
         area = torch.cat(areas)
         names = [next(name for name, hi in AREA_BUCKETS if a < hi) for a in area.tolist()]
-        out["by_area"] = _groups(box, point, names, order=[name for name, _ in AREA_BUCKETS])
+        out["by_area"] = _groups(box, point, names, order=[name for name, _ in AREA_BUCKETS], zoomed=zoomed)
     return out
+
+
+def _zoom_predictor(model, bf16: bool):  # noqa: ANN001, ANN202
+    from ..predictor import Predictor
+
+    return Predictor(model, bf16=bf16)
+
+
+def _zoomed_box_ious(pred, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """IoU of each ground-truth mask (NxHxW bool) with ``pred.predict(box=its box, zoom=True)``'s single mask."""
+    pred.set_image(image)
+    boxes = masks_to_boxes(masks.cpu()).numpy()
+    found = [pred.predict(box=b, multimask_output=False, zoom=True)[0] for b in boxes]
+    return _iou(torch.from_numpy(np.stack(found)).to(masks.device), masks)[:, 0]
 
 
 # buckets of an instance's visible area as a share of the image: (name, upper bound, exclusive)
@@ -89,12 +111,16 @@ AREA_BUCKETS: tuple[tuple[str, float], ...] = (
 )
 
 
-def _groups(box: torch.Tensor, point: torch.Tensor, keys: list[str], order: list[str] | None = None) -> dict:
-    """Per key (sorted, or in ``order``; absent keys left out): box / point mIoU in percent and the count."""
+def _groups(box: torch.Tensor, point: torch.Tensor, keys: list[str], order: list[str] | None = None,
+            zoomed: torch.Tensor | None = None) -> dict:
+    """Per key (sorted, or in ``order``; absent keys left out): box / point (and zoomed box) mIoU in percent and
+    the count."""
     out = {}
     for key in order or sorted(set(keys)):
         sel = torch.tensor([k == key for k in keys])
         if sel.any():
             out[key] = {"box_miou": 100 * box[sel].mean().item(), "point_miou": 100 * point[sel].mean().item(),
                         "instances": int(sel.sum())}
+            if zoomed is not None:
+                out[key]["box_miou_zoom"] = 100 * zoomed[sel].mean().item()
     return out

@@ -234,6 +234,8 @@ class Service:
         return entry
 
     def prompts(self, body: PromptBody, entry: CacheEntry) -> dict[str, Any]:
+        if body.zoom and body.box is None:
+            raise PromptError("zoom needs a box: the box sets the window that is re-encoded")
         return check_prompts(body.points, body.point_labels, body.box, (entry.height, entry.width),
                              max_prompts=self.limits.max_prompts)
 
@@ -405,7 +407,8 @@ def create_app(
     async def predict(image_id: str, body: PromptBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         prompts = svc.prompts(body, entry)
-        return await svc.run_task(entry, lambda p: tasks.task_predict(p, prompts, multimask=body.multimask), body.png)
+        return await svc.run_task(
+            entry, lambda p: tasks.task_predict(p, prompts, multimask=body.multimask, zoom=body.zoom), body.png)
 
     @app.post("/images/{image_id}/label", response_model=LabelOut, responses=ERROR_RESPONSES,
               summary="the best mask of points / box prompts and its label from a vocabulary")
@@ -415,7 +418,7 @@ def create_app(
         labels = svc.labels(body.labels)
         return await svc.run_task(
             entry, lambda p: tasks.task_label(p, prompts, labels, multimask=body.multimask, pooling=body.pooling,
-                                              tta=body.tta), body.png)
+                                              tta=body.tta, zoom=body.zoom), body.png)
 
     @app.post("/images/{image_id}/classify", response_model=ClassifyOut, responses=ERROR_RESPONSES,
               summary="zero-shot classification of the whole image")

@@ -128,16 +128,18 @@ def check_labels(labels: Sequence[str] | str | None, *, max_labels: int | None =
     return out
 
 
-def _predict_masks(pred: Predictor, prompts: dict[str, Any], multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+def _predict_masks(pred: Predictor, prompts: dict[str, Any], multimask: bool,
+                   zoom: bool = False) -> tuple[np.ndarray, np.ndarray]:
     masks, scores, _ = pred.predict(point_coords=prompts["points"], point_labels=prompts["point_labels"],
-                                    box=prompts["box"], multimask_output=multimask)
+                                    box=prompts["box"], multimask_output=multimask, zoom=zoom)
     return masks, scores
 
 
-def task_predict(pred: Predictor, prompts: dict[str, Any], *, multimask: bool = True) -> TaskResult:
+def task_predict(pred: Predictor, prompts: dict[str, Any], *, multimask: bool = True, zoom: bool = False) -> TaskResult:
     """SAM prompts (validated by :func:`check_prompts`) -> every mask with its predicted IoU; ``best`` is
-    the index of the highest score; the label map shows the best mask."""
-    masks, scores = _predict_masks(pred, prompts, multimask)
+    the index of the highest score; the label map shows the best mask. ``zoom``: the box decoded on a second
+    pass over its neighbourhood (``Predictor.predict(zoom=True)``)."""
+    masks, scores = _predict_masks(pred, prompts, multimask, zoom)
     best = int(np.argmax(scores))
     records = [mask_record(m, score=float(s)) for m, s in zip(masks, scores)]
     data = {"masks": records, "scores": [float(s) for s in scores], "best": best, **prompts}
@@ -146,10 +148,11 @@ def task_predict(pred: Predictor, prompts: dict[str, Any], *, multimask: bool = 
 
 
 def task_label(pred: Predictor, prompts: dict[str, Any], labels: Sequence[str], *,
-               multimask: bool = True, pooling: str = "auto", tta: bool = False) -> TaskResult:
-    """Prompts -> the best mask (highest predicted IoU) and its label from ``labels``
-    (:meth:`Predictor.label_masks` with ``pooling`` and ``tta``). ``label`` is None for an empty mask."""
-    masks, scores = _predict_masks(pred, prompts, multimask)
+               multimask: bool = True, pooling: str = "auto", tta: bool = False, zoom: bool = False) -> TaskResult:
+    """Prompts -> the best mask (highest predicted IoU; ``zoom`` as in :func:`task_predict`) and its label from
+    ``labels`` (:meth:`Predictor.label_masks` with ``pooling`` and ``tta``). ``label`` is None for an empty
+    mask."""
+    masks, scores = _predict_masks(pred, prompts, multimask, zoom)
     best = int(np.argmax(scores))
     idx, probs = pred.label_masks(masks[best][None], list(labels), pooling=pooling, tta=tta)
     i = int(idx[0])

@@ -79,7 +79,7 @@ def teachers_eval(sam_source: str = "tiny-synthetic", clip_source: str = "tiny-s
     }
     sam = load_sam(sam_source)
     sam_bank = build_bank("test", n_sam, sam.img_size, workers=1)
-    result["sam"] = prompt_miou(sam, sam_bank, breakdown=True)
+    result["sam"] = prompt_miou(sam, sam_bank, breakdown=True, zoom=True)
     result["generation"] = generation_speed(20 if quick else 100)
     return result
 
