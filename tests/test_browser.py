@@ -207,7 +207,8 @@ def test_click_label_and_semantic_map(browser, server, tmp_path) -> None:  # noq
                                f"window.samclipState.overlayVersion > {version} && !window.samclipState.busy")
         assert page.evaluate("() => window.samclipState.lastRequest.candidates") == "everything"
 
-        # drag = box prompt, in original-image pixels
+        # drag = box prompt, in original-image pixels; "zoom into boxes" sends zoom with the box
+        page.check("#box-zoom")
         box = page.locator("#prompt-canvas").bounding_box()
         sx, sy = box["width"] / SIZE, box["height"] / SIZE
         page.mouse.move(box["x"] + 10 * sx, box["y"] + 20 * sy)
@@ -218,6 +219,8 @@ def test_click_label_and_semantic_map(browser, server, tmp_path) -> None:  # noq
         page.wait_for_function("() => window.samclipState.lastMode === 'mask' && !window.samclipState.busy")
         got = page.evaluate("() => window.samclipState.box")
         assert np.allclose(got, [10, 20, 70, 90], atol=1.0), got
+        assert page.evaluate("() => window.samclipState.lastRequest.zoom") is True
+        assert page.locator("#status").get_attribute("data-state") != "error"
 
         # everything: all masks with labels from the vocabulary
         page.click("#everything-run")
