@@ -94,7 +94,9 @@ def test_coco_and_voc_benchmarks(tiny, tmp_path) -> None:  # noqa: ANN001
     ann_path = tmp_path / "instances.json"
     ann_path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     r = harness.coco_box_prompt_ap(tiny["merged"], str(tmp_path / "imgs"), str(ann_path))
-    assert 0 <= r["mask_ap"] <= 100 and r["n_masks"] == len(anns)
+    assert 0 <= r["mask_ap"] <= 100 and r["n_masks"] == len(anns) and r["zoom"] is False
+    z = harness.coco_box_prompt_ap(tiny["merged"], str(tmp_path / "imgs"), str(ann_path), zoom=True)
+    assert 0 <= z["mask_ap"] <= 100 and z["n_masks"] == len(anns) and z["zoom"] is True
     r = harness.voc_benchmark(tiny["merged"], str(voc), list(SHAPES))
     assert r["n_images"] == 2 and 0 <= r["miou"] <= 100
 

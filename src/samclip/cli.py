@@ -84,7 +84,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         if not args.data or not args.annotations:
             raise UserError("--benchmark coco needs --data (images folder) and --annotations (instances json)")
-        result = harness.coco_box_prompt_ap(model, args.data, args.annotations, limit=args.limit)
+        result = harness.coco_box_prompt_ap(model, args.data, args.annotations, limit=args.limit, zoom=args.zoom)
     result["machine"] = describe_machine(next(model.parameters()).device)
     result["precision"] = "bf16" if result["machine"]["bf16_auto"] else "fp32"
     paths = harness.write_reports(result, out)
@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sam-teacher", default="tiny-synthetic", help="baseline SAM (scenes benchmark)")
     ev.add_argument("--clip-teacher", default="tiny-synthetic", help="baseline CLIP (scenes benchmark)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    ev.add_argument("--zoom", action="store_true",
+                    help="coco benchmark: each box decoded on a second pass over its neighbourhood "
+                         "(Predictor.predict(zoom=True); the scenes benchmark always reports both)")
     ev.add_argument("--quick", action="store_true", help="fewer images (smoke test)")
     ev.add_argument("--semseg-images", type=int, default=None,
                     help="scenes of the semantic segmentation comparison (default 100; more: less noise, "

@@ -87,8 +87,10 @@ def _read_coco_json(path: Path) -> dict:
     return data
 
 
-def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, limit: int | None = None) -> dict:
-    """Mask AP of box-prompted masks (ground-truth boxes as prompts) with pycocotools' COCOeval."""
+def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, limit: int | None = None,
+                       zoom: bool = False) -> dict:
+    """Mask AP of box-prompted masks (ground-truth boxes as prompts) with pycocotools' COCOeval; ``zoom``: each box
+    through ``Predictor.predict(zoom=True)`` (a second backbone pass over its neighbourhood)."""
     from PIL import Image
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
@@ -111,7 +113,8 @@ def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, 
         pred.set_image(image)
         for a in anns:
             x, y, w, h = a["bbox"]
-            masks, scores, _ = pred.predict(box=np.array([x, y, x + w, y + h], np.float32), multimask_output=False)
+            masks, scores, _ = pred.predict(box=np.array([x, y, x + w, y + h], np.float32), multimask_output=False,
+                                            zoom=zoom)
             rle = mask_utils.encode(np.asfortranarray(masks[0].astype(np.uint8)))
             rle["counts"] = rle["counts"].decode()
             results.append({"image_id": img_id, "category_id": a["category_id"], "segmentation": rle,
@@ -124,7 +127,7 @@ def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, 
     ev.accumulate()
     ev.summarize()
     return {"benchmark": "coco_box_prompt", "mask_ap": 100 * ev.stats[0], "mask_ap50": 100 * ev.stats[1],
-            "mask_ap75": 100 * ev.stats[2], "n_images": len(img_ids), "n_masks": len(results)}
+            "mask_ap75": 100 * ev.stats[2], "n_images": len(img_ids), "n_masks": len(results), "zoom": zoom}
 
 
 def _breakdown_table(breakdown: dict) -> list[str]:
