@@ -418,3 +418,18 @@ def test_predictor_decodes_through_the_image_cache_and_without_it(tiny, monkeypa
     assert np.abs(low2 - low).max() <= TOL and np.abs(s2 - s).max() <= TOL and (m2 == m).mean() >= 0.99
     with pytest.raises(ValueError, match="no decoder image cache"):
         onx._onnx.image_cache(np.zeros((1, 32, 8, 8), np.float32))
+
+
+def test_onnx_predictor_zooms_boxes_as_pytorch_does(tiny) -> None:  # noqa: ANN001
+    """predict(zoom=True) on an ONNX predictor: the window goes through the export's image graph at its frame."""
+    onx = samclip.Predictor(tiny["model"], bf16=False, backend="onnx", onnx_dir=tiny["dir"])
+    ref = samclip.Predictor(tiny["model"], bf16=False)
+    box = [40, 30, 58, 44]
+    out = []
+    for pred in (onx, ref):
+        pred.set_image(_image())
+        out.append(pred.predict(box=box, multimask_output=False, zoom=True, return_logits=True))
+    (lo, so, low_o), (lr, sr, low_r) = out
+    assert np.abs(lo - lr).max() <= TOL and np.abs(so - sr).max() <= TOL and np.abs(low_o - low_r).max() <= TOL
+    plain, _, _ = ref.predict(box=box, multimask_output=False, return_logits=True)
+    assert np.abs(plain - lr).max() > 0.1  # the window pass, not the image's
