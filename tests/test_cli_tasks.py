@@ -144,6 +144,9 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     dc = load_outputs(tmp_path / "ec", "scene1")
     assert code == 0 and [m["area"] for m in dc["masks"]] == [m["area"] for m in d["masks"]]
     assert [m["label_score"] for m in dc["masks"]] != [m["label_score"] for m in d["masks"]]  # crops, not pooling
+    code, _, _ = run(env, "everything", img, "--points-per-side", "4", "--crop-layers", "1", "--pred-iou-thresh", "0",
+                     "--stability-thresh", "0", "--out", str(tmp_path / "el"), capsys=capsys)
+    assert code == 0 and load_outputs(tmp_path / "el", "scene1")["count"] >= 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -167,6 +170,7 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     (["classify", "{imgs}/scene0.png", "--out", "{root}/notes.txt/sub"], "cannot create the folder"),
     (["everything", "{imgs}/scene0.png", "--max-masks", "0"], "--max-masks 0: expected 1..255"),
     (["everything", "{imgs}/scene0.png", "--points-per-side", "100000"], "expected 1..256"),
+    (["everything", "{imgs}/scene0.png", "--crop-layers", "9"], "--crop-layers 9: expected 0..4"),
 ])
 def test_bad_inputs_exit_2(env, capsys, args, message) -> None:  # noqa: ANN001
     args = [a.format(imgs=env / "imgs", root=env) for a in args]

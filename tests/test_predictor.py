@@ -807,6 +807,75 @@ def test_generate_filters_and_nms(merged: SamClip, monkeypatch) -> None:  # noqa
     assert len(pred.generate(points_per_side=4, min_area=10**6)) == 0
 
 
+@pytest.mark.parametrize("size", [(90, 200), (256, 256)])
+def test_crop_boxes_tile_the_image_with_overlapping_crops(size) -> None:
+    from samclip.inference.everything import CROP_OVERLAP_RATIO, crop_boxes
+
+    h, w = size
+    crops = crop_boxes(size, 2)
+    assert crops[0] == ((0, 0, w, h), 0) and [layer for _, layer in crops] == [0] + [1] * 4 + [2] * 16
+    for layer in (1, 2):
+        n, cover = 2**layer, np.zeros((h, w), int)
+        boxes = [b for b, lay in crops if lay == layer]
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+            cover[y0:y1, x0:x1] += 1
+        assert cover.min() >= 1  # every pixel in some crop
+        overlap = int(CROP_OVERLAP_RATIO * min(h, w) * 2 / n)
+        assert boxes[0][2] - boxes[1][0] == overlap  # neighbours share `overlap` columns
+        assert boxes[-1][2:] == (w, h)
+
+
+def test_crop_edge_filter_and_crop_nms() -> None:
+    from samclip.inference.everything import crop_nms, near_inner_crop_edge
+
+    crop, size = (0, 0, 100, 80), (160, 200)  # the top-left crop: its right and bottom edges are inner
+    boxes = torch.tensor([[10, 10, 98, 40], [0, 0, 30, 30], [30, 20, 60, 50], [10, 60, 40, 79]], dtype=torch.float)
+    assert near_inner_crop_edge(boxes, crop, size).tolist() == [True, False, False, True]
+    # the same object found in the whole image (area 32000) and in a crop (8000): the crop's mask stays
+    boxes = torch.tensor([[10, 10, 50, 50], [11, 10, 50, 51], [100, 100, 120, 120]], dtype=torch.float)
+    keep = crop_nms(boxes, torch.tensor([32000.0, 8000.0, 32000.0]), torch.tensor([0.99, 0.8, 0.9]), 0.7)
+    assert keep.tolist() == [2, 1]  # by score, the whole image's duplicate gone
+
+
+def test_generate_with_crop_layers_encodes_each_crop_and_maps_masks_back(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    """crop_n_layers=1: four more backbone passes (one per crop); every mask comes back at the image's size,
+    holding its prompt point (original pixels), sorted by predicted IoU; the crops add finer masks."""
+    pred = Predictor(merged)
+    pred.set_image(image(96, 160))
+    low = 32
+
+    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True,  # noqa: ANN001, ANN202
+               image_cache=None):  # noqa: ANN001
+        n = point_coords.shape[0]  # a confident 3x3-cell square around each point, one output per point
+        out = torch.full((n, 3, low, low), -10.0)
+        cells = (point_coords[:, 0] / (merged.img_size / low)).long()
+        for i, (cx, cy) in enumerate(cells.tolist()):
+            out[i, 0, max(0, cy - 1) : cy + 2, max(0, cx - 1) : cx + 2] = 10.0
+        iou = torch.tensor([0.9, 0.1, 0.1]).expand(n, 3) - torch.arange(n)[:, None] * 1e-3
+        return out, iou.clone()
+
+    monkeypatch.setattr(merged, "decode", decode)
+    plain = pred.generate(points_per_side=4)
+    calls, handle = count_backbone(merged)
+    try:
+        out = pred.generate(points_per_side=4, crop_n_layers=1)
+    finally:
+        handle.remove()
+    assert calls[0] == 4 and len(out) > len(plain) > 0
+    for r in out:
+        m, (x, y) = r["segmentation"], r["point_coords"][0]
+        assert m.shape == (96, 160) and m[int(y), int(x)] and r["area"] == int(m.sum())
+        ys, xs = np.nonzero(m)
+        assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+    assert [r["predicted_iou"] for r in out] == sorted((r["predicted_iou"] for r in out), reverse=True)
+    assert any(r["area"] < min(p["area"] for p in plain) for r in out)  # the crops' finer masks
+    with pytest.raises(ValueError, match="crop_n_layers"):
+        pred.generate(crop_n_layers=5)
+    with pytest.raises(ValueError, match="crop_overlap_ratio"):
+        pred.generate(crop_n_layers=1, crop_overlap_ratio=1.5)
+
+
 # -------------------------------------------------------------------------------------- helpers
 def _bfs_count(mask: np.ndarray) -> int:
     seen = np.zeros_like(mask)

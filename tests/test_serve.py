@@ -189,6 +189,10 @@ def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
     ec = r.json()["masks"]
     assert r.status_code == 200 and [m["area"] for m in ec] == [m["area"] for m in e["masks"]]
     assert [m["label_score"] for m in ec] != [m["label_score"] for m in e["masks"]]
+    r = client.post(f"/images/{iid}/everything", json={"points_per_side": 4, "pred_iou_thresh": 0.0,
+                                                         "stability_score_thresh": 0.0, "crop_n_layers": 1})
+    assert r.status_code == 200 and r.json()["count"] >= 1  # the four crops' masks beside the image's
+    assert_error(client.post(f"/images/{iid}/everything", json={"crop_n_layers": 3}), 422)
 
     assert client.get(f"/images/{iid}").json() == {"image_id": iid, "width": SIZE, "height": SIZE}
 

@@ -286,10 +286,12 @@ def _run_task(args: argparse.Namespace) -> int:
     if task == "everything":
         if not 1 <= args.max_masks <= 255:
             raise _user_error(f"--max-masks {args.max_masks}: expected 1..255 (label-map PNGs hold 255 ids)")
-        from .inference.everything import MAX_POINTS_PER_SIDE
+        from .inference.everything import MAX_CROP_LAYERS, MAX_POINTS_PER_SIDE
 
         if not 1 <= args.points_per_side <= MAX_POINTS_PER_SIDE:
             raise _user_error(f"--points-per-side {args.points_per_side}: expected 1..{MAX_POINTS_PER_SIDE}")
+        if not 0 <= args.crop_layers <= MAX_CROP_LAYERS:
+            raise _user_error(f"--crop-layers {args.crop_layers}: expected 0..{MAX_CROP_LAYERS}")
     device = resolve_device(args.device)
     out_dir = check_out_dir(Path(args.out))
     pairs = output_pairs(out_dir, paths)
@@ -318,9 +320,10 @@ def _run_task(args: argparse.Namespace) -> int:
                                    pooling=args.pooling, tta=args.tta, zoom=args.zoom)
         else:
             res = serve.task_everything(predictor, labels, points_per_side=args.points_per_side,
-                                  pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
-                                  min_area=args.min_area, max_masks=args.max_masks, pooling=args.pooling,
-                                        tta=args.tta)
+                                        pred_iou_thresh=args.pred_iou_thresh,
+                                        stability_score_thresh=args.stability_thresh, min_area=args.min_area,
+                                        max_masks=args.max_masks, pooling=args.pooling, tta=args.tta,
+                                        crop_n_layers=args.crop_layers)
         h, w = image.shape[:2]
         data: dict[str, Any] = {
             "image": str(path), "width": w, "height": h, "task": task, "model": str(args.model),
@@ -458,6 +461,9 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--stability-thresh", type=float, default=0.8, help="keep masks at least this stable")
     p.add_argument("--min-area", type=int, default=0, help="drop masks smaller than this (pixels)")
     p.add_argument("--max-masks", type=int, default=100, help="at most this many masks (<= 255)")
+    p.add_argument("--crop-layers", type=int, default=0, metavar="N",
+                   help="segment-anything's crop layers: layer i re-encodes 4**i overlapping crops (one backbone "
+                        "pass each) for smaller objects (0..4; default 0: the one cached pass)")
     _pooling_arg(p)
     p.set_defaults(func=_run_task)
 

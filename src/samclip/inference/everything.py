@@ -4,6 +4,8 @@ pixels (as ``samclip.prompts.masks_to_boxes`` and SAM's ``batched_mask_to_box``)
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -20,6 +22,53 @@ def build_point_grid(points_per_side: int) -> np.ndarray:
     xs = np.tile(side[None, :], (points_per_side, 1))
     ys = np.tile(side[:, None], (1, points_per_side))
     return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+#: crop layers at most (layer 4 alone is 256 crops, a backbone pass each)
+MAX_CROP_LAYERS = 4
+#: segment-anything's default overlap of neighbouring crops, as a share of the image's shorter side at layer 1
+CROP_OVERLAP_RATIO = 512 / 1500
+#: a mask whose box lies within this share of the image's longer side of an inner crop edge is cut by the crop:
+#: dropped (segment-anything's 20 px on its 1024 px frame)
+CROP_EDGE_MARGIN = 20 / 1024
+
+
+def crop_boxes(image_size: tuple[int, int], n_layers: int,
+               overlap_ratio: float = CROP_OVERLAP_RATIO) -> list[tuple[tuple[int, int, int, int], int]]:
+    """The everything mode's crops: ``((x0, y0, x1, y1), layer)`` in original-image pixels (x1, y1 exclusive).
+
+    Layer 0 is the whole image; layer ``i >= 1`` tiles it with ``2**i`` x ``2**i`` crops that overlap their
+    neighbours by ``overlap_ratio`` x the shorter side x ``2 / 2**i`` pixels (segment-anything's layout)."""
+    h, w = image_size
+    out = [((0, 0, w, h), 0)]
+    for layer in range(1, n_layers + 1):
+        n = 2**layer
+        overlap = int(overlap_ratio * min(h, w) * 2 / n)
+        cw, ch = math.ceil((overlap * (n - 1) + w) / n), math.ceil((overlap * (n - 1) + h) / n)
+        for y0 in (int((ch - overlap) * j) for j in range(n)):
+            for x0 in (int((cw - overlap) * i) for i in range(n)):
+                out.append(((x0, y0, min(x0 + cw, w), min(y0 + ch, h)), layer))
+    return out
+
+
+def near_inner_crop_edge(boxes: torch.Tensor, crop: tuple[int, int, int, int], image_size: tuple[int, int],
+                         margin: float = CROP_EDGE_MARGIN) -> torch.Tensor:
+    """Nx4 XYXY boxes (inclusive, original-image pixels) -> N bool: within ``margin`` x the image's longer side of
+    an edge of ``crop`` that is not an edge of the image (the mask may continue outside the crop)."""
+    h, w = image_size
+    tol = margin * max(h, w)
+    x0, y0, x1, y1 = crop
+    crop_t = torch.tensor([x0, y0, x1 - 1, y1 - 1], dtype=torch.float32, device=boxes.device)
+    image_t = torch.tensor([0, 0, w - 1, h - 1], dtype=torch.float32, device=boxes.device)
+    b = boxes.float()
+    return ((b - crop_t).abs() <= tol).logical_and((b - image_t).abs() > tol).any(1)
+
+
+def crop_nms(boxes: torch.Tensor, crop_areas: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Masks found in several crops -> indices of those kept, by ``scores`` descending: greedy box NMS that
+    prefers the mask from the smaller crop (``crop_areas`` N, pixels), as segment-anything does across crops."""
+    keep = box_nms(boxes, 1 / crop_areas.to(boxes.device, torch.float32), iou_threshold)
+    return keep[torch.argsort(scores[keep], descending=True, stable=True)]
 
 
 def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:

@@ -10,11 +10,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference.everything import MAX_POINTS_PER_SIDE, box_nms, box_xyxy_to_xywh, build_point_grid, stability_score
+from ..inference.everything import (
+    CROP_OVERLAP_RATIO,
+    MAX_CROP_LAYERS,
+    MAX_POINTS_PER_SIDE,
+    box_nms,
+    box_xyxy_to_xywh,
+    build_point_grid,
+    crop_boxes,
+    crop_nms,
+    near_inner_crop_edge,
+    stability_score,
+)
 from ..inference.image_input import original_to_frame
 from ..prompts import masks_to_boxes
 from .checks import check_fraction, check_int, check_labels
 from .labelling import MaskLabelling
+from .state import ImageState
 
 
 class EverythingMode(MaskLabelling):
@@ -34,8 +46,12 @@ class EverythingMode(MaskLabelling):
         templates: Sequence[str] | None = None,
         pooling: str = "auto",
         tta: bool = False,
+        crop_n_layers: int = 0,
+        crop_n_points_downscale_factor: int = 1,
+        crop_overlap_ratio: float = CROP_OVERLAP_RATIO,
+        crop_nms_thresh: float = 0.7,
     ) -> list[dict[str, Any]]:
-        """Everything mode (segment-anything's ``SamAutomaticMaskGenerator`` without crops).
+        """Everything mode (segment-anything's ``SamAutomaticMaskGenerator``).
 
         A ``points_per_side`` x ``points_per_side`` grid of foreground points over the image, decoded in
         batches of ``points_per_batch`` with the three multimask outputs; masks are kept when predicted
@@ -43,6 +59,13 @@ class EverythingMode(MaskLabelling):
         ``mask_threshold +/- stability_score_offset``, on logits upsampled to the input frame) >=
         ``stability_score_thresh``; greedy box NMS at ``nms_thresh`` (scores: predicted IoU); masks with
         fewer than ``min_area`` pixels (and empty ones) are dropped (no hole filling).
+
+        ``crop_n_layers`` (NOT one pass; default 0): segment-anything's crop layers for small objects. Layer
+        ``i`` tiles the image with ``2**i`` x ``2**i`` crops overlapping by ``crop_overlap_ratio`` (see
+        :func:`samclip.inference.everything.crop_boxes`), each re-encoded at the image's frame (one backbone pass
+        per crop) and prompted by a grid of ``points_per_side // crop_n_points_downscale_factor**i`` per side;
+        a crop's masks that touch one of its inner edges (:data:`~samclip.inference.everything.CROP_EDGE_MARGIN`)
+        are dropped, and across crops box NMS at ``crop_nms_thresh`` keeps the mask from the smaller crop.
 
         Returns dicts sorted by predicted IoU: ``segmentation`` HxW bool, ``area`` (pixels), ``bbox``
         [x, y, w, h] (SAM's XYWH of the inclusive XYXY box), ``predicted_iou``, ``stability_score``,
@@ -65,7 +88,58 @@ class EverythingMode(MaskLabelling):
             raise ValueError("pred_iou_thresh is NaN")
         if not math.isfinite(stability_score_offset) or stability_score_offset < 0:
             raise ValueError(f"stability_score_offset must be a finite number >= 0, got {stability_score_offset}")
+        check_int(crop_n_layers, "crop_n_layers", 0, MAX_CROP_LAYERS)
+        check_int(crop_n_points_downscale_factor, "crop_n_points_downscale_factor", 1)
+        check_fraction(crop_nms_thresh, "crop_nms_thresh")
+        if not 0 <= crop_overlap_ratio < 1:
+            raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
         state = self.state
+        grid_args = (pred_iou_thresh, stability_score_thresh, stability_score_offset, nms_thresh, points_per_batch)
+        crops = crop_boxes(state.original_size, crop_n_layers, crop_overlap_ratio)
+        parts = []
+        for crop, layer in crops:
+            if layer == 0:
+                parts.append((crop, self._grid_masks(state, points_per_side, *grid_args)))
+                continue
+            x0, y0, x1, y1 = crop
+            sub = self._encode([state.image[y0:y1, x0:x1]], state.frame, batch_size=1)[0]
+            n_side = max(1, points_per_side // crop_n_points_downscale_factor**layer)
+            masks, ious, stabs, pts = self._grid_masks(sub, n_side, *grid_args)
+            full = torch.zeros(len(masks), *state.original_size, dtype=torch.bool, device=masks.device)
+            full[:, y0:y1, x0:x1] = masks
+            keep = ~near_inner_crop_edge(masks_to_boxes(full), crop, state.original_size)
+            parts.append((crop, (full[keep], ious[keep], stabs[keep], pts[keep.cpu()] + torch.tensor([x0, y0]))))
+        masks, ious, stabs, pts = (torch.cat([p[1][i] for p in parts]) for i in range(4))
+        if len(crops) > 1 and len(masks):  # one mask per object across crops: the smaller crop's (SAM's rule)
+            crop_area = torch.cat([torch.full((len(m[0]),), float((c[2] - c[0]) * (c[3] - c[1]))) for c, m in parts])
+            keep = crop_nms(masks_to_boxes(masks), crop_area, ious, crop_nms_thresh)
+            masks, ious, stabs, pts = masks[keep], ious[keep], stabs[keep], pts[keep.cpu()]
+        records: list[dict[str, Any]] = []
+        boxes = box_xyxy_to_xywh(masks_to_boxes(masks))
+        areas = masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)  # uint8 sums: fast on CPU
+        for k in range(len(masks)):
+            area = int(areas[k])
+            if area == 0 or area < min_area:
+                continue
+            records.append({
+                "segmentation": masks[k].cpu().numpy(), "area": area,
+                "bbox": [int(v) for v in boxes[k].tolist()], "predicted_iou": float(ious[k]),
+                "stability_score": float(stabs[k]), "point_coords": [[float(v) for v in pts[k].tolist()]],
+            })
+        if vocab is not None and records:
+            idx, probs = self.label_masks(np.stack([r["segmentation"] for r in records]), vocab, templates,
+                                          pooling=pooling, tta=tta)
+            for r, i, p in zip(records, idx, probs):
+                r["label"] = vocab[int(i)]
+                r["label_score"] = float(p[i])
+        return records
+
+    def _grid_masks(self, state: ImageState, points_per_side: int, pred_iou_thresh: float,
+                    stability_score_thresh: float, stability_score_offset: float, nms_thresh: float,
+                    points_per_batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The everything mode on one image state (the image or one of its crops) -> (NxHxW bool masks at the
+        state's original size, predicted IoU N, stability N, prompt points Nx2 in the state's original pixels):
+        the grid's masks above both thresholds, de-duplicated by box NMS, ordered by predicted IoU."""
         big_h, big_w = state.original_size
         h, w = state.input_size
         thr = self.model.mask_threshold
@@ -94,30 +168,11 @@ class EverythingMode(MaskLabelling):
                     keep_box.append(masks_to_boxes(up[ok] > thr))
                     keep_pts.append(src[part.cpu()][ok.cpu()])
         if not keep_low:
-            return []
+            empty = torch.zeros(0, device=self.device)
+            return torch.zeros(0, big_h, big_w, dtype=torch.bool, device=self.device), empty, empty, torch.zeros(0, 2)
         lows, ious, stabs = torch.cat(keep_low), torch.cat(keep_iou), torch.cat(keep_stab)
-        pts_all = torch.cat(keep_pts)
         order = box_nms(torch.cat(keep_box), ious, nms_thresh)
-        records: list[dict[str, Any]] = []
-        for i in range(0, len(order), 16):
-            part = order[i : i + 16]
-            masks = self.model.postprocess_masks(lows[part][:, None], state.input_size, state.original_size)[:, 0] > thr
-            boxes = box_xyxy_to_xywh(masks_to_boxes(masks))
-            areas = masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)  # uint8 sums: fast on CPU
-            for j, k in enumerate(part.tolist()):
-                area = int(areas[j])
-                if area == 0 or area < min_area:
-                    continue
-                records.append({
-                    "segmentation": masks[j].cpu().numpy(), "area": area,
-                    "bbox": [int(v) for v in boxes[j].tolist()], "predicted_iou": float(ious[k]),
-                    "stability_score": float(stabs[k]), "point_coords": [[float(v) for v in pts_all[k].tolist()]],
-                })
-        if vocab is not None and records:
-            idx, probs = self.label_masks(np.stack([r["segmentation"] for r in records]), vocab, templates,
-                                          pooling=pooling, tta=tta)
-            for r, i, p in zip(records, idx, probs):
-                r["label"] = vocab[int(i)]
-                r["label_score"] = float(p[i])
-        return records
-
+        masks = torch.cat([
+            self.model.postprocess_masks(lows[part][:, None], state.input_size, state.original_size)[:, 0] > thr
+            for part in order.split(16)])
+        return masks, ious[order], stabs[order], torch.cat(keep_pts)[order.cpu()]

@@ -452,7 +452,7 @@ def create_app(
         return await svc.run_task(entry, lambda p: tasks.task_everything(
             p, labels, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
             stability_score_thresh=body.stability_score_thresh, min_area=body.min_area,
-            max_masks=body.max_masks, pooling=body.pooling, tta=body.tta), body.png)
+            max_masks=body.max_masks, pooling=body.pooling, tta=body.tta, crop_n_layers=body.crop_n_layers), body.png)
 
     # -------------------------------------------------------------------------------- web page
     @app.get("/", include_in_schema=False)

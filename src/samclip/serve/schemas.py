@@ -77,6 +77,8 @@ class EverythingBody(_Body):
     stability_score_thresh: float = Field(0.8, ge=0.0, le=1.0)
     min_area: int = Field(0, ge=0)
     max_masks: int = Field(100, ge=1, le=255)
+    crop_n_layers: int = Field(0, ge=0, le=2, description="segment-anything's crop layers for smaller objects: layer "
+                                                          "i re-encodes 4**i crops (a backbone pass each)")
     pooling: Pooling = Field("auto", description=POOLING_HELP)
     tta: bool = Field(False, description=TTA_HELP)
     png: bool = True

@@ -214,13 +214,16 @@ def task_segment_text(pred: Predictor, phrase: str, *, vocabulary: Sequence[str]
 
 def task_everything(pred: Predictor, labels: Sequence[str] | None = None, *, points_per_side: int = 16,
                     pred_iou_thresh: float = 0.7, stability_score_thresh: float = 0.8, min_area: int = 0,
-                    max_masks: int = 100, pooling: str = "auto", tta: bool = False) -> TaskResult:
+                    max_masks: int = 100, pooling: str = "auto", tta: bool = False,
+                    crop_n_layers: int = 0) -> TaskResult:
     """Everything mode: masks from a point grid (+ a label each with ``labels``, by
-    :meth:`Predictor.label_masks` with ``pooling`` and ``tta``), best first, at most ``max_masks`` (<= 255).
-    ``point`` is the grid point (x, y) that produced the mask."""
+    :meth:`Predictor.label_masks` with ``pooling`` and ``tta``; ``crop_n_layers`` as in
+    :meth:`Predictor.generate`), best first, at most ``max_masks`` (<= 255). ``point`` is the grid point (x, y)
+    that produced the mask."""
     records = pred.generate(vocabulary=None if labels is None else list(labels), points_per_side=points_per_side,
                             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-                            min_area=min_area, pooling=pooling, tta=tta)[: min(max_masks, MAX_INSTANCES)]
+                            min_area=min_area, pooling=pooling, tta=tta,
+                            crop_n_layers=crop_n_layers)[: min(max_masks, MAX_INSTANCES)]
     out, legend = [], []
     for k, r in enumerate(records, start=1):
         extra = {"predicted_iou": r["predicted_iou"], "stability_score": r["stability_score"],
