@@ -362,6 +362,19 @@ def test_zoomed_box_is_decoded_in_its_window_and_mapped_back(merged: SamClip, mo
         pred.predict(box=box, mask_input=low, zoom=True)
 
 
+def test_zoom_window_geometry() -> None:
+    from samclip.inference.zoom import ZOOM_CONTEXT, ZOOM_MAX_MAGNIFICATION, zoom_window
+
+    assert zoom_window((40, 30, 60, 40), (90, 200)) == (20, 5, 80, 65)  # 3 x 20 px around the centre (50, 35)
+    assert zoom_window((0, 0, 60, 40), (90, 200)) == (0, 0, 120, 90)  # 180 px around (30, 20), clipped
+    assert zoom_window((0, 0, 70, 30), (90, 200)) is None  # 210 px: not smaller than the image's 200
+    x0, y0, x1, y1 = zoom_window((100, 40, 101, 41), (90, 200))  # a 1 px box: the window's smallest side
+    assert x1 - x0 == 200 / ZOOM_MAX_MAGNIFICATION and y1 - y0 == 200 / ZOOM_MAX_MAGNIFICATION
+    x0, y0, x1, y1 = zoom_window((300, 300, 320, 330), (90, 200))  # outside: clipped into the image first
+    assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 90 and x1 == 200 and y1 == 90
+    assert ZOOM_CONTEXT == 3.0
+
+
 def test_zoomed_box_equals_the_window_predicted_alone(merged: SamClip) -> None:
     """On the real (random) SAM head: the zoomed prediction is the window's own image predicted with the shifted
     box, its logits pasted into the image (each mask's lowest logit outside the window)."""

@@ -20,22 +20,28 @@ import torch.nn.functional as F
 ZOOM_CONTEXT = 3.0
 
 
+#: the window's side is at least the image's longer side over this (a box of a few pixels is not blown up to
+#: the frame; no object of the first 300 val or test scenes has a window that small)
+ZOOM_MAX_MAGNIFICATION = 8.0
+
+
 def zoom_window(box: tuple[float, float, float, float], image_size: tuple[int, int],
                 context: float = ZOOM_CONTEXT) -> tuple[int, int, int, int] | None:
     """The window a zoomed box prompt re-encodes, or None where zooming would not magnify.
 
     Args:
-        box: XYXY in original-image pixels.
+        box: XYXY in original-image pixels (clipped into the image first, as prompts are).
         image_size: (H, W) of the original image.
         context: the window's side over the box's longer side (>= 1, so the window holds the box).
     Returns:
         (x0, y0, x1, y1) integer pixels of the original image (x1, y1 exclusive): a square of ``context`` x the
-        box's longer side (at least 1 px) centred on the box and clipped to the image; None when that square is
-        not smaller than the image's longer side.
+        box's longer side (at least the image's longer side / :data:`ZOOM_MAX_MAGNIFICATION`) centred on the
+        box and clipped to the image; None when that square is not smaller than the image's longer side.
     """
     h, w = image_size
-    x0, y0, x1, y1 = (float(v) for v in box)
-    side = context * max(x1 - x0, y1 - y0, 1.0)
+    x0, x1 = (min(max(float(v), 0.0), w - 1.0) for v in (box[0], box[2]))
+    y0, y1 = (min(max(float(v), 0.0), h - 1.0) for v in (box[1], box[3]))
+    side = max(context * max(x1 - x0, y1 - y0), max(h, w) / ZOOM_MAX_MAGNIFICATION)
     if side >= max(h, w):
         return None
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
