@@ -837,6 +837,10 @@ def test_crop_boxes_tile_the_image_with_overlapping_crops(size) -> None:
         overlap = int(CROP_OVERLAP_RATIO * min(h, w) * 2 / n)
         assert boxes[0][2] - boxes[1][0] == overlap  # neighbours share `overlap` columns
         assert boxes[-1][2:] == (w, h)
+    for tiny in ((1, 1), (3, 3), (2, 5)):  # no empty or repeated crop on images of a few pixels
+        boxes = [b for b, _ in crop_boxes(tiny, 2)]
+        assert all(x0 < x1 and y0 < y1 for x0, y0, x1, y1 in boxes) and boxes[0] == (0, 0, tiny[1], tiny[0])
+        assert len(set(boxes)) == len(boxes)
 
 
 def test_crop_edge_filter_and_crop_nms() -> None:

@@ -38,7 +38,8 @@ def crop_boxes(image_size: tuple[int, int], n_layers: int,
     """The everything mode's crops: ``((x0, y0, x1, y1), layer)`` in original-image pixels (x1, y1 exclusive).
 
     Layer 0 is the whole image; layer ``i >= 1`` tiles it with ``2**i`` x ``2**i`` crops that overlap their
-    neighbours by ``overlap_ratio`` x the shorter side x ``2 / 2**i`` pixels (segment-anything's layout)."""
+    neighbours by ``overlap_ratio`` x the shorter side x ``2 / 2**i`` pixels (segment-anything's layout); on an
+    image of a few pixels, the crops that would be empty or repeat another (of any layer) are left out."""
     h, w = image_size
     out = [((0, 0, w, h), 0)]
     for layer in range(1, n_layers + 1):
@@ -47,7 +48,9 @@ def crop_boxes(image_size: tuple[int, int], n_layers: int,
         cw, ch = math.ceil((overlap * (n - 1) + w) / n), math.ceil((overlap * (n - 1) + h) / n)
         for y0 in (int((ch - overlap) * j) for j in range(n)):
             for x0 in (int((cw - overlap) * i) for i in range(n)):
-                out.append(((x0, y0, min(x0 + cw, w), min(y0 + ch, h)), layer))
+                box = (x0, y0, min(x0 + cw, w), min(y0 + ch, h))
+                if box[0] < box[2] and box[1] < box[3] and all(box != b for b, _ in out):  # images of a few pixels
+                    out.append((box, layer))
     return out
 
 
