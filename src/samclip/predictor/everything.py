@@ -93,27 +93,13 @@ class EverythingMode(MaskLabelling):
         check_fraction(crop_nms_thresh, "crop_nms_thresh")
         if not 0 <= crop_overlap_ratio < 1:
             raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
-        state = self.state
         grid_args = (pred_iou_thresh, stability_score_thresh, stability_score_offset, nms_thresh, points_per_batch)
-        crops = crop_boxes(state.original_size, crop_n_layers, crop_overlap_ratio)
-        parts = []
-        for crop, layer in crops:
-            if layer == 0:
-                parts.append((crop, self._grid_masks(state, points_per_side, *grid_args)))
-                continue
-            x0, y0, x1, y1 = crop
-            sub = self._encode([state.image[y0:y1, x0:x1]], state.frame, batch_size=1)[0]
-            n_side = max(1, points_per_side // crop_n_points_downscale_factor**layer)
-            masks, ious, stabs, pts = self._grid_masks(sub, n_side, *grid_args)
-            full = torch.zeros(len(masks), *state.original_size, dtype=torch.bool, device=masks.device)
-            full[:, y0:y1, x0:x1] = masks
-            keep = ~near_inner_crop_edge(masks_to_boxes(full), crop, state.original_size)
-            parts.append((crop, (full[keep], ious[keep], stabs[keep], pts[keep.cpu()] + torch.tensor([x0, y0]))))
-        masks, ious, stabs, pts = (torch.cat([p[1][i] for p in parts]) for i in range(4))
-        if len(crops) > 1 and len(masks):  # one mask per object across crops: the smaller crop's (SAM's rule)
-            crop_area = torch.cat([torch.full((len(m[0]),), float((c[2] - c[0]) * (c[3] - c[1]))) for c, m in parts])
-            keep = crop_nms(masks_to_boxes(masks), crop_area, ious, crop_nms_thresh)
-            masks, ious, stabs, pts = masks[keep], ious[keep], stabs[keep], pts[keep.cpu()]
+        if crop_n_layers == 0:
+            masks, ious, stabs, pts = self._grid_masks(self.state, points_per_side, *grid_args)
+        else:
+            crops = crop_boxes(self.state.original_size, crop_n_layers, crop_overlap_ratio)
+            masks, ious, stabs, pts = self._crop_layer_masks(crops, points_per_side, crop_n_points_downscale_factor,
+                                                             crop_nms_thresh, grid_args)
         records: list[dict[str, Any]] = []
         boxes = box_xyxy_to_xywh(masks_to_boxes(masks))
         areas = masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)  # uint8 sums: fast on CPU
@@ -133,6 +119,33 @@ class EverythingMode(MaskLabelling):
                 r["label"] = vocab[int(i)]
                 r["label_score"] = float(p[i])
         return records
+
+    def _crop_layer_masks(self, crops: list[tuple[tuple[int, int, int, int], int]], points_per_side: int,
+                          downscale: int, crop_nms_thresh: float, grid_args: tuple[Any, ...],
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_grid_masks` over the current image (layer 0) and each crop of the later layers (a backbone pass
+        each), as in :meth:`_grid_masks`'s output but at the image's size: a crop's masks near its inner edges
+        dropped, duplicates across crops resolved for the smaller crop (:func:`crop_nms`)."""
+        state = self.state
+        parts = []
+        for crop, layer in crops:
+            if layer == 0:
+                parts.append((crop, self._grid_masks(state, points_per_side, *grid_args)))
+                continue
+            x0, y0, x1, y1 = crop
+            sub = self._encode([state.image[y0:y1, x0:x1]], state.frame, batch_size=1)[0]
+            masks, ious, stabs, pts = self._grid_masks(sub, max(1, points_per_side // downscale**layer), *grid_args)
+            full = torch.zeros(len(masks), *state.original_size, dtype=torch.bool, device=masks.device)
+            full[:, y0:y1, x0:x1] = masks
+            keep = ~near_inner_crop_edge(masks_to_boxes(full), crop, state.original_size)
+            parts.append((crop, (full[keep], ious[keep], stabs[keep], pts[keep.cpu()] + torch.tensor([x0, y0]))))
+        masks, ious, stabs, pts = (torch.cat([found[i] for _, found in parts]) for i in range(4))
+        if not len(masks):
+            return masks, ious, stabs, pts
+        crop_area = torch.cat([torch.full((len(found[0]),), float((c[2] - c[0]) * (c[3] - c[1])))
+                               for c, found in parts])
+        keep = crop_nms(masks_to_boxes(masks), crop_area, ious, crop_nms_thresh)
+        return masks[keep], ious[keep], stabs[keep], pts[keep.cpu()]
 
     def _grid_masks(self, state: ImageState, points_per_side: int, pred_iou_thresh: float,
                     stability_score_thresh: float, stability_score_offset: float, nms_thresh: float,
