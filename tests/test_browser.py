@@ -207,8 +207,8 @@ def test_click_label_and_semantic_map(browser, server, tmp_path) -> None:  # noq
                                f"window.samclipState.overlayVersion > {version} && !window.samclipState.busy")
         assert page.evaluate("() => window.samclipState.lastRequest.candidates") == "everything"
 
-        # drag = box prompt, in original-image pixels; "zoom into boxes" sends zoom with the box
-        page.check("#box-zoom")
+        # drag = box prompt, in original-image pixels; "zoom in" sends zoom with the prompts
+        page.check("#prompt-zoom")
         box = page.locator("#prompt-canvas").bounding_box()
         sx, sy = box["width"] / SIZE, box["height"] / SIZE
         page.mouse.move(box["x"] + 10 * sx, box["y"] + 20 * sy)

@@ -89,8 +89,8 @@ def test_segment_points_box_text(env, tmp_path, capsys) -> None:  # noqa: ANN001
                        capsys=capsys)
     plain, zoomed = load_outputs(tmp_path / "p", "scene0"), load_outputs(tmp_path / "z", "scene0")
     assert code == code_z == 0 and zoomed["masks"][0]["segmentation"] != plain["masks"][0]["segmentation"]
-    code, _, err = run(env, "label", img, "--point", "30,30", "--zoom", "--out", str(tmp_path / "bad"), capsys=capsys)
-    assert code == 2 and "--zoom needs a --box" in err and not (tmp_path / "bad").exists()
+    code, _, _ = run(env, "label", img, "--point", "30,30", "--zoom", "--out", str(tmp_path / "lz"), capsys=capsys)
+    assert code == 0 and load_outputs(tmp_path / "lz", "scene0")["points"] == [[30, 30]]
     code, _, _ = run(env, "segment", img, "--text", "star", "--labels", "ring,heart", "--out", str(tmp_path),
                      capsys=capsys)
     d = load_outputs(tmp_path, "scene0")

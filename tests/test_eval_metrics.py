@@ -81,6 +81,7 @@ def test_prompt_miou_breakdown_partitions_the_instances() -> None:
     plain = prompt_miou(sam, bank, bf16=False)
     out = prompt_miou(sam, bank, bf16=False, breakdown=True, zoom=True)
     assert "by_category" not in plain and "box_miou_zoom" not in plain and out["box_miou"] == plain["box_miou"]
+    assert 0 <= out["point_miou_first_zoom"] <= 100 and "point_miou_first_zoom" not in plain
     from collections import Counter
 
     present = Counter(o[0] for i, objs in enumerate(bank.objects) for k, o in enumerate(objs)

@@ -356,8 +356,10 @@ def test_zoomed_box_is_decoded_in_its_window_and_mapped_back(merged: SamClip, mo
     big = [0, 0, 0.5 * w, 0.5 * h]
     for a, b in zip(pred.predict(box=big, zoom=True), pred.predict(box=big), strict=True):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="zoom needs a box"):
-        pred.predict(point_coords=[[5, 5]], point_labels=[1], zoom=True)
+    # a click whose ordinary mask is empty (the stub draws only boxes): nothing to zoom into, the ordinary pass
+    for a, b in zip(pred.predict(point_coords=[[5, 5]], point_labels=[1], zoom=True),
+                    pred.predict(point_coords=[[5, 5]], point_labels=[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="zoom does not take a mask_input"):
         pred.predict(box=box, mask_input=low, zoom=True)
 
@@ -373,6 +375,20 @@ def test_zoom_window_geometry() -> None:
     x0, y0, x1, y1 = zoom_window((300, 300, 320, 330), (90, 200))  # outside: clipped into the image first
     assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 90 and x1 == 200 and y1 == 90
     assert ZOOM_CONTEXT == 3.0
+
+
+def test_zoomed_click_whose_mask_spans_the_image_is_the_ordinary_pass(merged: SamClip) -> None:
+    """The random model's best mask for a click spans the image: its window would not magnify, so zoom=True
+    returns the ordinary point-only prediction (not the point plus that box). The zoomed case on real objects:
+    tests/test_shipped.py."""
+    pred = Predictor(merged, bf16=False)
+    pred.set_image(image(120, 160, seed=3))
+    kwargs = {"point_coords": [[80, 56]], "point_labels": [1]}
+    masks, scores, _ = pred.predict(**kwargs)
+    ys, xs = np.nonzero(masks[int(np.argmax(scores))])
+    assert 3 * max(xs.max() - xs.min(), ys.max() - ys.min()) >= 160
+    for a, b in zip(pred.predict(**kwargs, zoom=True), pred.predict(**kwargs), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_zoomed_box_equals_the_window_predicted_alone(merged: SamClip) -> None:

@@ -132,7 +132,8 @@ def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
     assert zoomed.status_code == 200 and zoomed.json()["masks"][0] != plain.json()["masks"][0]
     r = client.post(f"/images/{iid}/label", json={**small, "zoom": True, "labels": ["star", "ring"]})
     assert r.status_code == 200 and r.json()["mask"] == zoomed.json()["masks"][0]
-    assert_error(client.post(f"/images/{iid}/predict", json={"points": [[5, 5]], "zoom": True}), 422, "invalid_prompt")
+    r = client.post(f"/images/{iid}/predict", json={"points": [[17, 16]], "zoom": True})  # a click: zoomed too
+    assert r.status_code == 200 and len(r.json()["masks"]) == 3
 
     r = client.post(f"/images/{iid}/label", json={"points": [[x, y], [2, 2]], "point_labels": [1, 0],
                                                     "labels": ["star", "ring", "heart"]})

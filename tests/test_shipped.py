@@ -70,3 +70,28 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path, capsys) -> None:  # no
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert "(resuming)" in capsys.readouterr().out
     assert (out / "merge" / "model" / "model.safetensors").read_bytes() == weights
+
+
+def test_zoomed_click_is_decoded_with_the_box_of_its_ordinary_mask() -> None:
+    """A click on a small scene object: predict(zoom=True) is the click plus the box of the ordinary pass's best
+    mask (by predicted IoU), decoded on that box's zoom window, and it differs from the ordinary pass."""
+    import numpy as np
+    import torch
+
+    from samclip.data import generate_scene
+    from samclip.predictor import Predictor
+    from samclip.prompts import masks_to_boxes
+
+    pred = Predictor(samclip.load_model("tiny-synthetic"), bf16=False)
+    scene = generate_scene(3, 256)
+    pred.set_image(scene.image)
+    small = min((m for m in scene.instance_masks if m.any()), key=lambda m: m.sum())
+    ys, xs = np.nonzero(small)
+    kwargs = {"point_coords": [[xs[len(xs) // 2], ys[len(ys) // 2]]], "point_labels": [1]}
+    masks, scores, _ = pred.predict(**kwargs)
+    box = masks_to_boxes(torch.from_numpy(masks[int(np.argmax(scores))])[None])[0].numpy()
+    assert 3 * max(box[2] - box[0], box[3] - box[1]) < 256  # its window magnifies
+    zoomed = pred.predict(**kwargs, zoom=True)
+    for a, b in zip(zoomed, pred.predict(**kwargs, box=box, zoom=True), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(zoomed[0], masks)

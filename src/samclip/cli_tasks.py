@@ -270,8 +270,6 @@ def _run_task(args: argparse.Namespace) -> int:
             points, point_labels, box = _prompts_for(args)
             if points is None and box is None:
                 raise _user_error(f"{task}: give at least one --point x,y[:label] or a --box x0,y0,x1,y1")
-            if args.zoom and box is None:
-                raise _user_error(f"{task}: --zoom needs a --box (the box sets the window that is re-encoded)")
             for p, (w, h) in zip(paths, sizes):
                 try:
                     prompts_per_image.append(serve.check_prompts(points, point_labels, box, (h, w)))
@@ -394,8 +392,9 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
                         "repeatable")
     p.add_argument("--box", metavar="X0,Y0,X1,Y1", help="box prompt, XYXY original-image pixels")
     p.add_argument("--zoom", action="store_true",
-                   help="decode the --box on a second backbone pass over its neighbourhood (3x the box's longer "
-                        "side), magnified: better masks of small objects (Predictor.predict(zoom=True))")
+                   help="decode the prompts on a second backbone pass over the object's neighbourhood (3x the box's "
+                        "longer side; clicks alone: the box of their first mask), magnified: better masks of small "
+                        "objects (Predictor.predict(zoom=True))")
 
 
 def add_task_commands(subparsers: Any) -> None:

@@ -4,8 +4,9 @@ one JSON.
 Keys (stable): ``clip_teacher.zero_shot_top1`` (one view) and ``zero_shot_top1_flip_tta`` (image + mirror),
 ``merged.zero_shot_top1@<size>`` for each size (one view), ``merged.zero_shot_top1`` (the model's own
 classification: its ``clip_size`` with its test-time-augmentation views, ``merged.tta_views``),
-``sam_teacher.box_miou`` / ``point_miou``, ``merged.box_miou`` / ``point_miou``, ``box_miou_zoom`` of both (the
-same boxes through ``Predictor.predict(zoom=True)``, a second backbone pass per box), ``deltas`` (merged
+``sam_teacher.box_miou`` / ``point_miou``, ``merged.box_miou`` / ``point_miou``, ``box_miou_zoom`` and
+``point_miou_first_zoom`` of both (the same boxes and points through ``Predictor.predict(zoom=True)``, a second
+backbone pass per prompt), ``deltas`` (merged
 minus teacher, the issue's acceptance margins), ``prompt_breakdown`` (box / point mIoU of both per shape
 category and per visible-area bucket: where masks are lost or kept) and ``n`` (sample counts). The headline
 zero-shot delta compares the model's own classification with the better of the teacher's two.
@@ -23,7 +24,7 @@ from .prompt_seg import prompt_miou
 from .zeroshot import single_object_eval_set, with_flip_tta, zero_shot_accuracy
 
 #: the prompt metrics of both SAM heads in the report
-PROMPT_KEYS = ("box_miou", "point_miou", "point_miou_first", "box_miou_zoom")
+PROMPT_KEYS = ("box_miou", "point_miou", "point_miou_first", "box_miou_zoom", "point_miou_first_zoom")
 
 
 def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_single: int = 1000,
@@ -74,6 +75,8 @@ def evaluate_merge(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, *, n_s
             "box_miou": sam_m["box_miou"] - sam_t["box_miou"],
             "point_miou": sam_m["point_miou"] - sam_t["point_miou"],
             "box_miou_zoom": sam_m["box_miou_zoom"] - sam_t["box_miou_zoom"],
+            "point_miou_first": sam_m["point_miou_first"] - sam_t["point_miou_first"],
+            "point_miou_first_zoom": sam_m["point_miou_first_zoom"] - sam_t["point_miou_first_zoom"],
         },
         "prompt_breakdown": {group: _side_by_side(sam_t[group], sam_m[group]) for group in ("by_category", "by_area")},
         "n": {"zero_shot_images": n_single, "sam_images": n_scenes, "sam_instances": sam_m["instances"]},
@@ -107,9 +110,11 @@ def teacher_table(report: dict) -> list[str]:
                  f"{met('zero_shot_top1')} ({MARGINS['zero_shot_top1']:+.1f}) |")
     for key, name in (("box_miou", "box-prompt mIoU"), ("point_miou", "point-prompt mIoU (best of 3)")):
         lines.append(f"| {name} | {st[key]:.1f} | {m[key]:.1f} | {d[key]:+.1f} | {met(key)} ({MARGINS[key]:+.1f}) |")
-    if "box_miou_zoom" in d:  # reports from before session 19 lack it
-        lines.append(f"| box-prompt mIoU, zoomed (a second backbone pass per box) | {st['box_miou_zoom']:.1f} | "
-                     f"{m['box_miou_zoom']:.1f} | {d['box_miou_zoom']:+.1f} | |")
+    if "box_miou_zoom" in d:  # reports from before session 19 lack them
+        for key, name in (("box_miou_zoom", "box-prompt mIoU, zoomed (a second backbone pass per box)"),
+                          ("point_miou_first", "point-prompt mIoU, the mask ranked first"),
+                          ("point_miou_first_zoom", "point-prompt mIoU, the mask ranked first, zoomed")):
+            lines.append(f"| {name} | {st[key]:.1f} | {m[key]:.1f} | {d[key]:+.1f} | |")
     return lines
 
 

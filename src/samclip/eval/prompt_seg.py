@@ -29,8 +29,9 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
 
     Returns ``box_miou`` (GT box, single-mask output), ``point_miou`` (one interior point, best of
     the multimask outputs, SAM's oracle protocol), ``point_miou_first`` (the output ranked first by
-    the predicted IoU) and ``instances``; IoUs in percent. ``zoom`` adds ``box_miou_zoom``: the same boxes
-    through ``Predictor.predict(zoom=True)`` (a second backbone pass over each box's neighbourhood).
+    the predicted IoU) and ``instances``; IoUs in percent. ``zoom`` adds ``box_miou_zoom`` and
+    ``point_miou_first_zoom``: the same boxes, and the same points (the mask ranked first), through
+    ``Predictor.predict(zoom=True)`` (a second backbone pass over each object's neighbourhood).
     ``breakdown`` adds ``by_category`` (per shape category: ``box_miou``, ``point_miou``, ``instances``, and
     ``box_miou_zoom`` with ``zoom``) and ``by_area`` (the same per bucket of the instance's visible area as a
     share of the image, :data:`AREA_BUCKETS`).
@@ -40,7 +41,7 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
     bf16 = resolve_bf16(bf16, dev)
     gen = torch.Generator().manual_seed(seed)
     n = len(bank) if max_images is None else min(len(bank), max_images)
-    box_ious, point_best, point_ranked, categories, areas, zoom_ious = [], [], [], [], [], []
+    box_ious, point_best, point_ranked, categories, areas, zoom_ious, zoom_points = [], [], [], [], [], [], []
     zoomer = _zoom_predictor(model, bf16) if zoom else None
     for start in range(0, n, batch_images):
         imgs = torch.from_numpy(bank.images[start : start + batch_images]).to(dev).permute(0, 3, 1, 2)
@@ -69,7 +70,9 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
             masks = masks.to(dev)
             box_ious.append(_iou(up_b, masks)[:, 0])
             if zoomer is not None:
-                zoom_ious.append(_zoomed_box_ious(zoomer, bank.images[start + j], masks))
+                box_z, point_z = _zoomed_ious(zoomer, bank.images[start + j], masks, pts[:, 0])
+                zoom_ious.append(box_z)
+                zoom_points.append(point_z)
             ious = _iou(up_p, masks)
             point_best.append(ious.max(1).values)
             point_ranked.append(ious.gather(1, iou_p.float().argmax(1, keepdim=True))[:, 0])
@@ -83,6 +86,7 @@ def prompt_miou(model, bank: SceneBank, *, batch_images: int = 8, bf16: bool | N
     zoomed = torch.cat(zoom_ious).cpu() if zoom_ious else None
     if zoomed is not None:
         out["box_miou_zoom"] = 100 * zoomed.mean().item()
+        out["point_miou_first_zoom"] = 100 * torch.cat(zoom_points).mean().item()
     if breakdown:
         out["by_category"] = _groups(box, point, categories, zoomed=zoomed)
         area = torch.cat(areas)
@@ -97,12 +101,20 @@ def _zoom_predictor(model, bf16: bool):  # noqa: ANN001, ANN202
     return Predictor(model, bf16=bf16)
 
 
-def _zoomed_box_ious(pred, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-    """IoU of each ground-truth mask (NxHxW bool) with ``pred.predict(box=its box, zoom=True)``'s single mask."""
+def _zoomed_ious(pred, image: np.ndarray, masks: torch.Tensor,  # noqa: ANN001
+                 points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth masks NxHxW bool, one interior point each Nx2 (pixels) -> IoU N of each with
+    ``pred.predict(box=its box, zoom=True)``'s single mask, and IoU N with the mask ranked first of
+    ``pred.predict(point_coords=its point, zoom=True)``."""
     pred.set_image(image)
     boxes = masks_to_boxes(masks.cpu()).numpy()
-    found = [pred.predict(box=b, multimask_output=False, zoom=True)[0] for b in boxes]
-    return _iou(torch.from_numpy(np.stack(found)).to(masks.device), masks)[:, 0]
+    by_box = [pred.predict(box=b, multimask_output=False, zoom=True)[0][0] for b in boxes]
+    by_point = []
+    for p in points.cpu().numpy():
+        found, scores, _ = pred.predict(point_coords=p[None], point_labels=[1], zoom=True)
+        by_point.append(found[int(np.argmax(scores))])
+    box_iou = _iou(torch.from_numpy(np.stack(by_box))[:, None].to(masks.device), masks)[:, 0]
+    return box_iou, _iou(torch.from_numpy(np.stack(by_point))[:, None].to(masks.device), masks)[:, 0]
 
 
 # buckets of an instance's visible area as a share of the image: (name, upper bound, exclusive)

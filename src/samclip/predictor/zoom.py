@@ -1,5 +1,6 @@
 """``Predictor.predict(..., zoom=True)``: a box prompt decoded on a second backbone pass over the box's
-neighbourhood (:mod:`samclip.inference.zoom`), its masks mapped back to the current image."""
+neighbourhood (:mod:`samclip.inference.zoom`), its masks mapped back to the current image; clicks alone are
+zoomed around the ordinary pass's best mask for them (:func:`click_box`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..inference.zoom import ZOOM_CONTEXT, paste_window, to_low_res, zoom_window
+from ..prompts import masks_to_boxes
 
 if TYPE_CHECKING:
     from .base import PredictorBase
@@ -43,3 +45,13 @@ def predict_zoomed(pred: PredictorBase, coords: torch.Tensor | None, labels: tor
     window_logits = pred.model.postprocess_masks(low, crop.input_size, crop.original_size)
     logits = paste_window(window_logits, window, state.original_size)
     return logits, iou, to_low_res(logits, state.input_size, state.frame, 4 * state.grid)
+
+
+def click_box(pred: PredictorBase, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """1xNx2 points (original pixels) with labels 1xN -> the 1x4 XYXY box (inclusive pixels) of the ordinary
+    pass's best mask for them (multimask, highest predicted IoU), or None where that mask is empty."""
+    masks, iou, _ = pred.predict_torch(coords, labels, None, None, True, False)
+    best = masks[0, int(iou[0].argmax())]
+    if not bool(best.any()):
+        return None
+    return masks_to_boxes(best[None].cpu()).float()

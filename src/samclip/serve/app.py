@@ -234,8 +234,6 @@ class Service:
         return entry
 
     def prompts(self, body: PromptBody, entry: CacheEntry) -> dict[str, Any]:
-        if body.zoom and body.box is None:
-            raise PromptError("zoom needs a box: the box sets the window that is re-encoded")
         return check_prompts(body.points, body.point_labels, body.box, (entry.height, entry.width),
                              max_prompts=self.limits.max_prompts)
 

@@ -23,8 +23,9 @@ class PromptBody(_Body):
     point_labels: list[Literal[0, 1]] | None = Field(None, description="1 foreground / 0 background per point")
     box: tuple[Coord, Coord, Coord, Coord] | None = Field(None, description="XYXY box, original-image pixels")
     multimask: bool = Field(True, description="three candidate masks (the best is reported as `best`)")
-    zoom: bool = Field(False, description="decode the box on a second backbone pass over its neighbourhood (3x the "
-                                          "box's longer side), magnified: better masks of small objects; needs a box")
+    zoom: bool = Field(False, description="decode the prompts on a second backbone pass over the object's "
+                                          "neighbourhood (3x the box's longer side; points alone: the box of their "
+                                          "first mask), magnified: better masks of small objects")
     png: bool = Field(False, description="also return the best mask as a palette-PNG data URL")
 
 

@@ -232,10 +232,8 @@
       body.points = state.points;
       body.point_labels = state.pointLabels;
     }
-    if (state.box) {
-      body.box = state.box;
-      if ($("box-zoom").checked) body.zoom = true; // a second pass over the box's neighbourhood
-    }
+    if (state.box) body.box = state.box;
+    if ($("prompt-zoom").checked) body.zoom = true; // a second pass over the object's neighbourhood
     state.lastRequest = body;
     await busy("Segmenting…", async (current) => {
       const data = await postJSON(`/images/${state.imageId}/label`, body);
