@@ -220,6 +220,7 @@ def test_click_label_and_semantic_map(browser, server, tmp_path) -> None:  # noq
         got = page.evaluate("() => window.samclipState.box")
         assert np.allclose(got, [10, 20, 70, 90], atol=1.0), got
         assert page.evaluate("() => window.samclipState.lastRequest.zoom") is True
+        assert page.evaluate("() => window.samclipState.lastRequest.pooling") == "zoom"  # labels read zoomed too
         assert page.locator("#status").get_attribute("data-state") != "error"
 
         # everything: all masks with labels from the vocabulary

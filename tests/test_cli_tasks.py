@@ -89,7 +89,8 @@ def test_segment_points_box_text(env, tmp_path, capsys) -> None:  # noqa: ANN001
                        capsys=capsys)
     plain, zoomed = load_outputs(tmp_path / "p", "scene0"), load_outputs(tmp_path / "z", "scene0")
     assert code == code_z == 0 and zoomed["masks"][0]["segmentation"] != plain["masks"][0]["segmentation"]
-    code, _, _ = run(env, "label", img, "--point", "30,30", "--zoom", "--out", str(tmp_path / "lz"), capsys=capsys)
+    code, _, _ = run(env, "label", img, "--point", "30,30", "--zoom", "--pooling", "zoom+crop", "--tta",
+                     "--out", str(tmp_path / "lz"), capsys=capsys)
     assert code == 0 and load_outputs(tmp_path / "lz", "scene0")["points"] == [[30, 30]]
     code, _, _ = run(env, "segment", img, "--text", "star", "--labels", "ring,heart", "--out", str(tmp_path),
                      capsys=capsys)
@@ -218,3 +219,14 @@ def test_outputs_are_checked_before_the_model_runs(env, tmp_path, capsys) -> Non
     code, _, err = run(env, "classify", str(own / "scene0.png"), "--out", str(own), capsys=capsys)
     assert code == 2 and "would replace the input image" in err
     assert (own / "scene0.png").read_bytes() == image and sorted(p.name for p in own.iterdir()) == ["scene0.png"]
+
+
+def test_pooling_choices_are_the_predictors() -> None:
+    """The CLI and the HTTP schema spell out Predictor's MASK_POOLINGS (they must not import torch to parse)."""
+    import typing
+
+    from samclip.cli_tasks import POOLINGS
+    from samclip.predictor import MASK_POOLINGS
+    from samclip.serve.schemas import Pooling
+
+    assert set(POOLINGS) == set(MASK_POOLINGS) == set(typing.get_args(Pooling))

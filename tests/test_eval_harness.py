@@ -35,7 +35,7 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
                 "merged_everything_crops"):
         assert 0 <= ss[key]["miou"] <= 100 and ss[key]["seconds_per_image"] > 0
     poolings = ("mask_pooling", "max_pooling", "max_pooling_tta", "region_pooling", "merged_crop",
-                "max_pooling_tta_crop", "crop")
+                "max_pooling_tta_crop", "zoom_tta", "zoom_tta_crop", "crop")
     assert set(result["labelling"]) >= {f"{m}_{k}" for m in poolings for k in ("point", "box")}
     assert {"clip_teacher", "sam_teacher", "merged", "deltas"} <= set(result)
     st = result["segment_text"]

@@ -433,3 +433,7 @@ def test_onnx_predictor_zooms_boxes_as_pytorch_does(tiny) -> None:  # noqa: ANN0
     assert np.abs(lo - lr).max() <= TOL and np.abs(so - sr).max() <= TOL and np.abs(low_o - low_r).max() <= TOL
     plain, _, _ = ref.predict(box=box, multimask_output=False, return_logits=True)
     assert np.abs(plain - lr).max() > 0.1  # the window pass, not the image's
+    mask = lr > 0  # pooling="zoom": the window's pass through the export's image and CLIP-head graphs
+    eo, _ = onx.mask_embeddings(mask, pooling="zoom")
+    er, _ = ref.mask_embeddings(mask, pooling="zoom")
+    assert mask.any() and float((eo - er).abs().max()) <= TOL

@@ -391,6 +391,41 @@ def test_zoomed_click_whose_mask_spans_the_image_is_the_ordinary_pass(merged: Sa
         np.testing.assert_array_equal(a, b)
 
 
+def test_zoom_pooling_reads_each_mask_on_its_zoom_window(merged: SamClip) -> None:
+    """pooling="zoom": max pooling of the mask on the pass over its box's zoom window (the same read as a
+    predictor set on the window itself), cached with the image (shared with predict(zoom=True)); a mask whose
+    window would not magnify reads the image's own pass; tta adds the window's mirrored pass."""
+    from samclip.inference.zoom import zoom_window
+
+    img = image(120, 160, seed=3)
+    pred, alone = Predictor(merged, bf16=False), Predictor(merged, bf16=False)
+    pred.set_image(img)
+    small, big = np.zeros((2, 120, 160), bool)
+    small[50:62, 70:90] = True
+    big[10:110, 20:150] = True
+    calls, handle = count_backbone(merged)
+    try:
+        emb, empty = pred.mask_embeddings(np.stack([small, big, np.zeros_like(small)]), pooling="zoom")
+        again, _ = pred.mask_embeddings(small[None], pooling="zoom")
+        pred.predict(box=[70, 50, 89, 61], zoom=True)  # the same window: its pass is reused
+        assert calls[0] == 1
+        pred.mask_embeddings(small[None], pooling="zoom", tta=True)
+        assert calls[0] == 2  # the window's mirrored pass
+    finally:
+        handle.remove()
+    assert empty.tolist() == [False, False, True] and not emb[2].any()
+    x0, y0, x1, y1 = zoom_window((70, 50, 89, 61), (120, 160))
+    alone.set_image(img[y0:y1, x0:x1])
+    ref, _ = alone.mask_embeddings(small[None, y0:y1, x0:x1], pooling="max")
+    torch.testing.assert_close(emb[0], ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again[0], emb[0])
+    plain, _ = pred.mask_embeddings(big[None], pooling="max")
+    torch.testing.assert_close(emb[1], plain[0])  # 3 x its box is not smaller than the image
+    both, _ = pred.mask_embeddings(small[None], pooling="zoom+crop")
+    crop, _ = pred.mask_embeddings(small[None], pooling="crop")
+    torch.testing.assert_close(both[0], torch.nn.functional.normalize(emb[0] + crop[0], dim=-1))
+
+
 def test_zoomed_box_equals_the_window_predicted_alone(merged: SamClip) -> None:
     """On the real (random) SAM head: the zoomed prediction is the window's own image predicted with the shifted
     box, its logits pasted into the image (each mask's lowest logit outside the window)."""

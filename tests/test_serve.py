@@ -130,7 +130,7 @@ def test_every_endpoint(client, scenes) -> None:  # noqa: ANN001
     small = {"box": [10, 10, 24, 22], "multimask": False}  # its 42 px zoom window is smaller than the image
     plain, zoomed = (client.post(f"/images/{iid}/predict", json={**small, "zoom": z}) for z in (False, True))
     assert zoomed.status_code == 200 and zoomed.json()["masks"][0] != plain.json()["masks"][0]
-    r = client.post(f"/images/{iid}/label", json={**small, "zoom": True, "labels": ["star", "ring"]})
+    r = client.post(f"/images/{iid}/label", json={**small, "zoom": True, "labels": ["star", "ring"], "pooling": "zoom"})
     assert r.status_code == 200 and r.json()["mask"] == zoomed.json()["masks"][0]
     r = client.post(f"/images/{iid}/predict", json={"points": [[17, 16]], "zoom": True})  # a click: zoomed too
     assert r.status_code == 200 and len(r.json()["masks"]) == 3

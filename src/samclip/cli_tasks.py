@@ -375,12 +375,17 @@ def _device_args(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast or fp32 (auto: bf16 on GPUs and CPUs with AMX / AVX512-BF16, else fp32)")
 
 
+#: ``Predictor.MASK_POOLINGS`` (spelled out: the CLI parses its arguments before importing torch)
+POOLINGS = ["auto", "max", "region", "mean", "crop", "max+crop", "zoom", "zoom+crop"]
+
+
 def _pooling_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pooling", choices=["auto", "max", "mean", "region", "crop", "max+crop"], default="auto",
+    p.add_argument("--pooling", choices=POOLINGS, default="auto",
                    help="how a mask is labelled: max / mean / region pooling of the one cached pass "
                         "(auto = max; mean under a version-1 ONNX export), or crop: the mask's crop re-encoded by "
                         "the model (an extra small pass per mask; more accurate), or max+crop: both reads "
-                        "summed (the most accurate)")
+                        "summed, or zoom: max pooling on a pass over the mask's neighbourhood, magnified (an extra "
+                        "pass per mask; the best click labels), or zoom+crop (the best box labels)")
     p.add_argument("--tta", action="store_true",
                    help="also read the mirrored image (one extra backbone pass per image) and, with crop / max+crop, "
                         "each crop's mirror image: better labels (max+crop --tta labels best)")

@@ -201,12 +201,15 @@ def markdown_report(result: dict) -> str:
                   "| prompt | mean pooling (merged, one pass) | max pooling (merged, one pass) | "
                   "max pooling + mirrored view (one extra pass) | "
                   "region pooling (merged, one pass) | merged model on the crop | "
-                  "max pooling + merged crop, each with its mirror view (one model) | crop baseline (two models) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |",
+                  "max pooling + merged crop, each with its mirror view (one model) | zoomed mask, read on its zoom "
+                  "window + mirror (one model) | the same + merged crop (one model) | crop baseline (two models) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                   *(f"| {kind} | {lab[f'mask_pooling_{kind}']:.1f} | {lab[f'max_pooling_{kind}']:.1f} | "
                     f"{lab[f'max_pooling_tta_{kind}']:.1f} | "
                     f"{lab[f'region_pooling_{kind}']:.1f} | "
                     f"{lab[f'merged_crop_{kind}']:.1f} | {lab.get(f'max_pooling_tta_crop_{kind}', float('nan')):.1f} | "
+                    f"{lab.get(f'zoom_tta_{kind}', float('nan')):.1f} | "
+                    f"{lab.get(f'zoom_tta_crop_{kind}', float('nan')):.1f} | "
                     f"{lab[f'crop_{kind}']:.1f} |" for kind in ("point", "box")),
                   ""]
         lines += _segment_text_table(result.get("segment_text"))  # absent from reports written before it

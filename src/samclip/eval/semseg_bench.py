@@ -164,8 +164,9 @@ def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n
     crop re-encoded by the merged model: one small extra pass per mask); ``crop`` is OV-SAM's two-model
     baseline (SAM-teacher mask, crop classified by the CLIP teacher). ``max_pooling_tta`` is max pooling with
     the mirrored image's pass averaged in (``label_masks(tta=True)``, one extra pass per image);
-    ``max_pooling_tta_crop`` sums that read with ``merged_crop``'s (``pooling="max+crop"``, ``tta=True``). Scenes
-    of ``split``."""
+    ``max_pooling_tta_crop`` sums that read with ``merged_crop``'s (``pooling="max+crop"``, ``tta=True``).
+    ``zoom_tta`` and ``zoom_tta_crop`` label the zoomed mask (``predict(zoom=True)``) by ``pooling="zoom"`` and
+    ``"zoom+crop"`` with ``tta=True`` (the mask read on its zoom window's pass). Scenes of ``split``."""
     size = size or sam_teacher.img_size
     labels = list(SHAPES)
     merged_pred, sam_pred = Predictor(merged), Predictor(sam_teacher)
@@ -173,7 +174,8 @@ def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n
     methods = {"mask_pooling": ("mean", False), "max_pooling": ("max", False), "max_pooling_tta": ("max", True),
                "region_pooling": ("region", False), "merged_crop": ("crop", False),
                "max_pooling_tta_crop": ("max+crop", True)}
-    hits = {f"{k}_{kind}": 0 for k in [*methods, "crop"] for kind in ("point", "box")}
+    zoomed = {"zoom_tta": ("zoom", True), "zoom_tta_crop": ("zoom+crop", True)}  # of the zoomed mask
+    hits = {f"{k}_{kind}": 0 for k in [*methods, *zoomed, "crop"] for kind in ("point", "box")}
     total = 0
     gen = np.random.default_rng(0)
     for seed in split_seeds(split, n_images, start=600_000):
@@ -194,6 +196,11 @@ def labelling_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n
                 m, s, _ = merged_pred.predict(**kwargs, multimask_output=multi)
                 mask = m[int(np.argmax(s))]
                 for name, (pooling, tta) in methods.items():
+                    idx, _ = merged_pred.label_masks(mask[None], labels, pooling=pooling, tta=tta)
+                    hits[f"{name}_{kind}"] += int(idx[0] == truth)
+                m, s, _ = merged_pred.predict(**kwargs, multimask_output=multi, zoom=True)
+                mask = m[int(np.argmax(s))]
+                for name, (pooling, tta) in zoomed.items():
                     idx, _ = merged_pred.label_masks(mask[None], labels, pooling=pooling, tta=tta)
                     hits[f"{name}_{kind}"] += int(idx[0] == truth)
                 m, s, _ = sam_pred.predict(**kwargs, multimask_output=multi)

@@ -554,19 +554,21 @@ class PredictorBase:
             state.other_sizes[(frame, mirrored)] = self._encode([image], frame, batch_size=1)[0]
         return state.other_sizes[(frame, mirrored)]
 
-    def _clip_state(self, size: int | None, task: str, mirrored: bool = False) -> ImageState:
+    def _clip_state(self, size: int | None, task: str, mirrored: bool = False,
+                    base: ImageState | None = None) -> ImageState:
         """The pass a CLIP-head task reads: ``size`` if given, else the model's default for the task
         (``config.clip_size`` for classification, ``config.label_size`` (0: ``clip_size``) for max / region
         mask labels, ``config.semseg_size`` for dense maps; the merge picks them on validation data). The
         native SAM-size pass is reused when they match it; otherwise one extra backbone pass at that size is
         made and cached per image. An ONNX predictor reads the same sizes where its export has image graphs at
-        them (``samclip export onnx`` writes them), else its own frame."""
+        them (``samclip export onnx`` writes them), else its own frame. ``base``: the pass of another image than
+        the current one (a zoom window's)."""
         if size is None and isinstance(self.model, SamClip):
             cfg = self.model.config
             size = {"semseg": cfg.semseg_size, "label": cfg.label_size or cfg.clip_size}.get(task, cfg.clip_size)
             if self._onnx is not None and size not in self._onnx.frames:
                 size = None
-        return self._state_for_size(self.state, size, mirrored)
+        return self._state_for_size(self.state if base is None else base, size, mirrored)
 
     def classify(self, labels: Sequence[str], templates: Sequence[str] | None = None, *,
                  size: int | None = None, tta: bool | None = None) -> np.ndarray:

@@ -4,6 +4,7 @@ zoomed around the ordinary pass's best mask for them (:func:`click_box`)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,6 +14,26 @@ from ..prompts import masks_to_boxes
 
 if TYPE_CHECKING:
     from .base import PredictorBase
+    from .state import ImageState
+
+
+#: zoom windows' passes kept per image (the latest ones), so a label read of a zoomed mask reuses its pass
+WINDOWS_KEPT = 8
+
+
+def window_state(pred: PredictorBase, window: tuple[int, int, int, int]) -> ImageState:
+    """The backbone pass over ``window`` (XYXY, x1 / y1 exclusive, original pixels) of the current image at its
+    frame, cached with the image (the :data:`WINDOWS_KEPT` latest windows)."""
+    state = pred.state
+    kept: OrderedDict[tuple[int, int, int, int], ImageState] = state.tasks.setdefault(("zoom_windows",), OrderedDict())
+    if window in kept:
+        kept.move_to_end(window)
+    else:
+        x0, y0, x1, y1 = window
+        kept[window] = pred._encode([state.image[y0:y1, x0:x1]], state.frame, batch_size=1)[0]
+        while len(kept) > WINDOWS_KEPT:
+            kept.popitem(last=False)
+    return kept[window]
 
 
 def predict_zoomed(pred: PredictorBase, coords: torch.Tensor | None, labels: torch.Tensor | None, box: torch.Tensor,
@@ -34,7 +55,7 @@ def predict_zoomed(pred: PredictorBase, coords: torch.Tensor | None, labels: tor
     if window is None:
         return None
     x0, y0, x1, y1 = window
-    crop = pred._encode([state.image[y0:y1, x0:x1]], state.frame, batch_size=1)[0]
+    crop = window_state(pred, window)
     offset = torch.tensor([x0, y0], dtype=torch.float32)
     if coords is not None:
         coords = coords - offset

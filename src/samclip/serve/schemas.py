@@ -29,9 +29,11 @@ class PromptBody(_Body):
     png: bool = Field(False, description="also return the best mask as a palette-PNG data URL")
 
 
-Pooling = Literal["auto", "max", "mean", "region", "crop", "max+crop"]
+Pooling = Literal["auto", "max", "mean", "region", "crop", "max+crop", "zoom", "zoom+crop"]
 POOLING_HELP = ("how a mask is labelled (Predictor.label_masks): auto / max / mean / region read the one cached pass; "
-                "crop re-encodes the mask's crop (a small extra pass per mask, more accurate; PyTorch models only)")
+                "crop re-encodes the mask's crop (a small extra pass per mask, more accurate; PyTorch models only); "
+                "zoom reads the mask on a pass over its neighbourhood, magnified (an extra pass per mask; the best "
+                "click labels); max+crop / zoom+crop sum two reads (zoom+crop: the best box labels)")
 
 
 TTA_HELP = ("also read the mirrored image (one extra backbone pass per image, cached) and, with the crop poolings, "

@@ -226,14 +226,16 @@
     if (!labels.length) return setStatus("The vocabulary is empty: type some comma-separated words.", "error");
     drawPrompts();
     const body = { labels, multimask: true, png: true };
-    // + the mask's crop, each read with its mirror image: the best labels, a few more small passes
-    if ($("label-crop").checked) Object.assign(body, { pooling: "max+crop", tta: true });
+    // zoom in: the mask from a pass over the object's neighbourhood, labelled on such a pass too; + the crop:
+    // the mask's crop read as well; each read with its mirror image (the best labels, a few more passes)
+    const zoom = $("prompt-zoom").checked, crop = $("label-crop").checked;
+    if (zoom || crop) Object.assign(body, { pooling: (zoom ? "zoom" : "max") + (crop ? "+crop" : ""), tta: true });
     if (state.points.length) {
       body.points = state.points;
       body.point_labels = state.pointLabels;
     }
     if (state.box) body.box = state.box;
-    if ($("prompt-zoom").checked) body.zoom = true; // a second pass over the object's neighbourhood
+    if (zoom) body.zoom = true; // a second pass over the object's neighbourhood
     state.lastRequest = body;
     await busy("Segmenting…", async (current) => {
       const data = await postJSON(`/images/${state.imageId}/label`, body);
