@@ -812,6 +812,20 @@ def test_segment_text_everything_candidates_name_the_everything_masks_once_per_i
         pred.segment_text("star", candidates="everything", verify=False)
 
 
+def test_segment_text_everything_candidates_default_to_the_zoom_and_crop_reads(merged: SamClip,
+                                                                              monkeypatch) -> None:  # noqa: ANN001
+    pred = Predictor(merged)
+    pred.set_image(image())
+    mask = np.zeros(pred.original_size, bool)
+    mask[10:30, 20:50] = True
+    monkeypatch.setattr(pred, "generate", lambda *a, **k: [{"segmentation": mask, "predicted_iou": 0.9,
+                                                            "point_coords": [[20, 10]]}])
+    seen, original = [], pred.mask_embeddings
+    monkeypatch.setattr(pred, "mask_embeddings", lambda m, **k: seen.append(k["pooling"]) or original(m, **k))
+    pred.segment_text("star", vocabulary=["ring"], candidates="everything")
+    assert seen == ["zoom+crop"]
+
+
 def test_truncated_pil_image_is_a_value_error(merged: SamClip, tmp_path) -> None:  # noqa: ANN001
     from PIL import Image
 

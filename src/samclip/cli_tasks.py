@@ -426,7 +426,7 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--labels", help="with --text: distractor classes competing with the phrase")
     p.add_argument("--candidates", choices=["regions", "everything"], default="regions",
                    help="with --text: regions = one mask per coarse-map region of the phrase (one pass, default); "
-                        "everything = every everything-mode mask named by its read and its crop (finds more "
+                        "everything = every everything-mode mask named by its zoomed read and its crop (finds more "
                         "instances; slower)")
     p.set_defaults(func=_run_task)
 

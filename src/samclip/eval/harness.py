@@ -151,7 +151,7 @@ def _segment_text_table(st: dict | None) -> list[str]:
         return []
     titles = {"verified": "coarse-map regions, verified by the CLIP head (default, one pass)",
               "unverified": "`verify=False`",
-              "everything": "`candidates=\"everything\"`: everything-mode masks named by max pooling + crop"}
+              "everything": "`candidates=\"everything\"`: everything-mode masks named by the zoom + crop reads"}
     rows = [f"| {title} | {st[k]['precision']:.1f} | {st[k]['recall']:.1f} | {st[k]['f1']:.1f} | "
             f"{st[k]['n_predicted']} |" for k, title in titles.items() if k in st]
     return [f"## Text -> instances (`segment_text`, {st['n_images']} scenes, {st['n_instances']} instances)", "",

@@ -18,7 +18,7 @@ from ..models import SamClip
 from ..predictor import Instance, Predictor
 
 MATCH_IOU = 0.5
-#: the benchmark's third row: candidates from the everything mode, named by max pooling + the crop
+#: the benchmark's third row: candidates from the everything mode, named by their default read (zoom + crop)
 EVERYTHING = {"candidates": "everything"}
 
 

@@ -68,8 +68,8 @@ class SegmentTextBody(_Body):
     verify: bool = Field(True, description="keep only masks the CLIP head's read over them names the phrase")
     candidates: Literal["regions", "everything"] = Field(
         "regions", description="regions: one mask per coarse-map region of the phrase (one pass); everything: every "
-                               "everything-mode mask named by its read and its crop (more instances found, slower; "
-                               "PyTorch models read the crops)")
+                               "everything-mode mask named by its zoomed read and its crop (more instances found, "
+                               "slower; PyTorch models read the crops)")
     png: bool = True
 
 

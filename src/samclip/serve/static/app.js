@@ -266,7 +266,7 @@
     if (!phrase) return setStatus("Type a phrase, e.g. star.", "error");
     // the vocabulary's other words compete with the phrase (distractors)
     const vocabulary = parseWords($("vocab").value).filter((w) => w !== phrase);
-    // "every mask": candidates from the everything mode, each named by its read and its crop
+    // "every mask": candidates from the everything mode, each named by its zoomed read and its crop
     const body = { phrase, png: true, candidates: $("text-every").checked ? "everything" : "regions" };
     if (vocabulary.length) body.vocabulary = vocabulary;
     clearPrompts();
