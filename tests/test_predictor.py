@@ -426,6 +426,22 @@ def test_zoom_pooling_reads_each_mask_on_its_zoom_window(merged: SamClip) -> Non
     torch.testing.assert_close(both[0], torch.nn.functional.normalize(emb[0] + crop[0], dim=-1))
 
 
+def test_zoom_window_passes_kept_are_bounded(merged: SamClip) -> None:
+    from samclip.predictor.zoom import WINDOWS_KEPT, window_state
+
+    pred = Predictor(merged)
+    pred.set_image(image(120, 160))
+    windows = [(i, 0, i + 40, 40) for i in range(WINDOWS_KEPT + 1)]
+    calls, handle = count_backbone(merged)
+    try:
+        states = [window_state(pred, w) for w in windows]
+        assert window_state(pred, windows[-1]) is states[-1] and calls[0] == WINDOWS_KEPT + 1
+        assert window_state(pred, windows[0]) is not states[0] and calls[0] == WINDOWS_KEPT + 2  # the oldest left
+    finally:
+        handle.remove()
+    assert states[1].original_size == (40, 40)
+
+
 def test_zoomed_box_equals_the_window_predicted_alone(merged: SamClip) -> None:
     """On the real (random) SAM head: the zoomed prediction is the window's own image predicted with the shifted
     box, its logits pasted into the image (each mask's lowest logit outside the window)."""

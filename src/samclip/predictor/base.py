@@ -248,7 +248,7 @@ class PredictorBase:
             return_logits: return mask logits instead of thresholded masks.
             zoom: decode the box on a second backbone pass over its neighbourhood, a square of
                 :data:`~samclip.inference.zoom.ZOOM_CONTEXT` (3) x the box's longer side around it, re-encoded at
-                the image's frame, where the object covers more tokens (the latest 8 windows' passes are kept
+                the image's frame, where the object covers more tokens (the latest 4 windows' passes are kept
                 with the image; no ``mask_input``; points outside that square are ignored). Points without a
                 box take the box of the ordinary pass's best mask for them (by predicted IoU), and are decoded
                 with it. Where the square is not smaller than

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from .state import ImageState
 
 
-#: zoom windows' passes kept per image (the latest ones), so a label read of a zoomed mask reuses its pass
-WINDOWS_KEPT = 8
+#: zoom windows' passes kept per image (the latest ones), so that reads of the same mask reuse them; each holds a
+#: backbone pass (SAM ViT-B on a 1024 px frame: ~30 MB in fp32, twice that with its mirrored pass), hence few
+WINDOWS_KEPT = 4
 
 
 def window_state(pred: PredictorBase, window: tuple[int, int, int, int]) -> ImageState:
