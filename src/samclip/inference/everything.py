@@ -1,5 +1,5 @@
-"""Everything-mode helpers (segment-anything's automatic mask generator): point grid, stability score,
-box conversion and greedy box NMS. Boxes are XYXY with inclusive pixel indices of the extreme mask
+"""Everything-mode helpers (segment-anything's automatic mask generator): point grid, crop layers, stability
+score, box conversion and greedy box NMS. Boxes are XYXY with inclusive pixel indices of the extreme mask
 pixels (as ``samclip.prompts.masks_to_boxes`` and SAM's ``batched_mask_to_box``)."""
 
 from __future__ import annotations
