@@ -387,8 +387,9 @@ def _pooling_arg(p: argparse.ArgumentParser) -> None:
                         "summed, or zoom: max pooling on a pass over the mask's neighbourhood, magnified (an extra "
                         "pass per mask; the best click labels), or zoom+crop (the best box labels)")
     p.add_argument("--tta", action="store_true",
-                   help="also read the mirrored image (one extra backbone pass per image) and, with crop / max+crop, "
-                        "each crop's mirror image: better labels (max+crop --tta labels best)")
+                   help="also read the mirrored image (one extra backbone pass per image; per window with zoom) and, "
+                        "with the crop poolings, each crop's mirror image: better labels (with --zoom: zoom --tta "
+                        "labels clicks best, zoom+crop --tta boxes)")
 
 
 def _prompt_args(p: argparse.ArgumentParser) -> None:
