@@ -54,11 +54,7 @@ def paste_window(window_logits: torch.Tensor, window: tuple[int, int, int, int],
                  image_size: tuple[int, int]) -> torch.Tensor:
     """NxCxhxw mask logits of a window -> NxCxHxW logits of the whole image: the window's logits inside it, each
     mask's lowest logit outside (the box, hence the object, lies inside the window)."""
-    x0, y0, x1, y1 = window
-    floor = window_logits.flatten(-2).amin(-1)[..., None, None]
-    out = floor.expand(*window_logits.shape[:-2], *image_size).clone()
-    out[..., y0:y1, x0:x1] = window_logits
-    return out
+    return _placed(window_logits, window[0], window[1], image_size)
 
 
 def to_low_res(logits: torch.Tensor, input_size: tuple[int, int], frame: int, low: int) -> torch.Tensor:
@@ -66,7 +62,14 @@ def to_low_res(logits: torch.Tensor, input_size: tuple[int, int], frame: int, lo
     resized image at the top left of the padded ``frame`` square), usable as a later ``mask_input``: the inverse of
     ``Sam.postprocess_masks``. The padding takes each mask's lowest logit."""
     resized = F.interpolate(logits.float(), input_size, mode="bilinear", align_corners=False, antialias=True)
-    floor = resized.flatten(-2).amin(-1)[..., None, None]
-    padded = floor.expand(*resized.shape[:-2], frame, frame).clone()
-    padded[..., : input_size[0], : input_size[1]] = resized
+    padded = _placed(resized, 0, 0, (frame, frame))
     return F.interpolate(padded, (low, low), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _placed(logits: torch.Tensor, x0: int, y0: int, size: tuple[int, int]) -> torch.Tensor:
+    """...xhxw logits -> ...x(size) logits: them with their top-left corner at (x0, y0), each map's lowest logit
+    around them."""
+    h, w = logits.shape[-2:]
+    out = logits.flatten(-2).amin(-1)[..., None, None].expand(*logits.shape[:-2], *size).clone()
+    out[..., y0 : y0 + h, x0 : x0 + w] = logits
+    return out

@@ -140,14 +140,17 @@ class MaskLabelling(PredictorBase):
         emb = torch.zeros(len(m), self.model.clip_head.config.out_dim, device=self.device)
         empty = ~m.flatten(1).any(1)
         boxes = masks_to_boxes(m.cpu())
+        unzoomed = []
         for i in (~empty).nonzero()[:, 0].tolist():
             window = zoom_window(tuple(boxes[i].tolist()), state.original_size)
             if window is None:
-                emb[i] = self._pooled_read(state, m[i : i + 1], "max", min_cover, context, tta)[0][0]
+                unzoomed.append(i)
                 continue
             x0, y0, x1, y1 = window
             emb[i] = self._pooled_read(window_state(self, window), m[i : i + 1, y0:y1, x0:x1], "max", min_cover,
                                        context, tta)[0][0]
+        if unzoomed:  # one read of the image's own pass for them all
+            emb[unzoomed] = self._pooled_read(state, m[unzoomed], "max", min_cover, context, tta)[0]
         return emb, empty
 
     def _pooled_masks(self, state: ImageState, m: torch.Tensor, pooling: str, min_cover: float,
