@@ -231,6 +231,13 @@ def test_clip_inference_recovers_presets(name: str) -> None:
     assert infer_clip_config(from_openai(to_openai(state))) == clip_preset(name)
 
 
+@pytest.mark.parametrize("name", ["clip-vit-b-16", "clip-vit-l-14"])
+def test_gelu_presets_are_the_openai_towers_with_gelu(name: str) -> None:
+    state = _meta_state(lambda: CLIP.from_config(clip_preset(name + "-gelu")))
+    assert infer_clip_config(state, act="gelu") == clip_preset(name + "-gelu")
+    assert clip_preset(name + "-gelu").vision.act == clip_preset(name + "-gelu").text.act == "gelu"
+
+
 def test_clip_inference_refuses_unknowable_heads() -> None:
     state = _meta_state(lambda: CLIP.from_config(clip_preset("clip-tiny")))  # 32-wide towers
     with pytest.raises(CheckpointError, match="head count"):

@@ -41,6 +41,19 @@ def test_shipped_models_load_and_agree_with_the_merge_config() -> None:
         assert (merged.config.tta_flip, merged.config.tta_sizes) == (cfg.head.tta_flip, tuple(cfg.head.tta_sizes))
 
 
+def test_paper_config_names_registered_teachers() -> None:
+    """The paper's setting loads its teachers by registered names, each with the architecture it was
+    published with (the DataComp ViT-L/14 is GELU, OpenAI's QuickGELU)."""
+    from samclip import pretrained
+    from samclip.models import clip_preset
+
+    cfg = load_config(CONFIG_DIR / "sam-vit-b_clip-vit-l14.toml")
+    assert pretrained.is_registered("sam", cfg.teachers.sam) and pretrained.is_registered("clip", cfg.teachers.clip)
+    assert not cfg.teachers.clip_format_config  # read from the repository's open_clip_config.json
+    assert pretrained.preset_for("clip", "clip-vit-l-14") == "clip-vit-l-14"
+    assert clip_preset("clip-vit-l-14").vision.act == "quick_gelu"
+
+
 def test_repo_configs_are_the_packaged_ones() -> None:
     """configs/*.toml (what users read and edit) and the packaged copies (what ``--config NAME`` loads) agree."""
     repo = Path(__file__).resolve().parents[1] / "configs"

@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_download import add_download_command
 from .cli_export import add_export_command
 from .cli_tasks import add_task_commands, check_out_dir
 from .errors import UserError
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     teachers.add_argument("--quick", action="store_true", help="fewer evaluation images")
     teachers.set_defaults(func=_cmd_teachers)
     add_export_command(sub)
+    add_download_command(sub)
     add_task_commands(sub)  # classify, segment, semseg, label, everything, serve
     return parser
 

@@ -1,7 +1,9 @@
 """The one factory: build models from presets or configs, load them from any supported checkpoint.
 
 ``source`` for the loaders may be
-- a registered weights name (``tiny-synthetic``, ``sam-vit-b`` ...; see ``samclip.pretrained``),
+- a registered weights name (``tiny-synthetic``, ``sam-vit-b``, ``clip-vit-l-14`` ...; see
+  ``samclip.pretrained``) or a Hugging Face hub id (``hf-hub:facebook/sam-vit-base``), downloaded once
+  into the cache (``samclip.hub``),
 - one of our folders (``config.json`` + ``model.safetensors``),
 - a foreign checkpoint file or folder (segment-anything ``.pth``, Hugging Face folder or
   ``.safetensors``, OpenAI / open_clip state dicts); conversion happens in ``samclip.convert``.
@@ -15,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import pretrained
+from . import hub, pretrained
 from .checkpoint import CheckpointError, load_folder, load_state_strict, save_folder
 from .models import CLIP, ClipConfig, Sam, SamClip, SamClipConfig, SamConfig, clip_preset, sam_preset
 from .tokenizer import ClipTokenizer
@@ -34,7 +36,7 @@ def create_clip(config: str | ClipConfig) -> CLIP:
 
 
 def _resolve(kind: str, source: str | os.PathLike) -> Path:
-    if isinstance(source, str) and pretrained.is_registered(kind, source):
+    if isinstance(source, str) and (hub.is_hub_id(source) or pretrained.is_registered(kind, source)):
         return pretrained.resolve(kind, source)
     path = Path(source)
     if not path.exists():
@@ -75,6 +77,7 @@ def load_sam(
     from .convert import load_sam_checkpoint
 
     path = _resolve("sam", source)
+    config = config or (pretrained.preset_for("sam", source) if isinstance(source, str) else None)
     cfg = sam_preset(config) if isinstance(config, str) else config
     cfg, state, fmt = load_sam_checkpoint(path, cfg)
     model = _build(Sam, cfg, path)
@@ -98,6 +101,7 @@ def load_clip(
     from .convert import load_clip_checkpoint
 
     path = _resolve("clip", source)
+    config = config or (pretrained.preset_for("clip", source) if isinstance(source, str) else None)
     cfg = clip_preset(config) if isinstance(config, str) else config
     cfg, state, tokenizer, fmt = load_clip_checkpoint(path, cfg, trust_torchscript=trust_torchscript)
     model = _build(CLIP, cfg, path)
@@ -112,7 +116,8 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> SamClip:
-    """Load a merged SAM-CLIP model from a registered name (``tiny-synthetic``) or a saved folder."""
+    """Load a merged SAM-CLIP model from a registered name (``tiny-synthetic``), a saved folder, or a hub
+    repository holding one (``hf-hub:<org>/<name>``)."""
     path = _resolve("samclip", source)
     kind, cfg_dict, state = load_folder(path)
     if kind != "samclip":

@@ -165,7 +165,8 @@ def load_clip_checkpoint(
     Formats (format names in brackets): our folder [``samclip``], with its ``tokenizer.json``; an
     OpenAI state dict ``.pt`` / ``.safetensors`` [``openai``] or TorchScript release file
     [``openai-torchscript``, only with ``trust_torchscript=True``]; an open_clip checkpoint
-    (``{"state_dict": ...}``, ``module.`` prefixes, or an open_clip hub folder) [``open_clip``]; a
+    (``{"state_dict": ...}``, ``module.`` prefixes, or an open_clip hub folder, with the tokenizer files
+    beside its weights when there are any) [``open_clip``]; a
     Hugging Face CLIP folder (with its tokenizer) or ``.safetensors`` [``huggingface``].
 
     Architectures of foreign files without a config are inferred from shapes with QuickGELU (OpenAI's
@@ -183,7 +184,7 @@ def load_clip_checkpoint(
             name = next(n for n in OPEN_CLIP_WEIGHT_FILES if (path / n).is_file())
             state, container = read_state_file(path / name, trust_torchscript)
             cfg, state, _ = _clip_from_state(path, state, config, container, _open_clip_act(path) or "gelu")
-            return cfg, state, None, "open_clip"
+            return cfg, state, read_hf_tokenizer(path, cfg.text.context_length), "open_clip"
         if not _has_weights(path, HF_WEIGHT_FILES):
             supported = "; ".join(SUPPORTED_CLIP)
             raise CheckpointError(f"{path}: not a CLIP checkpoint folder; supported: {supported}")

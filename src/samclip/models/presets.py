@@ -51,14 +51,15 @@ SAM_PRESETS: dict[str, SamConfig] = {
 
 
 def _clip(
-    embed: int, v_width: int, v_layers: int, v_heads: int, patch: int, t_width: int, t_heads: int
+    embed: int, v_width: int, v_layers: int, v_heads: int, patch: int, t_width: int, t_heads: int,
+    act: str = "quick_gelu",
 ) -> ClipConfig:
     return ClipConfig(
         embed_dim=embed,
         vision=VisionTowerConfig(
-            image_size=224, patch_size=patch, width=v_width, layers=v_layers, heads=v_heads
+            image_size=224, patch_size=patch, width=v_width, layers=v_layers, heads=v_heads, act=act
         ),
-        text=TextTowerConfig(width=t_width, heads=t_heads, layers=12),
+        text=TextTowerConfig(width=t_width, heads=t_heads, layers=12, act=act),
     )
 
 
@@ -67,6 +68,9 @@ CLIP_PRESETS: dict[str, ClipConfig] = {
     "clip-vit-b-32": _clip(512, 768, 12, 12, 32, 512, 8),
     "clip-vit-b-16": _clip(512, 768, 12, 12, 16, 512, 8),
     "clip-vit-l-14": _clip(768, 1024, 24, 16, 14, 768, 12),
+    # the same towers with GELU: open_clip's own trainings (LAION, DataComp: the SAM-CLIP paper's teacher)
+    "clip-vit-b-16-gelu": _clip(512, 768, 12, 12, 16, 512, 8, act="gelu"),
+    "clip-vit-l-14-gelu": _clip(768, 1024, 24, 16, 14, 768, 12, act="gelu"),
     "clip-tiny": ClipConfig(
         embed_dim=32,
         vision=VisionTowerConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2),
