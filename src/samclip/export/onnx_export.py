@@ -305,10 +305,11 @@ def _load(model: SamClip | str | os.PathLike) -> tuple[SamClip, str | None]:
         return model, None
     if isinstance(model, nn.Module):
         raise TypeError(f"ONNX export needs a merged SamClip model, got {type(model).__name__}")
-    from .. import pretrained
+    from .. import hub, pretrained
     from ..factory import load_model
 
-    source = str(model) if pretrained.is_registered("samclip", str(model)) else str(Path(model).resolve())
+    named = pretrained.is_registered("samclip", str(model)) or hub.is_hub_id(str(model))
+    source = str(model) if named else str(Path(model).resolve())
     return load_model(model), source  # FileNotFoundError / KeyError / CheckpointError with a clear message
 
 
