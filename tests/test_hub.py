@@ -159,6 +159,11 @@ def test_malformed_hub_ids_are_refused_clearly(bad: str) -> None:
         hub.parse_hub_id(bad)
 
 
+def test_a_bare_repository_name_is_pointed_to_its_hub_id() -> None:
+    with pytest.raises(FileNotFoundError, match="hf-hub:facebook/sam-vit-base"):
+        samclip.load_sam("facebook/sam-vit-base")
+
+
 def test_hub_ids_name_a_repository_and_revision(tmp_path: Path) -> None:
     assert hub.parse_hub_id("hf-hub:facebook/sam-vit-base") == ("facebook/sam-vit-base", "main")
     assert hub.parse_hub_id("hf-hub:laion/CLIP-ViT-B-16@refs/pr/3") == ("laion/CLIP-ViT-B-16", "refs/pr/3")

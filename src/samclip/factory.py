@@ -41,7 +41,10 @@ def _resolve(kind: str, source: str | os.PathLike) -> Path:
     path = Path(source)
     if not path.exists():
         known = ", ".join(pretrained.list_pretrained(kind))
-        raise FileNotFoundError(f"{source!s}: no such file or folder, and not a registered name ({known})")
+        hint = ""
+        if isinstance(source, str) and source.count("/") == 1 and not source.startswith((".", "/")):
+            hint = f"; a Hugging Face repository is named hf-hub:{source}"
+        raise FileNotFoundError(f"{source!s}: no such file or folder, and not a registered name ({known}){hint}")
     return path
 
 
