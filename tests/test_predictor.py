@@ -155,6 +155,22 @@ def test_set_images_batches_and_select(merged: SamClip) -> None:
         pred.select(5)
 
 
+def test_get_image_embedding_is_the_cached_sam_embedding_as_a_copy(merged: SamClip) -> None:
+    pred = Predictor(merged)
+    with pytest.raises(RuntimeError, match="set_image"):
+        pred.get_image_embedding()
+    pred.set_image(image(90, 200))
+    emb = pred.get_image_embedding()
+    grid = merged.img_size // merged.sam.config.image_encoder.patch_size
+    assert emb.shape == (1, merged.sam.config.image_encoder.out_chans, grid, grid)
+    assert torch.equal(emb, pred.state.sam_embeddings)
+    emb.zero_()  # before any decode caches anything: the predictor must not see it
+    fresh = Predictor(merged)
+    fresh.set_image(image(90, 200))
+    np.testing.assert_array_equal(pred.predict(point_coords=[[20, 30]], point_labels=[1])[1],
+                                  fresh.predict(point_coords=[[20, 30]], point_labels=[1])[1])
+
+
 def test_classify_size_runs_one_extra_pass_and_caches_it(merged: SamClip) -> None:
     pred = Predictor(merged)
     pred.set_image(image())

@@ -150,6 +150,12 @@ class PredictorBase:
             raise RuntimeError("no image set: call predictor.set_image(image) before predicting")
         return self._state
 
+    def get_image_embedding(self) -> torch.Tensor:
+        """1xCxGxG: the SAM head's image embedding of the current image (segment-anything's name; C = 256 and
+        G = 64 for the ViT presets at 1024 px), from the cached pass; a copy, so the cache cannot be changed
+        through it."""
+        return self.state.sam_embeddings.detach().clone()
+
     @property
     def original_size(self) -> tuple[int, int]:
         return self.state.original_size
