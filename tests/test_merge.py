@@ -270,6 +270,22 @@ def test_pipeline_runs_from_official_formats(teacher_dirs, tmp_path) -> None:  #
     assert not torch.equal(before, tr.model.backbone.blocks[0].attn.qkv.weight)
 
 
+def test_pipeline_runs_on_real_data_folders(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """data.source = folders: D_CLIP from a plain tar shard, D_SAM from SA-1B pairs, read on demand (with the
+    teacher cache on); all stages run and train."""
+    from test_real_data import write_real_data
+
+    clip_dir, sam_dir = write_real_data(tmp_path / "data")
+    tr = _trainer(teacher_dirs, tmp_path / "run", **{
+        "data.source": "folders", "data.clip_dir": str(clip_dir), "data.sam_dir": str(sam_dir),
+        "data.cache_teachers": "true", "stage1.steps": "1", "stage2.steps": "2", "stage3.steps": "1",
+    })
+    assert len(tr.clip_stream) == 24 and len(tr.sam_stream) == 6
+    before = tr.model.backbone.blocks[0].attn.qkv.weight.clone()
+    assert tr.run().stage == 4
+    assert not torch.equal(before, tr.model.backbone.blocks[0].attn.qkv.weight)
+
+
 def test_bad_config_is_a_clear_cli_error(tmp_path) -> None:  # noqa: ANN001
     p = _run_cli([sys.executable, "-m", "samclip.cli", "merge", "--set", "stage2.bogus=1"])
     out = p.communicate(timeout=120)[0].decode()

@@ -9,52 +9,41 @@ takes its own slice of it.
 - D_SAM yields images with instance masks and a fixed set of geometric prompts per image (so the
   SAM teacher's logits can be cached per image and prompt). Sources: the scene world, or SA-1B-style
   folders (``<name>.jpg`` + ``<name>.json`` with COCO RLE ``annotations[].segmentation``).
+
+Scene-world streams hold their rendered arrays; real data is read from disk on demand
+(:mod:`.real_data`), so its size is bounded by the disk, not the memory.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..data import HELDOUT_PAIRS
 from ..data.banks import build_bank
 from ..inference import mask_crops
 from ..prompts import interior_points, jitter_boxes, masks_to_boxes
+from .real_data import IMAGE_EXTS, LazyImages, LazyInstanceMaps, index_images, index_sa1b
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+Images = np.ndarray | LazyImages  # NxSxSx3 uint8, in memory or read on demand
 
 
 def step_rng(seed: int, stage: int, step: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, stage, step, stream])
 
 
-def square_resize(img: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 -> size x size x 3 (centre crop of the short side, then bicubic resize)."""
-    h, w = img.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    crop = img[y0 : y0 + s, x0 : x0 + s]
-    if s == size:
-        return crop
-    return np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
-
-
 class ClipStream:
-    """D_CLIP: N images held at one render size; ``images(idx)`` -> BxSxSx3 uint8.
+    """D_CLIP: N images at one render size (in memory, or read on demand); ``images(idx)`` -> BxSxSx3 uint8.
 
     With ``hflip`` the stream has 2N items: item ``N + i`` is image ``i`` mirrored left-right, a view of
     its own (its own teacher embedding, cached tokens and cache entry), so distillation sees twice the
     images at no rendering or storage cost.
     """
 
-    def __init__(self, images: np.ndarray, hflip: bool = False) -> None:
+    def __init__(self, images: Images, hflip: bool = False) -> None:
         self._images = images
         self.hflip = hflip
 
@@ -91,34 +80,18 @@ class ClipStream:
         """This stream with ``extra`` (MxSxSx3 uint8, at this stream's size) appended after its own images."""
         if extra.shape[1:] != self._images.shape[1:]:
             raise ValueError(f"extra D_CLIP images are {extra.shape[1:]}, the stream's {self._images.shape[1:]}")
+        if isinstance(self._images, LazyImages):
+            return ClipStream(self._images.with_extra(extra), self.hflip)
         return ClipStream(np.concatenate([self._images, extra]), self.hflip)
 
     @classmethod
     def from_folder(cls, folder: str | Path, size: int, limit: int | None = None, hflip: bool = False) -> ClipStream:
-        """Images from a folder tree, or from ``.tar`` shards inside it, centre-cropped to ``size``."""
-        imgs = [square_resize(im, size) for im in _iter_folder_images(Path(folder), limit)]
-        if not imgs:
+        """Images from a folder tree, or from plain ``.tar`` shards inside it, centre-cropped to ``size`` when
+        read (only the file index is held)."""
+        refs = index_images(folder, limit)
+        if not refs:
             raise ValueError(f"{folder}: no images found (extensions {sorted(IMAGE_EXTS)} or .tar shards)")
-        return cls(np.stack(imgs), hflip)
-
-
-def _iter_folder_images(folder: Path, limit: int | None):  # noqa: ANN202
-    count = 0
-    for path in sorted(folder.rglob("*")):
-        if limit is not None and count >= limit:
-            return
-        if path.suffix.lower() in IMAGE_EXTS:
-            yield np.asarray(Image.open(path).convert("RGB"))
-            count += 1
-        elif path.suffix == ".tar":
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    if limit is not None and count >= limit:
-                        return
-                    if member.isfile() and Path(member.name).suffix.lower() in IMAGE_EXTS:
-                        data = tar.extractfile(member).read()
-                        yield np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-                        count += 1
+        return cls(LazyImages(refs, size), hflip)
 
 
 @dataclass
@@ -133,9 +106,11 @@ class SamPrompts:
 
 
 class SamStream:
-    """D_SAM: images at the SAM size with instance maps; fixed prompts per image."""
+    """D_SAM: images at the SAM size with instance maps (in memory, or read on demand); fixed prompts per
+    image."""
 
-    def __init__(self, images: np.ndarray, instance_maps: np.ndarray, per_image: int, seed: int) -> None:
+    def __init__(self, images: Images, instance_maps: np.ndarray | LazyInstanceMaps, per_image: int,
+                 seed: int) -> None:
         self._images = images
         self._inst = instance_maps
         self.per_image = per_image
@@ -152,29 +127,12 @@ class SamStream:
     @classmethod
     def from_sa1b(cls, folder: str | Path, size: int, per_image: int, seed: int,
                   limit: int | None = None) -> SamStream:
-        """SA-1B layout: ``<id>.jpg`` with ``<id>.json`` holding COCO-RLE ``annotations``."""
-        from pycocotools import mask as mask_utils
-
-        images, maps = [], []
-        for jpath in sorted(Path(folder).glob("*.json"))[:limit]:
-            ipath = next((jpath.with_suffix(e) for e in (".jpg", ".jpeg", ".png")
-                          if jpath.with_suffix(e).exists()), None)
-            if ipath is None:
-                continue
-            img = np.asarray(Image.open(ipath).convert("RGB"))
-            ann = json.loads(jpath.read_text())
-            inst = np.zeros(img.shape[:2], np.uint8)
-            segs = sorted(ann.get("annotations", []), key=lambda a: -a.get("area", 0))[:255]
-            for i, a in enumerate(segs):
-                rle = a["segmentation"]
-                if isinstance(rle.get("counts"), str):
-                    rle = {**rle, "counts": rle["counts"].encode()}
-                inst[mask_utils.decode(rle).astype(bool)] = i + 1
-            images.append(square_resize(img, size))
-            maps.append(square_resize_nearest(inst, size))
-        if not images:
+        """SA-1B layout: ``<id>.jpg`` with ``<id>.json`` holding COCO-RLE ``annotations``, read on demand
+        (see :class:`~samclip.merge.real_data.LazyInstanceMaps` for overlapping masks)."""
+        refs, jsons = index_sa1b(folder, limit)
+        if not refs:
             raise ValueError(f"{folder}: no SA-1B style image + json pairs found")
-        return cls(np.stack(images), np.stack(maps), per_image, seed)
+        return cls(LazyImages(refs, size), LazyInstanceMaps(jsons, size), per_image, seed)
 
     def images(self, idx: np.ndarray) -> np.ndarray:
         return self._images[idx]
@@ -221,10 +179,3 @@ def instance_mask_crops(stream: SamStream, n: int, size: int, min_pixels: int = 
             total += len(masks)
     return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
-
-def square_resize_nearest(arr: np.ndarray, size: int) -> np.ndarray:
-    h, w = arr.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    crop = arr[y0 : y0 + s, x0 : x0 + s]
-    return np.asarray(Image.fromarray(crop).resize((size, size), Image.NEAREST))

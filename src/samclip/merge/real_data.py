@@ -1,0 +1,232 @@
+"""Real data for the merge, read from disk on demand: image folders, ``.tar`` shards, SA-1B folders.
+
+The streams hold an index (file paths, tar member offsets), never the decoded images, so D_CLIP and D_SAM
+can be as large as the disk: a step decodes only the images of its batch slice, in a thread pool (Pillow
+decodes and resizes without holding the GIL). Items are numbered in sorted path order, and inside a shard
+in archive order, so a resumed or distributed run sees the same numbering.
+
+- :class:`LazyImages`: N images, each centre-cropped to a square and resized to ``size`` when read (the
+  same pixels as reading them all up front): ``images[i]`` -> SxSx3 uint8, ``images[idx]`` -> BxSxSx3.
+- :class:`LazyInstanceMaps`: SA-1B annotations (COCO RLE per mask) -> SxS uint8 instance maps when read.
+
+Shards must be plain (uncompressed) ``.tar`` files, as webdataset writes them: their members are read at
+their offsets with ``os.pread``, thread-safe and without unpacking.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+MAX_INSTANCES = 255  # instance ids are uint8
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where one image's encoded bytes are: a whole file (``length < 0``) or a member of a ``.tar`` shard."""
+
+    path: str
+    offset: int = 0
+    length: int = -1
+
+    @property
+    def name(self) -> str:
+        return self.path if self.length < 0 else f"{self.path}@{self.offset}"
+
+
+class _Files:
+    """One read-only descriptor per shard, shared by the decoding threads (``os.pread`` has no file position)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def read(self, ref: ImageRef) -> bytes:
+        if ref.length < 0:
+            return Path(ref.path).read_bytes()
+        with self._lock:
+            fd = self._fds.get(ref.path)
+            if fd is None:
+                fd = self._fds[ref.path] = os.open(ref.path, os.O_RDONLY)
+        data = os.pread(fd, ref.length, ref.offset)
+        if len(data) != ref.length:
+            raise OSError(f"{ref.path}: member at byte {ref.offset} is cut short (the shard changed or is truncated)")
+        return data
+
+
+_FILES = _Files()
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="samclip-decode")
+        return _POOL
+
+
+def square_resize(img: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 -> size x size x 3 (centre crop of the short side, then bicubic resize)."""
+    return _square(img, size, Image.BICUBIC)
+
+
+def square_resize_nearest(arr: np.ndarray, size: int) -> np.ndarray:
+    """HxW (ids) -> size x size (centre crop of the short side, then nearest-neighbour resize)."""
+    return _square(arr, size, Image.NEAREST)
+
+
+def _square(arr: np.ndarray, size: int, resample: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    crop = arr[y0 : y0 + s, x0 : x0 + s]
+    if s == size:
+        return np.ascontiguousarray(crop)
+    return np.asarray(Image.fromarray(crop).resize((size, size), resample))
+
+
+def decode_rgb(data: bytes, name: str) -> np.ndarray:
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise OSError(f"{name}: not a readable image ({e})") from None
+
+
+# --------------------------------------------------------------------------------------------- index
+def index_images(folder: str | Path, limit: int | None = None) -> list[ImageRef]:
+    """Every image under ``folder`` (recursively; also the image members of ``.tar`` shards), in sorted
+    path order and archive order, at most ``limit``."""
+    refs: list[ImageRef] = []
+    for path in sorted(Path(folder).rglob("*")):
+        if limit is not None and len(refs) >= limit:
+            break
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_EXTS and path.is_file():
+            refs.append(ImageRef(str(path)))
+        elif suffix == ".tar":
+            refs.extend(_tar_members(path, None if limit is None else limit - len(refs)))
+    return refs
+
+
+def _tar_members(path: Path, limit: int | None) -> Iterator[ImageRef]:
+    try:
+        tar = tarfile.open(path, "r:")  # plain tar only: members are read at their offsets
+    except tarfile.ReadError as e:
+        raise ValueError(f"{path}: not a plain .tar shard ({e}); compressed shards are not supported") from None
+    count = 0
+    with tar:
+        for member in tar:
+            if limit is not None and count >= limit:
+                return
+            if member.isfile() and Path(member.name).suffix.lower() in IMAGE_EXTS:
+                yield ImageRef(str(path), member.offset_data, member.size)
+                count += 1
+
+
+# ---------------------------------------------------------------------------------------- lazy arrays
+class LazyImages:
+    """``len(refs)`` images read on demand at ``size`` px (plus ``extra``, images already in memory at that
+    size, numbered after them); indexed like an NxSxSx3 uint8 array."""
+
+    def __init__(self, refs: list[ImageRef], size: int, extra: np.ndarray | None = None) -> None:
+        if extra is not None and extra.shape[1:] != (size, size, 3):
+            raise ValueError(f"extra images are {extra.shape[1:]}, the stream's ({size}, {size}, 3)")
+        self.refs = list(refs)
+        self.size = size
+        self.extra = extra if extra is not None else np.zeros((0, size, size, 3), np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.refs) + len(self.extra)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), self.size, self.size, 3)
+
+    def with_extra(self, extra: np.ndarray) -> LazyImages:
+        return LazyImages(self.refs, self.size, np.concatenate([self.extra, extra]))
+
+    def _one(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"image {i} out of range [0, {len(self)})")
+        i %= len(self)
+        if i >= len(self.refs):
+            return self.extra[i - len(self.refs)].copy()
+        ref = self.refs[i]
+        return square_resize(decode_rgb(_FILES.read(ref), ref.name), self.size)
+
+    def __getitem__(self, idx: int | np.integer | np.ndarray | list[int]) -> np.ndarray:
+        if isinstance(idx, (int, np.integer)):
+            return self._one(int(idx))
+        ids = np.asarray(idx).reshape(-1)
+        if ids.dtype == bool:
+            ids = np.flatnonzero(ids)
+        if len(ids) == 0:
+            return np.zeros((0, self.size, self.size, 3), np.uint8)
+        if len(ids) == 1:
+            return self._one(int(ids[0]))[None]
+        return np.stack(list(_pool().map(self._one, (int(i) for i in ids))))
+
+
+class LazyInstanceMaps:
+    """SA-1B annotations (``<id>.json``: ``annotations[].segmentation`` in COCO RLE) -> SxS uint8 instance
+    maps on demand. SA-1B's masks overlap (wholes and their parts): the largest ``MAX_INSTANCES`` are painted
+    largest first, so a part keeps its own id and a whole keeps what its parts leave visible."""
+
+    def __init__(self, json_paths: list[str], size: int) -> None:
+        self.paths = list(json_paths)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int | np.integer) -> np.ndarray:
+        from pycocotools import mask as mask_utils
+
+        path = self.paths[int(i)]
+        try:
+            ann = json.loads(Path(path).read_text())
+            segs = sorted(ann.get("annotations", []), key=lambda a: -a.get("area", 0))[:MAX_INSTANCES]
+            inst: np.ndarray | None = None
+            for k, a in enumerate(segs):
+                rle = dict(a["segmentation"])
+                if isinstance(rle.get("counts"), str):
+                    rle["counts"] = rle["counts"].encode()
+                m = mask_utils.decode(rle).astype(bool)
+                if inst is None:
+                    inst = np.zeros(m.shape, np.uint8)
+                inst[m] = k + 1
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path}: not an SA-1B annotation file ({type(e).__name__}: {e})") from None
+        if inst is None:  # no masks
+            return np.zeros((self.size, self.size), np.uint8)
+        return square_resize_nearest(inst, self.size)
+
+
+def index_sa1b(folder: str | Path, limit: int | None = None) -> tuple[list[ImageRef], list[str]]:
+    """``<id>.json`` + ``<id>.jpg`` (or ``.jpeg`` / ``.png``) pairs in ``folder``, sorted, at most ``limit``."""
+    images: list[ImageRef] = []
+    jsons: list[str] = []
+    for jpath in sorted(Path(folder).glob("*.json")):
+        if limit is not None and len(jsons) >= limit:
+            break
+        ipath = next((jpath.with_suffix(e) for e in (".jpg", ".jpeg", ".png") if jpath.with_suffix(e).exists()),
+                     None)
+        if ipath is not None:
+            images.append(ImageRef(str(ipath)))
+            jsons.append(str(jpath))
+    return images, jsons

@@ -1,0 +1,168 @@
+"""The merge's real-data readers (``samclip.merge.real_data``): image folders, plain ``.tar`` shards and SA-1B
+folders, indexed up front and decoded only when a batch asks for them."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samclip.data import generate_scene
+from samclip.merge import real_data
+from samclip.merge.real_data import LazyImages, LazyInstanceMaps, square_resize, square_resize_nearest
+from samclip.merge.streams import ClipStream, SamStream
+
+
+def _image(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def clip_folder(tmp_path: Path) -> tuple[Path, list[np.ndarray]]:
+    """Images in sorted-path order: a/0.png, a/1.png, b/shard.tar (3 members), c.png; plus files to skip."""
+    root = tmp_path / "clip"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    expected = []
+    for i, (h, w) in enumerate([(40, 60), (50, 30)]):
+        arr = _image(h, w, i)
+        (root / "a" / f"{i}.png").write_bytes(_png(arr))
+        expected.append(arr)
+    with tarfile.open(root / "b" / "shard.tar", "w") as tar:
+        for k, (h, w) in enumerate([(32, 32), (20, 45), (64, 48)]):
+            arr = _image(h, w, 10 + k)
+            data = _png(arr)
+            info = tarfile.TarInfo(f"{k:06d}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            expected.append(arr)
+            note = f"caption {k}".encode()
+            info = tarfile.TarInfo(f"{k:06d}.txt")  # webdataset's other members are skipped
+            info.size = len(note)
+            tar.addfile(info, io.BytesIO(note))
+    arr = _image(33, 70, 20)
+    (root / "c.png").write_bytes(_png(arr))
+    expected.append(arr)
+    (root / "readme.txt").write_text("not an image")
+    return root, expected
+
+
+def test_folder_stream_reads_what_was_written_in_order_and_only_on_demand(clip_folder, monkeypatch) -> None:  # noqa: ANN001
+    root, expected = clip_folder
+    decoded: list[str] = []
+    real_decode = real_data.decode_rgb
+    monkeypatch.setattr(real_data, "decode_rgb", lambda data, name: decoded.append(name) or real_decode(data, name))
+    stream = ClipStream.from_folder(root, size=24)
+    assert len(stream) == len(expected) == 6 and not decoded  # an index only
+    batch = stream.images(np.array([5, 2, 0, 3]))
+    assert batch.shape == (4, 24, 24, 3) and batch.dtype == np.uint8 and len(decoded) == 4
+    for got, k in zip(batch, [5, 2, 0, 3]):
+        np.testing.assert_array_equal(got, square_resize(expected[k], 24))
+    np.testing.assert_array_equal(stream.images(np.array([4]))[0], square_resize(expected[4], 24))
+    assert len(ClipStream.from_folder(root, size=24, limit=3)) == 3
+
+
+def test_mirrored_views_and_extra_images_of_a_folder_stream(clip_folder) -> None:  # noqa: ANN001
+    root, expected = clip_folder
+    stream = ClipStream.from_folder(root, size=16, hflip=True)
+    assert len(stream) == 12
+    both = stream.images(np.array([1, 7]))
+    np.testing.assert_array_equal(both[1], both[0][:, ::-1])
+    extra = _image(16, 16, 99)[None]
+    longer = stream.with_images(extra)
+    assert len(longer) == 14
+    np.testing.assert_array_equal(longer.images(np.array([6]))[0], extra[0])
+    with pytest.raises(IndexError):
+        LazyImages(real_data.index_images(root), 16)[6]
+
+
+def test_bad_folders_and_shards_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        ClipStream.from_folder(tmp_path / "empty", 16)
+    (tmp_path / "gz").mkdir()
+    with tarfile.open(tmp_path / "gz" / "shard.tar", "w:gz") as tar:
+        data = _png(_image(8, 8, 0))
+        info = tarfile.TarInfo("0.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match="not a plain .tar shard"):
+        ClipStream.from_folder(tmp_path / "gz", 16)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_bytes(b"not a jpeg")
+    stream = ClipStream.from_folder(tmp_path / "bad", 16)
+    with pytest.raises(OSError, match="x.jpg: not a readable image"):
+        stream.images(np.array([0]))
+
+
+def _sa1b_folder(root: Path, n: int = 3, size: int = 96) -> list:  # noqa: ANN001
+    """Scene-world images as SA-1B pairs: every instance mask, plus one mask of a whole that contains the
+    first instance (SA-1B's masks overlap)."""
+    from pycocotools import mask as mask_utils
+
+    root.mkdir(parents=True, exist_ok=True)
+    scenes = []
+    for i in range(n):
+        scene = generate_scene(seed=100 + i, size=size)
+        Image.fromarray(scene.image).save(root / f"sa_{i}.jpg", quality=95)
+        masks = list(scene.instance_masks)
+        whole = masks[0].copy()
+        ys, xs = np.nonzero(whole)
+        whole[max(0, ys.min() - 4) : ys.max() + 5, max(0, xs.min() - 4) : xs.max() + 5] = True
+        anns = []
+        for m in [*masks, whole]:
+            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            anns.append({"segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                         "area": int(m.sum())})
+        (root / f"sa_{i}.json").write_text(json.dumps({"image": {"height": size, "width": size}, "annotations": anns}))
+        scenes.append((scene, whole))
+    return scenes
+
+
+def test_sa1b_stream_decodes_instance_maps_on_demand(tmp_path: Path) -> None:
+    scenes = _sa1b_folder(tmp_path / "sa1b")
+    (tmp_path / "sa1b" / "orphan.json").write_text("{}")  # no image beside it: skipped
+    stream = SamStream.from_sa1b(tmp_path / "sa1b", size=64, per_image=4, seed=0)
+    assert len(stream) == 3 and isinstance(stream._inst, LazyInstanceMaps)
+    for i, (scene, whole) in enumerate(scenes):
+        inst = stream.instance_map(i)
+        assert inst.shape == (64, 64) and inst.dtype == np.uint8
+        # painted largest first: the whole (id of its rank by area) is left where its part is not
+        areas = sorted([int(m.sum()) for m in [*scene.instance_masks, whole]], reverse=True)
+        part_id = areas.index(int(scene.instance_masks[0].sum())) + 1
+        expected_part = square_resize_nearest(scene.instance_masks[0].astype(np.uint8), 64).astype(bool)
+        assert ((inst == part_id) == expected_part).mean() > 0.99
+        assert (inst > 0).sum() >= expected_part.sum()
+        prompts = stream.prompts(i)
+        assert prompts.boxes.shape == (2, 4) and prompts.points.shape == (2, 2)
+    assert stream.images(np.array([0, 2])).shape == (2, 64, 64, 3)
+    (tmp_path / "sa1b" / "sa_1.json").write_text("{not json")
+    with pytest.raises(ValueError, match="sa_1.json: not an SA-1B annotation file"):
+        stream.instance_map(1)
+    with pytest.raises(ValueError, match="no SA-1B style"):
+        SamStream.from_sa1b(tmp_path, size=64, per_image=4, seed=0)
+
+
+def write_real_data(root: Path) -> tuple[Path, Path]:
+    """A small D_CLIP folder (a plain tar shard of scene images) and D_SAM folder (SA-1B pairs)."""
+    clip_dir = root / "clip"
+    clip_dir.mkdir(parents=True)
+    with tarfile.open(clip_dir / "shard-000.tar", "w") as tar:
+        for i in range(24):
+            data = _png(generate_scene(seed=200 + i, size=80).image)
+            info = tarfile.TarInfo(f"{i:06d}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    _sa1b_folder(root / "sam", n=6, size=128)
+    return clip_dir, root / "sam"
