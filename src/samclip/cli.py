@@ -6,6 +6,7 @@ Examples:
   torchrun --nproc_per_node 2 -m samclip.cli merge --config configs/tiny-synthetic.toml
   samclip merge --config configs/tiny-synthetic.toml --resume   # continue a killed run
   samclip eval --model runs/demo/merge/model    # JSON + markdown report with baselines and overlays
+  samclip eval --model M --benchmark classify --data imagenet/val --labels-file names.txt
   samclip teachers eval                         # the shipped teachers on fresh seeds (JSON)
   samclip teachers grid --out grids/            # PNG grids: samples, teacher predictions
 """
@@ -75,8 +76,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = check_out_dir(Path(args.out))
     model = load_model(args.model)
     if args.benchmark == "scenes":
-        result = harness.scenes_benchmark(model, load_sam(args.sam_teacher), load_clip(args.clip_teacher), out,
+        result = harness.scenes_benchmark(model, load_sam(args.sam_teacher),
+                                          load_clip(args.clip_teacher or "tiny-synthetic"), out,
                                           quick=args.quick, split=args.split, semseg_images=args.semseg_images)
+    elif args.benchmark == "classify":
+        if not args.data:
+            raise UserError("--benchmark classify needs --data (a folder with one subfolder of images per class)")
+        from .eval.classification import classification_benchmark
+
+        teacher = load_clip(args.clip_teacher) if args.clip_teacher else None
+        result = classification_benchmark(model, args.data, _names(args.labels, args.labels_file, "--labels"),
+                                          _names(None, args.templates_file, "--templates-file"), teacher,
+                                          limit=args.limit)
     elif args.benchmark == "voc":
         if not args.data or not args.labels:
             raise UserError("--benchmark voc needs --data (VOC folder) and --labels (comma-separated, id order)")
@@ -92,6 +103,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2))
     print(f"reports: {paths[0]} {paths[1]}")
     return 0
+
+
+def _names(inline: str | None, path: str | None, flag: str) -> list[str] | None:
+    """Comma-separated names, or the non-empty lines of a file; None when neither is given."""
+    if inline and path:
+        raise UserError(f"give {flag} or its file, not both")
+    if path:
+        try:
+            return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: cannot read it ({e})") from None
+    return [s.strip() for s in inline.split(",") if s.strip()] if inline else None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -120,12 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a merged model (scene world, VOC-style or COCO-format data)")
     ev.add_argument("--model", default="tiny-synthetic", help="merged model name or folder")
-    ev.add_argument("--benchmark", choices=["scenes", "voc", "coco"], default="scenes")
+    ev.add_argument("--benchmark", choices=["scenes", "voc", "coco", "classify"], default="scenes")
     ev.add_argument("--data", help="VOC root, or COCO images folder")
     ev.add_argument("--annotations", help="COCO instances json (coco benchmark)")
-    ev.add_argument("--labels", help="class names in id order after background (voc benchmark)")
+    ev.add_argument("--labels", help="class names, comma-separated: voc in id order after background; classify in "
+                                     "sorted class-folder order (default: the folder names)")
+    ev.add_argument("--labels-file", help="classify: class names, one per line, in sorted class-folder order")
+    ev.add_argument("--templates-file",
+                    help="classify: prompt templates, one per line, each with {} for the class (default: "
+                         "'a photo of a {}.')")
     ev.add_argument("--sam-teacher", default="tiny-synthetic", help="baseline SAM (scenes benchmark)")
-    ev.add_argument("--clip-teacher", default="tiny-synthetic", help="baseline CLIP (scenes benchmark)")
+    ev.add_argument("--clip-teacher", default=None,
+                    help="baseline CLIP (scenes benchmark, default tiny-synthetic; classify: measured beside "
+                         "the model)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     ev.add_argument("--zoom", action="store_true",
                     help="coco benchmark: each box decoded on a second pass over its neighbourhood "

@@ -8,7 +8,9 @@ Benchmarks:
   background);
 - ``coco``: box-prompted mask AP with pycocotools on COCO-format data (``--data`` images folder,
   ``--annotations`` instances json): ground-truth boxes as prompts, the SAM head's masks scored by
-  their predicted IoU.
+  their predicted IoU;
+- ``classify``: zero-shot top-1 / top-5 on an image folder with one subfolder per class (ImageNet's
+  validation layout), a CLIP teacher optionally beside the model (:mod:`samclip.eval.classification`).
 """
 
 from __future__ import annotations

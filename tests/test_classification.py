@@ -1,0 +1,88 @@
+"""``samclip eval --benchmark classify``: zero-shot classification on an image folder, one subfolder per class."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import samclip
+from samclip.cli import main as cli_main
+from samclip.data import single_object_scene, split_seeds
+from samclip.eval.classification import classification_benchmark, read_class_folders
+
+CLASSES = ("circle", "star", "ring")
+
+
+@pytest.fixture(scope="module")
+def class_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 single-object test-split scenes per class, saved as PNGs under ``<class>/``, plus a stray file."""
+    root = tmp_path_factory.mktemp("classes")
+    counts = dict.fromkeys(CLASSES, 0)
+    for seed in split_seeds("test", 400, start=123_000):
+        scene = single_object_scene(int(seed), 128)
+        name = scene.objects[0].category
+        if name in counts and counts[name] < 4:
+            (root / name).mkdir(exist_ok=True)
+            Image.fromarray(scene.image).save(root / name / f"{seed}.png")
+            counts[name] += 1
+        if all(c == 4 for c in counts.values()):
+            break
+    assert all(c == 4 for c in counts.values())
+    (root / "notes.txt").write_text("not a class")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shipped() -> tuple[samclip.SamClip, samclip.CLIP]:
+    return samclip.load_model("tiny-synthetic"), samclip.load_clip("tiny-synthetic")
+
+
+def test_classify_benchmark_reads_classes_in_folder_order(class_folder: Path, shipped) -> None:  # noqa: ANN001
+    merged, teacher = shipped
+    templates = ["a photo of a {}", "a {} shape"]
+    res = classification_benchmark(merged, class_folder, templates=templates, clip_teacher=teacher)
+    assert (res["n_images"], res["n_classes"]) == (12, 3)
+    for key in ("merged", "clip_teacher"):  # both classify single objects well above chance (33%)
+        assert res[key]["top1"] >= 75 and res[key]["top5"] == 100
+    assert res["merged_minus_teacher_top1"] == pytest.approx(res["merged"]["top1"] - res["clip_teacher"]["top1"])
+    # names given in the wrong order move the labels off their folders: accuracy collapses
+    wrong = classification_benchmark(merged, class_folder, labels=["ring", "star", "circle"], templates=templates)
+    assert wrong["merged"]["top1"] <= 25
+
+
+def test_limit_keeps_every_class_and_bad_inputs_are_clear(class_folder: Path, shipped, tmp_path: Path) -> None:  # noqa: ANN001
+    names, refs, labels = read_class_folders(class_folder, limit=5)
+    assert names == sorted(CLASSES) and len(refs) == 5 and set(labels.tolist()) == {0, 1, 2}
+    assert list(labels) == sorted(labels)
+    merged, _ = shipped
+    with pytest.raises(ValueError, match="2 class names for 3 class folders"):
+        classification_benchmark(merged, class_folder, labels=["a", "b"])
+    with pytest.raises(ValueError, match="needs a {}"):
+        classification_benchmark(merged, class_folder, templates=["a photo"])
+    (tmp_path / "empty_class").mkdir()
+    (tmp_path / "full").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "full" / "0.png")
+    with pytest.raises(ValueError, match="without images: empty_class"):
+        read_class_folders(tmp_path)
+    with pytest.raises(ValueError, match="not a folder"):
+        read_class_folders(tmp_path / "missing")
+
+
+def test_cli_classify_benchmark(class_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(sorted(CLASSES)) + "\n")
+    out = tmp_path / "eval"
+    assert cli_main(["eval", "--benchmark", "classify", "--data", str(class_folder), "--labels-file", str(names),
+                     "--limit", "6", "--out", str(out)]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    assert res["benchmark"] == "classify" and res["n_images"] == 6 and "clip_teacher" not in res
+    capsys.readouterr()
+    assert cli_main(["eval", "--benchmark", "classify", "--data", str(class_folder), "--labels", "a,b,c",
+                     "--labels-file", str(names), "--out", str(out)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert cli_main(["eval", "--benchmark", "classify", "--out", str(out)]) == 2
+    assert "--data" in capsys.readouterr().err
