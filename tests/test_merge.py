@@ -587,6 +587,28 @@ def test_teacher_cache_on_disk_is_reused_only_for_the_same_data(teacher_dirs, tm
     assert not other.teachers.clip_cache and sorted(other.teachers.sam_cache) == [0, 1]
 
 
+def test_sam_side_of_the_cache_can_be_off_and_an_oversized_cache_fails_at_once(teacher_dirs, tmp_path,  # noqa: ANN001
+                                                                                 monkeypatch) -> None:  # noqa: ANN001
+    from samclip.merge import teachers as teachers_mod
+
+    tr = _trainer(teacher_dirs, tmp_path / "a", **{"data.cache_teachers": "true", "data.cache_sam_teacher": "false"})
+    ids = np.arange(2)
+    tr.teachers.clip_embeddings(ids, tr.clip_stream.images(ids))
+    tr.teachers.sam_outputs(ids, tr.sam_stream.images(ids), [tr.sam_stream.prompts(i) for i in range(2)])
+    assert sorted(tr.teachers.clip_cache) == [0, 1] and not tr.teachers.sam_cache
+    clip_bytes, sam_bytes = tr.teachers.cache_bytes(tr.clip_stream, tr.sam_stream)
+    assert sam_bytes == 0 and clip_bytes == len(tr.clip_stream) * tr.teachers.clip.config.embed_dim * 4
+    tr.teachers.cache_sam = True
+    _, sam_bytes = tr.teachers.cache_bytes(tr.clip_stream, tr.sam_stream)
+    side = 4 * tr.model.img_size // tr.model.sam.config.image_encoder.patch_size
+    assert sam_bytes == len(tr.sam_stream) * tr.sam_stream.per_image * 3 * (side * side * 2 + 4)
+    monkeypatch.setattr(teachers_mod, "_physical_memory", lambda: sam_bytes)  # the SAM side alone: > half of it
+    with pytest.raises(ValueError, match="cache_sam_teacher = false"):
+        tr.teachers.bind_streams(tr.clip_stream, tr.sam_stream)
+    tr.teachers.cache_sam = False
+    tr.teachers.bind_streams(tr.clip_stream, tr.sam_stream)  # the CLIP side alone fits
+
+
 def test_clip_mask_crops_append_crops_of_dsam_masks_to_dclip(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
     """data.clip_mask_crops: D_CLIP ends with that many D_SAM instance-mask crops at its render size."""
     from samclip.inference import mask_crops

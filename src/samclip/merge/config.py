@@ -60,6 +60,7 @@ class DataConfig:
     sam_batch: int = 4
     prompts_per_image: int = 4
     cache_teachers: bool = True
+    cache_sam_teacher: bool = True  # with cache_teachers, the SAM side too: 12.6 MB per image at ViT-B (off for SA-1B)
     stage1_token_cache: bool = False  # hold the frozen backbone's tokens of all of D_CLIP in memory in stage I
     # stage III (backbone frozen again): tokens of the first N D_CLIP images at every stage3 size held in
     # memory, and stage III draws its batches from those N; 0 = off (every step runs the backbone)

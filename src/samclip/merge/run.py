@@ -169,7 +169,8 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
     dev = cfg.torch_device
     student, sam_t, clip_t = student.to(dev), sam_t.to(dev), clip_t.to(dev)
     cache_dir = Path(cfg.data.cache_dir or Path(cfg.out) / "teacher_cache")
-    teachers = Teachers(sam_t, clip_t, bf16=cfg.use_bf16, cache=cfg.data.cache_teachers, cache_dir=cache_dir)
+    teachers = Teachers(sam_t, clip_t, bf16=cfg.use_bf16, cache=cfg.data.cache_teachers, cache_dir=cache_dir,
+                        cache_sam=cfg.data.cache_sam_teacher)
     return student, teachers
 
 

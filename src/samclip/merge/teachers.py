@@ -6,11 +6,17 @@ predictions (all multimask outputs) for each D_SAM image's fixed prompts, cached
 lives in memory and is saved to / loaded from ``cache_dir`` (safetensors), keyed by fingerprints of
 the teacher weights and of the data stream (:meth:`Teachers.bind_streams`), so neither a different
 teacher nor different images ever reuse stale outputs.
+
+The SAM side is large: prompts x 3 masks x (4G)^2 fp16 logits per image, 12.6 MB for SAM ViT-B with 32 prompts,
+so at SA-1B scale only the CLIP side is cached (``cache_sam=False``). When the whole cache of the streams
+would not fit in half the machine's memory, binding the streams fails at once with the sizes, instead of the
+run running out of memory hours later.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +51,24 @@ def stream_fingerprint(stream, samples: int = 16) -> str:  # noqa: ANN001
     return h.hexdigest()[:12]
 
 
+def _physical_memory() -> int:
+    """This machine's RAM in bytes (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 class Teachers:
-    def __init__(self, sam: Sam, clip: CLIP, *, bf16: bool, cache: bool, cache_dir: Path | None) -> None:
+    def __init__(self, sam: Sam, clip: CLIP, *, bf16: bool, cache: bool, cache_dir: Path | None,
+                 cache_sam: bool = True) -> None:
         self.sam, self.clip = sam.eval(), clip.eval()
         for p in list(self.sam.parameters()) + list(self.clip.parameters()):
             p.requires_grad_(False)
         self.bf16 = bf16
         self.device = next(self.sam.parameters()).device  # teacher outputs are cached on the CPU
         self.use_cache = cache
+        self.cache_sam = cache_sam  # with use_cache: the SAM side too (large; see the module docstring)
         self.cache_dir = cache_dir
         self.clip_cache: dict[int, torch.Tensor] = {}
         self.sam_cache: dict[int, tuple[torch.Tensor, ...]] = {}
@@ -65,8 +81,29 @@ class Teachers:
         self.clip_key = f"{self._teacher_keys[0]}-{stream_fingerprint(clip_stream)}"
         self.sam_key = f"{self._teacher_keys[1]}-{stream_fingerprint(sam_stream)}"
         self.clip_cache, self.sam_cache = {}, {}
+        if self.use_cache:
+            self._check_memory(clip_stream, sam_stream)
         if self.use_cache and self.cache_dir is not None:
             self._load()
+
+    def cache_bytes(self, clip_stream, sam_stream) -> tuple[int, int]:  # noqa: ANN001
+        """Bytes the cache reaches once it holds every image of the streams: (CLIP side, SAM side)."""
+        enc = self.sam.config.image_encoder
+        side = 4 * (enc.img_size // enc.patch_size)  # the mask decoder's low-res logits
+        per_sam_image = sam_stream.per_image * 3 * (side * side * 2 + 4)  # fp16 logits + fp32 IoU
+        clip_bytes = len(clip_stream) * self.clip.config.embed_dim * 4
+        return clip_bytes, (len(sam_stream) * per_sam_image if self.cache_sam else 0)
+
+    def _check_memory(self, clip_stream, sam_stream) -> None:  # noqa: ANN001
+        clip_bytes, sam_bytes = self.cache_bytes(clip_stream, sam_stream)
+        total = _physical_memory()
+        if total and clip_bytes + sam_bytes > total / 2:
+            gb = 1 << 30
+            hint = ("set data.cache_sam_teacher = false (the SAM teacher then runs every step)"
+                    if sam_bytes > clip_bytes else "set data.cache_teachers = false")
+            raise ValueError(f"the teacher cache would grow to {clip_bytes / gb:.1f} GB (CLIP) + "
+                             f"{sam_bytes / gb:.1f} GB (SAM) for these streams, more than half of this machine's "
+                             f"{total / gb:.0f} GB; {hint}")
 
     # ---------------------------------------------------------------------------------- CLIP
     @property
@@ -108,7 +145,8 @@ class Teachers:
         """Teacher (box_logits, box_iou, point_logits, point_iou) for each image's fixed prompts,
         concatenated over images: logits (B*P/2)x3xhxw, IoU (B*P/2)x3."""
         out = []
-        missing = [j for j, i in enumerate(ids) if not (self.use_cache and int(i) in self.sam_cache)]
+        keep = self.use_cache and self.cache_sam
+        missing = [j for j, i in enumerate(ids) if not (keep and int(i) in self.sam_cache)]
         fresh: dict[int, tuple[torch.Tensor, ...]] = {}
         if missing:
             dev = self.device
@@ -128,7 +166,7 @@ class Teachers:
         for j, i in enumerate(ids):
             if j in fresh:
                 item = fresh[j]
-                if self.use_cache:
+                if keep:
                     self.sam_cache[int(i)] = item
             else:
                 item = self.sam_cache[int(i)]
