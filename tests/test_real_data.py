@@ -166,3 +166,24 @@ def write_real_data(root: Path) -> tuple[Path, Path]:
             tar.addfile(info, io.BytesIO(data))
     _sa1b_folder(root / "sam", n=6, size=128)
     return clip_dir, root / "sam"
+
+
+def test_prefetched_reads_are_taken_and_stale_ones_dropped(clip_folder, monkeypatch) -> None:  # noqa: ANN001
+    root, expected = clip_folder
+    images = LazyImages(real_data.index_images(root), 20)
+    decoded: list[str] = []
+    real_decode = real_data.decode_rgb
+    monkeypatch.setattr(real_data, "decode_rgb", lambda data, name: decoded.append(name) or real_decode(data, name))
+    images.prefetch([1, 2])
+    images._pending[1][1].result()
+    images._pending[2][1].result()
+    assert len(decoded) == 2
+    batch = images[np.array([2, 1, 0])]  # 1 and 2 from the read-ahead, 0 read now
+    assert len(decoded) == 3 and not images._pending
+    for got, k in zip(batch, [2, 1, 0]):
+        np.testing.assert_array_equal(got, square_resize(expected[k], 20))
+    images.prefetch([3])
+    images.prefetch([4])
+    assert set(images._pending) == {3, 4}
+    images.prefetch([5])  # the read of 3, asked for two prefetches ago and never taken, is dropped
+    assert set(images._pending) == {4, 5}

@@ -9,6 +9,9 @@ in archive order, so a resumed or distributed run sees the same numbering.
   same pixels as reading them all up front): ``images[i]`` -> SxSx3 uint8, ``images[idx]`` -> BxSxSx3.
 - :class:`LazyInstanceMaps`: SA-1B annotations (COCO RLE per mask) -> SxS uint8 instance maps when read.
 
+Both can read ahead: ``prefetch(ids)`` starts decoding in the pool, and the merge asks for the next step's
+batch while it trains on the current one.
+
 Shards must be plain (uncompressed) ``.tar`` files, as webdataset writes them: their members are read at
 their offsets with ``os.pread``, thread-safe and without unpacking.
 """
@@ -20,7 +23,7 @@ import os
 import tarfile
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,11 +142,52 @@ def _tar_members(path: Path, limit: int | None) -> Iterator[ImageRef]:
 
 
 # ---------------------------------------------------------------------------------------- lazy arrays
-class LazyImages:
+class _OnDemand:
+    """Items read by ``_load(i)`` when indexed; :meth:`prefetch` starts reading items in the thread pool ahead
+    of their use (the trainer asks for the next step's batch), and a later read takes them from there. Reads
+    asked for two prefetches ago and never taken (a stage that ended, an early stop) are dropped."""
+
+    MAX_PENDING = 4096  # items read ahead at most
+
+    def __init__(self) -> None:
+        self._pending: dict[int, tuple[int, Future]] = {}  # item -> (prefetch call, read)
+        self._calls = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _load(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _index(self, i: int) -> int:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"item {i} out of range [0, {len(self)})")
+        return i % len(self)
+
+    def prefetch(self, ids: np.ndarray | list[int]) -> None:
+        """Start reading ``ids`` in the background (ignored beyond :attr:`MAX_PENDING` waiting items)."""
+        self._calls += 1
+        for i in [i for i, (call, _) in self._pending.items() if call < self._calls - 1]:
+            self._pending.pop(i)[1].cancel()
+        for i in (self._index(int(i)) for i in np.asarray(ids).reshape(-1)):
+            if i not in self._pending and len(self._pending) < self.MAX_PENDING:
+                self._pending[i] = (self._calls, _pool().submit(self._load, i))
+
+    def _take(self, ids: list[int]) -> list[np.ndarray]:
+        """The items ``ids`` (already in range), from the prefetched reads where there are some; the rest
+        read now, in parallel."""
+        futures = [self._pending.pop(i, (0, None))[1] for i in ids]
+        todo = [i for i, f in zip(ids, futures) if f is None]
+        fresh = iter(_pool().map(self._load, todo) if len(todo) > 1 else map(self._load, todo))
+        return [f.result() if f is not None else next(fresh) for f in futures]
+
+
+class LazyImages(_OnDemand):
     """``len(refs)`` images read on demand at ``size`` px (plus ``extra``, images already in memory at that
     size, numbered after them); indexed like an NxSxSx3 uint8 array."""
 
     def __init__(self, refs: list[ImageRef], size: int, extra: np.ndarray | None = None) -> None:
+        super().__init__()
         if extra is not None and extra.shape[1:] != (size, size, 3):
             raise ValueError(f"extra images are {extra.shape[1:]}, the stream's ({size}, {size}, 3)")
         self.refs = list(refs)
@@ -160,10 +204,7 @@ class LazyImages:
     def with_extra(self, extra: np.ndarray) -> LazyImages:
         return LazyImages(self.refs, self.size, np.concatenate([self.extra, extra]))
 
-    def _one(self, i: int) -> np.ndarray:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"image {i} out of range [0, {len(self)})")
-        i %= len(self)
+    def _load(self, i: int) -> np.ndarray:
         if i >= len(self.refs):
             return self.extra[i - len(self.refs)].copy()
         ref = self.refs[i]
@@ -171,23 +212,22 @@ class LazyImages:
 
     def __getitem__(self, idx: int | np.integer | np.ndarray | list[int]) -> np.ndarray:
         if isinstance(idx, (int, np.integer)):
-            return self._one(int(idx))
+            return self._take([self._index(int(idx))])[0]
         ids = np.asarray(idx).reshape(-1)
         if ids.dtype == bool:
             ids = np.flatnonzero(ids)
         if len(ids) == 0:
             return np.zeros((0, self.size, self.size, 3), np.uint8)
-        if len(ids) == 1:
-            return self._one(int(ids[0]))[None]
-        return np.stack(list(_pool().map(self._one, (int(i) for i in ids))))
+        return np.stack(self._take([self._index(int(i)) for i in ids]))
 
 
-class LazyInstanceMaps:
+class LazyInstanceMaps(_OnDemand):
     """SA-1B annotations (``<id>.json``: ``annotations[].segmentation`` in COCO RLE) -> SxS uint8 instance
     maps on demand. SA-1B's masks overlap (wholes and their parts): the largest ``MAX_INSTANCES`` are painted
     largest first, so a part keeps its own id and a whole keeps what its parts leave visible."""
 
     def __init__(self, json_paths: list[str], size: int) -> None:
+        super().__init__()
         self.paths = list(json_paths)
         self.size = size
 
@@ -195,9 +235,12 @@ class LazyInstanceMaps:
         return len(self.paths)
 
     def __getitem__(self, i: int | np.integer) -> np.ndarray:
+        return self._take([self._index(int(i))])[0]
+
+    def _load(self, i: int) -> np.ndarray:
         from pycocotools import mask as mask_utils
 
-        path = self.paths[int(i)]
+        path = self.paths[i]
         try:
             ann = json.loads(Path(path).read_text())
             segs = sorted(ann.get("annotations", []), key=lambda a: -a.get("area", 0))[:MAX_INSTANCES]

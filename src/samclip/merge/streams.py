@@ -76,6 +76,12 @@ class ClipStream:
                                     forbidden_pairs=HELDOUT_PAIRS, progress=progress))
         return cls(np.concatenate([p.images for p in parts]), hflip)
 
+    def prefetch(self, idx: np.ndarray) -> None:
+        """Start reading the images ``idx`` from disk in the background (real data only; see
+        :meth:`~samclip.merge.real_data.LazyImages.prefetch`)."""
+        if isinstance(self._images, LazyImages):
+            self._images.prefetch(np.asarray(idx) % len(self._images))
+
     def with_images(self, extra: np.ndarray) -> ClipStream:
         """This stream with ``extra`` (MxSxSx3 uint8, at this stream's size) appended after its own images."""
         if extra.shape[1:] != self._images.shape[1:]:
@@ -136,6 +142,13 @@ class SamStream:
 
     def images(self, idx: np.ndarray) -> np.ndarray:
         return self._images[idx]
+
+    def prefetch(self, idx: np.ndarray) -> None:
+        """Start reading the images ``idx`` and their instance maps in the background (real data only)."""
+        if isinstance(self._images, LazyImages):
+            self._images.prefetch(idx)
+        if isinstance(self._inst, LazyInstanceMaps):
+            self._inst.prefetch(idx)
 
     def instance_map(self, i: int) -> np.ndarray:
         """SxS uint8 instance ids of image ``i`` (0 = no instance)."""

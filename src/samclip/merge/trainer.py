@@ -243,11 +243,11 @@ class MergeTrainer:
         lr = cosine_lr(step, sc.steps, sc.warmup, sc.lr)
         for g in self.opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        rng = step_rng(cfg.seed, stage, step, 0)
-        sizes = cfg.data.stage3_sizes if stage == 3 else cfg.data.clip_sizes
-        size = int(sizes[rng.integers(len(sizes))])
-        pool = self.token_cache_images or len(self.clip_stream)  # a stage-III cache holds the first ``pool`` images
-        cids = rng.choice(pool, cfg.data.clip_batch, replace=False)[self.rank :: self.world]
+        size, cids, sids = self.batch_ids(stage, step)
+        if step + 1 < sc.steps:  # real data: the next step's images are read from disk while this one trains
+            _, next_cids, next_sids = self.batch_ids(stage, step + 1)
+            self.clip_stream.prefetch(next_cids)
+            self.sam_stream.prefetch(next_sids)
         self.opt.zero_grad(set_to_none=True)
         l_clip = clip_distillation_loss(self.model, self.teachers, self.clip_stream, cids, size,
                                         backbone_grad=stage == 2, bf16=cfg.use_bf16,
@@ -261,7 +261,6 @@ class MergeTrainer:
                 sum(weight[k] * t for k, t in terms.items()).backward()
                 logs.update({k: v.item() for k, v in terms.items()})
         if stage == 2:
-            sids = rng.choice(len(self.sam_stream), cfg.data.sam_batch, replace=False)[self.rank :: self.world]
             l_sam = sam_distillation_loss(self.model, self.teachers, self.sam_stream, sids, cfg.use_bf16)
             (cfg.lambda_sam * l_sam).backward()
             logs["l_sam"] = l_sam.item()
@@ -270,6 +269,20 @@ class MergeTrainer:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.opt.step()
         return logs
+
+    def batch_ids(self, stage: int, step: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(D_CLIP size, this rank's D_CLIP ids, this rank's D_SAM ids (stage II only, else empty)) of a step: a
+        pure function of (seed, stage, step), so a resumed run and every rank draw the same batches."""
+        cfg = self.cfg
+        rng = step_rng(cfg.seed, stage, step, 0)
+        sizes = cfg.data.stage3_sizes if stage == 3 else cfg.data.clip_sizes
+        size = int(sizes[rng.integers(len(sizes))])
+        pool = self.token_cache_images or len(self.clip_stream)  # a stage-III cache holds the first ``pool`` images
+        cids = rng.choice(pool, cfg.data.clip_batch, replace=False)[self.rank :: self.world]
+        sids = np.zeros(0, np.int64)  # D_SAM batches belong to stage II
+        if stage == 2:
+            sids = rng.choice(len(self.sam_stream), cfg.data.sam_batch, replace=False)[self.rank :: self.world]
+        return size, cids, sids
 
     def region_terms(self, stage: int, step: int, size: int) -> dict[str, torch.Tensor]:
         """Region distillation on ``data.region_images`` D_SAM images (this rank's slice of a batch that is a
