@@ -88,6 +88,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         result = classification_benchmark(model, args.data, _names(args.labels, args.labels_file, "--labels"),
                                           _names(None, args.templates_file, "--templates-file"), teacher,
                                           limit=args.limit)
+    elif args.benchmark == "semseg":
+        names = _names(args.labels, args.labels_file, "--labels")
+        if not args.data or not args.annotations or not names:
+            raise UserError("--benchmark semseg needs --data (images folder), --annotations (label-map PNGs) and "
+                            "--labels or --labels-file (class names in id order)")
+        from .eval.semseg_real import folder_semseg_benchmark
+
+        result = folder_semseg_benchmark(model, args.data, args.annotations, names, zero=args.zero,
+                                         ignore_index=args.ignore_index, refine=not args.coarse, limit=args.limit)
     elif args.benchmark == "voc":
         if not args.data or not args.labels:
             raise UserError("--benchmark voc needs --data (VOC folder) and --labels (comma-separated, id order)")
@@ -143,12 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a merged model (scene world, VOC-style or COCO-format data)")
     ev.add_argument("--model", default="tiny-synthetic", help="merged model name or folder")
-    ev.add_argument("--benchmark", choices=["scenes", "voc", "coco", "classify"], default="scenes")
+    ev.add_argument("--benchmark", choices=["scenes", "voc", "coco", "classify", "semseg"], default="scenes")
     ev.add_argument("--data", help="VOC root, or COCO images folder")
-    ev.add_argument("--annotations", help="COCO instances json (coco benchmark)")
-    ev.add_argument("--labels", help="class names, comma-separated: voc in id order after background; classify in "
-                                     "sorted class-folder order (default: the folder names)")
-    ev.add_argument("--labels-file", help="classify: class names, one per line, in sorted class-folder order")
+    ev.add_argument("--annotations", help="COCO instances json (coco benchmark); label-map folder (semseg)")
+    ev.add_argument("--zero", choices=["background", "class", "ignore"], default="background",
+                    help="semseg: what id 0 means in the label maps: the background class (VOC), the first label "
+                         "(Cityscapes trainIds, COCO-Stuff), or unlabelled (ADE20K)")
+    ev.add_argument("--ignore-index", type=int, default=255, help="semseg: label id never scored (default 255)")
+    ev.add_argument("--coarse", action="store_true", help="semseg: the CLIP head's map alone (no SAM refinement)")
+    ev.add_argument("--labels", help="class names, comma-separated: voc in id order after background; semseg in id "
+                                     "order; classify in sorted class-folder order (default: the folder names)")
+    ev.add_argument("--labels-file", help="classify / semseg: class names, one per line (as --labels)")
     ev.add_argument("--templates-file",
                     help="classify: prompt templates, one per line, each with {} for the class (default: "
                          "'a photo of a {}.')")

@@ -10,7 +10,9 @@ Benchmarks:
   ``--annotations`` instances json): ground-truth boxes as prompts, the SAM head's masks scored by
   their predicted IoU;
 - ``classify``: zero-shot top-1 / top-5 on an image folder with one subfolder per class (ImageNet's
-  validation layout), a CLIP teacher optionally beside the model (:mod:`samclip.eval.classification`).
+  validation layout), a CLIP teacher optionally beside the model (:mod:`samclip.eval.classification`);
+- ``semseg``: semantic mIoU on an images folder + label-map folder in any dataset's id convention (ADE20K,
+  COCO-Stuff, Cityscapes, VOC; :mod:`samclip.eval.semseg_real`).
 """
 
 from __future__ import annotations
