@@ -295,3 +295,29 @@ def test_trained_model_labels_clicked_object(browser, tmp_path) -> None:  # noqa
     assert all(model_label == shown for _, model_label, shown in results), results
     accuracy = sum(truth == shown for truth, _, shown in results) / len(results)
     assert accuracy >= CLICK_LABEL_MIN_ACCURACY, f"click labels right {accuracy:.0%} of the time: {results}"
+
+
+def test_page_asks_once_for_the_api_key_of_a_guarded_server(browser, model_folder, tmp_path) -> None:  # noqa: ANN001
+    """`samclip serve --api-key-file`: the page gets 401 on its first upload, asks for the key (a prompt dialog),
+    keeps it for the tab and sends it with every later request."""
+    (tmp_path / "key").write_text("open-sesame\n")
+    scene = generate_scene(3, SIZE)
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene.image).save(path)
+    dialogs: list[str] = []
+    with serve_subprocess(str(model_folder), tmp_path / "server.log", "--api-key-file", str(tmp_path / "key"),
+                          timeout=90) as (_, url):
+        assert httpx.get(url + "/info").status_code == 401
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("dialog", lambda d: (dialogs.append(d.type), d.accept("open-sesame")))
+        try:
+            page.goto(url + "/")
+            page.set_input_files("#file-input", str(path))
+            page.wait_for_function("() => window.samclipState.imageId && !window.samclipState.busy")
+            click_image(page, 60, 60)
+            page.wait_for_function("() => window.samclipState.lastMode === 'mask' && !window.samclipState.busy")
+            assert dialogs == ["prompt"]  # asked once; the click reused the key
+            assert page.evaluate("() => window.samclipState.errors") == 0
+        finally:
+            page.close()

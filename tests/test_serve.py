@@ -339,3 +339,44 @@ def test_timeout_and_event_loop_not_blocked(model_folder, scenes) -> None:  # no
 
     asyncio.run(scenario())
     svc.executor.shutdown(wait=True)
+
+
+def test_api_key_guards_everything_but_the_page_health_and_spec(model_folder, scenes) -> None:  # noqa: ANN001
+    app = create_app(str(model_folder), api_key="s3cret", cache_size=2)
+    with TestClient(app) as c:
+        for path in ("/", "/health", "/openapi.json", "/static/app.js"):
+            assert c.get(path).status_code == 200, path
+        body = assert_error(c.get("/info"), 401, "unauthorized")
+        assert "Authorization: Bearer" in body["detail"]
+        assert c.get("/info").headers["www-authenticate"] == "Bearer"
+        assert_error(c.get("/info", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+        assert_error(c.get("/info", headers={"X-API-Key": "s3cre"}), 401, "unauthorized")
+        assert c.get("/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/info", headers={"X-API-Key": "s3cret"}).status_code == 200
+        data = png_bytes(scenes[0].image)
+        assert_error(c.post("/images", files={"file": ("s.png", data, "image/png")}), 401, "unauthorized")
+        r = c.post("/images", files={"file": ("s.png", data, "image/png")}, headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 200
+        image_id = r.json()["image_id"]
+        prompt = {"points": [[40, 40]], "point_labels": [1]}
+        assert_error(c.post(f"/images/{image_id}/predict", json=prompt), 401, "unauthorized")
+        assert c.post(f"/images/{image_id}/predict", json=prompt,
+                      headers={"Authorization": "bearer s3cret"}).status_code == 200
+    with pytest.raises(ValueError, match="API key"):
+        create_app(str(model_folder), api_key=" padded ")
+
+
+def test_serve_cli_reads_its_api_key_from_a_file_or_the_environment(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from samclip.cli_tasks import API_KEY_ENV, TaskInputError, _api_key
+
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert _api_key(None) is None
+    monkeypatch.setenv(API_KEY_ENV, " from-env ")
+    assert _api_key(None) == "from-env"
+    (tmp_path / "key").write_text("from-file\nignored\n")
+    assert _api_key(str(tmp_path / "key")) == "from-file"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(TaskInputError, match="first line is empty"):
+        _api_key(str(tmp_path / "empty"))
+    with pytest.raises(TaskInputError, match="cannot read it"):
+        _api_key(str(tmp_path / "missing"))

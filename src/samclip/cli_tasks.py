@@ -338,6 +338,24 @@ def _run_task(args: argparse.Namespace) -> int:
     return 0
 
 
+API_KEY_ENV = "SAMCLIP_API_KEY"
+
+
+def _api_key(path: str | None) -> str | None:
+    """The serve command's API key: the first line of ``path``, else ``$SAMCLIP_API_KEY``, else None (open)."""
+    if path:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise _user_error(f"--api-key-file {path}: cannot read it ({e})") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise _user_error(f"--api-key-file {path}: its first line is empty")
+        return key
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return key or None
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -349,9 +367,13 @@ def _run_serve(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.port < 0 or args.port > 65535:
         raise _user_error(f"--port {args.port}: expected 0..65535")
+    api_key = _api_key(args.api_key_file)
     app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                      max_prompts=args.max_prompts, cache_size=args.cache_size, request_timeout_s=args.timeout,
-                     device=device, bf16=_bf16(args, device), onnx_dir=args.onnx)
+                     device=device, bf16=_bf16(args, device), onnx_dir=args.onnx, api_key=api_key)
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"samclip: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
+              f"(set {API_KEY_ENV} or --api-key-file)", file=sys.stderr, flush=True)
     backend = "" if args.onnx is None else f" (onnxruntime: {args.onnx})"
     print(f"samclip: serving {args.model}{backend} at http://{args.host}:{args.port}/ "
           "(API spec /openapi.json, docs /docs)", file=sys.stderr, flush=True)
@@ -490,6 +512,10 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--onnx", metavar="DIR", default=None,
                    help="run the image and prompt graphs of this ONNX export of --model (samclip export onnx) "
                         "with onnxruntime")
+    p.add_argument("--api-key-file", metavar="PATH", default=None,
+                   help="require this key (the file's first line; default: $SAMCLIP_API_KEY, none when unset) as "
+                        "'Authorization: Bearer <key>' or 'X-API-Key' on every request but the page, /health and "
+                        "the API spec")
     _device_args(p)
     p.set_defaults(func=_run_serve)
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -103,6 +104,40 @@ _STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"
 
 def _error(status: int, error: str, detail: Any, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+
+
+# ------------------------------------------------------------------------------------------ api key
+OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json")  # and /static/*: the page, liveness, the API's spec
+
+
+class ApiKeyMiddleware:
+    """With an API key, every request except :data:`OPEN_PATHS` and the page's static files must carry it, as
+    ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (compared in constant time); otherwise 401."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        if not api_key or api_key != api_key.strip():
+            raise ValueError("the API key must be a non-empty string without surrounding spaces")
+        self.app, self.key = app, api_key.encode()
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        given = headers.get(b"x-api-key", b"")
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        return hmac.compare_digest(given, self.key)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith("/static/") \
+                or self._authorized(dict(scope.get("headers") or [])):
+            await self.app(scope, receive, send)
+            return
+        detail = "this server needs its API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        body = json.dumps({"error": "unauthorized", "detail": detail}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 # -------------------------------------------------------------------------------------------- limits
@@ -290,6 +325,7 @@ def create_app(
     vocabulary: tuple[str, ...] | list[str] = DEFAULT_VOCABULARY,
     workers: int = 8,
     onnx_dir: Any = None,
+    api_key: str | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for a merged model (a registered name, a saved folder, or a SamClip object).
 
@@ -298,6 +334,8 @@ def create_app(
     (images kept, LRU; also ``cache_max_mb`` of cached state), ``request_timeout_s`` (504).
     ``bf16``: bfloat16 autocast (default fp32: faster and exact on most CPUs). ``onnx_dir``: run the image
     and prompt graphs of that ONNX export of the model (``samclip export onnx``) with onnxruntime.
+    ``api_key``: requests other than the page, ``/health`` and the API spec must carry it (401 otherwise; see
+    :class:`ApiKeyMiddleware`).
     """
     model, source = _load(model_source, device)
     limits = Limits(int(max_upload_mb * (1 << 20)), int(max_pixels), int(max_prompts), float(request_timeout_s))
@@ -321,6 +359,9 @@ def create_app(
     )
     app.state.service = svc
     app.add_middleware(BodyLimitMiddleware, upload_limit=limits.max_upload_bytes)
+    if api_key is not None:
+        ApiKeyMiddleware(None, api_key)  # a bad key fails here, not at the first request
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)  # added last: runs first
 
     # ---------------------------------------------------------------------------- error handlers
     @app.exception_handler(ApiError)

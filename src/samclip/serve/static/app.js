@@ -40,9 +40,26 @@
     return out;
   }
 
+  const KEY_STORE = "samclip-api-key";
+
+  function withKey(options) {
+    const key = sessionStorage.getItem(KEY_STORE);
+    if (!key) return options;
+    const opts = Object.assign({}, options);
+    opts.headers = Object.assign({}, (options && options.headers) || {}, { "Authorization": `Bearer ${key}` });
+    return opts;
+  }
+
   async function api(path, options) {
     state.requests += 1;
-    const res = await fetch(path, options);
+    let res = await fetch(path, withKey(options));
+    if (res.status === 401) {  // a server started with an API key: ask for it once per tab, then retry
+      const key = window.prompt("This samclip server needs its API key:");
+      if (key) {
+        sessionStorage.setItem(KEY_STORE, key.trim());
+        res = await fetch(path, withKey(options));
+      }
+    }
     let data = null;
     try { data = await res.json(); } catch (e) { data = null; }
     if (!res.ok) {
