@@ -100,6 +100,25 @@ def test_coco_and_voc_benchmarks(tiny, tmp_path) -> None:  # noqa: ANN001
     r = harness.voc_benchmark(tiny["merged"], str(voc), list(SHAPES))
     assert r["n_images"] == 2 and 0 <= r["miou"] <= 100
 
+    # a detector's boxes as prompts: here the ground truth's, scored, plus a low-scoring miss and a thin box
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+            for a in anns]
+    dets += [{"image_id": 0, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.05},
+             {"image_id": 1, "category_id": 2, "bbox": [5, 5, 0, 4], "score": 0.99}]
+    det_path = tmp_path / "detections.json"
+    det_path.write_text(json.dumps(dets))
+    d = harness.coco_box_prompt_ap(tiny["merged"], str(tmp_path / "imgs"), str(ann_path), detections=str(det_path))
+    assert d["prompts"] == "detections" and d["n_masks"] == len(anns) + 1  # the empty box is dropped
+    above = harness.coco_box_prompt_ap(tiny["merged"], str(tmp_path / "imgs"), str(ann_path),
+                                       detections=str(det_path), min_score=0.5)
+    assert above["n_masks"] == len(anns) and above["mask_ap"] >= d["mask_ap"]  # the miss was a false positive
+    for bad, msg in (({"image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1}, "image 7"),
+                     ({"image_id": 0, "category_id": 99, "bbox": [0, 0, 5, 5], "score": 1}, "category 99"),
+                     ({"image_id": 0, "bbox": [0, 0, 5, 5], "score": 1}, "lacks")):
+        det_path.write_text(json.dumps([bad]))
+        with pytest.raises(ValueError, match=msg):
+            harness.coco_box_prompt_ap(tiny["merged"], str(tmp_path / "imgs"), str(ann_path), detections=str(det_path))
+
 
 def test_eval_cli_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001
     cmd = [sys.executable, "-m", "samclip.cli", "eval", "--model", str(tiny["root"] / "merged"), "--benchmark", "voc"]

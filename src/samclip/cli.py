@@ -105,7 +105,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         if not args.data or not args.annotations:
             raise UserError("--benchmark coco needs --data (images folder) and --annotations (instances json)")
-        result = harness.coco_box_prompt_ap(model, args.data, args.annotations, limit=args.limit, zoom=args.zoom)
+        result = harness.coco_box_prompt_ap(model, args.data, args.annotations, limit=args.limit, zoom=args.zoom,
+                                            detections=args.detections, min_score=args.min_score)
     result["machine"] = describe_machine(next(model.parameters()).device)
     result["precision"] = "bf16" if result["machine"]["bf16_auto"] else "fp32"
     paths = harness.write_reports(result, out)
@@ -155,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--benchmark", choices=["scenes", "voc", "coco", "classify", "semseg"], default="scenes")
     ev.add_argument("--data", help="VOC root, or COCO images folder")
     ev.add_argument("--annotations", help="COCO instances json (coco benchmark); label-map folder (semseg)")
+    ev.add_argument("--detections", metavar="JSON",
+                    help="coco: prompt with a detector's boxes (a COCO results file) instead of the ground-truth "
+                         "boxes, as SAM / SAM-CLIP's instance segmentation tables do (ViTDet boxes)")
+    ev.add_argument("--min-score", type=float, default=0.0, help="coco --detections: keep boxes scoring at least this")
     ev.add_argument("--zero", choices=["background", "class", "ignore"], default="background",
                     help="semseg: what id 0 means in the label maps: the background class (VOC), the first label "
                          "(Cityscapes trainIds, COCO-Stuff), or unlabelled (ADE20K)")

@@ -91,10 +91,47 @@ def _read_coco_json(path: Path) -> dict:
     return data
 
 
+MAX_DETECTIONS = 100  # per image, COCOeval's largest maxDets
+
+
+def read_detections(path: Path, image_ids: set[int], category_ids: set[int],
+                    min_score: float = 0.0) -> dict[int, list[dict]]:
+    """A COCO results file of boxes (``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``, what
+    detectors write for ``COCO.loadRes``) -> per image, its detections with ``score >= min_score``, best first,
+    at most :data:`MAX_DETECTIONS`. ValueError naming the file when it is not one."""
+    try:
+        rows = json.loads(path.read_bytes())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: a COCO results file is a JSON list of detections")
+    out: dict[int, list[dict]] = {}
+    for k, d in enumerate(rows):
+        try:
+            img, cat, score = int(d["image_id"]), int(d["category_id"]), float(d["score"])
+            x, y, w, h = (float(v) for v in d["bbox"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: detection {k} lacks image_id / category_id / bbox [x, y, w, h] / "
+                             "score") from None
+        if img not in image_ids:
+            raise ValueError(f"{path}: detection {k} is on image {img}, which the annotations do not have")
+        if cat not in category_ids:
+            raise ValueError(f"{path}: detection {k} has category {cat}, which the annotations do not have")
+        if score >= min_score and w > 0 and h > 0:
+            out.setdefault(img, []).append({"category_id": cat, "bbox": [x, y, w, h], "score": score})
+    for dets in out.values():
+        dets.sort(key=lambda d: -d["score"])
+        del dets[MAX_DETECTIONS:]
+    return out
+
+
 def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, limit: int | None = None,
-                       zoom: bool = False) -> dict:
-    """Mask AP of box-prompted masks (ground-truth boxes as prompts) with pycocotools' COCOeval; ``zoom``: each box
-    through ``Predictor.predict(zoom=True)`` (a second backbone pass over its neighbourhood)."""
+                       zoom: bool = False, detections: str | None = None, min_score: float = 0.0) -> dict:
+    """Mask AP of box-prompted masks with pycocotools' COCOeval. The prompts are the ground-truth boxes (each
+    mask scored by its predicted IoU), or with ``detections`` a detector's boxes (a COCO results file; each mask
+    keeps its box's category and score, at most 100 per image above ``min_score``): the protocol of SAM's and
+    SAM-CLIP's instance segmentation tables, which prompt with ViTDet's boxes. ``zoom``: each box through
+    ``Predictor.predict(zoom=True)`` (a second backbone pass over its neighbourhood)."""
     from PIL import Image
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
@@ -105,33 +142,42 @@ def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, 
     gt.createIndex()
     if not Path(images_dir).is_dir():
         raise ValueError(f"{images_dir}: not a folder (the images of {annotations})")
+    dets = None
+    if detections is not None:
+        dets = read_detections(Path(detections), set(gt.getImgIds()), set(gt.getCatIds()), min_score)
     pred = Predictor(model)
     results = []
     img_ids = sorted(gt.getImgIds())[:limit]
     for img_id in img_ids:
-        info = gt.loadImgs(img_id)[0]
-        image = np.asarray(Image.open(Path(images_dir) / info["file_name"]).convert("RGB"))
-        anns = gt.loadAnns(gt.getAnnIds(imgIds=img_id, iscrowd=False))
-        if not anns:
+        if dets is None:
+            prompts = [{"category_id": a["category_id"], "bbox": a["bbox"], "score": None}
+                       for a in gt.loadAnns(gt.getAnnIds(imgIds=img_id, iscrowd=False))]
+        else:
+            prompts = dets.get(img_id, [])
+        if not prompts:
             continue
-        pred.set_image(image)
-        for a in anns:
-            x, y, w, h = a["bbox"]
+        info = gt.loadImgs(img_id)[0]
+        pred.set_image(np.asarray(Image.open(Path(images_dir) / info["file_name"]).convert("RGB")))
+        for p in prompts:
+            x, y, w, h = p["bbox"]
             masks, scores, _ = pred.predict(box=np.array([x, y, x + w, y + h], np.float32), multimask_output=False,
                                             zoom=zoom)
             rle = mask_utils.encode(np.asfortranarray(masks[0].astype(np.uint8)))
             rle["counts"] = rle["counts"].decode()
-            results.append({"image_id": img_id, "category_id": a["category_id"], "segmentation": rle,
-                            "score": float(scores[0])})
+            score = float(scores[0]) if p["score"] is None else p["score"]
+            results.append({"image_id": img_id, "category_id": p["category_id"], "segmentation": rle, "score": score})
     if not results:
-        raise ValueError(f"{annotations}: no annotations to evaluate")
+        raise ValueError(f"{detections or annotations}: no boxes to prompt with")
     ev = COCOeval(gt, gt.loadRes(results), "segm")
     ev.params.imgIds = img_ids
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    return {"benchmark": "coco_box_prompt", "mask_ap": 100 * ev.stats[0], "mask_ap50": 100 * ev.stats[1],
-            "mask_ap75": 100 * ev.stats[2], "n_images": len(img_ids), "n_masks": len(results), "zoom": zoom}
+    return {"benchmark": "coco_box_prompt", "prompts": "detections" if dets is not None else "ground_truth_boxes",
+            "detections": detections, "min_score": min_score if dets is not None else None,
+            "mask_ap": 100 * ev.stats[0], "mask_ap50": 100 * ev.stats[1], "mask_ap75": 100 * ev.stats[2],
+            "mask_ap_small": 100 * ev.stats[3], "mask_ap_medium": 100 * ev.stats[4],
+            "mask_ap_large": 100 * ev.stats[5], "n_images": len(img_ids), "n_masks": len(results), "zoom": zoom}
 
 
 def _breakdown_table(breakdown: dict) -> list[str]:
