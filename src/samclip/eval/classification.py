@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.captions import fix_articles
-from ..merge.real_data import IMAGE_EXTS, ImageRef, LazyImages, index_images
+from ..merge.real_data import IMAGE_EXTS, ImageIndex, LazyImages, index_images
 from ..models import CLIP, SamClip
 from .zeroshot import ImageEncoder, TextEncoder, class_embeddings
 
@@ -31,7 +31,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 TOP_K = 5
 
 
-def read_class_folders(root: str | Path, limit: int | None = None) -> tuple[list[str], list[ImageRef], np.ndarray]:
+def read_class_folders(root: str | Path, limit: int | None = None) -> tuple[list[str], ImageIndex, np.ndarray]:
     """(class folder names in sorted order, where each image is, N labels); at most ``limit`` images, taken
     round-robin over the classes so that every class is represented."""
     root = Path(root)
@@ -39,17 +39,17 @@ def read_class_folders(root: str | Path, limit: int | None = None) -> tuple[list
         raise ValueError(f"{root}: not a folder (an image folder with one subfolder per class is expected)")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     per_class = [index_images(f) for f in folders]
-    kept = [(f.name, refs) for f, refs in zip(folders, per_class) if refs]
+    kept = [(f.name, refs) for f, refs in zip(folders, per_class) if len(refs)]
     if not kept:
         raise ValueError(f"{root}: no class subfolders with images (extensions {sorted(IMAGE_EXTS)})")
     if len(kept) < len(folders):
-        empty = [f.name for f, refs in zip(folders, per_class) if not refs]
+        empty = [f.name for f, refs in zip(folders, per_class) if not len(refs)]
         raise ValueError(f"{root}: class folders without images: {', '.join(empty[:5])}")
     order = [(c, j) for j in range(max(len(r) for _, r in kept)) for c in range(len(kept)) if j < len(kept[c][1])]
     if limit is not None:
         order = order[:limit]
     order.sort()  # class order, then file order
-    refs = [kept[c][1][j] for c, j in order]
+    refs = ImageIndex.from_refs(kept[c][1][j] for c, j in order)
     labels = np.array([c for c, _ in order], dtype=np.int64)
     return [name for name, _ in kept], refs, labels
 

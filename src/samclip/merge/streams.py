@@ -95,7 +95,7 @@ class ClipStream:
         """Images from a folder tree, or from plain ``.tar`` shards inside it, centre-cropped to ``size`` when
         read (only the file index is held)."""
         refs = index_images(folder, limit)
-        if not refs:
+        if not len(refs):
             raise ValueError(f"{folder}: no images found (extensions {sorted(IMAGE_EXTS)} or .tar shards)")
         return cls(LazyImages(refs, size), hflip)
 
@@ -136,7 +136,7 @@ class SamStream:
         """SA-1B layout: ``<id>.jpg`` with ``<id>.json`` holding COCO-RLE ``annotations``, read on demand
         (see :class:`~samclip.merge.real_data.LazyInstanceMaps` for overlapping masks)."""
         refs, jsons = index_sa1b(folder, limit)
-        if not refs:
+        if not len(refs):
             raise ValueError(f"{folder}: no SA-1B style image + json pairs found")
         return cls(LazyImages(refs, size), LazyInstanceMaps(jsons, size), per_image, seed)
 
