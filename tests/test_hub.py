@@ -263,7 +263,7 @@ def test_release_url_entry_checks_its_hashes(fake_hub: FakeHub, tmp_path: Path,
         samclip.load_sam("bad")
     with pytest.raises(hub.DownloadError, match="MD5"):
         samclip.load_sam("bad-md5")
-    assert not list(pretrained.cache_dir().iterdir())  # nothing half-written, nothing wrong kept
+    assert [p.name for p in pretrained.cache_dir().iterdir()] == ["bad.pth.lock"]  # nothing half-written or wrong
     _same_weights(samclip.load_sam("good"), sam)
     assert (pretrained.cache_dir() / "good.pth").is_file()
 
@@ -312,6 +312,18 @@ def test_refusals_say_what_to_do(fake_hub: FakeHub, hf_sam, tmp_path: Path,  # n
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(hub.DownloadError, match="cannot reach"):
         samclip.load_clip("hf-hub:org/other")
+
+
+def test_concurrent_fetches_of_one_repository_download_each_file_once(fake_hub: FakeHub, hf_sam) -> None:  # noqa: ANN001
+    """The ranks of a torchrun job load the same teacher at once: they take turns on a lock file, the first
+    downloads, the others find the folder complete."""
+    import concurrent.futures
+
+    fake_hub.add("facebook/sam-tiny", hf_sam.folder)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(lambda _: pretrained.resolve("sam", "hf-hub:facebook/sam-tiny"), range(4)))
+    assert len(set(folders)) == 1 and hub.is_complete(folders[0])
+    assert fake_hub.gets("config.json") == 1 and fake_hub.gets("model.safetensors") == 1
 
 
 def test_cli_download_and_list(fake_hub: FakeHub, hf_sam, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001

@@ -19,10 +19,14 @@ downloaded with a progress bar into a temporary file beside its target, checked 
 into place: an interrupted download leaves no file that looks complete. A folder is complete once
 ``.samclip-hub.json`` (written last) lists its files; from then on loading it needs no network. With
 ``HF_HUB_OFFLINE=1`` nothing is downloaded and a missing folder is an error that says where to put the files.
+Processes that fetch the same folder or file at once (the ranks of a ``torchrun`` job) take turns on a lock
+file beside it: the first downloads, the others then find it complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import json
@@ -34,7 +38,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +121,18 @@ def repo_folder(cache: Path, repo: str, revision: str) -> Path:
 
 def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
+
+
+@contextlib.contextmanager
+def locked(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<target>.lock`` (created beside it) while fetching ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target.parent / f"{target.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -285,6 +301,13 @@ def fetch(kind: str, source: str, cache: Path, *, force: bool = False,
         raise DownloadError(f"hf-hub:{repo}@{revision} is not in the cache and HF_HUB_OFFLINE is set; fetch it "
                             f"on a machine with network (`samclip download {source} --kind {kind}`) and copy "
                             f"{folder} here")
+    with locked(folder):
+        if is_complete(folder) and not force:  # another process fetched it while this one waited
+            return folder
+        return _fetch_folder(kind, repo, revision, folder, log)
+
+
+def _fetch_folder(kind: str, repo: str, revision: str, folder: Path, log: Callable[[str], None] | None) -> Path:
     say = log or (lambda msg: print(msg, file=sys.stderr))
     plan, found = _choose_plan(kind, repo, revision)
     files: dict[str, str] = {}

@@ -138,4 +138,7 @@ def resolve(kind: str, name: str, download: bool = True, force: bool = False) ->
         return path
     if not download or hub.offline():
         raise FileNotFoundError(f"{name!r} is not in the cache; place {entry.file} at {path}")
-    return hub.download_url(entry.url, path, sha256_prefix=entry.sha256_prefix, md5=entry.md5)
+    with hub.locked(path):
+        if path.exists() and not force:  # another process fetched it while this one waited
+            return path
+        return hub.download_url(entry.url, path, sha256_prefix=entry.sha256_prefix, md5=entry.md5)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from .. import hub, pretrained
 from ..data.banks import build_bank
 from ..eval.prompt_seg import prompt_miou
 from ..eval.zeroshot import single_object_eval_set, zero_shot_accuracy
@@ -134,26 +131,6 @@ def load_tokenizer(path: str, context_length: int) -> ClipTokenizer:
     raise ValueError(f"{path}: not a tokenizer (tokenizer.json, vocab/merges folder or bpe .txt.gz)")
 
 
-def prefetch_teachers(cfg: MergeConfig) -> None:
-    """Under ``torchrun``, the first process of each node downloads the teachers named by a registered name or
-    hub id while the others wait, so a node fetches each file once (then every rank loads it from the cache).
-    A failed download is raised by every rank, none is left waiting."""
-    rank, world = dist_info()
-    if world == 1:
-        return
-    error: Exception | None = None
-    if int(os.environ.get("LOCAL_RANK", rank)) == 0:
-        try:
-            for kind, source in (("sam", cfg.teachers.sam), ("clip", cfg.teachers.clip)):
-                if hub.is_hub_id(source) or pretrained.is_registered(kind, source):
-                    pretrained.resolve(kind, source)
-        except (OSError, KeyError, ValueError) as e:
-            error = e
-    dist.barrier()
-    if error is not None:
-        raise error
-
-
 def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
     sam_t = load_sam(cfg.teachers.sam, config=cfg.teachers.sam_format_config or None)
     clip_t = load_clip(cfg.teachers.clip, config=cfg.teachers.clip_format_config or None)
@@ -246,7 +223,6 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
     torch.manual_seed(cfg.seed)
     setup_s: dict[str, float] = {}  # where the time before the first step goes
     tic = time.time()
-    prefetch_teachers(cfg)
     student, teachers = build_student(cfg)
     setup_s["models"] = time.time() - tic
     sam_size = student.img_size
