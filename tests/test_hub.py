@@ -359,3 +359,30 @@ def test_registry_entries_are_well_formed() -> None:
             (sam_preset if kind == "sam" else clip_preset)(entry.preset)
     assert pretrained.preset_for("clip", "clip-vit-b-16") == "clip-vit-b-16"
     assert pretrained.preset_for("clip", "clip-vit-l-14-datacomp") is None
+
+
+def test_sharded_weights_are_fetched_shard_by_shard(fake_hub: FakeHub, hf_sam, tmp_path: Path) -> None:  # noqa: ANN001
+    """A repository with ``model.safetensors.index.json`` (large models): every shard it names is fetched, and the
+    loaded model equals the unsharded one; an index naming a missing shard is a clear error."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(hf_sam.folder / "model.safetensors"))
+    keys = sorted(state)
+    repo = tmp_path / "sharded"
+    repo.mkdir()
+    shutil.copy(hf_sam.folder / "config.json", repo / "config.json")
+    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    for name, part in halves.items():
+        save_file({k: state[k].contiguous() for k in part}, str(repo / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, part in halves.items() for k in part}}
+    (repo / "model.safetensors.index.json").write_text(json.dumps(index))
+    fake_hub.add("facebook/sam-sharded", repo)
+    _same_weights(samclip.load_sam("hf-hub:facebook/sam-sharded"), samclip.load_sam(hf_sam.folder))
+    folder = hub.repo_folder(pretrained.cache_dir(), "facebook/sam-sharded", "main")
+    assert set(json.loads((folder / hub.MARKER).read_text())["files"]) == {
+        "config.json", "model.safetensors.index.json", *halves}
+    assert oct((folder / "model-00001-of-00002.safetensors").stat().st_mode & 0o777) == "0o644"
+    (repo / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(hub.DownloadError, match="names the shard model-00002-of-00002.safetensors"):
+        hub.fetch("sam", "hf-hub:facebook/sam-sharded", pretrained.cache_dir(), force=True)

@@ -270,6 +270,7 @@ def download_url(url: str, target: Path, *, sha256_prefix: str = "", md5: str = 
                                 "corrupt or was replaced")
         if git_sha1 and _git_blob_sha1(tmp) != git_sha1:
             raise DownloadError(f"{url}: its content does not match the hash the server announced")
+        os.chmod(tmp, 0o644)  # a temporary file is private; the cache may be shared
         os.replace(tmp, target)
     except urllib.error.HTTPError as e:
         tmp.unlink(missing_ok=True)
@@ -316,7 +317,12 @@ def _fetch_folder(kind: str, repo: str, revision: str, folder: Path, log: Callab
         files[name] = _fetch_one(repo, revision, name, remote, folder, say)
         commit = commit or remote.commit
         for shard in _shards(folder / name):
-            files[shard] = _fetch_one(repo, revision, shard, remote_file(repo, revision, shard), folder, say)
+            try:
+                remote_shard = remote_file(repo, revision, shard)
+            except _Absent:
+                raise DownloadError(f"hf-hub:{repo}@{revision}: {name} names the shard {shard}, which the "
+                                    "repository does not have") from None
+            files[shard] = _fetch_one(repo, revision, shard, remote_shard, folder, say)
     tokenizer_from = repo
     if kind == "clip" and not any(n in files for n in ("tokenizer.json", "vocab.json")) and _default_bpe(folder):
         tokenizer_from = DEFAULT_CLIP_TOKENIZER_REPO
