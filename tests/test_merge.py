@@ -587,6 +587,28 @@ def test_teacher_cache_on_disk_is_reused_only_for_the_same_data(teacher_dirs, tm
     assert not other.teachers.clip_cache and sorted(other.teachers.sam_cache) == [0, 1]
 
 
+def test_teacher_cache_saves_only_what_is_new_per_rank(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """Each save writes the entries added since the last one as a new part of its rank; a later run reads every
+    part of every rank."""
+    cache = {"data.cache_teachers": "true", "data.cache_dir": str(tmp_path / "cache")}
+    tr = _trainer(teacher_dirs, tmp_path / "a", **cache)
+    t = tr.teachers
+    t.clip_embeddings(np.arange(3), tr.clip_stream.images(np.arange(3)))
+    first = t.save(rank=0)
+    assert [p.name.split(".", 1)[1] for p in first] == ["rank0.00000.safetensors"]
+    assert t.save(rank=0) == []  # nothing new, nothing written
+    t.clip_embeddings(np.arange(2, 6), tr.clip_stream.images(np.arange(2, 6)))  # 2 is cached: 3 new entries
+    second = t.save(rank=0)
+    assert second[0].name.endswith("rank0.00001.safetensors")
+    assert len(load_safetensors(second[0])["ids"]) == 3
+    other = _trainer(teacher_dirs, tmp_path / "b", **cache).teachers  # rank 1 of the same run
+    other.clip_embeddings(np.array([7]), tr.clip_stream.images(np.array([7])))
+    assert other.save(rank=1)[0].name.endswith("rank1.00000.safetensors")
+    again = _trainer(teacher_dirs, tmp_path / "c", **cache).teachers
+    assert sorted(again.clip_cache) == [0, 1, 2, 3, 4, 5, 7]
+    assert torch.equal(again.clip_cache[4], t.clip_cache[4])
+
+
 def test_sam_side_of_the_cache_can_be_off_and_an_oversized_cache_fails_at_once(teacher_dirs, tmp_path,  # noqa: ANN001
                                                                                  monkeypatch) -> None:  # noqa: ANN001
     from samclip.merge import teachers as teachers_mod

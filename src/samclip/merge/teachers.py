@@ -5,7 +5,8 @@ normalisation, cached per (image id, teacher resolution). SAM teacher: mask logi
 predictions (all multimask outputs) for each D_SAM image's fixed prompts, cached per image. The cache
 lives in memory and is saved to / loaded from ``cache_dir`` (safetensors), keyed by fingerprints of
 the teacher weights and of the data stream (:meth:`Teachers.bind_streams`), so neither a different
-teacher nor different images ever reuse stale outputs.
+teacher nor different images ever reuse stale outputs. Each save writes only the entries added since the last
+one, as a new part file of its rank (:meth:`Teachers.save`); a load reads every part of every rank.
 
 The SAM side is large: prompts x 3 masks x (4G)^2 fp16 logits per image, 12.6 MB for SAM ViT-B with 32 prompts,
 so at SA-1B scale only the CLIP side is cached (``cache_sam=False``). When the whole cache of the streams
@@ -72,6 +73,8 @@ class Teachers:
         self.cache_dir = cache_dir
         self.clip_cache: dict[int, torch.Tensor] = {}
         self.sam_cache: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._new_clip: set[int] = set()  # entries not written to cache_dir yet
+        self._new_sam: set[int] = set()
         self._teacher_keys = (f"clip_{fingerprint(clip)}_{clip.config.vision.image_size}", f"sam_{fingerprint(sam)}")
         self.clip_key, self.sam_key = self._teacher_keys  # + data fingerprints once bound to the streams
 
@@ -81,6 +84,7 @@ class Teachers:
         self.clip_key = f"{self._teacher_keys[0]}-{stream_fingerprint(clip_stream)}"
         self.sam_key = f"{self._teacher_keys[1]}-{stream_fingerprint(sam_stream)}"
         self.clip_cache, self.sam_cache = {}, {}
+        self._new_clip, self._new_sam = set(), set()
         if self.use_cache:
             self._check_memory(clip_stream, sam_stream)
         if self.use_cache and self.cache_dir is not None:
@@ -96,14 +100,16 @@ class Teachers:
 
     def _check_memory(self, clip_stream, sam_stream) -> None:  # noqa: ANN001
         clip_bytes, sam_bytes = self.cache_bytes(clip_stream, sam_stream)
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # every process of the node holds a whole cache
+        clip_bytes, sam_bytes = clip_bytes * ranks, sam_bytes * ranks
         total = _physical_memory()
         if total and clip_bytes + sam_bytes > total / 2:
             gb = 1 << 30
             hint = ("set data.cache_sam_teacher = false (the SAM teacher then runs every step)"
                     if sam_bytes > clip_bytes else "set data.cache_teachers = false")
             raise ValueError(f"the teacher cache would grow to {clip_bytes / gb:.1f} GB (CLIP) + "
-                             f"{sam_bytes / gb:.1f} GB (SAM) for these streams, more than half of this machine's "
-                             f"{total / gb:.0f} GB; {hint}")
+                             f"{sam_bytes / gb:.1f} GB (SAM) for these streams ({ranks} process(es) on this node), "
+                             f"more than half of this machine's {total / gb:.0f} GB; {hint}")
 
     # ---------------------------------------------------------------------------------- CLIP
     @property
@@ -134,6 +140,7 @@ class Teachers:
                 rows.append(fresh[j])
                 if self.use_cache:
                     self.clip_cache[int(i)] = fresh[j]
+                    self._new_clip.add(int(i))
             else:
                 rows.append(self.clip_cache[int(i)])
         return torch.stack(rows)
@@ -168,6 +175,7 @@ class Teachers:
                 item = fresh[j]
                 if keep:
                     self.sam_cache[int(i)] = item
+                    self._new_sam.add(int(i))
             else:
                 item = self.sam_cache[int(i)]
             out.append(item)
@@ -175,28 +183,46 @@ class Teachers:
         return bl.float(), bi, pl.float(), pi
 
     # --------------------------------------------------------------------------------- disk
-    def save(self) -> None:
+    def save(self, rank: int = 0) -> list[Path]:
+        """Write the entries added since the last save as new part files of this rank
+        (``<key>.rank<R>.<N>.safetensors``): a save costs what is new, not the whole cache, and every rank of a
+        distributed run keeps what it computed. Returns the files written."""
         if not (self.use_cache and self.cache_dir):
-            return
-        if self.clip_cache:
-            ids = sorted(self.clip_cache)
-            atomic_save_safetensors({"ids": torch.tensor(ids), "emb": torch.stack([self.clip_cache[i] for i in ids])},
-                                    self.cache_dir / f"{self.clip_key}.safetensors")
-        if self.sam_cache:
-            ids = sorted(self.sam_cache)
+            return []
+        written = []
+        if self._new_clip:
+            ids = sorted(self._new_clip)
+            t = {"ids": torch.tensor(ids), "emb": torch.stack([self.clip_cache[i] for i in ids])}
+            written.append(self._write_part(self.clip_key, rank, t))
+            self._new_clip = set()
+        if self._new_sam:
+            ids = sorted(self._new_sam)
             t = {"ids": torch.tensor(ids)}
             for k, name in enumerate(("box_logits", "box_iou", "point_logits", "point_iou")):
                 t[name] = torch.stack([self.sam_cache[i][k] for i in ids])
-            atomic_save_safetensors(t, self.cache_dir / f"{self.sam_key}.safetensors")
+            written.append(self._write_part(self.sam_key, rank, t))
+            self._new_sam = set()
+        return written
+
+    def _write_part(self, key: str, rank: int, tensors: dict[str, torch.Tensor]) -> Path:
+        assert self.cache_dir is not None
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.name.split(".")[-2]) for p in self.cache_dir.glob(f"{key}.rank{rank}.*.safetensors")]
+        path = self.cache_dir / f"{key}.rank{rank}.{max(taken, default=-1) + 1:05d}.safetensors"
+        atomic_save_safetensors(tensors, path)
+        return path
+
+    def _parts(self, key: str) -> list[Path]:
+        """Every saved file of ``key``: the single file of older runs, then all ranks' parts."""
+        assert self.cache_dir is not None
+        single = self.cache_dir / f"{key}.safetensors"
+        return ([single] if single.exists() else []) + sorted(self.cache_dir.glob(f"{key}.rank*.safetensors"))
 
     def _load(self) -> None:
-        assert self.cache_dir is not None
-        cpath = self.cache_dir / f"{self.clip_key}.safetensors"
-        if cpath.exists():
-            t = load_safetensors(cpath)
-            self.clip_cache = {int(i): e for i, e in zip(t["ids"], t["emb"])}
-        spath = self.cache_dir / f"{self.sam_key}.safetensors"
-        if spath.exists():
-            t = load_safetensors(spath)
-            self.sam_cache = {int(i): (t["box_logits"][k], t["box_iou"][k], t["point_logits"][k], t["point_iou"][k])
-                              for k, i in enumerate(t["ids"])}
+        for path in self._parts(self.clip_key):
+            t = load_safetensors(path)
+            self.clip_cache.update({int(i): e for i, e in zip(t["ids"], t["emb"])})
+        for path in self._parts(self.sam_key):
+            t = load_safetensors(path)
+            self.sam_cache.update({int(i): (t["box_logits"][k], t["box_iou"][k], t["point_logits"][k],
+                                            t["point_iou"][k]) for k, i in enumerate(t["ids"])})

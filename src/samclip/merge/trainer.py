@@ -363,7 +363,7 @@ class MergeTrainer:
         self.log.close()
         if self.tb:
             self.tb.close()
-        self.teachers.save()
+        self.teachers.save(self.rank)
         return self.state
 
     def _evaluate(self, stage: int, gstep: int) -> None:
@@ -405,7 +405,9 @@ class MergeTrainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path | None:
-        """Rank 0 writes ``checkpoints/s<stage>-<step>`` via a temp folder + rename; keeps the last 2."""
+        """Rank 0 writes ``checkpoints/s<stage>-<step>`` via a temp folder + rename; keeps the last 2. Every rank
+        writes the teacher outputs it cached since its last checkpoint."""
+        self.teachers.save(self.rank)
         _barrier()
         if self.rank != 0:
             _barrier()
@@ -426,7 +428,6 @@ class MergeTrainer:
         atomic_write_bytes(root / "latest", name.encode())
         for old in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))[:-2]:
             _remove_hidden_first(old)
-        self.teachers.save()
         _barrier()
         return final
 
