@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import atomic_write_bytes
 from ..data.banks import build_bank
 from ..eval.prompt_seg import prompt_miou
 from ..eval.zeroshot import single_object_eval_set, zero_shot_accuracy
@@ -257,7 +258,7 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
         summary["final_eval_and_save_s"] = time.time() - tic
     summary["wall_s"] = time.time() - t0
     if rank == 0:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         if state.history:
             from .curves import draw_curves
 

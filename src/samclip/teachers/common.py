@@ -81,5 +81,7 @@ def write_training_info(out: Path, recipe: Any, metrics: dict, render_s: float, 
 
     info = {"recipe": asdict(recipe), "val": metrics, "render_s": render_s, "wall_s": time.time() - t0,
             "threads": torch.get_num_threads()}
-    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    from ..checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(out / "training.json", (json.dumps(info, indent=2) + "\n").encode())
     return info
