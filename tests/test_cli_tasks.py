@@ -71,6 +71,10 @@ def test_classify_glob(env, tmp_path, capsys) -> None:  # noqa: ANN001
     code, _, _ = run(env, "classify", str(env / "imgs" / "scene0.png"), "--labels", "star, ring,heart", "--tta",
                      "--out", str(tmp_path / "tta"), capsys=capsys)  # the tiny model has no TTA: image + mirror
     assert code == 0 and load_outputs(tmp_path / "tta", "scene0")["probs"] != one
+    code, _, _ = run(env, "classify", str(env / "imgs" / "scene0.png"), "--labels", "star, ring,heart",
+                     "--template", "a photo of a {}.", "--template", "a {} in the wild",
+                     "--out", str(tmp_path / "templates"), capsys=capsys)  # other prompts: other probabilities
+    assert code == 0 and load_outputs(tmp_path / "templates", "scene0")["probs"] != one
 
 
 def test_segment_points_box_text(env, tmp_path, capsys) -> None:  # noqa: ANN001
@@ -172,6 +176,7 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     (["everything", "{imgs}/scene0.png", "--max-masks", "0"], "--max-masks 0: expected 1..255"),
     (["everything", "{imgs}/scene0.png", "--points-per-side", "100000"], "expected 1..256"),
     (["everything", "{imgs}/scene0.png", "--crop-layers", "9"], "--crop-layers 9: expected 0..4"),
+    (["classify", "{imgs}/scene0.png", "--template", "a photo"], "must be a string containing '{}'"),
 ])
 def test_bad_inputs_exit_2(env, capsys, args, message) -> None:  # noqa: ANN001
     args = [a.format(imgs=env / "imgs", root=env) for a in args]

@@ -587,6 +587,14 @@ def test_teacher_cache_on_disk_is_reused_only_for_the_same_data(teacher_dirs, tm
     assert not other.teachers.clip_cache and sorted(other.teachers.sam_cache) == [0, 1]
 
 
+def test_merge_config_templates_become_the_models(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    tr = _trainer(teacher_dirs, tmp_path, **{"head.templates": "a photo of a {}.|a {} in the wild"})
+    assert tr.model.config.templates == ("a photo of a {}.", "a {} in the wild")
+    assert _trainer(teacher_dirs, tmp_path / "b").model.config.templates == ()
+    with pytest.raises(ValueError, match="needs one"):
+        _trainer(teacher_dirs, tmp_path / "c", **{"head.templates": "a photo"})
+
+
 def test_teacher_cache_saves_only_what_is_new_per_rank(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
     """Each save writes the entries added since the last one as a new part of its rank; a later run reads every
     part of every rank."""

@@ -289,6 +289,33 @@ def test_text_embedding_cache(merged: SamClip) -> None:
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
 
 
+def test_prompt_templates_come_from_the_predictor_then_the_model(merged: SamClip) -> None:
+    """Text tasks without ``templates=`` use the predictor's: given to it, else the model config's, else the scene
+    world's; the model's config keeps them through a save."""
+    from samclip.data import class_prompt_templates
+    from samclip.models import SamClipConfig
+
+    photo = ("a photo of a {}.", "a photo of the {}.")
+    assert Predictor(merged).templates == tuple(class_prompt_templates())
+    default = Predictor(merged).text_embeddings(LABELS)
+    mine = Predictor(merged, templates=photo)
+    assert mine.templates == photo
+    torch.testing.assert_close(mine.text_embeddings(LABELS), Predictor(merged).text_embeddings(LABELS, photo))
+    assert not torch.allclose(mine.text_embeddings(LABELS), default)
+    config = merged.config
+    try:
+        merged.config = config.replace(templates=photo)
+        torch.testing.assert_close(Predictor(merged).text_embeddings(LABELS), mine.text_embeddings(LABELS))
+        assert Predictor(merged, templates=["a {}"]).templates == ("a {}",)  # the predictor's win
+        assert SamClipConfig.from_dict(merged.config.to_dict()).templates == photo
+    finally:
+        merged.config = config
+    with pytest.raises(ValueError, match="one '{}'"):
+        config.replace(templates=("no placeholder",))
+    with pytest.raises(ValueError, match="containing"):
+        Predictor(merged, templates=["a photo"])
+
+
 # -------------------------------------------------------------------------- coordinate conventions
 def _box_stub(model, captured: list):  # noqa: ANN001, ANN202
     """decode() whose low-res logits are +10 exactly where the cell centre is inside the prompted box

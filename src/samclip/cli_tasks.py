@@ -297,7 +297,7 @@ def _run_task(args: argparse.Namespace) -> int:
     from .factory import load_model
     from .predictor import Predictor
 
-    predictor = Predictor(load_model(args.model, device=device), bf16=_bf16(args, device))
+    predictor = Predictor(load_model(args.model, device=device), bf16=_bf16(args, device), templates=args.template)
     bar = tqdm(list(zip(paths, pairs)), desc=task, unit="img", disable=len(paths) < 2, file=sys.stderr)
     for i, (path, (json_path, png_path)) in enumerate(bar):
         image = serve.read_image(path, serve.DEFAULT_MAX_PIXELS)
@@ -370,7 +370,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     api_key = _api_key(args.api_key_file)
     app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                      max_prompts=args.max_prompts, cache_size=args.cache_size, request_timeout_s=args.timeout,
-                     device=device, bf16=_bf16(args, device), onnx_dir=args.onnx, api_key=api_key)
+                     device=device, bf16=_bf16(args, device), onnx_dir=args.onnx, api_key=api_key,
+                     templates=args.template)
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"samclip: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(set {API_KEY_ENV} or --api-key-file)", file=sys.stderr, flush=True)
@@ -392,6 +393,9 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--template", action="append", default=None, metavar="TEXT",
+                   help="a zero-shot prompt template with {} for the class name, e.g. 'a photo of a {}.' (repeat "
+                        "for an ensemble; default: the model's templates)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] (error when CUDA is unavailable)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                    help="bf16 autocast or fp32 (auto: bf16 on GPUs and CPUs with AMX / AVX512-BF16, else fp32)")

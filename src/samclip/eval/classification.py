@@ -2,9 +2,10 @@
 
 Classes are the subfolders in sorted order (ImageNet's wnid folders sort into its class-id order). Their names
 come from ``labels`` in that order (ImageNet needs them: its folders are wnids), else from the folder names
-with ``_`` read as a space. Each class embedding is the prompt ensemble over ``templates`` (default
-:data:`DEFAULT_TEMPLATES`, the single template CLIP reports as its baseline; pass an ensemble for the published
-numbers). Images are read on demand, centre-cropped to a square and resized to each model's input size.
+with ``_`` read as a space. Each class embedding is the prompt ensemble over ``templates`` (default: the merged
+model's ``config.templates``, else :data:`DEFAULT_TEMPLATES`, the single template CLIP reports as its baseline;
+pass an ensemble for the published numbers). Images are read on demand, centre-cropped to a square and resized
+to each model's input size.
 
 The merged model reads each image as its classification does (the CLIP head at ``clip_size``, with the model's
 test-time augmentation views when its config has them), on the centre crop that CLIP's evaluation and the
@@ -93,7 +94,7 @@ def classification_benchmark(merged: SamClip, root: str | Path, labels: Sequence
 
     folders, refs, y = read_class_folders(root, limit)
     names = class_names(folders, labels)
-    templates = tuple(templates or DEFAULT_TEMPLATES)
+    templates = tuple(templates or merged.config.templates or DEFAULT_TEMPLATES)
     if any("{}" not in t for t in templates):
         raise ValueError("every template needs a {} for the class name")
 

@@ -42,6 +42,9 @@ class HeadConfig:
     # measures val zero-shot with and without it at the chosen clip_size and keeps it only if it is better
     tta_flip: bool = False
     tta_sizes: list[int] = field(default_factory=list)
+    # the merged model's zero-shot prompt templates (SamClipConfig.templates; "{}" = the class name; --set with
+    # "|" between them); empty: the scene world's (the embedded default)
+    templates: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -193,6 +196,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+_STRING_LISTS = {"head.templates"}  # list keys whose items are strings (every other list holds integers)
+
+
 def _coerce(value: Any, default: Any, name: str) -> Any:
     if isinstance(default, bool):
         if isinstance(value, str):
@@ -210,6 +216,12 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ValueError(f"config {name} must be a number, got {value!r}") from None
+    if isinstance(default, list) and name in _STRING_LISTS:
+        if isinstance(value, str):  # --set head.templates="a photo of a {}.|a {} in the wild"
+            value = [v for v in value.split("|") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"config {name} must be a list of strings, got {value!r}")
+        return list(value)
     if isinstance(default, list):
         if isinstance(value, str):  # --set key=64,128 (or TOML-style [64, 128])
             try:
@@ -291,6 +303,9 @@ def check_ranges(cfg: MergeConfig) -> None:
                 raise ValueError(f"config {name} = {v!r}: must be {want}")
     if not cfg.data.clip_sizes:
         raise ValueError("config data.clip_sizes is empty; give at least one student size")
+    for t in cfg.head.templates:
+        if t.count("{}") != 1:
+            raise ValueError(f"config head.templates: {t!r} needs one {{}} for the class name")
     if cfg.stage3.steps and not cfg.data.stage3_sizes:
         raise ValueError("config data.stage3_sizes is empty but stage3.steps > 0")
 

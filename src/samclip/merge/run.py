@@ -144,6 +144,7 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
     student = SamClip.from_teachers(sam_t, clip_t, head, clip_size=max(cfg.data.clip_sizes),
                                     semseg_size=max(cfg.data.clip_sizes))
     student.config.replace(tta_sizes=tuple(cfg.head.tta_sizes))  # bad head.tta_sizes fail here, not after training
+    student.config = student.config.replace(templates=tuple(cfg.head.templates))
     dev = cfg.torch_device
     student, sam_t, clip_t = student.to(dev), sam_t.to(dev), clip_t.to(dev)
     cache_dir = Path(cfg.data.cache_dir or Path(cfg.out) / "teacher_cache")

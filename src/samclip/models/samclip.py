@@ -42,12 +42,19 @@ class SamClipConfig(_Config):
     # (see :meth:`classify_views`). Off by default; the merge turns it on when it is better on validation
     tta_sizes: tuple[int, ...] = ()
     tta_flip: bool = False
+    # the prompt templates of this model's zero-shot ensembles ("{}" = the class name), e.g. a photo ensemble for
+    # a model merged from web-scale CLIP; empty: samclip.data.class_prompt_templates (the scene world's, which
+    # the embedded default was made with)
+    templates: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         patch = self.sam.image_encoder.patch_size
         for s in (self.clip_size, self.semseg_size, *self.tta_sizes, self.label_size or self.clip_size):
             if int(s) != s or s < patch or s % patch:
                 raise ValueError(f"input sizes must be positive multiples of the patch size {patch}, got {s}")
+        for t in self.templates:
+            if not isinstance(t, str) or t.count("{}") != 1:
+                raise ValueError(f"every template must be a string with one '{{}}' for the class name, got {t!r}")
 
     def classify_views(self, size: int | None = None) -> tuple[tuple[int, bool], ...]:
         """The (input size, mirrored) views whose embeddings classification averages: ``size`` (default

@@ -43,11 +43,15 @@ class PredictorBase:
     mixed_decode_min_elements = 1 << 17
 
     def __init__(self, model: SamClip | Sam, *, bf16: bool | None = None, backend: str = "torch",
-                 onnx_dir: Any = None) -> None:
+                 onnx_dir: Any = None, templates: Sequence[str] | None = None) -> None:
         if not isinstance(model, SamClip | Sam):
             raise TypeError(f"Predictor needs a SamClip or Sam model, got {type(model).__name__}")
         self.model = model.eval()
         self.has_clip = isinstance(model, SamClip)
+        #: the prompt templates every text task uses unless given others: ``templates``, else the model's
+        #: ``config.templates``, else :func:`samclip.data.class_prompt_templates`
+        model_templates = model.config.templates if isinstance(model, SamClip) else ()
+        self.templates = check_templates(templates if templates is not None else (model_templates or None))
         self.backend = backend
         self._onnx = self._onnx_engine(backend, onnx_dir)
         sam_cfg = model.sam.config if isinstance(model, SamClip) else model.config
@@ -461,11 +465,11 @@ class PredictorBase:
 
     def text_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
         """KxE L2-normalised class embeddings: the mean of the normalised embeddings of every template
-        filled with the label (articles fixed, "a apple" -> "an apple"), renormalised. Default templates:
-        :func:`samclip.data.class_prompt_templates`. Cached by a content hash of (label, templates)."""
+        filled with the label (articles fixed, "a apple" -> "an apple"), renormalised. Default templates: the
+        predictor's :attr:`templates`. Cached by a content hash of (label, templates)."""
         self._require_clip("text_embeddings")
         labels = check_labels(labels)
-        templates = check_templates(templates)
+        templates = self.templates if templates is None else check_templates(templates)
         sets = [(content_key(label, templates), [fix_articles(t.format(label)) for t in templates])
                 for label in labels]
         return self._embed_prompt_sets(sets)

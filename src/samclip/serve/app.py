@@ -204,14 +204,15 @@ class Service:
     """The model, its predictor, the image cache and the worker threads behind the endpoints."""
 
     def __init__(self, model: Any, source: str, limits: Limits, cache: ImageCache, *, bf16: bool,
-                 vocabulary: tuple[str, ...], workers: int = 8, onnx_dir: Any = None) -> None:
+                 vocabulary: tuple[str, ...], workers: int = 8, onnx_dir: Any = None,
+                 templates: tuple[str, ...] | None = None) -> None:
         from ..predictor import Predictor
 
         self.model, self.source, self.limits, self.cache = model, source, limits, cache
         if onnx_dir is None:
-            self.predictor = Predictor(model, bf16=bf16)
+            self.predictor = Predictor(model, bf16=bf16, templates=templates)
         else:
-            self.predictor = Predictor(model, bf16=bf16, backend="onnx", onnx_dir=onnx_dir)
+            self.predictor = Predictor(model, bf16=bf16, backend="onnx", onnx_dir=onnx_dir, templates=templates)
             self.predictor._onnx.open_graphs()  # noqa: SLF001 - a broken export fails at start-up, not per request
         self.onnx_dir = None if onnx_dir is None else os.fspath(onnx_dir)
         self.bf16, self.vocabulary = bf16, vocabulary
@@ -291,7 +292,8 @@ class Service:
             "embed_dim": enc["embed_dim"], "depth": enc["depth"], "mask_threshold": float(m.mask_threshold),
             "text": {k: cfg["text"][k] for k in ("context_length", "width", "layers", "vocab_size")},
             "clip_head": cfg["head"], "clip_size": cfg.get("clip_size"), "semseg_size": cfg.get("semseg_size"),
-            "vocabulary": list(self.vocabulary), "limits": asdict(self.limits), "cache": self.cache.info(),
+            "vocabulary": list(self.vocabulary), "templates": list(self.predictor.templates),
+            "limits": asdict(self.limits), "cache": self.cache.info(),
             "coordinates": "(x, y) original-image pixels; boxes XYXY; masks COCO RLE",
             "config": cfg,
         }
@@ -326,6 +328,7 @@ def create_app(
     workers: int = 8,
     onnx_dir: Any = None,
     api_key: str | None = None,
+    templates: tuple[str, ...] | list[str] | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for a merged model (a registered name, a saved folder, or a SamClip object).
 
@@ -335,7 +338,8 @@ def create_app(
     ``bf16``: bfloat16 autocast (default fp32: faster and exact on most CPUs). ``onnx_dir``: run the image
     and prompt graphs of that ONNX export of the model (``samclip export onnx``) with onnxruntime.
     ``api_key``: requests other than the page, ``/health`` and the API spec must carry it (401 otherwise; see
-    :class:`ApiKeyMiddleware`).
+    :class:`ApiKeyMiddleware`). ``templates``: the zero-shot prompt templates of every text task (default: the
+    model's).
     """
     model, source = _load(model_source, device)
     limits = Limits(int(max_upload_mb * (1 << 20)), int(max_pixels), int(max_prompts), float(request_timeout_s))
@@ -344,7 +348,7 @@ def create_app(
         raise ValueError(f"every limit must be positive: {limits}")
     cache = ImageCache(cache_size, None if cache_max_mb is None else int(cache_max_mb * (1 << 20)))
     svc = Service(model, source, limits, cache, bf16=bf16, vocabulary=tuple(vocabulary), workers=workers,
-                  onnx_dir=onnx_dir)
+                  onnx_dir=onnx_dir, templates=None if templates is None else tuple(templates))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
