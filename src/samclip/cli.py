@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .cli_download import add_download_command
 from .cli_export import add_export_command
+from .cli_info import add_info_command
 from .cli_tasks import add_task_commands, check_out_dir
 from .errors import UserError
 from .merge.config import CONFIG_DIR
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     teachers.set_defaults(func=_cmd_teachers)
     add_export_command(sub)
     add_download_command(sub)
+    add_info_command(sub)
     add_task_commands(sub)  # classify, segment, semseg, label, everything, serve
     return parser
 
