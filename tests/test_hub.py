@@ -386,3 +386,12 @@ def test_sharded_weights_are_fetched_shard_by_shard(fake_hub: FakeHub, hf_sam, t
     (repo / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(hub.DownloadError, match="names the shard model-00002-of-00002.safetensors"):
         hub.fetch("sam", "hf-hub:facebook/sam-sharded", pretrained.cache_dir(), force=True)
+
+
+def test_a_file_system_without_locks_still_fetches(fake_hub: FakeHub, hf_sam, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(hub.fcntl, "flock", no_locks)
+    fake_hub.add("facebook/sam-tiny", hf_sam.folder)
+    assert hub.is_complete(pretrained.resolve("sam", "hf-hub:facebook/sam-tiny"))
