@@ -61,7 +61,7 @@ def test_limit_keeps_every_class_and_bad_inputs_are_clear(class_folder: Path, sh
     merged, _ = shipped
     with pytest.raises(ValueError, match="2 class names for 3 class folders"):
         classification_benchmark(merged, class_folder, labels=["a", "b"])
-    with pytest.raises(ValueError, match="needs a {}"):
+    with pytest.raises(ValueError, match="needs one {}"):
         classification_benchmark(merged, class_folder, templates=["a photo"])
     (tmp_path / "empty_class").mkdir()
     (tmp_path / "full").mkdir()

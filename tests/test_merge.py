@@ -587,6 +587,35 @@ def test_teacher_cache_on_disk_is_reused_only_for_the_same_data(teacher_dirs, tm
     assert not other.teachers.clip_cache and sorted(other.teachers.sam_cache) == [0, 1]
 
 
+def test_real_data_merge_validates_on_held_out_folders(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """eval.classify_dir / eval.sam_dir: the curves and stage II's early stop read zero-shot top-1 on an image
+    folder and box / point mIoU on held-out SA-1B pairs; the merge draws the curves."""
+    from PIL import Image
+
+    from samclip.data import single_object_scene, split_seeds
+    from samclip.merge.run import run_merge
+    from test_real_data import _sa1b_folder, write_real_data
+
+    clip_dir, sam_dir = write_real_data(tmp_path / "data")
+    classes = tmp_path / "val_classes"
+    for seed in split_seeds("val", 6):
+        scene = single_object_scene(int(seed), 64)
+        (classes / scene.objects[0].category).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(scene.image).save(classes / scene.objects[0].category / f"{seed}.png")
+    _sa1b_folder(tmp_path / "val_sa1b", n=2, size=128)
+    cfg = load_config(None, _overrides(teacher_dirs, tmp_path / "run", **{
+        "data.source": "folders", "data.clip_dir": str(clip_dir), "data.sam_dir": str(sam_dir),
+        "eval.every": "1", "eval.classify_dir": str(classes), "eval.sam_dir": str(tmp_path / "val_sa1b"),
+        "head.templates": "a photo of a {}.", "stage1.steps": "1", "stage2.steps": "2", "stage3.steps": "1"}))
+    summary = run_merge(cfg)
+    rows = summary["history"]
+    assert [r["stage"] for r in rows] == [1, 2, 2, 3]
+    assert all(0 <= r["zero_shot_top1"] <= 100 and 0 <= r["box_miou"] <= 100 for r in rows)
+    assert rows[1]["box_miou"] != rows[0]["box_miou"]  # stage II trains the SAM side
+    assert rows[3]["box_miou"] == rows[2]["box_miou"]  # stage III does not: its last value carries over
+    assert (tmp_path / "run" / "curves.png").is_file() and "val_zero_shot_by_size" not in summary
+
+
 def test_merge_config_templates_become_the_models(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
     tr = _trainer(teacher_dirs, tmp_path, **{"head.templates": "a photo of a {}.|a {} in the wild"})
     assert tr.model.config.templates == ("a photo of a {}.", "a {} in the wild")

@@ -85,6 +85,29 @@ def _scores(top: torch.Tensor, labels: np.ndarray, n_classes: int) -> dict[str, 
             "mean_per_class_top1": 100 * float(np.mean(per_class))}
 
 
+class ZeroShotSet:
+    """An image-folder classification set, indexed once, scored for any pair of encoders (the merge's validation
+    reads it at every eval interval): ``score(encoders, size)`` -> top-1 / top-5 / mean per-class top-1."""
+
+    def __init__(self, root: str | Path, labels: Sequence[str] | None = None,
+                 templates: Sequence[str] = DEFAULT_TEMPLATES, limit: int | None = None, batch: int = 64) -> None:
+        folders, self.refs, self.labels = read_class_folders(root, limit)
+        self.names = class_names(folders, labels)
+        self.templates = tuple(templates)
+        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+            raise ValueError("every template needs one {} for the class name")
+        self.root, self.batch = str(root), batch
+
+    def prompts(self, name: str) -> list[str]:
+        return [fix_articles(t.format(name)) for t in self.templates]
+
+    def score(self, encoders: tuple[ImageEncoder, TextEncoder], size: int, desc: str = "zero-shot") -> dict:
+        enc_img, enc_txt = encoders
+        classes = class_embeddings(enc_txt, self.names, self.prompts)
+        top = _predictions(enc_img, classes, LazyImages(self.refs, size), self.batch, desc)
+        return _scores(top, self.labels, len(self.names))
+
+
 def classification_benchmark(merged: SamClip, root: str | Path, labels: Sequence[str] | None = None,
                              templates: Sequence[str] | None = None, clip_teacher: CLIP | None = None,
                              limit: int | None = None, batch: int = 64) -> dict:
@@ -92,15 +115,7 @@ def classification_benchmark(merged: SamClip, root: str | Path, labels: Sequence
     from ..merge.run import merged_encoders
     from ..teachers.clip_teacher import clip_encoders
 
-    folders, refs, y = read_class_folders(root, limit)
-    names = class_names(folders, labels)
-    templates = tuple(templates or merged.config.templates or DEFAULT_TEMPLATES)
-    if any("{}" not in t for t in templates):
-        raise ValueError("every template needs a {} for the class name")
-
-    def prompts(name: str) -> list[str]:
-        return [fix_articles(t.format(name)) for t in templates]
-
+    data = ZeroShotSet(root, labels, tuple(templates or merged.config.templates or DEFAULT_TEMPLATES), limit, batch)
     cfg = merged.config
     views = cfg.classify_views() if cfg.has_tta else ((cfg.clip_size, False),)
     models: list[tuple[str, tuple[ImageEncoder, TextEncoder], int]] = [
@@ -110,12 +125,11 @@ def classification_benchmark(merged: SamClip, root: str | Path, labels: Sequence
             raise ValueError("the CLIP teacher has no tokenizer")
         models.append(("clip_teacher", clip_encoders(clip_teacher, clip_teacher.tokenizer),
                        clip_teacher.config.vision.image_size))
-    result: dict = {"benchmark": "classify", "data": str(root), "n_images": len(y), "n_classes": len(names),
-                    "templates": list(templates), "merged_views": [list(v) for v in views]}
-    for key, (enc_img, enc_txt), size in models:
-        classes = class_embeddings(enc_txt, names, prompts)
-        top = _predictions(enc_img, classes, LazyImages(refs, size), batch, key)
-        result[key] = _scores(top, y, len(names))
+    result: dict = {"benchmark": "classify", "data": str(root), "n_images": len(data.labels),
+                    "n_classes": len(data.names), "templates": list(data.templates),
+                    "merged_views": [list(v) for v in views]}
+    for key, encoders, size in models:
+        result[key] = data.score(encoders, size, key)
     if clip_teacher is not None:
         result["merged_minus_teacher_top1"] = result["merged"]["top1"] - result["clip_teacher"]["top1"]
     return result

@@ -105,6 +105,12 @@ class EvalConfig:
     zero_shot_images: int = 300
     early_stop_patience: int = 2  # stage II stops after this many evals of growing forgetting
     early_stop_tolerance: float = 0.5  # mIoU points of drop that count as "growing"
+    # real data (data.source = "folders"): validation sets of the curves and of stage II's early stop
+    classify_dir: str = ""  # zero-shot: an image folder with one subfolder per class (ImageNet's val layout)
+    classify_labels: str = ""  # its class names, one per line in sorted folder order (default: the folder names)
+    classify_images: int = 1000  # taken round-robin over the classes
+    sam_dir: str = ""  # box / point mIoU: SA-1B style image + json pairs held out of data.sam_dir
+    sam_images: int = 50
 
 
 @dataclass
@@ -278,6 +284,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "data.region_context": (0, None), "data.region_crop_pad": (0, None), "data.region_sizes": (1, None),
     "data.region_background_max_cover": (0, 1), "data.clip_mask_crops": (0, None),
     "eval.every": (0, None), "eval.val_images": (1, None), "eval.zero_shot_images": (1, None),
+    "eval.classify_images": (1, None), "eval.sam_images": (1, None),
     "eval.early_stop_patience": (1, None), "eval.early_stop_tolerance": (0, None),
     **{f"stage{i}.{k}": r for i in (1, 2, 3)
        for k, r in (("steps", (0, None)), ("lr", (0, None)), ("weight_decay", (0, None)), ("warmup", (0, None)))},

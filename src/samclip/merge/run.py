@@ -118,6 +118,50 @@ class SceneEvaluator:
         return out
 
 
+class FolderEvaluator:
+    """Validation on real data (``eval.classify_dir`` / ``eval.sam_dir``): the CLIP head's zero-shot top-1 at
+    ``clip_size`` on an image-folder subset, with the model's prompt templates, and the SAM head's box / point
+    mIoU on held-out SA-1B pairs; what the learning / forgetting curves and stage II's early stop read."""
+
+    def __init__(self, cfg: MergeConfig, sam_size: int, clip_size: int, templates: tuple[str, ...]) -> None:
+        from ..eval.classification import DEFAULT_TEMPLATES, ZeroShotSet
+
+        ev = cfg.eval
+        self.clip_size = clip_size
+        self.zs = None
+        if ev.classify_dir:
+            labels = None
+            if ev.classify_labels:
+                lines = Path(ev.classify_labels).read_text(encoding="utf-8").splitlines()
+                labels = [line.strip() for line in lines if line.strip()]
+            self.zs = ZeroShotSet(ev.classify_dir, labels, templates or DEFAULT_TEMPLATES, ev.classify_images)
+        self.val = None
+        if ev.sam_dir:
+            val = SamStream.from_sa1b(ev.sam_dir, sam_size, per_image=2, seed=cfg.seed, limit=ev.sam_images)
+            n = len(val)
+            self.val = SceneBankLike(val.images(np.arange(n)), np.stack([val.instance_map(i) for i in range(n)]))
+
+    def __call__(self, model: SamClip, sam: bool = True) -> dict[str, float]:
+        model.eval()
+        out: dict[str, float] = {}
+        if self.zs is not None:
+            out["zero_shot_top1"] = self.zs.score(merged_encoders(model, self.clip_size), self.clip_size)["top1"]
+        if sam and self.val is not None:
+            seg = prompt_miou(model, self.val)
+            out.update(box_miou=seg["box_miou"], point_miou=seg["point_miou"])
+        return out
+
+
+class SceneBankLike:
+    """What :func:`samclip.eval.prompt_seg.prompt_miou` reads of a bank: NxSxSx3 images, NxSxS instance maps."""
+
+    def __init__(self, images: np.ndarray, instance_maps: np.ndarray) -> None:
+        self.images, self.instance_maps = images, instance_maps
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
 def load_tokenizer(path: str, context_length: int) -> ClipTokenizer:
     """A tokenizer from ``tokenizer.json``, a folder with vocab.json + merges.txt, or a bpe .txt.gz."""
     p = Path(path)
@@ -236,6 +280,8 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
     if evaluate and cfg.data.source == "scenes" and cfg.eval.every:
         evaluator = SceneEvaluator(cfg.eval.zero_shot_images, cfg.eval.val_images, sam_size,
                                    max(cfg.data.clip_sizes), max(cfg.data.clip_sizes + cfg.data.stage3_sizes))
+    elif evaluate and cfg.eval.every and (cfg.eval.classify_dir or cfg.eval.sam_dir):
+        evaluator = FolderEvaluator(cfg, sam_size, student.config.clip_size, student.config.templates)
     setup_s["evaluator"] = time.time() - tic
     trainer = MergeTrainer(cfg, student, teachers, clip_stream, sam_stream, evaluator)
     tic = time.time()
@@ -246,7 +292,7 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
     summary = {"world_size": world, "stopped_early": state.stopped_early, "bf16": cfg.use_bf16,
                "machine": describe_machine(cfg.torch_device), "setup_s": setup_s, "train_s": train_s,
                "history": state.history}
-    if rank == 0 and evaluator is not None:
+    if rank == 0 and isinstance(evaluator, SceneEvaluator):  # sizes and TTA are chosen on the scene world's val
         summary.update(choose_sizes(student, evaluator, cfg))
         if cfg.head.tta_flip or cfg.head.tta_sizes:
             summary["val_zero_shot_tta"] = choose_tta(student, evaluator, cfg,
