@@ -101,9 +101,24 @@ def test_bad_folders_and_shards_are_clear_errors(tmp_path: Path) -> None:
         ClipStream.from_folder(tmp_path / "gz", 16)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.jpg").write_bytes(b"not a jpeg")
-    stream = ClipStream.from_folder(tmp_path / "bad", 16)
     with pytest.raises(OSError, match="x.jpg: not a readable image"):
-        stream.images(np.array([0]))
+        LazyImages(real_data.index_images(tmp_path / "bad"), 16)[0]
+    with pytest.warns(UserWarning, match="x.jpg"), pytest.raises(OSError, match="1 unreadable images in a row"):
+        ClipStream.from_folder(tmp_path / "bad", 16).images(np.array([0]))
+
+
+def test_a_folder_stream_replaces_an_unreadable_image_by_the_next(clip_folder) -> None:  # noqa: ANN001
+    """A web crawl always holds a few broken files: D_CLIP reads the next image in their place (the same one on
+    every rank and after a resume) and warns once per file."""
+    root, expected = clip_folder
+    (root / "a" / "0b.png").write_bytes(b"truncated")  # sorts between a/0.png and a/1.png
+    stream = ClipStream.from_folder(root, size=20)
+    assert len(stream) == 7
+    with pytest.warns(UserWarning, match="0b.png") as caught:
+        batch = stream.images(np.array([1, 1, 2]))
+    assert len(caught) == 1
+    for got in batch[:2]:
+        np.testing.assert_array_equal(got, square_resize(expected[1], 20))
 
 
 def _sa1b_folder(root: Path, n: int = 3, size: int = 96) -> list:  # noqa: ANN001

@@ -22,6 +22,7 @@ import json
 import os
 import tarfile
 import threading
+import warnings
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -223,15 +224,25 @@ class _OnDemand:
 
 class LazyImages(_OnDemand):
     """The images of ``refs`` read on demand at ``size`` px (plus ``extra``, images already in memory at that
-    size, numbered after them); indexed like an NxSxSx3 uint8 array."""
+    size, numbered after them); indexed like an NxSxSx3 uint8 array.
 
-    def __init__(self, refs: ImageIndex | Sequence[ImageRef], size: int, extra: np.ndarray | None = None) -> None:
+    ``skip_unreadable``: an image that cannot be read (a web crawl always has a few) is replaced by the next
+    readable one, with a warning naming it once; the replacement is a function of the index, so resumed runs
+    and every rank still see the same data. Otherwise (the default) it is an error."""
+
+    MAX_SKIPPED_IN_A_ROW = 16
+
+    def __init__(self, refs: ImageIndex | Sequence[ImageRef], size: int, extra: np.ndarray | None = None,
+                 skip_unreadable: bool = False) -> None:
         super().__init__()
         if extra is not None and extra.shape[1:] != (size, size, 3):
             raise ValueError(f"extra images are {extra.shape[1:]}, the stream's ({size}, {size}, 3)")
         self.refs = refs if isinstance(refs, ImageIndex) else ImageIndex.from_refs(refs)
         self.size = size
         self.extra = extra if extra is not None else np.zeros((0, size, size, 3), np.uint8)
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: set[str] = set()  # images replaced so far (their names)
+        self._unreadable_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.refs) + len(self.extra)
@@ -241,13 +252,27 @@ class LazyImages(_OnDemand):
         return (len(self), self.size, self.size, 3)
 
     def with_extra(self, extra: np.ndarray) -> LazyImages:
-        return LazyImages(self.refs, self.size, np.concatenate([self.extra, extra]))
+        return LazyImages(self.refs, self.size, np.concatenate([self.extra, extra]), self.skip_unreadable)
 
     def _load(self, i: int) -> np.ndarray:
-        if i >= len(self.refs):
-            return self.extra[i - len(self.refs)].copy()
-        ref = self.refs[i]
-        return square_resize(decode_rgb(_FILES.read(ref), ref.name), self.size)
+        tries = min(self.MAX_SKIPPED_IN_A_ROW + 1, len(self))
+        for k in range(tries):
+            j = (i + k) % len(self)
+            if j >= len(self.refs):
+                return self.extra[j - len(self.refs)].copy()
+            ref = self.refs[j]
+            try:
+                return square_resize(decode_rgb(_FILES.read(ref), ref.name), self.size)
+            except (OSError, ValueError) as e:
+                if not self.skip_unreadable:
+                    raise
+                with self._unreadable_lock:  # decoding threads meet the same file
+                    first = ref.name not in self.unreadable
+                    self.unreadable.add(ref.name)
+                if first:
+                    warnings.warn(f"skipping an unreadable image, the next one takes its place: {e}", stacklevel=2)
+        raise OSError(f"{tries} unreadable images in a row from item {i} (the first: "
+                      f"{self.refs[i].name if i < len(self.refs) else i}); is the data folder intact?")
 
     def __getitem__(self, idx: int | np.integer | np.ndarray | list[int]) -> np.ndarray:
         if isinstance(idx, (int, np.integer)):

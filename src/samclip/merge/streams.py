@@ -93,11 +93,12 @@ class ClipStream:
     @classmethod
     def from_folder(cls, folder: str | Path, size: int, limit: int | None = None, hflip: bool = False) -> ClipStream:
         """Images from a folder tree, or from plain ``.tar`` shards inside it, centre-cropped to ``size`` when
-        read (only the file index is held)."""
+        read (only the file index is held); an unreadable image is replaced by the next readable one, with a
+        warning (a crawl always has a few; see :class:`~samclip.merge.real_data.LazyImages`)."""
         refs = index_images(folder, limit)
         if not len(refs):
             raise ValueError(f"{folder}: no images found (extensions {sorted(IMAGE_EXTS)} or .tar shards)")
-        return cls(LazyImages(refs, size), hflip)
+        return cls(LazyImages(refs, size, skip_unreadable=True), hflip)
 
 
 @dataclass
