@@ -616,6 +616,25 @@ def test_real_data_merge_validates_on_held_out_folders(teacher_dirs, tmp_path) -
     assert (tmp_path / "run" / "curves.png").is_file() and "val_zero_shot_by_size" not in summary
 
 
+def test_micro_batches_give_the_whole_batchs_step(teacher_dirs, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """data.micro_batches: each rank's batches in sequential chunks whose weighted gradients add up to the whole
+    batch's: a stage-II step's gradients match one pass per batch (to float rounding)."""
+    grads = []
+    for micro in (1, 3):
+        torch.manual_seed(0)  # the same random CLIP-head MLP
+        tr = _trainer(teacher_dirs, tmp_path / f"m{micro}", **{"data.micro_batches": str(micro),
+                                                               "data.clip_batch": "6", "data.sam_batch": "3"})
+        tr._configure(2)
+        tr.opt.step = lambda: None  # keep the step's gradients, unclipped
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: None)
+        logs = tr.train_step(2, 0)
+        assert np.isfinite(logs["l_clip"]) and np.isfinite(logs["l_sam"])
+        grads.append({n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "sam.image_encoder.blocks.0.attn.qkv.weight" in grads[0]
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_merge_config_templates_become_the_models(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
     tr = _trainer(teacher_dirs, tmp_path, **{"head.templates": "a photo of a {}.|a {} in the wild"})
     assert tr.model.config.templates == ("a photo of a {}.", "a {} in the wild")

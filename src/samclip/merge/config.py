@@ -61,6 +61,9 @@ class DataConfig:
     stage3_sizes: list[int] = field(default_factory=lambda: [128, 192, 256])
     clip_batch: int = 64
     sam_batch: int = 4
+    # each rank's D_CLIP and D_SAM batches run as this many sequential forward / backward passes whose gradients
+    # add up to the whole batch's (gradient accumulation: the paper's 2048 + 32 images per step on fewer GPUs)
+    micro_batches: int = 1
     prompts_per_image: int = 4
     cache_teachers: bool = True
     cache_sam_teacher: bool = True  # with cache_teachers, the SAM side too: 12.6 MB per image at ViT-B (off for SA-1B)
@@ -284,7 +287,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "data.region_context": (0, None), "data.region_crop_pad": (0, None), "data.region_sizes": (1, None),
     "data.region_background_max_cover": (0, 1), "data.clip_mask_crops": (0, None),
     "eval.every": (0, None), "eval.val_images": (1, None), "eval.zero_shot_images": (1, None),
-    "eval.classify_images": (1, None), "eval.sam_images": (1, None),
+    "eval.classify_images": (1, None), "eval.sam_images": (1, None), "data.micro_batches": (1, None),
     "eval.early_stop_patience": (1, None), "eval.early_stop_tolerance": (0, None),
     **{f"stage{i}.{k}": r for i in (1, 2, 3)
        for k, r in (("steps", (0, None)), ("lr", (0, None)), ("weight_decay", (0, None)), ("warmup", (0, None)))},

@@ -148,6 +148,13 @@ def sam_distillation_loss(model: SamClip, teachers: Teachers, stream: SamStream,
     return loss
 
 
+def _micro_batches(ids: np.ndarray, n: int) -> list[tuple[np.ndarray, float]]:
+    """``ids`` in at most ``n`` consecutive chunks, each with its share of the batch: losses that are means over
+    their batch, weighted by the shares and back-propagated one chunk at a time, sum to the whole batch's gradient
+    (gradient accumulation: the same step in less memory)."""
+    return [(chunk, len(chunk) / len(ids)) for chunk in np.array_split(ids, max(1, min(n, len(ids)))) if len(chunk)]
+
+
 # --------------------------------------------------------------------------------------- trainer
 class MergeTrainer:
     def __init__(self, cfg: MergeConfig, model: SamClip, teachers: Teachers, clip_stream: ClipStream,
@@ -249,11 +256,14 @@ class MergeTrainer:
             self.clip_stream.prefetch(next_cids)
             self.sam_stream.prefetch(next_sids)
         self.opt.zero_grad(set_to_none=True)
-        l_clip = clip_distillation_loss(self.model, self.teachers, self.clip_stream, cids, size,
-                                        backbone_grad=stage == 2, bf16=cfg.use_bf16,
-                                        cached_tokens=self.token_cache.get(size))
-        l_clip.backward()
-        logs = {"l_clip": l_clip.item(), "lr": lr, "size": size}
+        l_clip = 0.0
+        for chunk, share in _micro_batches(cids, cfg.data.micro_batches):
+            loss = clip_distillation_loss(self.model, self.teachers, self.clip_stream, chunk, size,
+                                          backbone_grad=stage == 2, bf16=cfg.use_bf16,
+                                          cached_tokens=self.token_cache.get(size))
+            (share * loss).backward()
+            l_clip += share * loss.item()
+        logs = {"l_clip": l_clip, "lr": lr, "size": size}
         if self.regions is not None and (stage != 1 or step >= cfg.region_start):
             terms = self.region_terms(stage, step, size)
             if terms:
@@ -261,9 +271,12 @@ class MergeTrainer:
                 sum(weight[k] * t for k, t in terms.items()).backward()
                 logs.update({k: v.item() for k, v in terms.items()})
         if stage == 2:
-            l_sam = sam_distillation_loss(self.model, self.teachers, self.sam_stream, sids, cfg.use_bf16)
-            (cfg.lambda_sam * l_sam).backward()
-            logs["l_sam"] = l_sam.item()
+            l_sam = 0.0
+            for chunk, share in _micro_batches(sids, cfg.data.micro_batches):
+                loss = sam_distillation_loss(self.model, self.teachers, self.sam_stream, chunk, cfg.use_bf16)
+                (cfg.lambda_sam * share * loss).backward()
+                l_sam += share * loss.item()
+            logs["l_sam"] = l_sam
         params = self.trainable()
         allreduce_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
