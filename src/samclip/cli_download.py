@@ -39,11 +39,11 @@ def _cmd_download(args: argparse.Namespace) -> int:
     from . import pretrained
 
     if args.list:
-        rows = [(kind, name, entry.source, "cached" if pretrained.is_available(kind, name) else "-")
+        rows = [(kind, name, "cached" if pretrained.is_available(kind, name) else "-", entry.source, entry.note)
                 for (kind, name), entry in sorted(pretrained.registry().items())]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + ("  " + row[4] if row[4] else ""))
         print(f"cache: {pretrained.cache_dir()}")
         return 0
     if not args.name:

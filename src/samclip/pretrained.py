@@ -43,23 +43,25 @@ class PretrainedEntry:
 
 
 _REGISTRY: dict[tuple[str, str], PretrainedEntry] = {
-    ("sam", "tiny-synthetic"): PretrainedEntry("sam", "tiny-synthetic/sam"),
-    ("clip", "tiny-synthetic"): PretrainedEntry("clip", "tiny-synthetic/clip"),
-    ("samclip", "tiny-synthetic"): PretrainedEntry("samclip", "tiny-synthetic/samclip"),
+    ("sam", "tiny-synthetic"): PretrainedEntry("sam", "tiny-synthetic/sam", note="the embedded default's SAM teacher"),
+    ("clip", "tiny-synthetic"): PretrainedEntry("clip", "tiny-synthetic/clip",
+                                                note="the embedded default's CLIP teacher"),
+    ("samclip", "tiny-synthetic"): PretrainedEntry("samclip", "tiny-synthetic/samclip",
+                                                   note="the embedded default's merged model"),
     ("sam", "sam-vit-b"): PretrainedEntry(
         "sam", "sam_vit_b_01ec64.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth", "", "sam-vit-b",
-        md5="01ec64d29a2fca3f0661936605ae66f8",
+        md5="01ec64d29a2fca3f0661936605ae66f8", note="segment-anything ViT-B",
     ),
     ("sam", "sam-vit-l"): PretrainedEntry(
         "sam", "sam_vit_l_0b3195.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth", "", "sam-vit-l",
-        md5="0b3195507c641ddb6910d2bb5adee89c",
+        md5="0b3195507c641ddb6910d2bb5adee89c", note="segment-anything ViT-L",
     ),
     ("sam", "sam-vit-h"): PretrainedEntry(
         "sam", "sam_vit_h_4b8939.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth", "", "sam-vit-h",
-        md5="4b8939a88964f0f4ff5f5b2642c598a6",
+        md5="4b8939a88964f0f4ff5f5b2642c598a6", note="segment-anything ViT-H",
     ),
     # OpenAI's CLIP weights as open_clip publishes them on the hub (safetensors: no TorchScript to trust);
     # the preset fixes QuickGELU, which a state dict cannot tell from GELU
