@@ -121,8 +121,10 @@ def _names(inline: str | None, path: str | None, flag: str) -> list[str] | None:
     if inline and path:
         raise UserError(f"give {flag} or its file, not both")
     if path:
+        from .eval.classification import read_names
+
         try:
-            return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+            return read_names(path)
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: cannot read it ({e})") from None
     return [s.strip() for s in inline.split(",") if s.strip()] if inline else None

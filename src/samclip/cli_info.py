@@ -12,9 +12,8 @@ import argparse
 import json
 from typing import Any
 
+from .cli_download import KINDS
 from .errors import UserError
-
-KINDS = {"sam": "sam", "clip": "clip", "model": "samclip"}
 
 
 def _preset_name(cfg: Any, presets: dict[str, Any]) -> str | None:

@@ -41,6 +41,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import atomic_write_bytes
 
@@ -230,12 +231,17 @@ def _reason(e: BaseException) -> str:
     return str(getattr(e, "reason", None) or e)
 
 
-def _git_blob_sha1(path: Path) -> str:
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+def _hash_file(path: Path, digest: Any) -> str:
+    """The hex digest of ``path``'s bytes fed to ``digest`` (a hashlib object, possibly already seeded)."""
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _git_blob_sha1(path: Path) -> str:
+    """Git's blob id: SHA-1 of ``blob <size>\\0`` then the bytes (the hub's ETag of a small file)."""
+    return _hash_file(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False))
 
 
 def download_url(url: str, target: Path, *, sha256_prefix: str = "", md5: str = "", size: int | None = None,
@@ -371,22 +377,15 @@ def _fetch_one(repo: str, revision: str, name: str, remote: RemoteFile, folder: 
     target = folder / name
     sha256 = remote.etag if _SHA256_RE.match(remote.etag) else ""
     git_sha1 = remote.etag if _SHA1_RE.match(remote.etag) else ""
-    if target.is_file() and (remote.size is None or target.stat().st_size == remote.size) and (
-            (sha256 and _sha256(target) == sha256) or (git_sha1 and _git_blob_sha1(target) == git_sha1)):
+    same_size = target.is_file() and (remote.size is None or target.stat().st_size == remote.size)
+    if same_size and ((sha256 and _hash_file(target, hashlib.sha256()) == sha256)
+                      or (git_sha1 and _git_blob_sha1(target) == git_sha1)):
         return sha256 or git_sha1  # already here from an interrupted fetch of the folder
     if remote.size and remote.size > 1 << 24:
         say(f"samclip: downloading {name} of hf-hub:{repo} ({remote.size / 2**20:.0f} MiB) into {folder}")
     download_url(remote.url, target, sha256_prefix=sha256, size=remote.size, git_sha1=git_sha1,
                  desc=f"{repo.split('/')[-1]}/{name}")
     return sha256 or git_sha1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _shards(path: Path) -> list[str]:

@@ -55,6 +55,11 @@ def read_class_folders(root: str | Path, limit: int | None = None) -> tuple[list
     return [name for name, _ in kept], refs, labels
 
 
+def read_names(path: str | Path) -> list[str]:
+    """The non-empty lines of a names file (class names, templates), stripped."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def class_names(folders: list[str], labels: Sequence[str] | None) -> list[str]:
     if labels is None:
         return [f.replace("_", " ") for f in folders]

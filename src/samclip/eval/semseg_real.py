@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..merge.real_data import IMAGE_EXTS
 from ..models import SamClip
 from ..predictor import Predictor
 from .semseg import ConfusionMatrix
 
 ZERO_CONVENTIONS = ("background", "class", "ignore")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def read_mask_folders(images: str | Path, masks: str | Path,

@@ -18,6 +18,7 @@ their offsets with ``os.pread``, without unpacking.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tarfile
@@ -82,26 +83,22 @@ class ImageIndex:
         return (self[i] for i in range(len(self)))
 
 
-class _Files:
-    """Reads the encoded bytes of an :class:`ImageRef`. A shard member is read with its own descriptor, opened
-    and closed around one ``os.pread`` (a few microseconds against a decode of milliseconds), so thousands of
-    shards never hold thousands of descriptors, and decoding threads share nothing."""
-
-    @staticmethod
-    def read(ref: ImageRef) -> bytes:
-        if ref.length < 0:
-            return Path(ref.path).read_bytes()
-        fd = os.open(ref.path, os.O_RDONLY)
-        try:
-            data = os.pread(fd, ref.length, ref.offset)
-        finally:
-            os.close(fd)
-        if len(data) != ref.length:
-            raise OSError(f"{ref.path}: member at byte {ref.offset} is cut short (the shard changed or is truncated)")
-        return data
+def read_encoded(ref: ImageRef) -> bytes:
+    """The encoded bytes of ``ref``. A shard member is read with its own descriptor, opened and closed around one
+    ``os.pread`` (a few microseconds against a decode of milliseconds), so thousands of shards never hold
+    thousands of descriptors, and decoding threads share nothing."""
+    if ref.length < 0:
+        return Path(ref.path).read_bytes()
+    fd = os.open(ref.path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, ref.length, ref.offset)
+    finally:
+        os.close(fd)
+    if len(data) != ref.length:
+        raise OSError(f"{ref.path}: member at byte {ref.offset} is cut short (the shard changed or is truncated)")
+    return data
 
 
-_FILES = _Files()
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -135,8 +132,6 @@ def _square(arr: np.ndarray, size: int, resample: int) -> np.ndarray:
 
 
 def decode_rgb(data: bytes, name: str) -> np.ndarray:
-    import io
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
@@ -262,7 +257,7 @@ class LazyImages(_OnDemand):
                 return self.extra[j - len(self.refs)].copy()
             ref = self.refs[j]
             try:
-                return square_resize(decode_rgb(_FILES.read(ref), ref.name), self.size)
+                return square_resize(decode_rgb(read_encoded(ref), ref.name), self.size)
             except (OSError, ValueError) as e:
                 if not self.skip_unreadable:
                     raise

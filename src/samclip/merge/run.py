@@ -124,16 +124,13 @@ class FolderEvaluator:
     mIoU on held-out SA-1B pairs; what the learning / forgetting curves and stage II's early stop read."""
 
     def __init__(self, cfg: MergeConfig, sam_size: int, clip_size: int, templates: tuple[str, ...]) -> None:
-        from ..eval.classification import DEFAULT_TEMPLATES, ZeroShotSet
+        from ..eval.classification import DEFAULT_TEMPLATES, ZeroShotSet, read_names
 
         ev = cfg.eval
         self.clip_size = clip_size
         self.zs = None
         if ev.classify_dir:
-            labels = None
-            if ev.classify_labels:
-                lines = Path(ev.classify_labels).read_text(encoding="utf-8").splitlines()
-                labels = [line.strip() for line in lines if line.strip()]
+            labels = read_names(ev.classify_labels) if ev.classify_labels else None
             self.zs = ZeroShotSet(ev.classify_dir, labels, templates or DEFAULT_TEMPLATES, ev.classify_images)
         self.val = None
         if ev.sam_dir:

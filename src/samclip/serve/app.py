@@ -43,7 +43,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,6 +106,16 @@ def _error(status: int, error: str, detail: Any, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
 
 
+async def send_json_error(send: Any, status: int, error: str, detail: str,
+                          headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Answer an ASGI request from a middleware, before the app: ``{"error", "detail"}`` with ``status``."""
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 # ------------------------------------------------------------------------------------------ api key
 OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json")  # and /static/*: the page, liveness, the API's spec
 
@@ -132,12 +142,8 @@ class ApiKeyMiddleware:
                 or self._authorized(dict(scope.get("headers") or [])):
             await self.app(scope, receive, send)
             return
-        detail = "this server needs its API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-        body = json.dumps({"error": "unauthorized", "detail": detail}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 401, "unauthorized", "this server needs its API key: send 'Authorization: "
+                              "Bearer <key>' or 'X-API-Key: <key>'", [(b"www-authenticate", b"Bearer")])
 
 
 # -------------------------------------------------------------------------------------------- limits
@@ -157,12 +163,8 @@ class BodyLimitMiddleware:
         self.app, self.upload_limit, self.other_limit = app, upload_limit, other_limit
 
     async def _send_413(self, send: Any, limit: int) -> None:
-        body = json.dumps({"error": "payload_too_large",
-                           "detail": f"request body over the limit of {limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 413, "payload_too_large", f"request body over the limit of {limit} bytes",
+                              [(b"connection", b"close")])
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
