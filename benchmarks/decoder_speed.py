@@ -36,10 +36,12 @@ import time
 import torch
 
 import samclip
+from samclip.allocator import tune_malloc
 from samclip.precision import autocast, resolve_bf16
 
 
 def main() -> None:
+    tune_malloc()  # both sides of every comparison run with the same allocator (samclip.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="sam-vit-b", help="a SAM preset (sam-vit-b, sam-vit-l, sam-synthetic, ...)")
     ap.add_argument("--rounds", type=int, default=5)

@@ -14,9 +14,11 @@ import json
 import torch
 
 from _timing import median_seconds
+from samclip.allocator import tune_malloc
 
 
 def main() -> None:
+    tune_malloc()  # both sides of every comparison run with the same allocator (samclip.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--size", type=int, default=1024)

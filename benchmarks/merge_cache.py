@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import samclip
+from samclip.allocator import tune_malloc
 from samclip.merge.config import CONFIG_DIR, load_config
 from samclip.merge.run import build_streams, build_student
 from samclip.merge.trainer import MergeTrainer
@@ -48,6 +49,7 @@ def paper_teachers(root: Path) -> list[str]:
 
 
 def main() -> None:
+    tune_malloc()  # both sides of every comparison run with the same allocator (samclip.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(CONFIG_DIR / "tiny-synthetic.toml"))
     ap.add_argument("--steps", type=int, default=6)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import samclip
+from samclip.allocator import tune_malloc
 from samclip.data.captions import class_prompt_templates
 from samclip.eval.baselines import maskclip_patch_embeddings
 from samclip.models import CLIP, SamClip, clip_preset
@@ -96,6 +97,7 @@ def _rounded(obj: object) -> object:
 
 
 def main() -> None:
+    tune_malloc()  # both sides of every comparison run with the same allocator (samclip.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny-synthetic")
     ap.add_argument("--reps", type=int, default=3)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from _timing import median_seconds
+from samclip.allocator import tune_malloc
 
 
 def cpu_name() -> str:
@@ -66,6 +67,7 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
 
 
 def main() -> None:
+    tune_malloc()  # both sides of every comparison run with the same allocator (samclip.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-synthetic", help="merged model name or folder")
     ap.add_argument("--preset", choices=["vit-b", "tiny"], default=None, help="random merged model of this shape")

@@ -9,6 +9,7 @@ import argparse
 import os
 import time
 
+from samclip.allocator import tune_malloc
 from samclip.data import generate_scene, single_object_scene
 
 
@@ -24,6 +25,7 @@ def measure(size: int, n: int, supersample: int, single: bool) -> float:
 
 
 def main() -> None:
+    tune_malloc()  # both sides of every comparison run with the same allocator (samclip.allocator)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="scenes per measurement")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 128, 64])

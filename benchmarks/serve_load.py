@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from samclip.allocator import tune_malloc
 from samclip.testing import serve_subprocess
 
 SHAPE_NAMES = ["circle", "square", "triangle", "star", "hexagon", "ring", "cross", "heart", "crescent", "arrow",
@@ -82,6 +83,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def main() -> None:
+    tune_malloc()  # both sides of every comparison run with the same allocator (samclip.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-synthetic")
     ap.add_argument("--images", type=int, default=8)

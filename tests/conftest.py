@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from samclip.allocator import tune_malloc
+
 # The suite runs in fp32 on every machine: on CPUs with native bf16 (AMX, AVX512-BF16) "auto" would pick bf16
 # autocast and tests that compare two paths of the same computation exactly would compare roundings instead.
 # Set before any test (and inherited by the CLI subprocesses); the bf16 paths have tests that force them.
 os.environ["SAMCLIP_BF16"] = "false"
+tune_malloc()  # as the CLI and the merge run (samclip.allocator); bit for bit the same results, sooner
 
 # ---------------------------------------------------------------------------------------- helpers
 CAPTIONS = [

@@ -102,6 +102,17 @@ def test_scene_bank_is_consistent() -> None:
         assert int(inst.max()) == len(bank.objects[i])
 
 
+def test_scene_bank_same_with_worker_processes() -> None:
+    """Workers render chunks of rows into shared memory: the bank is byte for byte the serial one, in order
+    (70 rows: two full chunks of 32 and a short one)."""
+    serial = build_bank("val", 70, 32, kind="single", workers=1)
+    shared = build_bank("val", 70, 32, kind="single", workers=2)
+    for name in ("images", "instance_maps", "semantic", "seeds"):
+        assert np.array_equal(getattr(serial, name), getattr(shared, name)), name
+    assert serial.captions == shared.captions and serial.objects == shared.objects
+    assert shared.images[-1].any()  # the short last chunk was rendered too
+
+
 def test_sam_training_step_learns_something() -> None:
     from samclip.teachers.sam_teacher import sam_training_step
 

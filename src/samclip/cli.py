@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from .allocator import tune_malloc
 from .cli_download import add_download_command
 from .cli_export import add_export_command
 from .cli_info import add_info_command
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()  # large CPU buffers stay in the heap (samclip.allocator)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -12,6 +12,7 @@ with the model. ``kind`` selects the generator: ``scene`` (1-6 objects), ``singl
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing as mp
 from dataclasses import dataclass
 
@@ -44,8 +45,7 @@ class SceneBank:
         )
 
 
-def _render(args: tuple[str, int, int, frozenset]) -> tuple:
-    kind, seed, size, forbidden = args
+def _render(kind: str, seed: int, size: int, forbidden: frozenset) -> tuple:
     if kind == "scene":
         s: Scene = generate_scene(seed, size, forbidden_pairs=forbidden)
     elif kind == "single":
@@ -59,31 +59,62 @@ def _render(args: tuple[str, int, int, frozenset]) -> tuple:
     return s.image, inst, s.semantic_mask, s.caption, objs
 
 
+# the arrays a bank's worker processes render into (set before the fork, inherited by the workers)
+_SHARED: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def _render_rows(args: tuple[str, list[int], int, int, frozenset]) -> list[tuple[str, list]]:
+    """Render ``seeds`` into rows ``start ...`` of the shared arrays; returns their (caption, objects)."""
+    kind, seeds, start, size, forbidden = args
+    assert _SHARED is not None
+    texts = []
+    for row, seed in enumerate(seeds, start):
+        image, inst, sem, caption, objs = _render(kind, seed, size, forbidden)
+        _SHARED[0][row], _SHARED[1][row], _SHARED[2][row] = image, inst, sem
+        texts.append((caption, objs))
+    return texts
+
+
+def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint8 array in anonymous shared memory: a forked worker's writes are the parent's."""
+    n = int(np.prod(shape))
+    return np.frombuffer(mmap.mmap(-1, max(n, 1)), np.uint8, n).reshape(shape)
+
+
 def build_bank(split: str, n: int, size: int, *, kind: str = "scene", start: int = 0,
                forbidden_pairs: frozenset[tuple[str, str]] = frozenset(), workers: int = 2,
                progress: bool = False) -> SceneBank:
-    """Render ``n`` samples of ``split`` (seeds ``split_seeds(split, n, start)``) at ``size`` px."""
-    seeds = list(split_seeds(split, n, start))
-    jobs = [(kind, s, size, forbidden_pairs) for s in seeds]
+    """Render ``n`` samples of ``split`` (seeds ``split_seeds(split, n, start)``) at ``size`` px.
+
+    With ``workers > 1`` forked processes render chunks of rows straight into shared memory (no pixels
+    pass through pipes); the bank is the same, byte for byte, with any number of workers."""
+    global _SHARED
+    seeds = [int(s) for s in split_seeds(split, n, start)]
     if workers > 1 and n >= 64:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(workers) as pool:
-            rows = list(_progress(pool.imap(_render, jobs, chunksize=32), n, progress, f"render {kind}"))
+        arrays = (_shared_array((n, size, size, 3)), _shared_array((n, size, size)), _shared_array((n, size, size)))
+        chunk = 32
+        jobs = [(kind, seeds[a:a + chunk], a, size, forbidden_pairs) for a in range(0, n, chunk)]
+        _SHARED = arrays
+        try:
+            with mp.get_context("fork").Pool(workers) as pool:
+                texts = [t for part in _progress(pool.imap(_render_rows, jobs), len(jobs), progress,
+                                                 f"render {kind}", unit_scale=chunk) for t in part]
+        finally:
+            _SHARED = None
+        images, inst, sem = arrays
     else:
-        rows = list(_progress(map(_render, jobs), n, progress, f"render {kind}"))
-    return SceneBank(
-        np.stack([r[0] for r in rows]),
-        np.stack([r[1] for r in rows]),
-        np.stack([r[2] for r in rows]),
-        [r[3] for r in rows],
-        [r[4] for r in rows],
-        np.asarray(seeds, dtype=np.int64),
-    )
+        rows = list(_progress((_render(kind, s, size, forbidden_pairs) for s in seeds), n, progress,
+                              f"render {kind}"))
+        images, inst, sem = (np.stack([r[k] for r in rows]) for k in range(3))
+        texts = [(r[3], r[4]) for r in rows]
+    return SceneBank(images, inst, sem, [t[0] for t in texts], [t[1] for t in texts],
+                     np.asarray(seeds, dtype=np.int64))
 
 
-def _progress(it, total: int, enabled: bool, desc: str):  # noqa: ANN001, ANN202
+def _progress(it, total: int, enabled: bool, desc: str, unit_scale: int = 1):  # noqa: ANN001, ANN202
+    """``it`` with a progress bar of ``total`` items (each ``unit_scale`` images) when ``enabled``."""
     if not enabled:
         return it
     from tqdm import tqdm
 
-    return tqdm(it, total=total, desc=desc, unit="img", leave=False)
+    return tqdm(it, total=total, desc=desc, unit="img", unit_scale=unit_scale, leave=False)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..allocator import tune_malloc
 from ..checkpoint import atomic_write_bytes
 from ..data.banks import build_bank
 from ..eval.prompt_seg import prompt_miou
@@ -259,6 +260,7 @@ def choose_tta(model: SamClip, evaluator: SceneEvaluator, cfg: MergeConfig, sing
 def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> dict:
     """The whole merge. Returns a summary; the model is saved to ``<out>/model``."""
     t0 = time.time()
+    tune_malloc()  # large CPU buffers stay in the heap: token caches 30% faster here (samclip.allocator)
     init_distributed()
     rank, world = dist_info()
     if cfg.threads:
