@@ -492,38 +492,3 @@ def test_postprocess_equals_the_two_step_reference(sam: Sam, input_size, origina
     got = sam.postprocess_masks(low, input_size, original_size)
     assert got.shape == ref.shape == (2, 3, *original_size)
     assert torch.equal(got, ref)
-
-
-@pytest.mark.parametrize("window", [0, 4])
-def test_training_attention_is_bit_for_bit_pytorchs(window: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under autograd on fp32 CPU tensors the blocks compute rel-pos attention themselves (PyTorch's math path
-    without its all -inf row check): output and every gradient equal ``F.scaled_dot_product_attention``'s."""
-    import samclip.models.image_encoder as enc
-
-    cfg = ImageEncoderConfig(img_size=64, patch_size=8, embed_dim=40, depth=1, num_heads=5, window_size=4,
-                             global_attn_indexes=(), out_chans=16, use_rel_pos=True)
-    torch.manual_seed(0)
-    block = enc.Block(cfg, window)
-    with torch.no_grad():
-        block.attn.rel_pos_h.normal_()
-        block.attn.rel_pos_w.normal_()
-    x0, grad = torch.randn(3, 8, 8, 40), torch.randn(3, 8, 8, 40)
-    calls = []
-    real = enc._biased_attention
-    monkeypatch.setattr(enc, "_biased_attention", lambda *a: calls.append(1) or real(*a))
-
-    def run() -> list[torch.Tensor]:
-        block.zero_grad()
-        x = x0.clone().requires_grad_(True)
-        block(x).backward(grad)
-        return [x.grad] + [p.grad.clone() for p in block.parameters()]
-
-    ours = run()
-    assert calls  # the block's own path ran
-    monkeypatch.setattr(enc, "_math_path_under_autograd", lambda q, bias: False)
-    theirs = run()
-    assert len(calls) == 1
-    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
-    with torch.no_grad():  # inference keeps PyTorch's fused kernel
-        block(x0)
-    assert len(calls) == 1

@@ -89,25 +89,6 @@ def decomposed_rel_pos_bias(
     return bias.view(b, h * w, h * w)
 
 
-def _math_path_under_autograd(q: torch.Tensor, bias: torch.Tensor) -> bool:
-    """Whether PyTorch's scaled_dot_product_attention would take its math path for fp32 CPU tensors that need
-    gradients (its fused CPU kernel serves inference only)."""
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and bias.dtype == torch.float32
-            and torch.is_grad_enabled() and (q.requires_grad or bias.requires_grad))
-
-
-def _biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v for (B, heads, N, d) q, k, v and a finite (B, heads, N, N) bias.
-
-    The operations of PyTorch's math attention path (both factors scaled by d^-1/4), so forward and gradients
-    are bit for bit its own, without its check for rows that are all -inf (which a finite bias never has):
-    that check (``all`` / ``isneginf`` / ``where`` over the BxheadsxNxN scores) was ~5% of a CLIP-head
-    training step on a 2-core CPU."""
-    scale = q.shape[-1] ** -0.25
-    scores = torch.matmul(q * scale, k.transpose(-2, -1) * scale) + bias
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
-
-
 class Attention(nn.Module):
     """Multi-head self-attention on a token grid with optional decomposed relative positions."""
 
@@ -141,10 +122,7 @@ class Attention(nn.Module):
             blocked = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~key_mask, float("-inf"))
             blocked = blocked[:, None, None, :]
             bias = blocked if bias is None else bias + blocked
-        if key_mask is None and bias is not None and _math_path_under_autograd(q, bias):
-            out = _biased_attention(q, k, v, bias)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
 
