@@ -14,7 +14,7 @@ from PIL import Image
 
 from samclip.data import generate_scene
 from samclip.merge import real_data
-from samclip.merge.real_data import LazyImages, LazyInstanceMaps, square_resize, square_resize_nearest
+from samclip.merge.real_data import LazyImages, LazySa1bPairs, PairField, square_resize, square_resize_nearest
 from samclip.merge.streams import ClipStream, SamStream
 
 
@@ -149,7 +149,7 @@ def test_sa1b_stream_decodes_instance_maps_on_demand(tmp_path: Path) -> None:
     scenes = _sa1b_folder(tmp_path / "sa1b")
     (tmp_path / "sa1b" / "orphan.json").write_text("{}")  # no image beside it: skipped
     stream = SamStream.from_sa1b(tmp_path / "sa1b", size=64, per_image=4, seed=0)
-    assert len(stream) == 3 and isinstance(stream._inst, LazyInstanceMaps)
+    assert len(stream) == 3 and isinstance(stream._inst, PairField)
     for i, (scene, whole) in enumerate(scenes):
         inst = stream.instance_map(i)
         assert inst.shape == (64, 64) and inst.dtype == np.uint8
@@ -163,10 +163,49 @@ def test_sa1b_stream_decodes_instance_maps_on_demand(tmp_path: Path) -> None:
         assert prompts.boxes.shape == (2, 4) and prompts.points.shape == (2, 2)
     assert stream.images(np.array([0, 2])).shape == (2, 64, 64, 3)
     (tmp_path / "sa1b" / "sa_1.json").write_text("{not json")
+    strict = SamStream.from_sa1b(tmp_path / "sa1b", size=64, per_image=4, seed=0, skip_unreadable=False)
     with pytest.raises(ValueError, match="sa_1.json: not an SA-1B annotation file"):
-        stream.instance_map(1)
+        strict.instance_map(1)
     with pytest.raises(ValueError, match="no SA-1B style"):
         SamStream.from_sa1b(tmp_path, size=64, per_image=4, seed=0)
+
+
+def test_a_bad_sa1b_pair_gives_way_to_the_next_with_its_masks(tmp_path: Path) -> None:
+    """A pair whose annotation is broken, whose image is broken, or that has no mask is replaced, image and
+    masks together, by the next good pair, with one warning per file."""
+    _sa1b_folder(tmp_path / "sa1b", n=5)
+    root = tmp_path / "sa1b"
+    good = SamStream.from_sa1b(root, size=64, per_image=4, seed=0)
+    expected = [(good.images(np.array([i]))[0], good.instance_map(i)) for i in range(5)]
+    (root / "sa_1.json").write_text("{not json")
+    (root / "sa_2.jpg").write_bytes(b"not a jpeg")
+    (root / "sa_4.json").write_text(json.dumps({"annotations": []}))
+    stream = SamStream.from_sa1b(root, size=64, per_image=4, seed=0)
+    with pytest.warns(UserWarning, match="unreadable SA-1B pair"):
+        images = stream.images(np.arange(5))
+    assert stream._images._pairs.unreadable == {str(root / n) for n in ("sa_1.json", "sa_2.json", "sa_4.json")}
+    for i, source in enumerate([0, 3, 3, 3, 0]):  # 1 and 2 -> 3; 4 wraps around to 0
+        assert np.array_equal(images[i], expected[source][0])
+        assert np.array_equal(stream.instance_map(i), expected[source][1])
+        assert stream.prompts(i).boxes.shape == (2, 4)
+
+
+def test_sa1b_pairs_read_each_pair_once_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step's images and then their instance maps (and the prompts drawn from them) read each pair once."""
+    import samclip.merge.real_data as rd
+
+    _sa1b_folder(tmp_path / "sa1b")
+    reads = []
+    real = rd.read_instance_map
+    monkeypatch.setattr(rd, "read_instance_map", lambda path, size: reads.append(path) or real(path, size))
+    stream = SamStream.from_sa1b(tmp_path / "sa1b", size=64, per_image=4, seed=0)
+    stream.prefetch(np.array([0, 1]))
+    stream.images(np.array([0, 1, 2]))
+    for i in range(3):
+        stream.instance_map(i)
+        stream.prompts(i)
+    assert sorted(reads) == sorted(str(tmp_path / "sa1b" / f"sa_{i}.json") for i in range(3))
+    assert isinstance(stream._images._pairs, LazySa1bPairs)
 
 
 def write_real_data(root: Path) -> tuple[Path, Path]:

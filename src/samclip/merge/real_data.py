@@ -7,7 +7,8 @@ in archive order, so a resumed or distributed run sees the same numbering.
 
 - :class:`LazyImages`: N images, each centre-cropped to a square and resized to ``size`` when read (the
   same pixels as reading them all up front): ``images[i]`` -> SxSx3 uint8, ``images[idx]`` -> BxSxSx3.
-- :class:`LazyInstanceMaps`: SA-1B annotations (COCO RLE per mask) -> SxS uint8 instance maps when read.
+- :class:`LazySa1bPairs`: SA-1B images with their annotations (COCO RLE per mask) -> SxS uint8 instance maps,
+  read together when asked for; a bad pair can be replaced by the next good one.
 
 Both can read ahead: ``prefetch(ids)`` starts decoding in the pool, and the merge asks for the next step's
 batch while it trains on the current one.
@@ -25,6 +26,7 @@ import tarfile
 import threading
 import warnings
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -257,7 +259,7 @@ class LazyImages(_OnDemand):
                 return self.extra[j - len(self.refs)].copy()
             ref = self.refs[j]
             try:
-                return square_resize(decode_rgb(read_encoded(ref), ref.name), self.size)
+                return read_image(ref, self.size)
             except (OSError, ValueError) as e:
                 if not self.skip_unreadable:
                     raise
@@ -280,43 +282,127 @@ class LazyImages(_OnDemand):
         return np.stack(self._take([self._index(int(i)) for i in ids]))
 
 
-class LazyInstanceMaps(_OnDemand):
-    """SA-1B annotations (``<id>.json``: ``annotations[].segmentation`` in COCO RLE) -> SxS uint8 instance
-    maps on demand. SA-1B's masks overlap (wholes and their parts): the largest ``MAX_INSTANCES`` are painted
-    largest first, so a part keeps its own id and a whole keeps what its parts leave visible."""
+def read_image(ref: ImageRef, size: int) -> np.ndarray:
+    """One image (a file or a tar member), centre-cropped to a square and resized -> SxSx3 uint8 RGB."""
+    return square_resize(decode_rgb(read_encoded(ref), ref.name), size)
 
-    def __init__(self, json_paths: list[str], size: int) -> None:
+
+def read_instance_map(path: str, size: int) -> np.ndarray:
+    """An SA-1B annotation file (``annotations[].segmentation`` in COCO RLE) -> SxS uint8 instance map.
+
+    SA-1B's masks overlap (wholes and their parts): the largest ``MAX_INSTANCES`` are painted largest first, so
+    a part keeps its own id and a whole keeps what its parts leave visible."""
+    from pycocotools import mask as mask_utils
+
+    try:
+        ann = json.loads(Path(path).read_text())
+        segs = sorted(ann.get("annotations", []), key=lambda a: -a.get("area", 0))[:MAX_INSTANCES]
+        inst: np.ndarray | None = None
+        for k, a in enumerate(segs):
+            rle = dict(a["segmentation"])
+            if isinstance(rle.get("counts"), str):
+                rle["counts"] = rle["counts"].encode()
+            m = mask_utils.decode(rle).astype(bool)
+            if inst is None:
+                inst = np.zeros(m.shape, np.uint8)
+            inst[m] = k + 1
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: not an SA-1B annotation file ({type(e).__name__}: {e})") from None
+    if inst is None:  # no masks
+        return np.zeros((size, size), np.uint8)
+    return square_resize_nearest(inst, size)
+
+
+class LazySa1bPairs(_OnDemand):
+    """SA-1B image + annotation pairs, read together on demand: pair ``i`` -> (SxSx3 uint8 image, SxS uint8
+    instance map, 0 = no mask). :attr:`images` and :attr:`instance_maps` index them like the scene world's
+    arrays; the pairs read last are kept, so a step that asks for a batch's images and then for their maps
+    reads each pair once.
+
+    ``skip_unreadable``: a pair whose image or annotation cannot be read, or whose masks all vanish at ``size``,
+    is replaced, image and masks together, by the next good pair, with one warning per file; the replacement
+    is a function of the index (resumed runs and every rank agree). Otherwise such a pair is an error."""
+
+    MAX_SKIPPED_IN_A_ROW = 16
+    KEEP_RECENT = 512  # pairs kept after they were read
+
+    def __init__(self, refs: ImageIndex | Sequence[ImageRef], json_paths: Sequence[str], size: int,
+                 skip_unreadable: bool = False) -> None:
         super().__init__()
+        self.refs = refs if isinstance(refs, ImageIndex) else ImageIndex.from_refs(refs)
         self.paths = list(json_paths)
+        if len(self.refs) != len(self.paths):
+            raise ValueError(f"{len(self.refs)} images but {len(self.paths)} annotation files")
         self.size = size
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: set[str] = set()  # pairs replaced so far (their annotation files)
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.images = PairField(self, 0)
+        self.instance_maps = PairField(self, 1)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int | np.integer) -> np.ndarray:
-        return self._take([self._index(int(i))])[0]
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        tries = min(self.MAX_SKIPPED_IN_A_ROW + 1, len(self))
+        for k in range(tries):
+            j = (i + k) % len(self)
+            try:
+                inst = read_instance_map(self.paths[j], self.size)
+                if not inst.any():
+                    raise ValueError(f"{self.paths[j]}: no mask at {self.size} px")
+                return read_image(self.refs[j], self.size), inst
+            except (OSError, ValueError) as e:
+                if not self.skip_unreadable:
+                    raise
+                with self._lock:
+                    first = self.paths[j] not in self.unreadable
+                    self.unreadable.add(self.paths[j])
+                if first:
+                    warnings.warn(f"skipping an unreadable SA-1B pair, the next one takes its place: {e}",
+                                  stacklevel=2)
+        raise OSError(f"{tries} unreadable SA-1B pairs in a row from item {i} (the first: {self.paths[i]}); "
+                      "is the data folder intact?")
 
-    def _load(self, i: int) -> np.ndarray:
-        from pycocotools import mask as mask_utils
+    def pairs(self, ids: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The pairs ``ids`` (in range), from those kept where they are; the rest read now, in parallel."""
+        with self._lock:
+            kept = {i: self._recent[i] for i in ids if i in self._recent}
+        todo = list(dict.fromkeys(i for i in ids if i not in kept))
+        fresh = dict(zip(todo, self._take(todo))) if todo else {}
+        with self._lock:
+            for i, pair in fresh.items():
+                self._recent[i] = pair
+            for i in ids:
+                self._recent.move_to_end(i)
+            while len(self._recent) > self.KEEP_RECENT:
+                self._recent.popitem(last=False)
+        return [kept[i] if i in kept else fresh[i] for i in ids]
 
-        path = self.paths[i]
-        try:
-            ann = json.loads(Path(path).read_text())
-            segs = sorted(ann.get("annotations", []), key=lambda a: -a.get("area", 0))[:MAX_INSTANCES]
-            inst: np.ndarray | None = None
-            for k, a in enumerate(segs):
-                rle = dict(a["segmentation"])
-                if isinstance(rle.get("counts"), str):
-                    rle["counts"] = rle["counts"].encode()
-                m = mask_utils.decode(rle).astype(bool)
-                if inst is None:
-                    inst = np.zeros(m.shape, np.uint8)
-                inst[m] = k + 1
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"{path}: not an SA-1B annotation file ({type(e).__name__}: {e})") from None
-        if inst is None:  # no masks
-            return np.zeros((self.size, self.size), np.uint8)
-        return square_resize_nearest(inst, self.size)
+
+class PairField:
+    """One field of :class:`LazySa1bPairs` (0: images, 1: instance maps), indexed like an array of it."""
+
+    def __init__(self, pairs: LazySa1bPairs, field: int) -> None:
+        self._pairs, self._field = pairs, field
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def prefetch(self, ids: np.ndarray | list[int]) -> None:
+        if self._field == 0:  # one read-ahead per pair: the images' view starts it, the maps' view shares it
+            self._pairs.prefetch(ids)
+
+    def __getitem__(self, idx: int | np.integer | np.ndarray | list[int]) -> np.ndarray:
+        pairs = self._pairs
+        if isinstance(idx, (int, np.integer)):
+            return pairs.pairs([pairs._index(int(idx))])[0][self._field]
+        ids = [pairs._index(int(i)) for i in np.asarray(idx).reshape(-1)]
+        if not ids:
+            shape = (pairs.size, pairs.size, 3) if self._field == 0 else (pairs.size, pairs.size)
+            return np.zeros((0, *shape), np.uint8)
+        return np.stack([p[self._field] for p in pairs.pairs(ids)])
 
 
 def index_sa1b(folder: str | Path, limit: int | None = None) -> tuple[ImageIndex, list[str]]:

@@ -26,9 +26,9 @@ from ..data import HELDOUT_PAIRS
 from ..data.banks import build_bank
 from ..inference import mask_crops
 from ..prompts import interior_points, jitter_boxes, masks_to_boxes
-from .real_data import IMAGE_EXTS, LazyImages, LazyInstanceMaps, index_images, index_sa1b
+from .real_data import IMAGE_EXTS, LazyImages, LazySa1bPairs, PairField, index_images, index_sa1b
 
-Images = np.ndarray | LazyImages  # NxSxSx3 uint8, in memory or read on demand
+Images = np.ndarray | LazyImages | PairField  # NxSxSx3 uint8, in memory or read on demand
 
 
 def step_rng(seed: int, stage: int, step: int, stream: int) -> np.random.Generator:
@@ -116,8 +116,9 @@ class SamStream:
     """D_SAM: images at the SAM size with instance maps (in memory, or read on demand); fixed prompts per
     image."""
 
-    def __init__(self, images: Images, instance_maps: np.ndarray | LazyInstanceMaps, per_image: int,
-                 seed: int) -> None:
+    def __init__(self, images: Images, instance_maps: np.ndarray | PairField, per_image: int, seed: int) -> None:
+        """``images`` NxSxSx3 uint8 and ``instance_maps`` NxSxS uint8, as arrays or on-demand views of them
+        (:class:`~samclip.merge.real_data.LazySa1bPairs`)."""
         self._images = images
         self._inst = instance_maps
         self.per_image = per_image
@@ -133,23 +134,24 @@ class SamStream:
 
     @classmethod
     def from_sa1b(cls, folder: str | Path, size: int, per_image: int, seed: int,
-                  limit: int | None = None) -> SamStream:
-        """SA-1B layout: ``<id>.jpg`` with ``<id>.json`` holding COCO-RLE ``annotations``, read on demand
-        (see :class:`~samclip.merge.real_data.LazyInstanceMaps` for overlapping masks)."""
+                  limit: int | None = None, skip_unreadable: bool = True) -> SamStream:
+        """SA-1B layout: ``<id>.jpg`` with ``<id>.json`` holding COCO-RLE ``annotations``, read on demand, image
+        and masks together (see :class:`~samclip.merge.real_data.LazySa1bPairs` for overlapping masks and for
+        ``skip_unreadable``: a pair that cannot be read, or has no mask, gives way to the next one)."""
         refs, jsons = index_sa1b(folder, limit)
         if not len(refs):
             raise ValueError(f"{folder}: no SA-1B style image + json pairs found")
-        return cls(LazyImages(refs, size), LazyInstanceMaps(jsons, size), per_image, seed)
+        pairs = LazySa1bPairs(refs, jsons, size, skip_unreadable=skip_unreadable)
+        return cls(pairs.images, pairs.instance_maps, per_image, seed)
 
     def images(self, idx: np.ndarray) -> np.ndarray:
         return self._images[idx]
 
     def prefetch(self, idx: np.ndarray) -> None:
         """Start reading the images ``idx`` and their instance maps in the background (real data only)."""
-        if isinstance(self._images, LazyImages):
-            self._images.prefetch(idx)
-        if isinstance(self._inst, LazyInstanceMaps):
-            self._inst.prefetch(idx)
+        for source in (self._images, self._inst):
+            if hasattr(source, "prefetch"):
+                source.prefetch(idx)
 
     def instance_map(self, i: int) -> np.ndarray:
         """SxS uint8 instance ids of image ``i`` (0 = no instance)."""
