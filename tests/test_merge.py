@@ -711,3 +711,22 @@ def test_list_overrides_take_commas_or_toml_brackets() -> None:
     assert load_config(None, ["data.clip_sizes=[64, 128]", "head.tta_sizes=[56]"]).head.tta_sizes == [56]
     with pytest.raises(ValueError, match="comma-separated integers"):
         load_config(None, ["data.clip_sizes=64;128"])
+
+
+def test_embedding_table_reads_like_a_dict_of_rows() -> None:
+    from samclip.merge.teachers import EmbeddingTable
+
+    t = EmbeddingTable(capacity=4)
+    rows = torch.randn(10, 6)
+    t[2] = rows[2]
+    t[np.int64(0)] = rows[0]
+    assert 2 in t and np.int64(0) in t and 1 not in t and 99 not in t and "2" not in t
+    t.put(torch.tensor([7, 5]), rows[[7, 5]])  # past the reserved 4 rows: grows, keeps what it held
+    assert list(t) == [0, 2, 5, 7] and len(t) == 4
+    assert torch.equal(t[2], rows[2]) and torch.equal(t.rows([7, 0]), rows[[7, 0]])
+    with pytest.raises(KeyError):
+        t[1]
+    with pytest.raises(KeyError):
+        t.rows([5, 3])
+    t.clear()
+    assert len(t) == 0 and 2 not in t
