@@ -111,6 +111,14 @@ def test_scene_bank_same_with_worker_processes() -> None:
         assert np.array_equal(getattr(serial, name), getattr(shared, name)), name
     assert serial.captions == shared.captions and serial.objects == shared.objects
     assert shared.images[-1].any()  # the short last chunk was rendered too
+    # several banks' images rendered into one array, in shared memory or not
+    from samclip.data.banks import shared_array
+
+    for out in (shared_array((140, 32, 32, 3)), np.zeros((140, 32, 32, 3), np.uint8)):
+        build_bank("val", 70, 32, kind="single", workers=2, images_out=out[:70])
+        part = build_bank("val", 70, 32, kind="single", start=70, workers=1, images_out=out[70:])
+        assert np.array_equal(out[:70], serial.images) and part.images.base is not None
+        assert np.array_equal(out[70:], build_bank("val", 70, 32, kind="single", start=70, workers=1).images)
 
 
 def test_sam_training_step_learns_something() -> None:

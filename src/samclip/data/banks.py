@@ -75,23 +75,38 @@ def _render_rows(args: tuple[str, list[int], int, int, frozenset]) -> list[tuple
     return texts
 
 
-def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
-    """A zeroed uint8 array in anonymous shared memory: a forked worker's writes are the parent's."""
+def shared_array(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint8 array in anonymous shared memory: a forked worker's writes are the parent's (pass a slice
+    of one as :func:`build_bank`'s ``images_out`` to render several banks' images into one array)."""
     n = int(np.prod(shape))
     return np.frombuffer(mmap.mmap(-1, max(n, 1)), np.uint8, n).reshape(shape)
 
 
+def _in_shared_memory(a: np.ndarray) -> bool:
+    """Whether ``a`` is a view of a :func:`shared_array`."""
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
 def build_bank(split: str, n: int, size: int, *, kind: str = "scene", start: int = 0,
                forbidden_pairs: frozenset[tuple[str, str]] = frozenset(), workers: int = 2,
-               progress: bool = False) -> SceneBank:
+               progress: bool = False, images_out: np.ndarray | None = None) -> SceneBank:
     """Render ``n`` samples of ``split`` (seeds ``split_seeds(split, n, start)``) at ``size`` px.
 
     With ``workers > 1`` forked processes render chunks of rows straight into shared memory (no pixels
-    pass through pipes); the bank is the same, byte for byte, with any number of workers."""
+    pass through pipes); the bank is the same, byte for byte, with any number of workers. ``images_out``
+    (nxSxSx3 uint8; in :func:`shared_array` memory when ``workers > 1``) receives the images, and is the
+    bank's ``images``: no copy where several banks make one array."""
     global _SHARED
     seeds = [int(s) for s in split_seeds(split, n, start)]
+    if images_out is not None and images_out.shape != (n, size, size, 3):
+        raise ValueError(f"images_out is {images_out.shape}, expected {(n, size, size, 3)}")
     if workers > 1 and n >= 64:
-        arrays = (_shared_array((n, size, size, 3)), _shared_array((n, size, size)), _shared_array((n, size, size)))
+        shared = images_out is not None and _in_shared_memory(images_out)
+        images = images_out if shared else shared_array((n, size, size, 3))
+        arrays = (images, shared_array((n, size, size)), shared_array((n, size, size)))
         chunk = 32
         jobs = [(kind, seeds[a:a + chunk], a, size, forbidden_pairs) for a in range(0, n, chunk)]
         _SHARED = arrays
@@ -102,10 +117,14 @@ def build_bank(split: str, n: int, size: int, *, kind: str = "scene", start: int
         finally:
             _SHARED = None
         images, inst, sem = arrays
+        if images_out is not None and not shared:  # a forked worker's writes to private memory stay its own
+            images_out[:] = images
+            images = images_out
     else:
         rows = list(_progress((_render(kind, s, size, forbidden_pairs) for s in seeds), n, progress,
                               f"render {kind}"))
-        images, inst, sem = (np.stack([r[k] for r in rows]) for k in range(3))
+        images, inst, sem = (np.stack([r[k] for r in rows], out=out) for k, out in
+                             ((0, images_out), (1, None), (2, None)))
         texts = [(r[3], r[4]) for r in rows]
     return SceneBank(images, inst, sem, [t[0] for t in texts], [t[1] for t in texts],
                      np.asarray(seeds, dtype=np.int64))

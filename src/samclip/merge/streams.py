@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data import HELDOUT_PAIRS
-from ..data.banks import build_bank
+from ..data.banks import build_bank, shared_array
 from ..inference import mask_crops
 from ..prompts import interior_points, jitter_boxes, masks_to_boxes
 from .real_data import IMAGE_EXTS, LazyImages, LazySa1bPairs, PairField, index_images, index_sa1b
@@ -70,11 +70,13 @@ class ClipStream:
         if not 0.0 <= single_fraction <= 1.0:
             raise ValueError(f"data.clip_single_fraction must be in [0, 1], got {single_fraction}")
         n_single = round(n * single_fraction)
-        parts = [build_bank("train_merge", n - n_single, size, forbidden_pairs=HELDOUT_PAIRS, progress=progress)]
+        images = shared_array((n, size, size, 3))  # both parts render into it: no 2N-image peak, no copy
+        build_bank("train_merge", n - n_single, size, forbidden_pairs=HELDOUT_PAIRS, progress=progress,
+                   images_out=images[: n - n_single])
         if n_single:
-            parts.append(build_bank("train_merge", n_single, size, kind="single", start=8_000_000,
-                                    forbidden_pairs=HELDOUT_PAIRS, progress=progress))
-        return cls(np.concatenate([p.images for p in parts]), hflip)
+            build_bank("train_merge", n_single, size, kind="single", start=8_000_000, forbidden_pairs=HELDOUT_PAIRS,
+                       progress=progress, images_out=images[n - n_single :])
+        return cls(images, hflip)
 
     def prefetch(self, idx: np.ndarray) -> None:
         """Start reading the images ``idx`` from disk in the background (real data only; see
