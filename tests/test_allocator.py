@@ -12,20 +12,19 @@ PROBE = """
 import resource, torch
 from samclip.allocator import tune_malloc
 tuned = tune_malloc()
-def faults_of_fresh_buffer():
+def faults_of_a_64mb_buffer():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(16 << 20)  # 64 MB, filled then freed
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults_of_fresh_buffer()
-print(tuned, faults_of_fresh_buffer())
+print(tuned, *[faults_of_a_64mb_buffer() for _ in range(6)])
 """
 
-
-def _probe(**env: str) -> tuple[bool, int]:
+def _probe(**env: str) -> tuple[bool, list[int]]:
+    """(tuned, page faults of six 64 MB buffers allocated and freed in turn) in a fresh process."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SAMCLIP_MALLOC_TUNE"}
     out = subprocess.run([sys.executable, "-c", PROBE], env={**full, **env}, capture_output=True, text=True,
                          check=True).stdout.split()
-    return out[0] == "True", int(out[1])
+    return out[0] == "True", [int(x) for x in out[1:]]
 
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
@@ -34,13 +33,16 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("C
 
 @glibc
 def test_tuned_heap_reuses_a_freed_64mb_buffer() -> None:
-    untuned, fresh = _probe(SAMCLIP_MALLOC_TUNE="0")
+    untuned, faults = _probe(SAMCLIP_MALLOC_TUNE="0")
     assert not untuned
+    fresh = min(faults)
     if fresh < 1000:  # huge pages: a fresh 64 MB mapping is a few dozen faults, nothing to tell apart
         pytest.skip(f"a fresh 64 MB buffer took only {fresh} page faults here")
     tuned, faults = _probe()
     assert tuned
-    assert faults < fresh / 8  # reused, where a fresh mapping faults in ~16000 4 KB pages
+    # the first buffer is new memory; later ones reuse it (now and then one is placed anew while other small
+    # allocations settle in the freed space, hence "most"), where untuned every one faults in ~16000 4 KB pages
+    assert sum(f < fresh / 8 for f in faults[1:]) >= 3, faults
 
 
 @glibc
