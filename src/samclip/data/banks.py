@@ -123,8 +123,8 @@ def build_bank(split: str, n: int, size: int, *, kind: str = "scene", start: int
     else:
         rows = list(_progress((_render(kind, s, size, forbidden_pairs) for s in seeds), n, progress,
                               f"render {kind}"))
-        images, inst, sem = (np.stack([r[k] for r in rows], out=out) for k, out in
-                             ((0, images_out), (1, None), (2, None)))
+        images = np.stack([r[0] for r in rows], out=images_out)
+        inst, sem = (np.stack([r[k] for r in rows]) for k in (1, 2))
         texts = [(r[3], r[4]) for r in rows]
     return SceneBank(images, inst, sem, [t[0] for t in texts], [t[1] for t in texts],
                      np.asarray(seeds, dtype=np.int64))

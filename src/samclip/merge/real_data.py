@@ -27,16 +27,18 @@ import threading
 import warnings
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 MAX_INSTANCES = 255  # instance ids are uint8
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -185,10 +187,14 @@ class _OnDemand:
     asked for two prefetches ago and never taken (a stage that ended, an early stop) are dropped."""
 
     MAX_PENDING = 4096  # items read ahead at most
+    MAX_SKIPPED_IN_A_ROW = 16  # bad items replaced in a row before the folder is judged broken
 
-    def __init__(self) -> None:
+    def __init__(self, skip_unreadable: bool = False) -> None:
         self._pending: dict[int, tuple[int, Future]] = {}  # item -> (prefetch call, read)
         self._calls = 0
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: set[str] = set()  # items replaced so far (their names)
+        self._unreadable_lock = threading.Lock()
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -210,6 +216,27 @@ class _OnDemand:
             if i not in self._pending and len(self._pending) < self.MAX_PENDING:
                 self._pending[i] = (self._calls, _pool().submit(self._load, i))
 
+    def _first_readable(self, i: int, read: Callable[[int], T], name: Callable[[int], str], what: str) -> T:
+        """``read(j)`` of the first item ``j`` from ``i`` on (wrapping) that reads without an OSError / ValueError.
+
+        Only with ``self.skip_unreadable``; otherwise the first error is raised. Each replaced item's ``name`` goes
+        into ``self.unreadable``, with one warning the first time (``what``: "image", "SA-1B pair")."""
+        tries = min(self.MAX_SKIPPED_IN_A_ROW + 1, len(self))
+        for k in range(tries):
+            j = (i + k) % len(self)
+            try:
+                return read(j)
+            except (OSError, ValueError) as e:
+                if not self.skip_unreadable:
+                    raise
+                with self._unreadable_lock:  # decoding threads meet the same file
+                    first = name(j) not in self.unreadable
+                    self.unreadable.add(name(j))
+                if first:
+                    warnings.warn(f"skipping an unreadable {what}, the next one takes its place: {e}", stacklevel=3)
+        raise OSError(f"{tries} unreadable {what}s in a row from item {i} (the first: {name(i)}); "
+                      "is the data folder intact?")
+
     def _take(self, ids: list[int]) -> list[np.ndarray]:
         """The items ``ids`` (already in range), from the prefetched reads where there are some; the rest
         read now, in parallel."""
@@ -227,19 +254,14 @@ class LazyImages(_OnDemand):
     readable one, with a warning naming it once; the replacement is a function of the index, so resumed runs
     and every rank still see the same data. Otherwise (the default) it is an error."""
 
-    MAX_SKIPPED_IN_A_ROW = 16
-
     def __init__(self, refs: ImageIndex | Sequence[ImageRef], size: int, extra: np.ndarray | None = None,
                  skip_unreadable: bool = False) -> None:
-        super().__init__()
+        super().__init__(skip_unreadable)
         if extra is not None and extra.shape[1:] != (size, size, 3):
             raise ValueError(f"extra images are {extra.shape[1:]}, the stream's ({size}, {size}, 3)")
         self.refs = refs if isinstance(refs, ImageIndex) else ImageIndex.from_refs(refs)
         self.size = size
         self.extra = extra if extra is not None else np.zeros((0, size, size, 3), np.uint8)
-        self.skip_unreadable = skip_unreadable
-        self.unreadable: set[str] = set()  # images replaced so far (their names)
-        self._unreadable_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.refs) + len(self.extra)
@@ -252,24 +274,15 @@ class LazyImages(_OnDemand):
         return LazyImages(self.refs, self.size, np.concatenate([self.extra, extra]), self.skip_unreadable)
 
     def _load(self, i: int) -> np.ndarray:
-        tries = min(self.MAX_SKIPPED_IN_A_ROW + 1, len(self))
-        for k in range(tries):
-            j = (i + k) % len(self)
-            if j >= len(self.refs):
-                return self.extra[j - len(self.refs)].copy()
-            ref = self.refs[j]
-            try:
-                return read_image(ref, self.size)
-            except (OSError, ValueError) as e:
-                if not self.skip_unreadable:
-                    raise
-                with self._unreadable_lock:  # decoding threads meet the same file
-                    first = ref.name not in self.unreadable
-                    self.unreadable.add(ref.name)
-                if first:
-                    warnings.warn(f"skipping an unreadable image, the next one takes its place: {e}", stacklevel=2)
-        raise OSError(f"{tries} unreadable images in a row from item {i} (the first: "
-                      f"{self.refs[i].name if i < len(self.refs) else i}); is the data folder intact?")
+        return self._first_readable(i, self._read, self._name, "image")
+
+    def _read(self, j: int) -> np.ndarray:
+        if j >= len(self.refs):
+            return self.extra[j - len(self.refs)].copy()
+        return read_image(self.refs[j], self.size)
+
+    def _name(self, j: int) -> str:
+        return self.refs[j].name if j < len(self.refs) else str(j)
 
     def __getitem__(self, idx: int | np.integer | np.ndarray | list[int]) -> np.ndarray:
         if isinstance(idx, (int, np.integer)):
@@ -323,20 +336,17 @@ class LazySa1bPairs(_OnDemand):
     is replaced, image and masks together, by the next good pair, with one warning per file; the replacement
     is a function of the index (resumed runs and every rank agree). Otherwise such a pair is an error."""
 
-    MAX_SKIPPED_IN_A_ROW = 16
     KEEP_RECENT = 512  # pairs kept after they were read
 
     def __init__(self, refs: ImageIndex | Sequence[ImageRef], json_paths: Sequence[str], size: int,
                  skip_unreadable: bool = False) -> None:
-        super().__init__()
+        super().__init__(skip_unreadable)
         self.refs = refs if isinstance(refs, ImageIndex) else ImageIndex.from_refs(refs)
         self.paths = list(json_paths)
         if len(self.refs) != len(self.paths):
             raise ValueError(f"{len(self.refs)} images but {len(self.paths)} annotation files")
         self.size = size
-        self.skip_unreadable = skip_unreadable
-        self.unreadable: set[str] = set()  # pairs replaced so far (their annotation files)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the recent pairs
         self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.images = PairField(self, 0)
         self.instance_maps = PairField(self, 1)
@@ -345,25 +355,13 @@ class LazySa1bPairs(_OnDemand):
         return len(self.paths)
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        tries = min(self.MAX_SKIPPED_IN_A_ROW + 1, len(self))
-        for k in range(tries):
-            j = (i + k) % len(self)
-            try:
-                inst = read_instance_map(self.paths[j], self.size)
-                if not inst.any():
-                    raise ValueError(f"{self.paths[j]}: no mask at {self.size} px")
-                return read_image(self.refs[j], self.size), inst
-            except (OSError, ValueError) as e:
-                if not self.skip_unreadable:
-                    raise
-                with self._lock:
-                    first = self.paths[j] not in self.unreadable
-                    self.unreadable.add(self.paths[j])
-                if first:
-                    warnings.warn(f"skipping an unreadable SA-1B pair, the next one takes its place: {e}",
-                                  stacklevel=2)
-        raise OSError(f"{tries} unreadable SA-1B pairs in a row from item {i} (the first: {self.paths[i]}); "
-                      "is the data folder intact?")
+        return self._first_readable(i, self._read, self.paths.__getitem__, "SA-1B pair")
+
+    def _read(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        inst = read_instance_map(self.paths[j], self.size)
+        if not inst.any():
+            raise ValueError(f"{self.paths[j]}: no mask at {self.size} px")
+        return read_image(self.refs[j], self.size), inst
 
     def pairs(self, ids: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """The pairs ``ids`` (in range), from those kept where they are; the rest read now, in parallel."""
