@@ -162,6 +162,37 @@ def test_stage2_gradients_reach_every_trainable_and_no_frozen_parameter(teacher_
     assert teachers_with_grad == []
 
 
+def test_stage2_decays_weight_matrices_only_and_keeps_the_lr_multipliers(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    tr = _trainer(teacher_dirs, tmp_path)
+    tr._configure(2)
+    names = {id(p): n for n, p in tr.model.named_parameters()}
+    decayed = {names[id(p)]: g["lr_mult"] for g in tr.opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    kept = {names[id(p)]: g["lr_mult"] for g in tr.opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert set(decayed) | set(kept) == {n for n, p in tr.model.named_parameters() if p.requires_grad}
+    assert not set(decayed) & set(kept)
+    for name in kept:  # biases, norm gains, position tables, learned tokens
+        assert name.endswith(("bias", "pos_embed", "rel_pos_h", "rel_pos_w", "token.weight", "tokens.weight")) \
+            or ".norm" in name or "neck.1" in name or "neck.3" in name or "upscaling.1" in name, name
+    assert "sam.mask_decoder.iou_token.weight" in kept and "clip_head.blocks.0.attn.rel_pos_h" in kept
+    assert "sam.image_encoder.pos_embed" in kept and "clip_head.norm.weight" in kept
+    assert "sam.image_encoder.blocks.0.attn.qkv.weight" in decayed and "clip_head.mlp.0.weight" in decayed
+    assert decayed["sam.image_encoder.blocks.0.mlp.lin1.weight"] == tr.cfg.backbone_lr_mult
+    assert decayed["clip_head.blocks.0.mlp.lin1.weight"] == kept["clip_head.blocks.0.norm1.weight"] == 1.0
+    # one step without gradients: only the decayed weights move (AdamW's decoupled decay)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    for p in tr.trainable():
+        p.grad = torch.zeros_like(p)
+    for g in tr.opt.param_groups:
+        g["lr"] = 0.1
+    tr.opt.step()
+    moved = {k for k, v in tr.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved == {n for n in decayed if before[n].abs().sum() > 0}
+    # decay_all_parameters: the stage's groups as they are, every parameter decayed
+    tr = _trainer(teacher_dirs, tmp_path, decay_all_parameters="true")
+    tr._configure(2)
+    assert [(g["lr_mult"], g["weight_decay"]) for g in tr.opt.param_groups] == [(1.0, 0.05), (0.1, 0.05)]
+
+
 def test_student_sam_head_equals_teacher_at_init(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
     """At initialisation the student's SAM head IS the teacher: the IoU term is exactly 0 and the
     mask term equals the teacher-vs-teacher focal+dice floor."""

@@ -133,6 +133,10 @@ class MergeConfig:
     stage3: StageConfig = field(default_factory=lambda: StageConfig(steps=100, lr=8e-4))
     lambda_sam: float = 10.0
     backbone_lr_mult: float = 0.1
+    # weight decay (each stage's weight_decay) on every trained parameter, as torch.optim.AdamW does by default,
+    # instead of on weight matrices only (false: no decay on biases, norm gains, position tables and learned
+    # tokens, as timm and open_clip train; samclip.merge.optim)
+    decay_all_parameters: bool = False
     # stage I only, NOT in the SAM-CLIP paper (0 = the paper's recipe): weight of the region-distillation
     # term (samclip.merge.regions): masked max-pool of the CLIP head over each D_SAM mask vs the teacher's crop
     region_weight: float = 0.0

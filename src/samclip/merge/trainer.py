@@ -32,6 +32,7 @@ from ..models import SamClip
 from ..precision import autocast
 from ..teachers.common import TrainLog, cosine_lr
 from .config import MergeConfig, dump_config
+from .optim import adamw_groups
 from .regions import RegionSet, build_regions, dense_distillation_loss, region_pooled_loss, token_counts
 from .streams import ClipStream, SamStream, step_rng
 from .teachers import Teachers
@@ -194,7 +195,7 @@ class MergeTrainer:
         if stage == 2:
             slow = [p for p in list(m.backbone.parameters()) + list(m.sam.mask_decoder.parameters())]
             groups.append({"params": slow, "lr_mult": self.cfg.backbone_lr_mult})
-        self.opt = torch.optim.AdamW(groups, lr=sc.lr, weight_decay=sc.weight_decay)
+        self.opt = adamw_groups(m, groups, sc.weight_decay, decay_all=self.cfg.decay_all_parameters)
         self.model.train()
         for frozen in m.frozen_modules():
             frozen.eval()

@@ -58,6 +58,10 @@ class ClipHead(nn.Module):
         for b in self.blocks:
             b.load_state_dict(state)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that should not get weight decay (the blocks' relative-position tables)."""
+        return {n for n, _ in self.named_parameters() if "rel_pos" in n}
+
     def tokens(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """BxGxGxD backbone tokens -> BxGxGxD head tokens; ``key_mask`` (Bx(G*G) bool) limits what the
         head's attention sees."""
