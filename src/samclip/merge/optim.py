@@ -31,7 +31,8 @@ def adamw_groups(model: nn.Module, groups: list[dict], weight_decay: float,
     dropped; every group keeps its ``lr_mult``. ``decay_all``: the groups as given, all with ``weight_decay``."""
     if decay_all:
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
-    skip = {id(p) for n, p in model.named_parameters() if n in no_decay_names(model)}
+    names = no_decay_names(model)
+    skip = {id(p) for n, p in model.named_parameters() if n in names}
     split = []
     for g in groups:
         for wd, keep in ((weight_decay, False), (0.0, True)):
