@@ -761,3 +761,27 @@ def test_embedding_table_reads_like_a_dict_of_rows() -> None:
         t.rows([5, 3])
     t.clear()
     assert len(t) == 0 and 2 not in t
+
+
+def test_progress_counts_each_stage_by_its_estimated_work(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    from samclip.merge.progress import block_cost, stage_step_costs
+    from samclip.models import ImageEncoderConfig
+
+    enc = ImageEncoderConfig(img_size=64, patch_size=16, embed_dim=4, depth=2, num_heads=1, mlp_ratio=4.0,
+                             window_size=2, global_attn_indexes=(1,))
+    assert block_cost(enc, 2, 0) == 4 * (12 * 16 + 2 * 4 * 4)  # 4 tokens, each attending to 4
+    assert block_cost(enc, 3, 2) == 16 * (12 * 16 + 2 * 4 * 4)  # 3x3 padded to 4x4, windows of 4 tokens
+    default = CONFIG_DIR / "tiny-synthetic.toml"
+    encoder = samclip.load_sam("tiny-synthetic").config.image_encoder
+    costs = stage_step_costs(load_config(default), encoder, 3, 256)
+    assert costs[1] < costs[3] < costs[2]  # measured per step: ~0.17 / ~0.4 / ~0.7 s
+    uncached = stage_step_costs(load_config(default, ["data.stage1_token_cache=false"]), encoder, 3, 256)
+    assert uncached[1] > costs[1] and (uncached[2], uncached[3]) == (costs[2], costs[3])
+    # a whole run: the bar ends full, its postfix counts steps
+    tr = _trainer(teacher_dirs, tmp_path)
+    work = tr.step_work()
+    assert work[1] == 1.0 and work[2] > work[1]
+    tr.run()
+    bar = tr.log.bar
+    assert bar.n == pytest.approx(bar.total) and bar.total == pytest.approx(sum(
+        tr.stage_config(s).steps * work[s] for s in (1, 2, 3)))

@@ -33,6 +33,7 @@ from ..precision import autocast
 from ..teachers.common import TrainLog, cosine_lr
 from .config import MergeConfig, dump_config
 from .optim import adamw_groups
+from .progress import stage_step_costs
 from .regions import RegionSet, build_regions, dense_distillation_loss, region_pooled_loss, token_counts
 from .streams import ClipStream, SamStream, step_rng
 from .teachers import Teachers
@@ -229,6 +230,13 @@ class MergeTrainer:
         d = self.cfg.data
         return list(d.region_sizes or (d.stage3_sizes if stage == 3 else d.clip_sizes))
 
+    def step_work(self) -> dict[int, float]:
+        """Estimated work of one step of each stage, in stage-I steps (:mod:`samclip.merge.progress`)."""
+        m = self.model
+        costs = stage_step_costs(self.cfg, m.sam.config.image_encoder, len(m.clip_head.blocks), m.img_size)
+        unit = costs[1] or max(costs.values()) or 1.0
+        return {s: c / unit for s, c in costs.items()}
+
     def global_step(self, stage: int, step: int) -> int:
         """``step`` of ``stage`` counted over the whole run (the steps of the earlier stages first)."""
         return sum(self.stage_config(s).steps for s in STAGES if s < stage) + step
@@ -347,9 +355,11 @@ class MergeTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "config.toml", dump_config(self.cfg).encode())
         total = sum(self.stage_config(s).steps for s in STAGES)
-        done = self.global_step(self.state.stage, self.state.step)
-        self.log = TrainLog(self.out / "log.jsonl" if self.rank == 0 else None, total=total, desc="merge")
-        self.log.bar.update(done)
+        work = self.step_work()  # the bar counts estimated work: its ETA holds across stages of unequal steps
+        self.log = TrainLog(self.out / "log.jsonl" if self.rank == 0 else None, total=total, desc="merge",
+                            work_total=sum(self.stage_config(s).steps * work[s] for s in STAGES))
+        self.log.bar.update(sum(self.stage_config(s).steps * work[s] for s in STAGES if s < self.state.stage)
+                            + self.state.step * work.get(self.state.stage, 0.0))
         self.tb = _tensorboard(self.out / "tb") if self.rank == 0 else None
         while self.state.stage in STAGES:
             stage = self.state.stage
@@ -360,7 +370,7 @@ class MergeTrainer:
                 step = self.state.step
                 logs = self.train_step(stage, step)
                 gstep = self.global_step(stage, step)
-                self.log.step(gstep, stage=stage, **logs)
+                self.log.step(gstep, work[stage], stage=stage, **logs)
                 if self.tb:
                     for k, v in logs.items():
                         self.tb.add_scalar(f"train/{k}", v, gstep)

@@ -20,24 +20,40 @@ def cosine_lr(step: int, total: int, warmup: int, base: float, final_frac: float
 
 
 class TrainLog:
-    """A tqdm progress bar (ETA, smoothed losses, steps/s) plus an optional JSONL log file."""
+    """A tqdm progress bar (ETA, smoothed losses, steps/s) plus an optional JSONL log file.
 
-    def __init__(self, path: Path | None, total: int, desc: str, every: int = 10) -> None:
+    With ``work_total`` the bar counts work instead of steps (each :meth:`step` adds its ``work``), so that
+    its ETA holds when steps differ in cost (the merge's stages); it then shows the step count in its
+    postfix and the percentage and times, not the work units."""
+
+    def __init__(self, path: Path | None, total: int, desc: str, every: int = 10,
+                 work_total: float | None = None) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
+        if work_total is None:
+            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
+        else:
+            self.bar = tqdm(total=work_total, desc=desc, dynamic_ncols=True, mininterval=2.0,
+                            bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]")
+        self.total, self.weighted = total, work_total is not None
         self.path = path
         self.file = open(path, "a") if path else None  # noqa: SIM115
         self.every = every
         self.smooth: dict[str, float] = {}
         self.t0 = time.time()
 
-    def step(self, step: int, **values: float) -> None:
-        for k, v in values.items():
-            self.smooth[k] = v if k not in self.smooth else 0.9 * self.smooth[k] + 0.1 * v
-        self.bar.update(1)
+    def step(self, step: int, work: float = 1.0, **values: float) -> None:
+        """Log ``step`` (counted from 0 over the whole run) with its ``values``; ``work``: what it adds to a
+        ``work_total`` bar (a plain bar adds 1)."""
+        for k, v in values.items():  # losses are smoothed; integers (stage, size) and the lr shown as they are
+            keep = isinstance(v, int) or k == "lr" or k not in self.smooth
+            self.smooth[k] = v if keep else 0.9 * self.smooth[k] + 0.1 * v
+        self.bar.update(work if self.weighted else 1)
         if step % self.every == 0:
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in self.smooth.items()}, refresh=False)
+            shown = {k: f"{v:.3g}" for k, v in self.smooth.items()}
+            if self.weighted:
+                shown = {"step": f"{step + 1}/{self.total}", **shown}
+            self.bar.set_postfix(shown, refresh=False)
             self._write({"step": step, "time": time.time() - self.t0, **values})
 
     def event(self, step: int, name: str, **values: float) -> None:
