@@ -74,8 +74,11 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path, capsys) -> None:  # no
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert {"clip_teacher", "sam_teacher", "merged", "deltas", "merge"} <= set(report)
+    assert {"semantic_segmentation", "labelling", "segment_text"} <= set(report)  # the whole evaluation too
     assert 0 <= report["merged"]["box_miou"] <= 100 and report["merge"]["wall_s"] > 0
-    assert "Merge wall time" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "Merge wall time" in md and "(b) SAM-teacher everything" in md and "Click / box -> label" in md
+    assert md.count("| box-prompt mIoU |") == 1 and (out / "overlays.png").exists()  # the teacher table once
     merged = samclip.load_model(out / "merge" / "model")
     assert merged.config.clip_size > 0
     weights = (out / "merge" / "model" / "model.safetensors").read_bytes()

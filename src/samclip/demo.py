@@ -2,8 +2,10 @@
 
 1. merges the shipped scene-world teachers with ``configs/tiny-synthetic.toml`` (resuming if a
    previous demo run in the same folder was interrupted);
-2. evaluates the merged model and both teachers on fresh seeds;
-3. writes ``report.json``, ``report.md`` and ``curves.png`` and prints where they are.
+2. evaluates the merged model and both teachers on fresh seeds: the merge's acceptance table (merged vs
+   teachers), then the scene world's whole evaluation (``samclip eval``'s: zero-shot semantic segmentation
+   against baselines (a)-(f), click / box labelling, text -> instances, overlays);
+3. writes ``report.json``, ``report.md``, ``curves.png`` and ``overlays.png`` and prints where they are.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 
 from .checkpoint import atomic_write_bytes
 from .errors import UserError
-from .eval.merge_report import evaluate_merge, teacher_table, write_json
+from .eval.harness import markdown_report, scenes_benchmark
+from .eval.merge_report import teacher_table, write_json
 from .factory import load_clip, load_model, load_sam
 from .merge.config import CONFIG_DIR, load_config
 from .merge.run import run_merge
@@ -25,19 +28,26 @@ QUICK = [
 ]
 
 
-def _markdown(report: dict, merge_wall: float, curves: Path | None) -> str:
+def _markdown(report: dict, merge_wall: float, curves: Path | None, resumed: bool = False) -> str:
+    resumed_note = " (this run resumed an earlier one: the time before the resume is not included)" if resumed else ""
     lines = [
         "# samclip demo: embedded-default merge",
         "",
-        f"Merge wall time: {merge_wall / 60:.1f} min. All numbers on the scene world's `test` split "
+        f"Merge wall time: {merge_wall / 60:.1f} min{resumed_note}. All numbers on the scene world's `test` split "
         "(seeds training never used).",
+        "",
+        "## The merge: merged model vs teachers",
         "",
         *teacher_table(report),
         "",
     ]
     if curves is not None:
         lines += ["![learning and forgetting curves](curves.png)", ""]
-    return "\n".join(lines)
+    # the whole evaluation (`samclip eval`'s report) below, without its title and its copy of the table above
+    body = markdown_report(report).split("\n")[1:]
+    cut = body.index("## Merged model vs teachers")
+    end = next((i for i in range(cut + 1, len(body)) if body[i].startswith(("## ", "!["))), len(body))
+    return "\n".join(lines + body[:cut] + body[end:])
 
 
 def run_demo(out: Path, quick: bool = False, fresh: bool = False) -> int:
@@ -57,15 +67,14 @@ def run_demo(out: Path, quick: bool = False, fresh: bool = False) -> int:
     merge_wall = time.time() - t0
     print(f"[2/3] evaluating merged model and teachers on fresh seeds (merge took {merge_wall / 60:.1f} min)")
     merged = load_model(merge_dir / "model")
-    n = dict(n_single=120, n_scenes=20) if quick else {}
-    report = evaluate_merge(merged, sam_t, clip_t, **n)
-    report["merge"] = {"wall_s": merge_wall, "stopped_early": summary["stopped_early"], "config": str(cfg.out)}
-    out.mkdir(parents=True, exist_ok=True)
+    report = scenes_benchmark(merged, sam_t, clip_t, out, quick=quick)  # writes out/overlays.png
+    report["merge"] = {"wall_s": merge_wall, "resumed": resuming, "stopped_early": summary["stopped_early"],
+                       "config": str(cfg.out)}
     write_json(report, out / "report.json")
     curves = merge_dir / "curves.png"
     if curves.exists():
         shutil.copyfile(curves, out / "curves.png")
     atomic_write_bytes(out / "report.md",
-                       _markdown(report, merge_wall, curves if curves.exists() else None).encode())
+                       _markdown(report, merge_wall, curves if curves.exists() else None, resuming).encode())
     print(f"[3/3] report: {out / 'report.md'} and {out / 'report.json'}; merged model: {merge_dir / 'model'}")
     return 0
