@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .checkpoint import atomic_write_bytes
 from .errors import UserError
-from .eval.harness import markdown_report, scenes_benchmark
+from .eval.harness import report_sections, scenes_benchmark
 from .eval.merge_report import teacher_table, write_json
 from .factory import load_clip, load_model, load_sam
 from .merge.config import CONFIG_DIR, load_config
@@ -43,11 +43,8 @@ def _markdown(report: dict, merge_wall: float, curves: Path | None, resumed: boo
     ]
     if curves is not None:
         lines += ["![learning and forgetting curves](curves.png)", ""]
-    # the whole evaluation (`samclip eval`'s report) below, without its title and its copy of the table above
-    body = markdown_report(report).split("\n")[1:]
-    cut = body.index("## Merged model vs teachers")
-    end = next((i for i in range(cut + 1, len(body)) if body[i].startswith(("## ", "!["))), len(body))
-    return "\n".join(lines + body[:cut] + body[end:])
+    # then the whole evaluation, as `samclip eval` reports it, without its copy of the table above
+    return "\n".join(lines + report_sections(report, teachers=False))
 
 
 def run_demo(out: Path, quick: bool = False, fresh: bool = False) -> int:

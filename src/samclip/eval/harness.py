@@ -228,7 +228,13 @@ def _semseg_goals(ss: dict) -> list[str]:
 
 
 def markdown_report(result: dict) -> str:
-    lines = ["# samclip evaluation", ""]
+    return "\n".join(["# samclip evaluation", "", *report_sections(result)])
+
+
+def report_sections(result: dict, teachers: bool = True) -> list[str]:
+    """The report's markdown lines below its title; ``teachers=False`` leaves out the merged-vs-teachers table
+    of a scene-world report (``samclip demo`` shows it first)."""
+    lines = []
     if result.get("benchmark") == "scenes":
         ss = result["semantic_segmentation"]
         lines += [f"## Zero-shot semantic segmentation (scene world, {result.get('split', 'test')} split)", "",
@@ -263,12 +269,13 @@ def markdown_report(result: dict) -> str:
                     f"{lab[f'crop_{kind}']:.1f} |" for kind in ("point", "box")),
                   ""]
         lines += _segment_text_table(result.get("segment_text"))  # absent from reports written before it
-        lines += ["## Merged model vs teachers", "", *teacher_table(result), ""]
+        if teachers:
+            lines += ["## Merged model vs teachers", "", *teacher_table(result), ""]
         lines += _breakdown_table(result.get("prompt_breakdown", {}))
         lines += ["![overlays: input, ground truth, CLIP head, both heads](overlays.png)", ""]
     else:
         lines += ["```json", json.dumps(result, indent=2), "```", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write_reports(result: dict, out: Path) -> tuple[Path, Path]:

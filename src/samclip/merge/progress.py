@@ -45,6 +45,15 @@ def head_cost(encoder: ImageEncoderConfig, head_depth: int, size: int) -> float:
     return head_depth * block_cost(encoder, size // encoder.patch_size, 0)
 
 
+def image_step_cost(encoder: ImageEncoderConfig, head_depth: int, size: int, stage: int, cached: bool) -> float:
+    """One image of a step at ``size`` px: the CLIP head trained on it, and the backbone trained too (stage
+    II) or run frozen (stages I / III) unless its tokens are cached."""
+    head = FORWARD_AND_BACKWARD * head_cost(encoder, head_depth, size)
+    if stage == 2:
+        return head + FORWARD_AND_BACKWARD * backbone_cost(encoder, size)
+    return head + (0.0 if cached else backbone_cost(encoder, size))
+
+
 def stage_step_costs(cfg: MergeConfig, encoder: ImageEncoderConfig, head_depth: int,
                      sam_size: int) -> dict[int, float]:
     """Estimated work of one step of each stage (multiply-adds; only the ratios matter)."""
@@ -53,22 +62,17 @@ def stage_step_costs(cfg: MergeConfig, encoder: ImageEncoderConfig, head_depth: 
     for stage in (1, 2, 3):
         cached = (stage == 1 and d.stage1_token_cache) or (stage == 3 and d.stage3_token_cache_images > 0)
 
-        def one_image(size: int, stage: int = stage, cached: bool = cached) -> float:
-            """The head trained on one image; the backbone trained too (stage II) or run frozen unless cached."""
-            backbone = backbone_cost(encoder, size)
-            frozen = 0.0 if cached else backbone
-            return FORWARD_AND_BACKWARD * (head_cost(encoder, head_depth, size) + (backbone if stage == 2 else 0.0)) \
-                + (frozen if stage != 2 else 0.0)
+        def mean_image(sizes: list[int], stage: int = stage, cached: bool = cached) -> float:
+            """Each step draws one of ``sizes`` uniformly."""
+            return sum(image_step_cost(encoder, head_depth, s, stage, cached) for s in sizes) / len(sizes)
 
-        sizes = d.stage3_sizes if stage == 3 else d.clip_sizes  # each step draws one size uniformly
-        cost = d.clip_batch * sum(one_image(s) for s in sizes) / len(sizes)
+        sizes = d.stage3_sizes if stage == 3 else d.clip_sizes
+        cost = d.clip_batch * mean_image(sizes)
         if stage == 2:
             cost += d.sam_batch * FORWARD_AND_BACKWARD * backbone_cost(encoder, sam_size)
         if stage in cfg.region_stages and cfg.uses_regions:
-            region_sizes = d.region_sizes or sizes
-            region = d.region_images * sum(one_image(s) for s in region_sizes) / len(region_sizes)
             steps = cfg.stage1.steps if stage == 1 else 0
             share = (steps - min(cfg.region_start, steps)) / steps if steps else 1.0  # stage I: from region_start
-            cost += share * region
+            cost += share * d.region_images * mean_image(d.region_sizes or sizes)
         costs[stage] = cost
     return costs
