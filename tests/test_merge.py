@@ -785,3 +785,15 @@ def test_progress_counts_each_stage_by_its_estimated_work(teacher_dirs, tmp_path
     bar = tr.log.bar
     assert bar.n == pytest.approx(bar.total) and bar.total == pytest.approx(sum(
         tr.stage_config(s).steps * work[s] for s in (1, 2, 3)))
+
+
+def test_weighted_progress_bar_shows_steps_and_throughput(tmp_path) -> None:  # noqa: ANN001
+    from samclip.teachers.common import TrainLog
+
+    log = TrainLog(tmp_path / "log.jsonl", total=30, desc="merge", every=10, work_total=60.0)
+    for step in range(21):
+        log.step(step, 2.0, loss=1.0)
+    postfix = log.bar.postfix
+    log.close()
+    assert log.bar.n == pytest.approx(42.0)
+    assert "step=21/30" in postfix and "s/step" in postfix, postfix

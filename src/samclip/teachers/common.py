@@ -23,8 +23,9 @@ class TrainLog:
     """A tqdm progress bar (ETA, smoothed losses, steps/s) plus an optional JSONL log file.
 
     With ``work_total`` the bar counts work instead of steps (each :meth:`step` adds its ``work``), so that
-    its ETA holds when steps differ in cost (the merge's stages); it then shows the step count in its
-    postfix and the percentage and times, not the work units."""
+    its ETA holds when steps differ in cost (the merge's stages); it then shows the step count and the
+    throughput of the latest steps (seconds per step) in its postfix, and the percentage and times, not
+    the work units."""
 
     def __init__(self, path: Path | None, total: int, desc: str, every: int = 10,
                  work_total: float | None = None) -> None:
@@ -41,6 +42,7 @@ class TrainLog:
         self.every = every
         self.smooth: dict[str, float] = {}
         self.t0 = time.time()
+        self._last: tuple[int, float] | None = None  # (steps done, time) at the latest postfix update
 
     def step(self, step: int, work: float = 1.0, **values: float) -> None:
         """Log ``step`` (counted from 0 over the whole run) with its ``values``; ``work``: what it adds to a
@@ -52,7 +54,10 @@ class TrainLog:
         if step % self.every == 0:
             shown = {k: f"{v:.3g}" for k, v in self.smooth.items()}
             if self.weighted:
-                shown = {"step": f"{step + 1}/{self.total}", **shown}
+                now, last = time.time(), self._last
+                self._last = (step + 1, now)
+                rate = f"{(now - last[1]) / (step + 1 - last[0]):.2f}s/step" if last and step + 1 > last[0] else "-"
+                shown = {"step": f"{step + 1}/{self.total}", "speed": rate, **shown}
             self.bar.set_postfix(shown, refresh=False)
             self._write({"step": step, "time": time.time() - self.t0, **values})
 
