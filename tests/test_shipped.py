@@ -39,6 +39,12 @@ def test_shipped_models_load_and_agree_with_the_merge_config() -> None:
     assert merged.config.clip_size in cfg.trained_clip_sizes
     if merged.config.has_tta:  # the merge keeps the config's TTA candidate only when it is better on val
         assert (merged.config.tta_flip, merged.config.tta_sizes) == (cfg.head.tta_flip, tuple(cfg.head.tta_sizes))
+    # whichever trained size val picks as clip_size, the TTA candidate has the same views (sizes x mirror):
+    # with tta_sizes = [112] a pick of 112 once left 2 views instead of 4 (docs/experiments.md, session 23)
+    views = {frozenset(merged.config.replace(clip_size=s, tta_flip=cfg.head.tta_flip,
+                                             tta_sizes=tuple(cfg.head.tta_sizes)).classify_views())
+             for s in cfg.trained_clip_sizes}
+    assert len(views) == 1 and len(next(iter(views))) == 4, views
 
 
 def test_paper_config_names_registered_teachers() -> None:
