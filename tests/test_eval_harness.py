@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import samclip
@@ -195,3 +196,9 @@ def test_report_tables_say_which_goals_are_met() -> None:
     table = "\n".join(teacher_table(report))
     assert "mean of 128 px, 128 px mirrored" in table and "| 99.5 (CLIP teacher" in table
     assert "| -1.9 | yes (-2.0) |" in table and "| -1.6 | **no** (-1.5) |" in table and "| -1.4 | yes (-1.5) |" in table
+    # exactly the margin, as float32 accuracies over 1000 images give it (979 vs 999 right), meets it; one image
+    # fewer does not
+    acc = [100 * torch.tensor([1.0] * n + [0.0] * (1000 - n)).mean().item() for n in (979, 999, 978)]
+    for merged, verdict in ((acc[0], "yes"), (acc[2], "**no**")):
+        report["deltas"]["zero_shot_top1"] = merged - acc[1]
+        assert f"| -{(acc[1] - merged):.1f} | {verdict} (-2.0) |" in "\n".join(teacher_table(report)), merged
