@@ -24,16 +24,17 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000, help="single-object images per split")
     ap.add_argument("--splits", nargs="+", default=["val", "test"], choices=["val", "test"])
     args = ap.parse_args()
-    sets = {s: tuple((int(size), flip) for size in s.split(",") for flip in (False, True)) for s in args.sets}
-    render = max(size for views in sets.values() for size, _ in views)
+    sets = {s: [int(size) for size in s.split(",")] for s in args.sets}
+    render = max(size for sizes in sets.values() for size in sizes)
     data = {split: single_object_eval_set(split, args.images, render) for split in args.splits}
     print("| model | " + " | ".join(f"{s} {split}" for s in sets for split in data) + " |")
     print("| --- " * (1 + len(sets) * len(data)) + "|")
     for name in args.models:
         model = samclip.load_model(name)
         cells = []
-        for views in sets.values():
-            enc_img, enc_txt = merged_encoders(model, views[0][0], views=views)
+        for first, *more in sets.values():  # the views as the model's own classify_views() lists them
+            views = model.config.replace(clip_size=first, tta_sizes=tuple(more), tta_flip=True).classify_views()
+            enc_img, enc_txt = merged_encoders(model, first, views=views)
             for imgs, labels in data.values():
                 cells.append(f"{zero_shot_accuracy(enc_img, enc_txt, imgs, labels)['top1']:.1f}")
         print(f"| {name} (clip_size {model.config.clip_size}) | " + " | ".join(cells) + " |", flush=True)
