@@ -21,9 +21,12 @@ everything mode does (there the first layer works once per image even without th
 ``--width`` image as ``Predictor.predict`` does. The paths alternate, ``--rounds`` times ``--reps`` calls
 each; the median per path is reported with the ratios and the largest difference of the outputs. Speed
 does not depend on the weight values: the model is randomly initialised. ``--dtype`` runs every path under
-bf16 autocast (``auto``, the default: where the CPU multiplies bf16 natively, as ``Predictor`` does). Prints JSON.
+bf16 autocast (``auto``, the default: where the CPU multiplies bf16 natively, as ``Predictor`` does). With
+``--device cuda`` every call ends with a device synchronisation, and the cached path runs under autocast as
+``Predictor`` does on a GPU. Prints JSON.
 
     .venv/bin/python benchmarks/decoder_speed.py --preset sam-vit-b
+    python benchmarks/decoder_speed.py --preset sam-vit-b --device cuda
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch
 
 import samclip
 from samclip.allocator import tune_malloc
-from samclip.precision import autocast, resolve_bf16
+from samclip.precision import autocast, describe_machine, resolve_bf16
 
 
 def main() -> None:
@@ -54,45 +57,55 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                     help="bf16 autocast for every path (auto: where it is fast, as Predictor decides)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     args = ap.parse_args()
-    bf16 = resolve_bf16(args.dtype)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: CUDA is not available")
+    bf16 = resolve_bf16(args.dtype, dev)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    sam = samclip.create_sam(args.preset).eval().requires_grad_(False)
+    sam = samclip.create_sam(args.preset).eval().requires_grad_(False).to(dev)
     enc = sam.config.image_encoder
     with torch.no_grad():  # as after Predictor.set_image: the encoder pass's large tensors also raise glibc's
         # malloc thresholds, so the decodes reuse freed heap pages (on random embeddings alone each ViT-B
         # decode would fault in ~6,000 fresh pages, ~20% of its time)
-        emb = sam.image_embeddings(torch.randn(1, 3, enc.img_size, enc.img_size))
+        emb = sam.image_embeddings(torch.randn(1, 3, enc.img_size, enc.img_size, device=dev))
     side = float(enc.img_size)
     if args.prompts < 1:
         ap.error("--prompts must be >= 1")
-    corners = torch.rand(args.prompts, 2, 2).sort(1).values * side
+    corners = (torch.rand(args.prompts, 2, 2).sort(1).values * side).to(dev)
     if args.box:
         prompt = {"boxes": corners.reshape(-1, 4)}
     else:
-        prompt = {"point_coords": corners[:, :1], "point_labels": torch.ones(args.prompts, 1, dtype=torch.long)}
+        prompt = {"point_coords": corners[:, :1],
+                  "point_labels": torch.ones(args.prompts, 1, dtype=torch.long, device=dev)}
     scale = side / max(args.height, args.width)
     input_size = (round(args.height * scale), round(args.width * scale))
 
     # what Predictor runs: in bf16, bf16 image embeddings through the fp32 weights without autocast (image-sized
     # products in bf16, the prompt tokens' small ones in fp32), from a first-layer cache made under autocast;
-    # small embeddings (tiny models) in fp32
-    mixed = bf16 and args.prompts * emb[0].numel() >= samclip.Predictor.mixed_decode_min_elements
+    # small embeddings (tiny models) in fp32; on a GPU: bf16 embeddings under autocast
+    on_gpu = dev.type != "cpu"
+    mixed = bf16 and (on_gpu or args.prompts * emb[0].numel() >= samclip.Predictor.mixed_decode_min_elements)
     emb_mixed = emb.bfloat16() if mixed else emb
-    with torch.no_grad(), autocast("cpu", mixed):
+    with torch.no_grad(), autocast(dev, mixed):
         cache = sam.decoder_image_cache(emb_mixed)  # what Predictor keeps per image after its first decode
 
     def decode(image_cache: object = None) -> torch.Tensor:
         if image_cache is not None:
-            masks, _ = sam.decode(emb_mixed, multimask_output=True, image_cache=image_cache, **prompt)
+            with autocast(dev, bf16 and on_gpu):
+                masks, _ = sam.decode(emb_mixed, multimask_output=True, image_cache=image_cache, **prompt)
         else:
-            with autocast("cpu", bf16):
+            with autocast(dev, bf16):
                 masks, _ = sam.decode(emb, multimask_output=True, **prompt)
-        with autocast("cpu", bf16):
+        with autocast(dev, bf16):
             if args.postprocess:
                 masks = sam.postprocess_masks(masks, input_size, (args.height, args.width))
-        return masks.float()
+        out = masks.float()
+        if on_gpu:
+            torch.cuda.synchronize(dev)
+        return out
 
     def inference() -> torch.Tensor:
         with torch.no_grad():
@@ -120,8 +133,9 @@ def main() -> None:
     ref = plain()
     diff = max((inference() - ref).abs().max().item(), (cached() - ref).abs().max().item())
     print(json.dumps({
-        "preset": args.preset, "threads": args.threads, "dtype": "bf16" if bf16 else "fp32",
-        "predictor_decode": "mixed" if mixed else "fp32",
+        "preset": args.preset, "machine": describe_machine(dev), "threads": args.threads,
+        "dtype": "bf16" if bf16 else "fp32",
+        "predictor_decode": ("autocast" if on_gpu else "mixed") if mixed else "fp32",
         "prompt": "box" if args.box else "point",
         "prompts_per_call": args.prompts,
         "postprocess": [args.height, args.width] if args.postprocess else None,

@@ -15,6 +15,12 @@ not fit anywhere).
 images, with the paper's 64:1 ratio of CLIP to SAM images per step at a CPU-sized batch (64 CLIP images at
 224 px + 1 SAM image with 32 prompts; the paper: 2048 + 32): what the teacher cache saves at real scale,
 where the teachers are bigger than the student (several minutes per step on a small CPU).
+
+On a GPU (the config's ``device = "auto"`` takes it) each step ends with a device synchronisation and the peak
+GPU memory is reported; per-GPU batches of the paper's run on 8 GPUs (256 CLIP images + 4 SAM images):
+
+    python benchmarks/merge_cache.py --preset paper --steps 3 --set data.clip_batch=256 --set data.sam_batch=4 \
+        --set data.clip_images=1024 --set data.sam_images=16
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ import samclip
 from samclip.allocator import tune_malloc
 from samclip.merge.config import CONFIG_DIR, load_config
 from samclip.merge.run import build_streams, build_student
-from samclip.merge.trainer import MergeTrainer
+from samclip.merge.trainer import MergeTrainer, model_device
+from samclip.precision import describe_machine
 from samclip.testing import random_clip
 
 
@@ -66,6 +73,11 @@ def main() -> None:
     clip_stream, sam_stream = build_streams(cfg, model.img_size, progress=False)
     trainer = MergeTrainer(cfg, model, teachers, clip_stream, sam_stream)
     start_state = copy.deepcopy(model.state_dict())
+    dev = model_device(model)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     def run(cache: bool, sam: bool = True) -> list[float]:
         model.load_state_dict(start_state)
@@ -73,8 +85,10 @@ def main() -> None:
         trainer._configure(2)
         times = []
         for step in range(args.steps):
+            sync()
             t0 = time.perf_counter()
             trainer.train_step(2, step)
+            sync()
             times.append(time.perf_counter() - t0)
         return times
 
@@ -88,7 +102,9 @@ def main() -> None:
     cached = run(cache=True)
     clip_only = run(cache=True, sam=False)  # the SAM teacher runs every step, the CLIP side is read from the cache
     res = {
-        "threads": torch.get_num_threads(),
+        "machine": describe_machine(dev),
+        "bf16": cfg.use_bf16,
+        "grad_checkpointing": cfg.grad_checkpointing,
         "steps": args.steps,
         "clip_batch": cfg.data.clip_batch,
         "sam_batch": cfg.data.sam_batch,
@@ -98,6 +114,8 @@ def main() -> None:
     }
     res["speedup_cached_vs_online"] = res["online_s_per_step"] / res["cached_s_per_step"]
     res["speedup_clip_cached_vs_online"] = res["online_s_per_step"] / res["clip_cached_s_per_step"]
+    if dev.type == "cuda":
+        res["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}, indent=2))
 
 

@@ -14,13 +14,15 @@ and a 12-class semantic map (plus background), at the original size.
 
 Text embeddings are computed before timing for both pipelines (same text tower; both cache them).
 Both pipelines run in the same precision: ``--dtype auto`` (default) is bf16 autocast where the CPU
-multiplies bf16 natively (AMX / AVX512-BF16) and fp32 elsewhere, as the Predictor does.
+multiplies bf16 natively (AMX / AVX512-BF16) and fp32 elsewhere, as the Predictor does (on a GPU: bf16).
+``--device cuda`` runs both pipelines on the GPU (each timed part ends with a device synchronisation).
 Weights: ``tiny-synthetic`` shipped weights when present, else random weights of the same presets;
 ``--preset vit-b`` builds random
 SAM ViT-B (1024 px) + CLIP ViT-B/16 teachers and merges them (speed does not depend on the values);
 ``--preset paper`` does the same with the paper's CLIP ViT-L/14 teacher.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/one_pass.py --preset vit-b --reps 1
+    python benchmarks/one_pass.py --preset paper --device cuda --reps 10
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from samclip.allocator import tune_malloc
 from samclip.data.captions import class_prompt_templates
 from samclip.eval.baselines import maskclip_patch_embeddings
 from samclip.models import CLIP, SamClip, clip_preset
-from samclip.precision import autocast, resolve_bf16
+from samclip.precision import autocast, describe_machine, resolve_bf16
 from samclip.predictor import BACKGROUND_PROMPTS, Predictor
 from samclip.tokenizer import ClipTokenizer
 
@@ -48,12 +50,29 @@ LABELS = ["star", "ring", "heart", "circle", "square", "triangle", "cross", "arr
           "diamond", "ellipse"]
 # "paper": SAM-CLIP's own pairing (SAM ViT-B merged with a CLIP ViT-L/14 teacher)
 BF16 = False  # set from --dtype in main()
+DEVICE = torch.device("cpu")  # set from --device in main()
 PRESETS = {"tiny-synthetic": ("sam-synthetic", "clip-synthetic"), "vit-b": ("sam-vit-b", "clip-vit-b-16"),
            "paper": ("sam-vit-b", "clip-vit-l-14")}
 
 
+def sync() -> None:
+    """Wait for the device's queued work (GPU kernels run asynchronously; a no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def now() -> float:
+    sync()
+    return time.perf_counter()
+
+
 def build_models(preset: str) -> tuple[SamClip, samclip.Sam, CLIP, str]:
-    """(merged, SAM teacher, CLIP teacher, where the weights came from)."""
+    """(merged, SAM teacher, CLIP teacher, where the weights came from), on ``DEVICE``."""
+    merged, sam, clip, note = _build_models(preset)
+    return merged.to(DEVICE), sam.to(DEVICE), clip.to(DEVICE), note
+
+
+def _build_models(preset: str) -> tuple[SamClip, samclip.Sam, CLIP, str]:
     if preset == "tiny-synthetic":
         try:
             return (samclip.load_model(preset), samclip.load_sam(preset), samclip.load_clip(preset),
@@ -81,9 +100,9 @@ def clip_text_embeddings(clip: CLIP, labels: list[str]) -> torch.Tensor:
     from samclip.data.captions import class_prompts
 
     rows = []
-    with torch.no_grad(), autocast("cpu", BF16):
+    with torch.no_grad(), autocast(DEVICE, BF16):
         for prompts in [list(BACKGROUND_PROMPTS), *[class_prompts(label) for label in labels]]:
-            emb = F.normalize(clip.encode_text(clip.tokenizer(prompts)).float(), dim=-1)
+            emb = F.normalize(clip.encode_text(clip.tokenizer(prompts).to(DEVICE)).float(), dim=-1)
             rows.append(F.normalize(emb.mean(0), dim=-1))
     return torch.stack(rows)
 
@@ -112,11 +131,15 @@ def main() -> None:
                          "CLIP teacher's)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
-                    help="auto: bf16 autocast only where this CPU multiplies bf16 natively")
+                    help="auto: bf16 autocast only where the device multiplies bf16 natively")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    global BF16
-    BF16 = resolve_bf16(args.dtype)
+    global BF16, DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: CUDA is not available")
+    BF16 = resolve_bf16(args.dtype, DEVICE)
 
     merged, sam, clip, source = build_models(args.preset)
     rng = np.random.default_rng(0)
@@ -130,55 +153,55 @@ def main() -> None:
     pred._background_embedding()
 
     def a_parts() -> dict[str, float]:
-        t = [time.perf_counter()]
+        t = [now()]
         pred.set_image(img)
-        t.append(time.perf_counter())
+        t.append(now())
         pred.classify(LABELS, tta=args.tta)
-        t.append(time.perf_counter())
+        t.append(now())
         for p in points:
             pred.predict(point_coords=p[None], point_labels=ones)
-        t.append(time.perf_counter())
+        t.append(now())
         pred.semantic_segment(LABELS)
-        t.append(time.perf_counter())
+        t.append(now())
         names = ["set_image_s", "classify_s", "decodes_s", "semantic_segment_s"]
         return {n: b - a for n, a, b in zip(names, t, t[1:])}
 
     # ------------------------------------------------------------------ B: SAM + CLIP teachers
     sam_pred = Predictor(sam, bf16=BF16)
     txt = clip_text_embeddings(clip, LABELS)
-    scale = clip.logit_scale.detach().float().exp().clamp(max=100)
+    scale = clip.logit_scale.detach().float().exp().clamp(max=100)  # on DEVICE, as txt
     clip_size = clip.config.vision.image_size
     grid = merged.img_size // merged.sam.config.image_encoder.patch_size
     matched = args.clip_semseg_size or grid * clip.config.vision.stride
 
     def clip_classify() -> np.ndarray:
-        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(img).to(DEVICE).permute(2, 0, 1)[None].float() / 255.0
         x = F.interpolate(x, size=(clip_size, clip_size), mode="bilinear", antialias=True, align_corners=False)
-        with torch.no_grad(), autocast("cpu", BF16):
+        with torch.no_grad(), autocast(DEVICE, BF16):
             emb = clip.encode_image(clip.normalize_images(x), normalize=True).float()
-        return (scale * emb @ txt[1:].T).softmax(-1)[0].numpy()
+        return (scale * emb @ txt[1:].T).softmax(-1)[0].cpu().numpy()
 
     def clip_semseg(size: int) -> np.ndarray:
-        with autocast("cpu", BF16):
+        with autocast(DEVICE, BF16):
             patch = maskclip_patch_embeddings(clip, img, size).float()  # GxGxE
         logits = scale * torch.einsum("ghe,ke->kgh", patch, txt)
         up = F.interpolate(logits[None], (args.height, args.width), mode="bilinear", align_corners=False)[0]
-        return up.max(0).indices.numpy()
+        return up.max(0).indices.cpu().numpy()
 
     def b_parts() -> dict[str, float]:
-        t = [time.perf_counter()]
+        t = [now()]
         sam_pred.set_image(img)
-        t.append(time.perf_counter())
+        t.append(now())
         for p in points:
             sam_pred.predict(point_coords=p[None], point_labels=ones)
-        t.append(time.perf_counter())
+        t.append(now())
         clip_classify()
-        t.append(time.perf_counter())
+        t.append(now())
         clip_semseg(matched)
-        t.append(time.perf_counter())
+        t.append(now())
         if matched != 448:
             clip_semseg(448)
-        t.append(time.perf_counter())
+        t.append(now())
         names = ["sam_set_image_s", "sam_decodes_s", "clip_classify_s", "clip_semseg_matched_s", "clip_semseg_448_s"]
         return {n: b - a for n, a, b in zip(names, t, t[1:])}
 
@@ -206,17 +229,18 @@ def main() -> None:
         fn(lat_pts[0])
         out = []
         for p in lat_pts:
-            t0 = time.perf_counter()
+            t0 = now()
             fn(p)
-            out.append(time.perf_counter() - t0)
+            out.append(now() - t0)
         return 1000 * statistics.median(out)
 
     def raw_decode(p: np.ndarray) -> None:  # what predict() runs before the upsampling to the image
-        coords = torch.tensor(p, dtype=torch.float32).reshape(1, 1, 2)
-        pred._decode(state, coords, torch.ones(1, 1, dtype=torch.long), None, None, True)
+        coords = torch.tensor(p, dtype=torch.float32, device=DEVICE).reshape(1, 1, 2)
+        pred._decode(state, coords, torch.ones(1, 1, dtype=torch.long, device=DEVICE), None, None, True)
 
     res = {
         "preset": args.preset, "weights": source, "threads": args.threads, "bf16_autocast": BF16,
+        "machine": describe_machine(DEVICE),
         "image_hw": [args.height, args.width], "frame": merged.img_size, "labels": len(LABELS),
         "prompts": args.prompts, "reps": args.reps, "warmup": args.warmup, "merged_classify_tta": args.tta,
         "clip_semseg_size_matched": matched, "clip_classify_size": clip_size,

@@ -20,7 +20,8 @@ from ..models import CLIP
 
 
 def _clip_input(clip: CLIP, images: np.ndarray, size: int) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    dev = clip.logit_scale.device
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(dev).permute(0, 3, 1, 2).float() / 255.0
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return clip.normalize_images(x)
@@ -28,7 +29,8 @@ def _clip_input(clip: CLIP, images: np.ndarray, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def maskclip_patch_embeddings(clip: CLIP, image: np.ndarray, size: int | None = None) -> torch.Tensor:
-    """HxWx3 uint8 -> GxGxE normalised per-patch CLIP embeddings (MaskCLIP's value-embedding trick).
+    """HxWx3 uint8 -> GxGxE normalised per-patch CLIP embeddings (MaskCLIP's value-embedding trick), on the
+    CLIP model's device.
 
     ``size`` defaults to a ViT's native size; a ResNet (stride 32) runs at the image's shorter side
     rounded down to 32 (at least its native size), as MaskCLIP does.
@@ -63,10 +65,11 @@ def maskclip_patch_embeddings(clip: CLIP, image: np.ndarray, size: int | None = 
 @torch.no_grad()
 def crop_embeddings(clip: CLIP, image: np.ndarray, masks: np.ndarray, pad: float = CROP_PAD,
                     batch: int = 64) -> torch.Tensor:
-    """HxWx3 uint8 image and NxHxW bool masks -> NxE normalised CLIP embeddings of the mask crops."""
+    """HxWx3 uint8 image and NxHxW bool masks -> NxE normalised CLIP embeddings of the mask crops (on the CPU,
+    wherever the model runs)."""
     size = clip.config.vision.image_size
     arr = mask_crops(image, np.asarray(masks, bool), size, pad)
     out = []
     for i in range(0, len(arr), batch):
         out.append(clip.encode_image(_clip_input(clip, arr[i : i + batch], size), normalize=True))
-    return torch.cat(out) if out else torch.zeros(0, clip.config.embed_dim)
+    return torch.cat(out).cpu() if out else torch.zeros(0, clip.config.embed_dim)
