@@ -4,7 +4,7 @@
 #   2. decoder_speed  per-prompt decode latency of SAM ViT-B (benchmarks/decoder_speed.py --device cuda)
 #   3. one_pass       merged model vs SAM + CLIP teachers at the paper's pairing (SAM ViT-B + CLIP ViT-L/14)
 #   4. merge_cache    paper-scale stage-II steps (per-GPU batch of an 8-GPU run: 256 CLIP + 4 SAM images),
-#                     teacher cache vs online teachers, peak GPU memory
+#                     teacher cache vs online teachers, peak GPU memory; merge_cache_448: the CLIP images at 448 px
 #   5. paper_merge    `torchrun -m samclip.cli merge --config sam-vit-b_clip-vit-l14`, all three stages for a few
 #                     steps, on random teachers in the paper's architectures saved in our format (scene-world data)
 #   6. tiny_merge     the embedded-default merge (`--config tiny-synthetic`) under torchrun on the GPU, in full;
@@ -26,7 +26,7 @@ WORK=${WORK:-$(mktemp -d /tmp/gpu_checks.XXXXXX)}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 
-wanted() { [[ " ${STEPS:-env decoder_speed one_pass merge_cache paper_merge tiny_merge} " == *" $1 "* ]]; }
+wanted() { [[ " ${STEPS:-env decoder_speed one_pass merge_cache merge_cache_448 paper_merge tiny_merge} " == *" $1 "* ]]; }
 
 step() {  # step NAME LIMIT_S COMMAND...: output in $WORK/NAME.txt, its tail printed
   local name=$1 limit=$2 left rc t0
@@ -64,6 +64,8 @@ torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))
 step decoder_speed 90 "$PY" benchmarks/decoder_speed.py --preset "$SAM_PRESET" --device "$DEVICE"
 step one_pass 150 "$PY" benchmarks/one_pass.py --device "$DEVICE" "${ONE_PASS[@]}"
 step merge_cache 180 "$PY" benchmarks/merge_cache.py "${CACHE[@]}" --set "device=$DEVICE"
+step merge_cache_448 120 "$PY" benchmarks/merge_cache.py "${CACHE[@]}" --set "device=$DEVICE" \
+  --set data.clip_sizes=448 --set data.clip_render_size=448
 
 if wanted paper_merge; then
   # random teachers in the paper's architectures, saved in our format; the config overrides that use them

@@ -651,19 +651,36 @@ def test_micro_batches_give_the_whole_batchs_step(teacher_dirs, tmp_path, monkey
     """data.micro_batches: each rank's batches in sequential chunks whose weighted gradients add up to the whole
     batch's: a stage-II step's gradients match one pass per batch (to float rounding)."""
     grads = []
-    for micro in (1, 3):
+    for i, micro in enumerate(({"data.micro_batches": "1"}, {"data.micro_batches": "3"},
+                               {"data.micro_batch_tokens": "1"})):  # one image per chunk
         torch.manual_seed(0)  # the same random CLIP-head MLP
-        tr = _trainer(teacher_dirs, tmp_path / f"m{micro}", **{"data.micro_batches": str(micro),
-                                                               "data.clip_batch": "6", "data.sam_batch": "3"})
+        tr = _trainer(teacher_dirs, tmp_path / f"m{i}", **micro, **{"data.clip_batch": "6", "data.sam_batch": "3"})
         tr._configure(2)
         tr.opt.step = lambda: None  # keep the step's gradients, unclipped
         monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: None)
         logs = tr.train_step(2, 0)
         assert np.isfinite(logs["l_clip"]) and np.isfinite(logs["l_sam"])
         grads.append({n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and "sam.image_encoder.blocks.0.attn.qkv.weight" in grads[0]
-    for name, g in grads[0].items():
-        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-4, msg=name)
+    assert grads[0].keys() == grads[1].keys() == grads[2].keys()
+    assert "sam.image_encoder.blocks.0.attn.qkv.weight" in grads[0]
+    for other in grads[1:]:
+        for name, g in grads[0].items():
+            torch.testing.assert_close(other[name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_micro_batch_tokens_split_large_sizes_further(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """data.micro_batch_tokens caps the image tokens of a D_CLIP chunk: at twice the side, four times the chunks;
+    never fewer than data.micro_batches; 0 leaves data.micro_batches alone."""
+    tr = _trainer(teacher_dirs, tmp_path / "a", **{"data.micro_batches": "2"})
+    patch = tr.model.sam.config.image_encoder.patch_size
+    assert tr.clip_micro_batches(64, 64 * patch) == 2  # no cap
+    tr.cfg.data.micro_batch_tokens = 16 * 16 * 8  # 8 images at a 16x16 grid
+    assert tr.clip_micro_batches(64, 16 * patch) == 8
+    assert tr.clip_micro_batches(64, 32 * patch) == 32
+    assert tr.clip_micro_batches(64, 4 * patch) == 2  # one chunk would do: micro_batches is the floor
+    assert tr.clip_micro_batches(5, 16 * patch) == 2
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        _trainer(teacher_dirs, tmp_path / "b", **{"data.micro_batch_tokens": "-1"})
 
 
 def test_merge_config_templates_become_the_models(teacher_dirs, tmp_path) -> None:  # noqa: ANN001

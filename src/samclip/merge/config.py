@@ -64,6 +64,9 @@ class DataConfig:
     # each rank's D_CLIP and D_SAM batches run as this many sequential forward / backward passes whose gradients
     # add up to the whole batch's (gradient accumulation: the paper's 2048 + 32 images per step on fewer GPUs)
     micro_batches: int = 1
+    # > 0: more chunks where needed so that each D_CLIP chunk holds at most this many image tokens (images x
+    # (size / patch)^2): stage III's 1024 px steps split further than its 224 px ones (0: micro_batches alone)
+    micro_batch_tokens: int = 0
     prompts_per_image: int = 4
     cache_teachers: bool = True
     cache_sam_teacher: bool = True  # with cache_teachers, the SAM side too: 12.6 MB per image at ViT-B (off for SA-1B)
@@ -292,6 +295,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "data.region_background_max_cover": (0, 1), "data.clip_mask_crops": (0, None),
     "eval.every": (0, None), "eval.val_images": (1, None), "eval.zero_shot_images": (1, None),
     "eval.classify_images": (1, None), "eval.sam_images": (1, None), "data.micro_batches": (1, None),
+    "data.micro_batch_tokens": (0, None),
     "eval.early_stop_patience": (1, None), "eval.early_stop_tolerance": (0, None),
     **{f"stage{i}.{k}": r for i in (1, 2, 3)
        for k, r in (("steps", (0, None)), ("lr", (0, None)), ("weight_decay", (0, None)), ("warmup", (0, None)))},

@@ -36,7 +36,7 @@ def fingerprint(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().float().flatten()[:64].numpy().tobytes())
+        h.update(t.detach().float().flatten()[:64].cpu().numpy().tobytes())
         h.update(str(float(t.float().sum())).encode())
     return h.hexdigest()[:16]
 

@@ -15,6 +15,7 @@ into a temporary folder that is renamed into place; ``resume`` continues from th
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -266,7 +267,7 @@ class MergeTrainer:
             self.sam_stream.prefetch(next_sids)
         self.opt.zero_grad(set_to_none=True)
         l_clip = 0.0
-        for chunk, share in _micro_batches(cids, cfg.data.micro_batches):
+        for chunk, share in _micro_batches(cids, self.clip_micro_batches(len(cids), size)):
             loss = clip_distillation_loss(self.model, self.teachers, self.clip_stream, chunk, size,
                                           backbone_grad=stage == 2, bf16=cfg.use_bf16,
                                           cached_tokens=self.token_cache.get(size))
@@ -291,6 +292,15 @@ class MergeTrainer:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.opt.step()
         return logs
+
+    def clip_micro_batches(self, n_images: int, size: int) -> int:
+        """How many sequential chunks a rank's D_CLIP batch of ``n_images`` at ``size`` px runs in:
+        ``data.micro_batches``, or more where ``data.micro_batch_tokens`` caps the image tokens of a chunk."""
+        data = self.cfg.data
+        if data.micro_batch_tokens <= 0:
+            return data.micro_batches
+        tokens = (size // self.model.sam.config.image_encoder.patch_size) ** 2
+        return max(data.micro_batches, math.ceil(n_images * tokens / data.micro_batch_tokens))
 
     def batch_ids(self, stage: int, step: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(D_CLIP size, this rank's D_CLIP ids, this rank's D_SAM ids (stage II only, else empty)) of a step: a
