@@ -61,6 +61,9 @@ def main() -> None:
     ap.add_argument("--config", default=str(CONFIG_DIR / "tiny-synthetic.toml"))
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timing, one cached step under torch.profiler: print its N most expensive ops "
+                         "(by self device time on a GPU, self CPU time on a CPU)")
     ap.add_argument("--preset", choices=["paper"], default=None,
                     help="random teachers in the paper's architectures and its config (ignores --config)")
     args = ap.parse_args()
@@ -117,6 +120,23 @@ def main() -> None:
     if dev.type == "cuda":
         res["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}, indent=2))
+    if args.profile:
+        profile_step(trainer, dev, args.profile)
+
+
+def profile_step(trainer: MergeTrainer, dev: torch.device, rows: int) -> None:
+    """One stage-II step (teacher outputs from the cache) under torch.profiler: the ``rows`` most expensive ops,
+    to see where a step's time goes beyond its multiply-adds (launches, copies, host-side work)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.teachers.use_cache, trainer.teachers.cache_sam = True, True
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        trainer.train_step(2, 0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60))
 
 
 if __name__ == "__main__":
