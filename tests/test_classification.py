@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import samclip
@@ -86,3 +87,26 @@ def test_cli_classify_benchmark(class_folder: Path, tmp_path: Path, capsys: pyte
     assert "not both" in capsys.readouterr().err
     assert cli_main(["eval", "--benchmark", "classify", "--out", str(out)]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_cli_eval_device(class_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--device: the model and the CLIP teacher on it (cpu here, recorded in the report); a device that is not
+    there, or the scene world off the CPU, is a one-line error."""
+    out = tmp_path / "eval"
+    assert cli_main(["eval", "--benchmark", "classify", "--data", str(class_folder), "--limit", "6", "--device", "cpu",
+                     "--clip-teacher", "tiny-synthetic", "--out", str(out)]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    assert res["machine"]["device"] == "cpu" and 0 <= res["clip_teacher"]["top1"] <= 100
+    capsys.readouterr()
+    assert cli_main(["eval", "--benchmark", "classify", "--data", str(class_folder), "--device", "tpu",
+                     "--out", str(out)]) == 2
+    assert "expected cpu or cuda" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli_main(["eval", "--benchmark", "classify", "--data", str(class_folder), "--device", "cuda",
+                         "--out", str(out)]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+        assert cli_main(["eval", "--device", "cuda", "--out", str(out)]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    else:
+        assert cli_main(["eval", "--device", "cuda", "--out", str(out)]) == 2
+        assert "runs on the CPU" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from .allocator import tune_malloc
 from .cli_download import add_download_command
 from .cli_export import add_export_command
 from .cli_info import add_info_command
-from .cli_tasks import add_task_commands, check_out_dir
+from .cli_tasks import add_task_commands, check_out_dir, resolve_device
 from .errors import UserError
 from .merge.config import CONFIG_DIR
 
@@ -75,8 +75,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.dtype != "auto":  # every model call of the harness resolves "auto" through this
         os.environ[ENV_OVERRIDE] = "true" if args.dtype == "bf16" else "false"
+    device = resolve_device(args.device)
+    if device != "cpu" and args.benchmark == "scenes":
+        raise UserError("--benchmark scenes runs on the CPU (the scene world's models are tiny); --device is for "
+                        "voc, coco, classify and semseg")
     out = check_out_dir(Path(args.out))
-    model = load_model(args.model)
+    model = load_model(args.model, device=device)
     if args.benchmark == "scenes":
         result = harness.scenes_benchmark(model, load_sam(args.sam_teacher),
                                           load_clip(args.clip_teacher or "tiny-synthetic"), out,
@@ -86,7 +90,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise UserError("--benchmark classify needs --data (a folder with one subfolder of images per class)")
         from .eval.classification import classification_benchmark
 
-        teacher = load_clip(args.clip_teacher) if args.clip_teacher else None
+        teacher = load_clip(args.clip_teacher, device=device) if args.clip_teacher else None
         result = classification_benchmark(model, args.data, _names(args.labels, args.labels_file, "--labels"),
                                           _names(None, args.templates_file, "--templates-file"), teacher,
                                           limit=args.limit)
@@ -191,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scenes benchmark seeds: test (report numbers) or val (choose settings; default test)")
     ev.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                     help="bf16 autocast for every model (auto: where the hardware multiplies bf16 natively)")
+    ev.add_argument("--device", default="cpu",
+                    help="voc / coco / classify / semseg: cpu (default) or cuda[:N] (error when CUDA is unavailable)")
     ev.add_argument("--out", default="runs/eval")
     ev.set_defaults(func=_cmd_eval)
 

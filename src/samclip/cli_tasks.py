@@ -526,5 +526,5 @@ def add_task_commands(subparsers: Any) -> None:
 
 __all__ = [
     "TaskInputError", "add_task_commands", "check_out_dir", "expand_inputs", "output_pairs", "output_stems",
-    "parse_box", "parse_point", "write_pair_atomic",
+    "parse_box", "parse_point", "resolve_device", "write_pair_atomic",
 ]

@@ -26,7 +26,7 @@ from ..eval.zeroshot import retrieval_recall, single_object_eval_set, zero_shot_
 from ..factory import save_pretrained
 from ..losses import clip_contrastive_loss
 from ..models import CLIP, clip_preset
-from ..precision import resolve_bf16
+from ..precision import autocast, resolve_bf16
 from ..tokenizer import ClipTokenizer
 from .common import TrainLog, cosine_lr, recipe_from_argv, write_training_info
 
@@ -69,26 +69,28 @@ def shape_only_caption(objects: list[tuple[str, str, str]], rng: np.random.Gener
 
 
 def clip_pixels(model: CLIP, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """BxHxWx3 uint8 RGB -> Bx3xHxW normalised input of the CLIP image tower."""
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
+    """BxHxWx3 uint8 RGB -> Bx3xHxW normalised input of the CLIP image tower, on the model's device."""
+    x = torch.as_tensor(images).to(model.logit_scale.device).permute(0, 3, 1, 2).float() / 255.0
     return model.normalize_images(x)
 
 
 def clip_encoders(model: CLIP, tokenizer: ClipTokenizer, bf16: bool | None = None):  # noqa: ANN201
-    """(encode_images, encode_texts) callables for ``samclip.eval.zeroshot`` (bf16 None: auto)."""
-    bf16 = resolve_bf16(bf16)
+    """(encode_images, encode_texts) callables for ``samclip.eval.zeroshot`` (bf16 None: auto), running on the
+    model's device and returning float32 embeddings on the CPU."""
+    dev = model.logit_scale.device
+    bf16 = resolve_bf16(bf16, dev)
 
     def enc_img(images: np.ndarray) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), autocast(dev, bf16):
             size = model.config.vision.image_size
             x = clip_pixels(model, images)
             if x.shape[-1] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            return model.encode_image(x, normalize=True).float()
+            return model.encode_image(x, normalize=True).float().cpu()
 
     def enc_txt(texts: list[str]) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return model.encode_text(tokenizer(texts), normalize=True).float()
+        with torch.no_grad(), autocast(dev, bf16):
+            return model.encode_text(tokenizer(texts).to(dev), normalize=True).float().cpu()
 
     return enc_img, enc_txt
 
