@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from samclip.data import generate_scene
@@ -162,6 +163,15 @@ def test_sa1b_stream_decodes_instance_maps_on_demand(tmp_path: Path) -> None:
         prompts = stream.prompts(i)
         assert prompts.boxes.shape == (2, 4) and prompts.points.shape == (2, 2)
     assert stream.images(np.array([0, 2])).shape == (2, 64, 64, 3)
+    # prompts sampled ahead on a background thread (as a GPU merge does) are the ones sampled on demand
+    fresh = SamStream.from_sa1b(tmp_path / "sa1b", size=64, per_image=4, seed=0)
+    fresh.prefetch(np.array([2, 0]), prompts=True)
+    assert sorted(fresh._pending) == [0, 2]
+    for i in (0, 2, 1):
+        ahead, direct = fresh.prompts(i), stream.prompts(i)
+        for field in ("boxes", "points", "box_targets", "point_targets"):
+            assert torch.equal(getattr(ahead, field), getattr(direct, field)), field
+    assert not fresh._pending  # taken once, not kept
     (tmp_path / "sa1b" / "sa_1.json").write_text("{not json")
     strict = SamStream.from_sa1b(tmp_path / "sa1b", size=64, per_image=4, seed=0, skip_unreadable=False)
     with pytest.raises(ValueError, match="sa_1.json: not an SA-1B annotation file"):

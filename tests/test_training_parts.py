@@ -52,6 +52,33 @@ def test_points_fall_inside_masks() -> None:
         assert m[torch.arange(2), ip[:, 1].long(), ip[:, 0].long()].all()
 
 
+def _interior_points_whole_frame(masks: torch.Tensor, generator: torch.Generator, margin: int) -> torch.Tensor:
+    """Reference: erode every mask over the whole frame, then sample_points (what interior_points computes)."""
+    inner = -torch.nn.functional.max_pool2d(-masks.float()[:, None], 2 * margin + 1, stride=1, padding=margin)
+    inner = inner[:, 0] > 0.5
+    inner = torch.where(inner.flatten(1).any(1)[:, None, None], inner, masks)
+    return sample_points(inner, generator)[0]
+
+
+@pytest.mark.parametrize("margin", [1, 2, 3])
+def test_interior_points_equal_the_whole_frame_erosion(margin: int) -> None:
+    """Cropping to each mask's grown box changes no point: masks touching the frame's edges, thin masks (nothing
+    left after erosion: any pixel of the mask), one-pixel and empty masks, for the same generator state."""
+    scene = np.random.default_rng(margin)
+    h, w = 37, 53
+    masks = torch.zeros(10, h, w, dtype=torch.bool)
+    for k in range(7):
+        y0, x0 = scene.integers(-5, h - 3), scene.integers(-5, w - 3)
+        masks[k, max(0, y0): y0 + scene.integers(4, 20), max(0, x0): x0 + scene.integers(4, 25)] = True
+    masks[7, 10, 3:40] = True  # one pixel thick
+    masks[8, 0, w - 1] = True  # one pixel, in a corner
+    for seed in range(5):
+        got = interior_points(masks, torch.Generator().manual_seed(seed), margin=margin)
+        ref = _interior_points_whole_frame(masks, torch.Generator().manual_seed(seed), margin)
+        assert torch.equal(got, ref), (seed, got, ref)
+    assert got[9].tolist() == [0.0, 0.0]  # the empty mask
+
+
 def test_corrective_points_label_the_error() -> None:
     target = _square_masks()
     pred = torch.zeros_like(target)

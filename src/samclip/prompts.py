@@ -52,14 +52,31 @@ def sample_points(region: torch.Tensor, generator: torch.Generator | None) -> tu
 
 
 def interior_points(masks: torch.Tensor, generator: torch.Generator | None, margin: int = 2) -> torch.Tensor:
-    """A random pixel of each mask at least ``margin`` pixels from its border (any pixel if none)."""
-    inner = masks.float()[:, None]
-    if margin > 0:
-        k = 2 * margin + 1
-        inner = -torch.nn.functional.max_pool2d(-inner, k, stride=1, padding=margin)
-    inner = inner[:, 0] > 0.5
-    inner = torch.where(inner.flatten(1).any(1)[:, None, None], inner, masks)
-    return sample_points(inner, generator)[0]
+    """A random pixel of each NxHxW bool mask at least ``margin`` pixels from its border (any pixel of the mask if
+    none; (0, 0) for an empty mask) -> Nx2 (x, y) float.
+
+    The points are those of :func:`sample_points` on the eroded masks (the same draw of one random score per pixel
+    of the frame, for the same generator state), but the erosion and the choice run on each mask's bounding box
+    grown by ``margin``: at SAM's 1024 px that is ~4x faster for the scene world's objects (0.4 s for 16 masks on
+    2 cores, mostly the frame-sized erosion, which kept a GPU merge waiting on its prompts)."""
+    n, h, w = masks.shape
+    scores = torch.rand(masks.shape, generator=generator)  # the whole frame's draw: same points as before
+    boxes = masks_to_boxes(masks).long().tolist()
+    points = torch.zeros(n, 2)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        ya, yb, xa, xb = max(0, y0 - margin), min(h, y1 + 1 + margin), max(0, x0 - margin), min(w, x1 + 1 + margin)
+        region = masks[k, ya:yb, xa:xb]
+        inner = region
+        if margin > 0:  # erosion; beyond the frame nothing erodes (max-pool padding), inside it the ring's zeros do
+            eroded = -torch.nn.functional.max_pool2d(-region.float()[None, None], 2 * margin + 1, stride=1,
+                                                     padding=margin)[0, 0] > 0.5
+            inner = eroded if eroded.any() else region
+        crop = scores[k, ya:yb, xa:xb] * inner
+        best = crop.flatten().argmax()
+        if crop.flatten()[best] > 0:  # else: as the whole-frame argmax of all zeros, pixel (0, 0)
+            points[k, 0] = xa + best % (xb - xa)
+            points[k, 1] = ya + best // (xb - xa)
+    return points
 
 
 def corrective_points(pred: torch.Tensor, target: torch.Tensor,

@@ -264,7 +264,9 @@ class MergeTrainer:
         if step + 1 < sc.steps:  # real data: the next step's images are read from disk while this one trains
             _, next_cids, next_sids = self.batch_ids(stage, step + 1)
             self.clip_stream.prefetch(next_cids)
-            self.sam_stream.prefetch(next_sids)
+            # on a GPU the next step's prompts are sampled on a host thread meanwhile (on a CPU that would only
+            # take cores from the step itself)
+            self.sam_stream.prefetch(next_sids, prompts=model_device(self.model).type != "cpu")
         self.opt.zero_grad(set_to_none=True)
         l_clip = 0.0
         for chunk, share in _micro_batches(cids, self.clip_micro_batches(len(cids), size)):
