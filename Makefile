@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: env test lint demo teachers teacher-sam teacher-sam-grid32 teacher-clip merge-default clean
+.PHONY: env test lint demo teachers teacher-sam teacher-sam-grid32 teacher-clip merge-default gpu-checks clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -56,6 +56,12 @@ teacher-clip: $(STAMP)
 merge-default: $(STAMP)
 	$(BIN)/samclip merge --config tiny-synthetic --set out=runs/merge-default
 	rm -rf $(WEIGHTS)/samclip && cp -r runs/merge-default/model $(WEIGHTS)/samclip
+
+# The real-scale checks on a GPU machine, in one budgeted run (scripts/gpu_checks.sh; its python3 must hold a CUDA
+# torch; no venv is made): results packed into $(GPU_OUT)
+GPU_OUT ?= runs/gpu-checks
+gpu-checks:
+	OUT=$(GPU_OUT) bash scripts/gpu_checks.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

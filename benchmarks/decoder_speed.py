@@ -39,6 +39,7 @@ import time
 import torch
 
 import samclip
+from _timing import parse_device, synchronize
 from samclip.allocator import tune_malloc
 from samclip.precision import autocast, describe_machine, resolve_bf16
 
@@ -59,9 +60,7 @@ def main() -> None:
                     help="bf16 autocast for every path (auto: where it is fast, as Predictor decides)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     args = ap.parse_args()
-    dev = torch.device(args.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        ap.error(f"--device {args.device}: CUDA is not available")
+    dev = parse_device(ap, args.device)
     bf16 = resolve_bf16(args.dtype, dev)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -103,8 +102,7 @@ def main() -> None:
             if args.postprocess:
                 masks = sam.postprocess_masks(masks, input_size, (args.height, args.width))
         out = masks.float()
-        if on_gpu:
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
         return out
 
     def inference() -> torch.Tensor:

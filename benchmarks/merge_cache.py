@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 import samclip
+from _timing import synchronize
 from samclip.allocator import tune_malloc
 from samclip.merge.config import CONFIG_DIR, load_config
 from samclip.merge.run import build_streams, build_student
@@ -78,20 +79,16 @@ def main() -> None:
     start_state = copy.deepcopy(model.state_dict())
     dev = model_device(model)
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
     def run(cache: bool, sam: bool = True) -> list[float]:
         model.load_state_dict(start_state)
         teachers.use_cache, teachers.cache_sam = cache, sam
         trainer._configure(2)
         times = []
         for step in range(args.steps):
-            sync()
+            synchronize(dev)
             t0 = time.perf_counter()
             trainer.train_step(2, step)
-            sync()
+            synchronize(dev)
             times.append(time.perf_counter() - t0)
         return times
 
@@ -133,8 +130,7 @@ def profile_step(trainer: MergeTrainer, dev: torch.device, rows: int) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=activities) as prof:
         trainer.train_step(2, 0)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
     table = prof.key_averages()
     if dev.type == "cuda":  # where the GPU is busy, then what keeps the host busy while it waits
         print(table.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=60))

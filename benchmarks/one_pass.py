@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import samclip
+from _timing import parse_device, synchronize
 from samclip.allocator import tune_malloc
 from samclip.data.captions import class_prompt_templates
 from samclip.eval.baselines import maskclip_patch_embeddings
@@ -55,14 +56,9 @@ PRESETS = {"tiny-synthetic": ("sam-synthetic", "clip-synthetic"), "vit-b": ("sam
            "paper": ("sam-vit-b", "clip-vit-l-14")}
 
 
-def sync() -> None:
-    """Wait for the device's queued work (GPU kernels run asynchronously; a no-op on the CPU)."""
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-
-
 def now() -> float:
-    sync()
+    """perf_counter after the device's queued work is done."""
+    synchronize(DEVICE)
     return time.perf_counter()
 
 
@@ -136,9 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     global BF16, DEVICE
-    DEVICE = torch.device(args.device)
-    if DEVICE.type == "cuda" and not torch.cuda.is_available():
-        ap.error(f"--device {args.device}: CUDA is not available")
+    DEVICE = parse_device(ap, args.device)
     BF16 = resolve_bf16(args.dtype, DEVICE)
 
     merged, sam, clip, source = build_models(args.preset)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The real-scale checks on one GPU, in one run that fits a short lease (docs/benchmarks.md, "On a GPU"):
 #   1. env            nvidia-smi, torch, the GPU
-#   2. decoder_speed  per-prompt decode latency of SAM ViT-B (benchmarks/decoder_speed.py --device cuda)
+#   2. decoder_speed  per-prompt decode latency of SAM ViT-B (benchmarks/decoder_speed.py --device cuda); _64: 64
+#                     prompts per call (the everything mode), to choose the GPU's decode path on both
 #   3. one_pass       merged model vs SAM + CLIP teachers at the paper's pairing (SAM ViT-B + CLIP ViT-L/14)
 #   4. merge_cache    paper-scale stage-II steps (per-GPU batch of an 8-GPU run: 256 CLIP + 4 SAM images),
-#                     teacher cache vs online teachers, peak GPU memory; merge_cache_448: the CLIP images at 448 px
+#                     teacher cache vs online teachers, peak GPU memory, the profile of one step (device and host
+#                     tables); merge_cache_448: the CLIP images at 448 px
 #   5. paper_merge    `torchrun -m samclip.cli merge --config sam-vit-b_clip-vit-l14`, all three stages for a few
 #                     steps, on random teachers in the paper's architectures saved in our format (scene-world data)
 #   6. tiny_merge     the embedded-default merge (`--config tiny-synthetic`) under torchrun on the GPU, in full;
@@ -26,7 +28,8 @@ WORK=${WORK:-$(mktemp -d /tmp/gpu_checks.XXXXXX)}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 
-wanted() { [[ " ${STEPS:-env decoder_speed one_pass merge_cache merge_cache_448 paper_merge tiny_merge} " == *" $1 "* ]]; }
+ALL_STEPS="env decoder_speed decoder_speed_64 one_pass merge_cache merge_cache_448 paper_merge tiny_merge"
+wanted() { [[ " ${STEPS:-$ALL_STEPS} " == *" $1 "* ]]; }
 
 step() {  # step NAME LIMIT_S COMMAND...: output in $WORK/NAME.txt, its tail printed
   local name=$1 limit=$2 left rc t0
@@ -48,7 +51,7 @@ step() {  # step NAME LIMIT_S COMMAND...: output in $WORK/NAME.txt, its tail pri
 
 if [ "$SMOKE" = 1 ]; then
   SAM_PRESET=sam-synthetic ONE_PASS=(--preset tiny-synthetic --reps 1 --latency-decodes 5)
-  CACHE=(--steps 1) STEPS=${STEPS:-env decoder_speed one_pass merge_cache tiny_merge}
+  CACHE=(--steps 1) STEPS=${STEPS:-${ALL_STEPS/ paper_merge/}}
   TINY=(--set stage1.steps=20 --set stage2.steps=4 --set stage3.steps=4 --set eval.every=0 --set data.clip_images=256
         --set data.sam_images=32 --set data.stage3_token_cache_images=256)
 else
@@ -62,8 +65,9 @@ PAPER_BATCH=${PAPER_BATCH:-"data.clip_batch=256 data.sam_batch=4 data.clip_image
 step env 60 bash -c "nvidia-smi || true; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, \
 torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))'; nproc; free -g"
 step decoder_speed 90 "$PY" benchmarks/decoder_speed.py --preset "$SAM_PRESET" --device "$DEVICE"
+step decoder_speed_64 90 "$PY" benchmarks/decoder_speed.py --preset "$SAM_PRESET" --device "$DEVICE" --prompts 64
 step one_pass 150 "$PY" benchmarks/one_pass.py --device "$DEVICE" "${ONE_PASS[@]}"
-step merge_cache 180 "$PY" benchmarks/merge_cache.py "${CACHE[@]}" --set "device=$DEVICE"
+step merge_cache 180 "$PY" benchmarks/merge_cache.py "${CACHE[@]}" --set "device=$DEVICE" --profile 25
 step merge_cache_448 120 "$PY" benchmarks/merge_cache.py "${CACHE[@]}" --set "device=$DEVICE" \
   --set data.clip_sizes=448 --set data.clip_render_size=448
 
