@@ -51,7 +51,7 @@ step() {  # step NAME LIMIT_S COMMAND...: output in $WORK/NAME.txt, its tail pri
 
 if [ "$SMOKE" = 1 ]; then
   SAM_PRESET=sam-synthetic ONE_PASS=(--preset tiny-synthetic --reps 1 --latency-decodes 5)
-  CACHE=(--steps 1) STEPS=${STEPS:-${ALL_STEPS/ paper_merge/}}
+  CACHE=(--steps 1) STEPS=${STEPS:-${ALL_STEPS/ merge_cache_448 paper_merge/}}  # the paper-scale steps need a GPU
   TINY=(--set stage1.steps=20 --set stage2.steps=4 --set stage3.steps=4 --set eval.every=0 --set data.clip_images=256
         --set data.sam_images=32 --set data.stage3_token_cache_images=256)
 else
