@@ -735,6 +735,23 @@ def test_sam_side_of_the_cache_can_be_off_and_an_oversized_cache_fails_at_once(t
     tr.teachers.bind_streams(tr.clip_stream, tr.sam_stream)  # the CLIP side alone fits
 
 
+def test_sam_teacher_targets_are_the_same_fresh_cached_or_uncached(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """The SAM teacher's logits are fp16-rounded whether or not the cache keeps them: a step reads the same
+    targets online, on first sight and from the cache; float32, on the teachers' device; the cache holds fp16."""
+    tr = _trainer(teacher_dirs, tmp_path / "a", **{"data.cache_teachers": "true"})
+    t, ids = tr.teachers, np.array([1, 0])
+    images, prompts = tr.sam_stream.images(ids), [tr.sam_stream.prompts(int(i)) for i in ids]
+    t.use_cache = False
+    online = t.sam_outputs(ids, images, prompts)
+    t.use_cache = True
+    first, again = t.sam_outputs(ids, images, prompts), t.sam_outputs(ids, images, prompts)
+    assert sorted(t.sam_cache) == [0, 1] and t.sam_cache[0][0].dtype == torch.float16
+    for a, b, c in zip(online, first, again):
+        assert a.dtype == torch.float32 and a.device == t.device
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert torch.equal(online[0], online[0].half().float())  # already on the fp16 grid
+
+
 def test_clip_mask_crops_append_crops_of_dsam_masks_to_dclip(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
     """data.clip_mask_crops: D_CLIP ends with that many D_SAM instance-mask crops at its render size."""
     from samclip.inference import mask_crops

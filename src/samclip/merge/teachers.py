@@ -217,13 +217,17 @@ class Teachers:
     def sam_outputs(self, ids: np.ndarray, images: np.ndarray,
                     prompts: list[SamPrompts]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher (box_logits, box_iou, point_logits, point_iou) for each image's fixed prompts,
-        concatenated over images: logits (B*P/2)x3xhxw, IoU (B*P/2)x3."""
+        concatenated over images: logits (B*P/2)x3xhxw, IoU (B*P/2)x3, float32 on the teachers' device.
+
+        Logits are rounded to fp16 whether or not they are cached (the cache keeps fp16 on the CPU), so a step
+        reads the same targets either way; fresh outputs stay on the device (no round trip through host memory
+        on a GPU) and cached ones go there as fp16, half the bytes."""
         out = []
         keep = self.use_cache and self.cache_sam
+        dev = self.device
         missing = [j for j, i in enumerate(ids) if not (keep and int(i) in self.sam_cache)]
         fresh: dict[int, tuple[torch.Tensor, ...]] = {}
         if missing:
-            dev = self.device
             x = self.sam.preprocess(torch.from_numpy(images[missing]).to(dev).permute(0, 3, 1, 2))
             with autocast(dev, self.bf16):
                 emb = self.sam.image_embeddings(x)
@@ -232,7 +236,6 @@ class Teachers:
                 pts = torch.cat([prompts[j].points for j in missing]).to(dev)[:, None]
                 pl, pi = self.sam.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.long, device=dev),
                                          multimask_output=True)
-            bl, bi, pl, pi = bl.cpu(), bi.cpu(), pl.cpu(), pi.cpu()
             half = prompts[missing[0]].boxes.shape[0]
             for k, j in enumerate(missing):
                 sl = slice(k * half, (k + 1) * half)
@@ -241,12 +244,12 @@ class Teachers:
             if j in fresh:
                 item = fresh[j]
                 if keep:
-                    self.sam_cache[int(i)] = item
+                    self.sam_cache[int(i)] = tuple(t.cpu() for t in item)
                     self._new_sam.add(int(i))
             else:
                 item = self.sam_cache[int(i)]
             out.append(item)
-        bl, bi, pl, pi = (torch.cat([o[k] for o in out]) for k in range(4))
+        bl, bi, pl, pi = (torch.cat([o[k].to(dev) for o in out]) for k in range(4))
         return bl.float(), bi, pl.float(), pi
 
     # --------------------------------------------------------------------------------- disk
