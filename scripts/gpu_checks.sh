@@ -3,7 +3,8 @@
 #   1. env            nvidia-smi, torch, the GPU
 #   2. decoder_speed  per-prompt decode latency of SAM ViT-B (benchmarks/decoder_speed.py --device cuda); _64: 64
 #                     prompts per call (the everything mode), to choose the GPU's decode path on both
-#   3. one_pass       merged model vs SAM + CLIP teachers at the paper's pairing (SAM ViT-B + CLIP ViT-L/14)
+#   3. predictor_devices  every Predictor task on the GPU against the CPU (scripts/predictor_devices.py), then
+#      one_pass       merged model vs SAM + CLIP teachers at the paper's pairing (SAM ViT-B + CLIP ViT-L/14)
 #   4. merge_cache    paper-scale stage-II steps (per-GPU batch of an 8-GPU run: 256 CLIP + 4 SAM images),
 #                     teacher cache vs online teachers, peak GPU memory, the profile of one step (device and host
 #                     tables); merge_cache_448: the CLIP images at 448 px
@@ -28,7 +29,7 @@ WORK=${WORK:-$(mktemp -d /tmp/gpu_checks.XXXXXX)}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 
-ALL_STEPS="env decoder_speed decoder_speed_64 one_pass merge_cache merge_cache_448 paper_merge tiny_merge"
+ALL_STEPS="env decoder_speed decoder_speed_64 predictor_devices one_pass merge_cache merge_cache_448 paper_merge tiny_merge"
 wanted() { [[ " ${STEPS:-$ALL_STEPS} " == *" $1 "* ]]; }
 
 step() {  # step NAME LIMIT_S COMMAND...: output in $WORK/NAME.txt, its tail printed
@@ -66,6 +67,7 @@ step env 60 bash -c "nvidia-smi || true; $PY -c 'import torch, sys; print(sys.ve
 torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))'; nproc; free -g"
 step decoder_speed 90 "$PY" benchmarks/decoder_speed.py --preset "$SAM_PRESET" --device "$DEVICE"
 step decoder_speed_64 90 "$PY" benchmarks/decoder_speed.py --preset "$SAM_PRESET" --device "$DEVICE" --prompts 64
+step predictor_devices 120 "$PY" scripts/predictor_devices.py --device "$DEVICE"
 step one_pass 150 "$PY" benchmarks/one_pass.py --device "$DEVICE" "${ONE_PASS[@]}"
 step merge_cache 180 "$PY" benchmarks/merge_cache.py "${CACHE[@]}" --set "device=$DEVICE" --profile 25
 step merge_cache_448 120 "$PY" benchmarks/merge_cache.py "${CACHE[@]}" --set "device=$DEVICE" \
