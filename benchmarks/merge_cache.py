@@ -38,9 +38,10 @@ import torch
 import samclip
 from _timing import synchronize
 from samclip.allocator import tune_malloc
+from samclip.devices import model_device
 from samclip.merge.config import CONFIG_DIR, load_config
 from samclip.merge.run import build_streams, build_student
-from samclip.merge.trainer import MergeTrainer, model_device
+from samclip.merge.trainer import MergeTrainer
 from samclip.precision import describe_machine
 from samclip.testing import random_clip
 

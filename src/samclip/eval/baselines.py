@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..devices import model_device
 from ..inference.crops import CROP_PAD, mask_crops
 from ..models import CLIP
 
 
 def _clip_input(clip: CLIP, images: np.ndarray, size: int) -> torch.Tensor:
-    dev = clip.logit_scale.device
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(dev).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(model_device(clip)).permute(0, 3, 1, 2).float() / 255.0
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return clip.normalize_images(x)

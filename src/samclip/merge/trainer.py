@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..checkpoint import atomic_save_safetensors, atomic_write_bytes, load_safetensors
+from ..devices import model_device
 from ..losses import cosine_distillation_loss, focal_dice
 from ..models import SamClip
 from ..precision import autocast
@@ -96,10 +97,6 @@ def _barrier() -> None:
 
 
 # ---------------------------------------------------------------------------------------- losses
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def to_student_pixels(model: SamClip, images: np.ndarray, size: int) -> torch.Tensor:
     """BxSxSx3 uint8 -> Bx3x(size)x(size) SAM-normalised student input, on the model's device."""
     x = torch.from_numpy(images).to(model_device(model)).permute(0, 3, 1, 2).float()

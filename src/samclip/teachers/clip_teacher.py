@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data import HELDOUT_PAIRS, SHAPES, class_prompts
 from ..data.banks import SceneBank, build_bank
+from ..devices import model_device
 from ..eval.zeroshot import retrieval_recall, single_object_eval_set, zero_shot_accuracy
 from ..factory import save_pretrained
 from ..losses import clip_contrastive_loss
@@ -70,14 +71,14 @@ def shape_only_caption(objects: list[tuple[str, str, str]], rng: np.random.Gener
 
 def clip_pixels(model: CLIP, images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """BxHxWx3 uint8 RGB -> Bx3xHxW normalised input of the CLIP image tower, on the model's device."""
-    x = torch.as_tensor(images).to(model.logit_scale.device).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.as_tensor(images).to(model_device(model)).permute(0, 3, 1, 2).float() / 255.0
     return model.normalize_images(x)
 
 
 def clip_encoders(model: CLIP, tokenizer: ClipTokenizer, bf16: bool | None = None):  # noqa: ANN201
     """(encode_images, encode_texts) callables for ``samclip.eval.zeroshot`` (bf16 None: auto), running on the
     model's device and returning float32 embeddings on the CPU."""
-    dev = model.logit_scale.device
+    dev = model_device(model)
     bf16 = resolve_bf16(bf16, dev)
 
     def enc_img(images: np.ndarray) -> torch.Tensor:
