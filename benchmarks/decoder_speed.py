@@ -23,7 +23,9 @@ each; the median per path is reported with the ratios and the largest difference
 does not depend on the weight values: the model is randomly initialised. ``--dtype`` runs every path under
 bf16 autocast (``auto``, the default: where the CPU multiplies bf16 natively, as ``Predictor`` does). With
 ``--device cuda`` every call ends with a device synchronisation, and the cached path runs under autocast as
-``Predictor`` does on a GPU. Prints JSON.
+``Predictor`` does on a GPU. Prints JSON, with the Predictor path's floating-point operations per call and
+the floor they set: that count at the rate of one large square matrix product in the same precision on the
+same threads (``floor_ms_at_matmul_rate``; the decode's own products are smaller, so slower per FLOP).
 
     .venv/bin/python benchmarks/decoder_speed.py --preset sam-vit-b
     python benchmarks/decoder_speed.py --preset sam-vit-b --device cuda
@@ -39,6 +41,7 @@ import time
 import torch
 
 import samclip
+from _flops import count_flops, matmul_gflops_per_s
 from _timing import parse_device, synchronize
 from samclip.allocator import tune_malloc
 from samclip.precision import autocast, describe_machine, resolve_bf16
@@ -130,6 +133,8 @@ def main() -> None:
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
     ref = plain()
     diff = max((inference() - ref).abs().max().item(), (cached() - ref).abs().max().item())
+    gflop = count_flops(cached) / 1e9  # the Predictor's path, per call
+    rate = matmul_gflops_per_s(dev, bf16)
     print(json.dumps({
         "preset": args.preset, "machine": describe_machine(dev), "threads": args.threads,
         "dtype": "bf16" if bf16 else "fp32",
@@ -142,6 +147,9 @@ def main() -> None:
         "inference_path_ms": round(ms["inference_path"], 2), "plain_path_ms": round(ms["plain_path"], 2),
         "speedup": round(ms["plain_path"] / ms["inference_path"], 3),
         "speedup_cached": round(ms["plain_path"] / ms["cached_first_layer"], 3), "max_abs_diff": diff,
+        "cached_first_layer_gflop": round(gflop, 3),
+        "matmul_gflops_per_s": round(rate, 1),
+        "floor_ms_at_matmul_rate": round(1000 * gflop / rate, 2),
     }, indent=2))
     print(f"decode of {args.prompts} prompt(s): {ms['cached_first_layer']:.1f} ms with the image's first-layer cache "
           f"(as in Predictor), {ms['inference_path']:.1f} ms without, plain path {ms['plain_path']:.1f} ms: "

@@ -5,7 +5,8 @@ warms up), then the online pass (teachers run every step) and the same steps rea
 from the cache are timed.
 Prints seconds per step for both and the ratio online / cached (target >= 2x), and the same steps with only
 the CLIP side cached (``data.cache_sam_teacher = false``, what the paper config does: SA-1B's SAM logits would
-not fit anywhere).
+not fit anywhere). ``--flops`` also counts each kind of step's floating-point operations (one step each, the
+first): their ratio is the ceiling of the measured one where time follows the multiply-adds.
 
     .venv/bin/python benchmarks/merge_cache.py [--steps 6] [--config tiny-synthetic] [--set k=v ...]
     .venv/bin/python benchmarks/merge_cache.py --preset paper --steps 1
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 
 import samclip
+from _flops import count_flops
 from _timing import synchronize
 from samclip.allocator import tune_malloc
 from samclip.devices import model_device
@@ -61,14 +63,19 @@ def main() -> None:
     tune_malloc()  # both sides of every comparison run with the same allocator (samclip.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(CONFIG_DIR / "tiny-synthetic.toml"))
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per kind (0 with --flops: count only)")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after the timing, one cached step under torch.profiler: print its N most expensive ops "
                          "by self CPU time (and first by self device time on a GPU)")
+    ap.add_argument("--flops", action="store_true",
+                    help="also count the floating-point operations of one online, one cached and one CLIP-cached "
+                         "step (their ratio: the most the cache can save when time follows the multiply-adds)")
     ap.add_argument("--preset", choices=["paper"], default=None,
                     help="random teachers in the paper's architectures and its config (ignores --config)")
     args = ap.parse_args()
+    if args.steps < 0 or (args.steps == 0 and not args.flops):
+        ap.error("--steps must be >= 1 (0 only with --flops: count, do not time)")
     out = tempfile.mkdtemp(prefix="merge_cache_bench_")
     sizes = ["data.clip_images=1024", "data.sam_images=64"]
     if args.preset == "paper":
@@ -80,12 +87,12 @@ def main() -> None:
     start_state = copy.deepcopy(model.state_dict())
     dev = model_device(model)
 
-    def run(cache: bool, sam: bool = True) -> list[float]:
+    def run(cache: bool, sam: bool = True, steps: int = args.steps) -> list[float]:
         model.load_state_dict(start_state)
         teachers.use_cache, teachers.cache_sam = cache, sam
         trainer._configure(2)
         times = []
-        for step in range(args.steps):
+        for step in range(steps):
             synchronize(dev)
             t0 = time.perf_counter()
             trainer.train_step(2, step)
@@ -93,15 +100,18 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         return times
 
+    def flops(cache: bool, sam: bool = True) -> int:
+        model.load_state_dict(start_state)
+        teachers.use_cache, teachers.cache_sam = cache, sam
+        trainer._configure(2)
+        return count_flops(lambda: trainer.train_step(2, 0))
+
     teachers.clip_cache.clear()
     teachers.sam_cache.clear()
     teachers.cache_sam = True  # filled for the fully cached pass even where the config caches only the CLIP side
     # first (untimed, and the warm-up of both timed passes): fill the cache for exactly these steps' images,
     # running the teachers as the online pass does
-    run(cache=True)
-    online = run(cache=False)  # the teachers run every step (the cache is not read)
-    cached = run(cache=True)
-    clip_only = run(cache=True, sam=False)  # the SAM teacher runs every step, the CLIP side is read from the cache
+    run(cache=True, steps=max(args.steps, 1))
     res = {
         "machine": describe_machine(dev),
         "bf16": cfg.use_bf16,
@@ -109,12 +119,22 @@ def main() -> None:
         "steps": args.steps,
         "clip_batch": cfg.data.clip_batch,
         "sam_batch": cfg.data.sam_batch,
-        "online_s_per_step": statistics.median(online),
-        "cached_s_per_step": statistics.median(cached),
-        "clip_cached_s_per_step": statistics.median(clip_only),
     }
-    res["speedup_cached_vs_online"] = res["online_s_per_step"] / res["cached_s_per_step"]
-    res["speedup_clip_cached_vs_online"] = res["online_s_per_step"] / res["clip_cached_s_per_step"]
+    if args.steps:
+        online = run(cache=False)  # the teachers run every step (the cache is not read)
+        cached = run(cache=True)
+        clip_only = run(cache=True, sam=False)  # the SAM teacher runs every step, the CLIP side from the cache
+        res["online_s_per_step"] = statistics.median(online)
+        res["cached_s_per_step"] = statistics.median(cached)
+        res["clip_cached_s_per_step"] = statistics.median(clip_only)
+        res["speedup_cached_vs_online"] = res["online_s_per_step"] / res["cached_s_per_step"]
+        res["speedup_clip_cached_vs_online"] = res["online_s_per_step"] / res["clip_cached_s_per_step"]
+    if args.flops:
+        counts = {"online": flops(cache=False), "cached": flops(cache=True),
+                  "clip_cached": flops(cache=True, sam=False)}
+        res.update({f"gflops_{k}": v / 1e9 for k, v in counts.items()})
+        res["flop_ratio_cached_vs_online"] = counts["online"] / counts["cached"]
+        res["flop_ratio_clip_cached_vs_online"] = counts["online"] / counts["clip_cached"]
     if dev.type == "cuda":
         res["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}, indent=2))

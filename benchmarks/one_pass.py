@@ -21,6 +21,9 @@ Weights: ``tiny-synthetic`` shipped weights when present, else random weights of
 SAM ViT-B (1024 px) + CLIP ViT-B/16 teachers and merges them (speed does not depend on the values);
 ``--preset paper`` does the same with the paper's CLIP ViT-L/14 teacher.
 
+``--flops`` also counts both pipelines' floating-point operations: their ratio is the ceiling of the timed one
+where time follows the multiply-adds.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/one_pass.py --preset vit-b --reps 1
     python benchmarks/one_pass.py --preset paper --device cuda --reps 10
 """
@@ -38,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 import samclip
+from _flops import count_flops
 from _timing import parse_device, synchronize
 from samclip.allocator import tune_malloc
 from samclip.data.captions import class_prompt_templates
@@ -129,6 +133,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                     help="auto: bf16 autocast only where the device multiplies bf16 natively")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    ap.add_argument("--flops", action="store_true",
+                    help="also count each pipeline's floating-point operations (one run each): B / A is the "
+                         "ceiling of the speed ratio where time follows the multiply-adds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     global BF16, DEVICE
@@ -248,6 +255,15 @@ def main() -> None:
             "sam_teacher_predict": latencies(lambda p: sam_pred.predict(point_coords=p[None], point_labels=ones)),
         },
     }
+    if args.flops:
+        a_flops = count_flops(a_parts)
+        b_flops = [count_flops(part) for part in (lambda: sam_pred.set_image(img),
+                                                  lambda: [sam_pred.predict(point_coords=p[None], point_labels=ones)
+                                                           for p in points],
+                                                  clip_classify, lambda: clip_semseg(matched))]
+        res["gflops"] = {"A_merged": a_flops / 1e9, "B_two_models_matched": sum(b_flops) / 1e9,
+                         "B_sam_set_image": b_flops[0] / 1e9, "B_sam_decodes": b_flops[1] / 1e9,
+                         "B_clip": (b_flops[2] + b_flops[3]) / 1e9, "ratio_B_over_A": sum(b_flops) / a_flops}
     print(json.dumps(_rounded(res), indent=2))
     print(f"target B/A >= 1.8x: matched grid {res['ratio_B_over_A']:.2f}x, CLIP dense pass at 448 "
           f"{res['ratio_B448_over_A']:.2f}x; per-prompt predict "
