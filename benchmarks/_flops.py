@@ -53,8 +53,13 @@ class _Counter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         formula = flop_registry.get(func._overloadpacket)
+        if formula is None:  # under inference_mode composite ops (linear, matmul, einsum, conv2d, attention)
+            with self:  # arrive whole: count what they decompose into
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
         if formula is not None:
             self.total += int(formula(*args, **kwargs, out_val=out))
         return out
