@@ -176,6 +176,7 @@ def test_semseg_label_everything(env, tmp_path, capsys) -> None:  # noqa: ANN001
     (["everything", "{imgs}/scene0.png", "--max-masks", "0"], "--max-masks 0: expected 1..255"),
     (["everything", "{imgs}/scene0.png", "--points-per-side", "100000"], "expected 1..256"),
     (["everything", "{imgs}/scene0.png", "--crop-layers", "9"], "--crop-layers 9: expected 0..4"),
+    (["segment", "{imgs}/scene0.png", "--box", "1,1,9,9", "--box", "2,2,8,8"], "--box given 2 times"),
     (["classify", "{imgs}/scene0.png", "--template", "a photo"], "must be a string containing '{}'"),
 ])
 def test_bad_inputs_exit_2(env, capsys, args, message) -> None:  # noqa: ANN001
@@ -224,6 +225,70 @@ def test_outputs_are_checked_before_the_model_runs(env, tmp_path, capsys) -> Non
     code, _, err = run(env, "classify", str(own / "scene0.png"), "--out", str(own), capsys=capsys)
     assert code == 2 and "would replace the input image" in err
     assert (own / "scene0.png").read_bytes() == image and sorted(p.name for p in own.iterdir()) == ["scene0.png"]
+
+
+@pytest.mark.parametrize("flag", ["--pred-iou-thresh", "--stability-thresh"])
+@pytest.mark.parametrize("value", ["5", "-1", "nan"])
+def test_everything_thresholds_are_fractions(env, capsys, flag, value) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit) as e:  # argparse's own error (usage + one line), before the model loads
+        run(env, "everything", str(env / "imgs" / "scene0.png"), f"{flag}={value}", capsys=capsys)
+    assert e.value.code == 2 and "expected a number in 0..1" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_files_they_did_not_write(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    """An existing <stem>.png / .json that is not an earlier output pair (a user's image beside its JPEG) is
+    refused before any work; an earlier output pair is replaced by a rerun."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(generate_scene(3, SIZE).image).save(folder / "a.jpg")
+    user_png = (env / "imgs" / "scene1.png").read_bytes()
+    (folder / "a.png").write_bytes(user_png)
+    code, _, err = run(env, "classify", str(folder / "a.jpg"), "--out", str(folder), capsys=capsys)
+    assert code == 2 and "not an earlier output" in err
+    assert (folder / "a.png").read_bytes() == user_png and not (folder / "a.json").exists()
+    out = tmp_path / "out"
+    for _ in range(2):  # the second run replaces the first run's pair
+        code, _, err = run(env, "classify", str(folder / "a.jpg"), "--out", str(out), capsys=capsys)
+        assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png"]
+
+
+def test_a_corrupt_image_in_a_batch_costs_only_its_own_output(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    """The header reads, the pixels do not: the other images get their outputs, then one error line, exit 2."""
+    data = (env / "imgs" / "scene0.png").read_bytes()
+    (tmp_path / "broken.png").write_bytes(data[: len(data) // 2])
+    code, _, err = run(env, "classify", str(env / "imgs" / "scene1.png"), str(tmp_path / "broken.png"),
+                       "--out", str(tmp_path / "o"), capsys=capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("samclip: error: 1 of 2 image(s) could not be")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["scene1.json", "scene1.png"]
+    load_outputs(tmp_path / "o", "scene1")
+
+
+def test_broken_model_folders_exit_2(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    """A tokenizer.json the tokenizers library cannot read, NaN or zero-std numbers in config.json: one line."""
+    import shutil
+
+    cases = {
+        "tokenizer": lambda d: (d / "tokenizer.json").write_text('{"not": "a tokenizer"}'),
+        "nan": lambda d: _edit_config(d, lambda c: c["sam"]["image_encoder"].update(layer_norm_eps=float("nan"))),
+        "std": lambda d: _edit_config(d, lambda c: c["sam"].update(pixel_std=[0, 0, 0])),
+    }
+    messages = {"tokenizer": "not a tokenizer file", "nan": "expected finite numbers", "std": "expected numbers > 0"}
+    for name, damage in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(env / "model", folder)
+        damage(folder)
+        code = main(["classify", str(env / "imgs" / "scene0.png"), "--model", str(folder), "--out",
+                     str(tmp_path / f"o_{name}")])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and messages[name] in err, (name, err)
+
+
+def _edit_config(folder, change) -> None:  # noqa: ANN001
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    change(data["config"])
+    path.write_text(json.dumps(data))
 
 
 def test_pooling_choices_are_the_predictors() -> None:

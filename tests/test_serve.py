@@ -257,6 +257,10 @@ def test_bad_requests(client, scenes) -> None:  # noqa: ANN001
                  422)
     assert_error(client.post(url, json={}), 422, "invalid_prompt")  # no prompt at all
     assert_error(client.post(url, json={"points": [[1, 1]], "colour": "red"}), 422, "invalid_request")
+    # no coercion: a string or a boolean is not a coordinate, "yes" is not a boolean
+    assert_error(client.post(url, json={"points": [["1", 2]]}), 422, "invalid_request")
+    assert_error(client.post(url, json={"points": [[True, 2]]}), 422, "invalid_request")
+    assert_error(client.post(url, json={"points": [[1, 1]], "multimask": "yes"}), 422, "invalid_request")
     assert_error(client.post(f"/images/{iid}/classify", json={"labels": []}), 422)
     assert_error(client.post(f"/images/{iid}/classify", json={"labels": ["  "]}), 422)
     assert_error(client.post(f"/images/{iid}/semseg", json={"labels": "star"}), 422)
@@ -267,6 +271,20 @@ def test_bad_requests(client, scenes) -> None:  # noqa: ANN001
                              headers={"content-type": "application/json"}), 413, "payload_too_large")
     assert_error(client.get("/no/such/route"), 404, "not_found")
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_serve_on_a_taken_port_is_one_line(model_folder, capsys) -> None:  # noqa: ANN001
+    import socket
+
+    from samclip.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--model", str(model_folder), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot listen there" in err, err
 
 
 def test_lru_eviction(client, scenes) -> None:  # noqa: ANN001

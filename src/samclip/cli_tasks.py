@@ -163,9 +163,18 @@ def check_out_dir(out: Path, what: str = "--out") -> Path:
     return out
 
 
+def _earlier_output(json_path: Path) -> bool:
+    """Whether ``json_path`` is the JSON of an earlier task command's output pair (which a run may replace)."""
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"image", "task", "model"} <= data.keys()
+
+
 def output_pairs(out: Path, paths: list[Path]) -> list[tuple[Path, Path]]:
-    """``(<stem>.json, <stem>.png)`` in ``out`` per input; an error when one would replace an input image or a
-    folder (checked before any model work)."""
+    """``(<stem>.json, <stem>.png)`` in ``out`` per input; an error when one would replace an input image, a
+    folder, or a file that is not an earlier output pair of these commands (checked before any model work)."""
     inputs = {p.resolve() for p in paths}
     pairs = [(out / f"{stem}.json", out / f"{stem}.png") for stem in output_stems(paths)]
     for target in (t for pair in pairs for t in pair):
@@ -174,6 +183,11 @@ def output_pairs(out: Path, paths: list[Path]) -> list[tuple[Path, Path]]:
                               "choose another --out folder")
         if target.is_dir():
             raise _user_error(f"--out {out}: {target} is a folder, where an output file goes")
+    for json_path, png_path in pairs:
+        existing = [t for t in (json_path, png_path) if t.exists()]
+        if existing and not _earlier_output(json_path):
+            raise _user_error(f"--out {out}: the output {existing[0].name} would replace {existing[0]}, which is not "
+                              "an earlier output of these commands; choose another --out folder")
     return pairs
 
 
@@ -219,7 +233,10 @@ def _bf16(args: argparse.Namespace, device: str) -> bool:
 # ---------------------------------------------------------------------------------------- commands
 def _prompts_for(args: argparse.Namespace) -> tuple[list[list[float]] | None, list[int] | None, list[float] | None]:
     pts = [parse_point(p) for p in (args.point or [])]
-    box = parse_box(args.box) if args.box else None
+    if args.box and len(args.box) > 1:
+        raise _user_error(f"--box given {len(args.box)} times: one box per run (it is decoded together with the "
+                          "--point prompts into one object's mask); run once per object")
+    box = parse_box(args.box[0]) if args.box else None
     points = [[x, y] for x, y, _ in pts] or None
     labels = [lab for _, _, lab in pts] or None
     return points, labels, box
@@ -299,8 +316,16 @@ def _run_task(args: argparse.Namespace) -> int:
 
     predictor = Predictor(load_model(args.model, device=device), bf16=_bf16(args, device), templates=args.template)
     bar = tqdm(list(zip(paths, pairs)), desc=task, unit="img", disable=len(paths) < 2, file=sys.stderr)
+    failed: list[str] = []
     for i, (path, (json_path, png_path)) in enumerate(bar):
-        image = serve.read_image(path, serve.DEFAULT_MAX_PIXELS)
+        try:  # the headers were read up front; corrupt pixel data shows only here
+            image = serve.read_image(path, serve.DEFAULT_MAX_PIXELS)
+        except (serve.ImageDecodeError, serve.ImageTooLarge) as err:
+            if len(paths) == 1:
+                raise
+            failed.append(str(err))  # the batch goes on: one bad file costs no other image its result
+            tqdm.write(f"samclip: error: {err} (skipped)", file=sys.stderr)
+            continue
         predictor.set_image(image)
         title = None
         if task == "classify":
@@ -334,7 +359,10 @@ def _run_task(args: argparse.Namespace) -> int:
         write_pair_atomic([(json_path, (json.dumps(data, indent=1) + "\n").encode("utf-8")),
                            (png_path, serve.render_overlay(image, res, title=title))])
         tqdm.write(f"{_summary(task, path, data)} -> {json_path}")
-    print(f"wrote {len(paths)} JSON + PNG pair(s) to {out_dir}", file=sys.stderr)
+    print(f"wrote {len(paths) - len(failed)} JSON + PNG pair(s) to {out_dir}", file=sys.stderr)
+    if failed:
+        raise _user_error(f"{len(failed)} of {len(paths)} image(s) could not be decoded and have no output: "
+                          + "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else ""))
     return 0
 
 
@@ -356,6 +384,26 @@ def _api_key(path: str | None) -> str | None:
     return key or None
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """One line and exit 2 when ``host:port`` cannot be bound (taken, or an address this machine lacks)."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise _user_error(f"--host {host}: cannot resolve it ({err.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise _user_error(f"--host {host} --port {port}: cannot listen there ({err.strerror}); "
+                              "choose another --port") from None
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -368,6 +416,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.port < 0 or args.port > 65535:
         raise _user_error(f"--port {args.port}: expected 0..65535")
     api_key = _api_key(args.api_key_file)
+    _check_port_free(args.host, args.port)  # before the model loads; uvicorn would say it in 7 lines, exit 3
     app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                      max_prompts=args.max_prompts, cache_size=args.cache_size, request_timeout_s=args.timeout,
                      device=device, bf16=_bf16(args, device), onnx_dir=args.onnx, api_key=api_key,
@@ -418,11 +467,23 @@ def _pooling_arg(p: argparse.ArgumentParser) -> None:
                         "labels clicks best, zoom+crop --tta boxes)")
 
 
+def _unit_interval(text: str) -> float:
+    """An argparse type: a number in [0, 1] (a threshold on IoUs / stability scores)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {text!r}") from None
+    if not 0 <= value <= 1:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {text}")
+    return value
+
+
 def _prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--point", action="append", metavar="X,Y[:L]",
                    help="point prompt in original-image pixels; label L = 1 foreground (default) or 0 background; "
                         "repeatable")
-    p.add_argument("--box", metavar="X0,Y0,X1,Y1", help="box prompt, XYXY original-image pixels")
+    p.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1",
+                   help="box prompt, XYXY original-image pixels (one per run: SAM decodes one box with the points)")
     p.add_argument("--zoom", action="store_true",
                    help="decode the prompts on a second backbone pass over the object's neighbourhood (3x the box's "
                         "longer side; clicks alone: the box of their first mask), magnified: better masks of small "
@@ -488,8 +549,10 @@ def add_task_commands(subparsers: Any) -> None:
     _common(p, "everything")
     p.add_argument("--labels", help="comma-separated vocabulary to label every mask (default: no labels)")
     p.add_argument("--points-per-side", type=int, default=16, help="grid points per side (default 16)")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.7, help="keep masks above this predicted IoU")
-    p.add_argument("--stability-thresh", type=float, default=0.8, help="keep masks at least this stable")
+    p.add_argument("--pred-iou-thresh", type=_unit_interval, default=0.7,
+                   help="keep masks above this predicted IoU (0..1)")
+    p.add_argument("--stability-thresh", type=_unit_interval, default=0.8,
+                   help="keep masks at least this stable (0..1)")
     p.add_argument("--min-area", type=int, default=0, help="drop masks smaller than this (pixels)")
     p.add_argument("--max-masks", type=int, default=100, help="at most this many masks (<= 255)")
     p.add_argument("--crop-layers", type=int, default=0, metavar="N",

@@ -73,7 +73,17 @@ class ClipTokenizer:
     # ----------------------------------------------------------------------------- constructors
     @classmethod
     def from_file(cls, path: str | os.PathLike, context_length: int = 77) -> ClipTokenizer:
-        return cls(Tokenizer.from_file(str(path)), context_length)
+        """A ``tokenizer.json``; ValueError naming the file where the ``tokenizers`` library cannot read it."""
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # the library raises a bare Exception on a malformed file
+            if isinstance(e, OSError):
+                raise
+            raise ValueError(f"{path}: not a tokenizer file the tokenizers library can read ({e})") from None
+        try:
+            return cls(tok, context_length)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def from_vocab_merges(
@@ -85,10 +95,13 @@ class ClipTokenizer:
         if not isinstance(merges, list):
             lines = Path(merges).read_text(encoding="utf-8").splitlines()
             merges = [tuple(ln.split()) for ln in lines if ln and not ln.startswith("#version")]
-        bpe = models.BPE(
-            vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
-            unk_token=EOT, fuse_unk=False,
-        )
+        try:
+            bpe = models.BPE(
+                vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
+                unk_token=EOT, fuse_unk=False,
+            )
+        except Exception as e:  # the library raises a bare Exception on malformed vocabularies / merges
+            raise ValueError(f"not a BPE vocabulary + merges the tokenizers library can read ({e})") from None
         return cls(_clip_pipeline(Tokenizer(bpe)), context_length)
 
     @classmethod

@@ -31,6 +31,11 @@ class ClipHeadConfig(_Config):
     refine_pool: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("mlp_hidden", "out_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ClipHeadConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.depth < 0:
+            raise ValueError(f"ClipHeadConfig.depth must be >= 0, got {self.depth}")
         if self.dense_pool < 1 or self.dense_pool % 2 == 0:
             raise ValueError(f"dense_pool must be an odd number >= 1, got {self.dense_pool}")
         if self.refine_pool < 0 or (self.refine_pool and self.refine_pool % 2 == 0):

@@ -8,6 +8,7 @@ checkpoints can describe themselves (``config.json`` beside ``model.safetensors`
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -60,12 +61,28 @@ def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
         sub = _NESTED.get((cls.__name__, name))
         if not _matches(value, hints.get(name, Any)) and not (sub is not None and isinstance(value, dict)):
             raise ValueError(f"{cls.__name__}.{name}: expected {_type_name(hints[name])}, got {value!r}")
+        _check_value(cls.__name__, name, value)
         if sub is not None and isinstance(value, dict):
             value = _from_dict(sub, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+# fields that must be > 0 wherever a config names them (a zero or negative std divides by zero or flips images)
+_POSITIVE_FIELDS = frozenset({"pixel_std", "image_std", "layer_norm_eps"})
+
+
+def _check_value(owner: str, name: str, value: Any) -> None:
+    """Reject NaN / infinite numbers in any config field, and non-positive ones in ``_POSITIVE_FIELDS``
+    (``ValueError`` naming the field): a config file can hold them, and a model built from them answers NaN."""
+    items = value if isinstance(value, list | tuple) else [value]
+    numbers = [v for v in items if isinstance(v, float | int) and not isinstance(v, bool)]
+    if any(not math.isfinite(v) for v in numbers):
+        raise ValueError(f"{owner}.{name}: expected finite numbers, got {value!r}")
+    if name in _POSITIVE_FIELDS and any(v <= 0 for v in numbers):
+        raise ValueError(f"{owner}.{name}: expected numbers > 0, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-Coord = Annotated[float, Field(allow_inf_nan=False)]
+Coord = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # a number: "1" and true are refused
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
@@ -22,11 +22,11 @@ class PromptBody(_Body):
     points: list[tuple[Coord, Coord]] | None = Field(None, description="(x, y) points, original-image pixels")
     point_labels: list[Literal[0, 1]] | None = Field(None, description="1 foreground / 0 background per point")
     box: tuple[Coord, Coord, Coord, Coord] | None = Field(None, description="XYXY box, original-image pixels")
-    multimask: bool = Field(True, description="three candidate masks (the best is reported as `best`)")
-    zoom: bool = Field(False, description="decode the prompts on a second backbone pass over the object's "
+    multimask: StrictBool = Field(True, description="three candidate masks (the best is reported as `best`)")
+    zoom: StrictBool = Field(False, description="decode the prompts on a second backbone pass over the object's "
                                           "neighbourhood (3x the box's longer side; points alone: the box of their "
                                           "first mask), magnified: better masks of small objects")
-    png: bool = Field(False, description="also return the best mask as a palette-PNG data URL")
+    png: StrictBool = Field(False, description="also return the best mask as a palette-PNG data URL")
 
 
 Pooling = Literal["auto", "max", "mean", "region", "crop", "max+crop", "zoom", "zoom+crop"]
@@ -43,34 +43,34 @@ TTA_HELP = ("also read the mirrored image (one extra backbone pass per image, ca
 class LabelBody(PromptBody):
     labels: list[Text] | None = Field(None, description="vocabulary (default: the 12 scene-world shapes)")
     pooling: Pooling = Field("auto", description=POOLING_HELP)
-    tta: bool = Field(False, description=TTA_HELP)
+    tta: StrictBool = Field(False, description=TTA_HELP)
 
 
 class ClassifyBody(_Body):
     labels: list[Text] | None = Field(None, description="class names (default: the 12 scene-world shapes)")
-    tta: bool | None = Field(None, description="test-time augmentation (null: the model's own setting)")
+    tta: StrictBool | None = Field(None, description="test-time augmentation (null: the model's own setting)")
 
 
 class SemsegBody(_Body):
     labels: list[Text] | None = Field(None, description="class names (default: the 12 scene-world shapes)")
-    refine: bool = Field(False, description="compose with the SAM head: a mask per coarse-map point, "
+    refine: StrictBool = Field(False, description="compose with the SAM head: a mask per coarse-map point, "
                                             "each named by the CLIP head")
     crop_margin: float = Field(0.0, ge=0.0, le=1.0,
                                description="with refine: masks whose read is unsure by less than this "
                                            "probability margin are also read from their crops (extra passes)")
-    png: bool = True
+    png: StrictBool = True
 
 
 class SegmentTextBody(_Body):
     phrase: Text
     vocabulary: list[Text] | None = Field(None, description="distractor classes competing with the phrase")
     threshold: float = Field(0.5, ge=0.0, le=1.0)
-    verify: bool = Field(True, description="keep only masks the CLIP head's read over them names the phrase")
+    verify: StrictBool = Field(True, description="keep only masks the CLIP head's read over them names the phrase")
     candidates: Literal["regions", "everything"] = Field(
         "regions", description="regions: one mask per coarse-map region of the phrase (one pass); everything: every "
                                "everything-mode mask named by its zoomed read and its crop (more instances found, "
                                "slower; PyTorch models read the crops)")
-    png: bool = True
+    png: StrictBool = True
 
 
 class EverythingBody(_Body):
@@ -83,8 +83,8 @@ class EverythingBody(_Body):
     crop_n_layers: int = Field(0, ge=0, le=2, description="segment-anything's crop layers for smaller objects: layer "
                                                           "i re-encodes 4**i crops (a backbone pass each)")
     pooling: Pooling = Field("auto", description=POOLING_HELP)
-    tta: bool = Field(False, description=TTA_HELP)
-    png: bool = True
+    tta: StrictBool = Field(False, description=TTA_HELP)
+    png: StrictBool = True
 
 
 class Rle(BaseModel):
