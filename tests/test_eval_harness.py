@@ -121,6 +121,55 @@ def test_coco_and_voc_benchmarks(tiny, tmp_path) -> None:  # noqa: ANN001
             harness.coco_box_prompt_ap(tiny["merged"], str(tmp_path / "imgs"), str(ann_path), detections=str(det_path))
 
 
+def _coco(**ann_changes) -> dict:  # noqa: ANN003
+    """A one-image, one-annotation COCO instances file (an 80 x 64 image), the annotation changed as given."""
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 100.0, "bbox": [10, 10, 20, 20],
+           "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}
+    ann.update(ann_changes)
+    return {"images": [{"id": 1, "file_name": "1.png", "height": 64, "width": 80}], "annotations": [ann],
+            "categories": [{"id": 1, "name": "star"}]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"segmentation": [[1, 2, 3]]}, "polygon 'segmentation'"),
+    ({"segmentation": "x"}, "must be polygons"),
+    ({"segmentation": None}, "got nothing"),
+    ({"segmentation": {"size": [10, 10], "counts": "abc"}}, "RLE 'size' [10, 10]"),
+    ({"segmentation": {"size": [64, 80], "counts": [5, 7]}}, "summing to height x width"),
+    ({"segmentation": {"size": [64, 80], "counts": "garbage!!"}}, "not a valid RLE string"),
+    ({"bbox": [10, 10, 20]}, "'bbox' must be"),
+    ({"bbox": "abc"}, "'bbox' must be"),
+    ({"bbox": [10, 10, -5, 20]}, "'bbox' must be"),
+    ({"bbox": [1e9, 1e9, 20, 20]}, "outside its 80x64 image"),
+    ({"category_id": 7}, "category_id 7 is not in 'categories'"),
+    ({"image_id": 99}, "image_id 99 is not in 'images'"),
+])
+def test_coco_annotations_are_checked(tmp_path, change, message) -> None:  # noqa: ANN001
+    """Every field the evaluation reads is checked before any model work, naming the file and the entry."""
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(_coco(**change)))
+    with pytest.raises(ValueError, match="annotations\\[0\\] \\(id 1\\)") as e:
+        harness._read_coco_json(path)
+    assert message in str(e.value)
+    path.write_text(json.dumps(_coco()))
+    harness._read_coco_json(path)  # the unchanged file passes
+
+
+def test_coco_declared_size_must_match_the_image(tiny, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(generate_scene(0, 96).image).save(tmp_path / "imgs" / "1.png")  # 96 x 96, declared 80 x 64
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(_coco()))
+    with pytest.raises(ValueError, match="is 96x96, the annotations say 80x64"):
+        harness.coco_box_prompt_ap(tiny["merged"], str(tmp_path / "imgs"), str(path))
+
+
+def test_voc_folder_without_images_is_an_error(tiny, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "voc" / "SegmentationClass").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images to evaluate"):
+        harness.voc_benchmark(tiny["merged"], str(tmp_path / "voc"), list(SHAPES))
+
+
 def test_eval_cli_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001
     cmd = [sys.executable, "-m", "samclip.cli", "eval", "--model", str(tiny["root"] / "merged"), "--benchmark", "voc"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -135,6 +135,17 @@ def _names(inline: str | None, path: str | None, flag: str) -> list[str] | None:
     return [s.strip() for s in inline.split(",") if s.strip()] if inline else None
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -183,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--clip-teacher", default=None,
                     help="baseline CLIP (scenes benchmark, default tiny-synthetic; classify: measured beside "
                          "the model)")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="evaluate at most this many images (>= 1)")
     ev.add_argument("--zoom", action="store_true",
                     help="coco benchmark: each box decoded on a second pass over its neighbourhood "
                          "(Predictor.predict(zoom=True); the scenes benchmark always reports both)")

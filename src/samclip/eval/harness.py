@@ -18,6 +18,7 @@ Benchmarks:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,75 @@ def _read_coco_json(path: Path) -> dict:
         raise ValueError(f"{path}: not JSON ({err})") from None
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise ValueError(f"{path}: a COCO instances JSON needs 'images', 'annotations' and 'categories'")
+    _check_coco(data, path)
     return data
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_coco(data: dict, path: Path) -> None:
+    """The fields the evaluation reads, checked before any model work (ValueError naming the file and the
+    entry): images with ids and positive sizes; categories with ids; per annotation a known image and
+    category, a finite ``bbox`` [x, y, w, h] that meets its image, and a ``segmentation`` that is polygons
+    (lists of x, y pairs) or an RLE of its image's size."""
+    from pycocotools import mask as mask_utils
+
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list) or not all(isinstance(e, dict) for e in data[key]):
+            raise ValueError(f"{path}: '{key}' must be a list of objects")
+    sizes: dict[int, tuple[int, int]] = {}
+    for k, im in enumerate(data["images"]):
+        ok = isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str) and all(
+            isinstance(im.get(d), int) and not isinstance(im.get(d), bool) and im[d] > 0 for d in ("height", "width"))
+        if not ok:
+            raise ValueError(f"{path}: images[{k}] needs an integer 'id', a 'file_name' and positive integer "
+                             "'height' / 'width'")
+        sizes[im["id"]] = (im["height"], im["width"])
+    categories = {c.get("id") for c in data["categories"]}
+    for k, a in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{k}] (id {a.get('id')!r})"
+        if a.get("image_id") not in sizes:
+            raise ValueError(f"{where}: image_id {a.get('image_id')!r} is not in 'images'")
+        if a.get("category_id") not in categories:
+            raise ValueError(f"{where}: category_id {a.get('category_id')!r} is not in 'categories'")
+        h, w = sizes[a["image_id"]]
+        box = a.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
+                and box[2] >= 0 and box[3] >= 0):
+            raise ValueError(f"{where}: 'bbox' must be [x, y, width, height], finite, width and height >= 0; "
+                             f"got {box!r}")
+        x, y, bw, bh = box
+        if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+            raise ValueError(f"{where}: 'bbox' {box} lies outside its {w}x{h} image")
+        seg = a.get("segmentation")
+        if isinstance(seg, list):
+            # >= 2 pairs: COCO's own files hold a few degenerate 2-point polygons, which pycocotools reads
+            if not seg or not all(isinstance(poly, list) and len(poly) >= 4 and len(poly) % 2 == 0
+                                  and all(_is_number(v) for v in poly) for poly in seg):
+                raise ValueError(f"{where}: polygon 'segmentation' must be lists of finite x, y pairs")
+        elif isinstance(seg, dict):
+            if seg.get("size") != [h, w]:
+                raise ValueError(f"{where}: RLE 'size' {seg.get('size')!r} is not its image's [height, width] "
+                                 f"[{h}, {w}]")
+            counts = seg.get("counts")
+            if isinstance(counts, list):
+                if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
+                    raise ValueError(f"{where}: uncompressed RLE 'counts' must be >= 0 integers summing to "
+                                     f"height x width ({h * w})")
+            elif isinstance(counts, str):
+                try:
+                    area = int(mask_utils.area({"size": [h, w], "counts": counts.encode()}))
+                except Exception:  # noqa: BLE001 - pycocotools raises bare exceptions on corrupt strings
+                    area = -1
+                if not 0 <= area <= h * w:
+                    raise ValueError(f"{where}: compressed RLE 'counts' is not a valid RLE string")
+            else:
+                raise ValueError(f"{where}: RLE 'counts' must be a string or a list of integers")
+        else:
+            raise ValueError(f"{where}: 'segmentation' must be polygons (a list) or an RLE (an object), got "
+                             f"{type(seg).__name__ if seg is not None else 'nothing'}")
 
 
 MAX_DETECTIONS = 100  # per image, COCOeval's largest maxDets
@@ -132,10 +201,11 @@ def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, 
     keeps its box's category and score, at most 100 per image above ``min_score``): the protocol of SAM's and
     SAM-CLIP's instance segmentation tables, which prompt with ViTDet's boxes. ``zoom``: each box through
     ``Predictor.predict(zoom=True)`` (a second backbone pass over its neighbourhood)."""
-    from PIL import Image
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
+
+    from ..serve.images import read_image
 
     gt = COCO()
     gt.dataset = _read_coco_json(Path(annotations))
@@ -157,7 +227,11 @@ def coco_box_prompt_ap(model: SamClip | Sam, images_dir: str, annotations: str, 
         if not prompts:
             continue
         info = gt.loadImgs(img_id)[0]
-        pred.set_image(np.asarray(Image.open(Path(images_dir) / info["file_name"]).convert("RGB")))
+        image = read_image(Path(images_dir) / info["file_name"])  # HxWx3 uint8, EXIF applied; ValueError if bad
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise ValueError(f"{annotations}: image {img_id} ({info['file_name']}) is {image.shape[1]}x"
+                             f"{image.shape[0]}, the annotations say {info['width']}x{info['height']}")
+        pred.set_image(image)
         for p in prompts:
             x, y, w, h = p["bbox"]
             masks, scores, _ = pred.predict(box=np.array([x, y, x + w, y + h], np.float32), multimask_output=False,

@@ -69,6 +69,9 @@ def read_voc_folder(root: str | Path, split_file: str | None = None, limit: int 
         names = [n.strip() for n in Path(split_file).read_text().splitlines() if n.strip()]
     else:
         names = sorted(p.stem for p in lab_dir.glob("*.png"))
+    if not names:
+        why = "the split file lists none" if split_file else "no label PNGs in SegmentationClass/"
+        raise ValueError(f"{root}: no images to evaluate ({why})")
     for name in names[:limit]:
         candidates = [img_dir / f"{name}{e}" for e in (".jpg", ".jpeg", ".png")]
         img_path = next((p for p in candidates if p.exists()), None)
