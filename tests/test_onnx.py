@@ -275,6 +275,19 @@ def test_export_missing_model_is_a_clear_error(tiny, tmp_path) -> None:  # noqa:
     with pytest.raises(TypeError, match="merged SamClip"):
         export_onnx(tiny["model"].sam, tmp_path / "out")
     assert not list(tmp_path.iterdir())
+    for opset in (13, 999):
+        with pytest.raises(ValueError, match="opset must be an integer in 14.."):
+            export_onnx(tiny["model"], tmp_path / "out", opset=opset)
+
+
+def test_export_never_replaces_a_folder_that_is_not_an_export(tiny, tmp_path) -> None:  # noqa: ANN001
+    """A folder holding other files is refused (replacing it would delete them), before any model work."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="holds files but no earlier export"):
+        export_onnx(tiny["model"], mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_backend_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001

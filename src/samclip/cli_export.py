@@ -41,9 +41,12 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("format", choices=["onnx"], help="export format")
     p.add_argument("--model", default="tiny-synthetic", help="merged model name or folder (default: tiny-synthetic)")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
+    p.add_argument("--out", required=True,
+                   help="output folder (an earlier export there is replaced atomically; a folder holding other files "
+                        "is refused)")
     p.add_argument("--size", type=int, default=None, help="input frame in pixels (default: the model's native frame)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--opset", type=int, default=17,
+                   help="ONNX opset (default: 17; 14 up to the newest this torch writes)")
     p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"], default="auto",
                    help="torch.onnx exporter (auto: TorchScript-based, dynamo if that fails)")
     p.add_argument("--decoder-precision", choices=["fp32", "int8"], default="fp32",

@@ -83,6 +83,12 @@ from ..models.sam import Sam
 from ..models.samclip import SamClip
 
 MANIFEST_NAME = "samclip_onnx.json"
+# the opsets asked of torch.onnx: from the first with every operator the graphs use to the newest this torch writes
+MIN_OPSET = 14
+try:
+    from torch.onnx._constants import ONNX_MAX_OPSET as MAX_OPSET
+except ImportError:  # a torch without the constant: the TorchScript exporter's newest since torch 2.4
+    MAX_OPSET = 20
 IMAGE_ENCODER_NAME = "image_encoder.onnx"
 CLIP_HEAD_NAME = "clip_head.onnx"
 TEXT_ENCODER_NAME = "text_encoder.onnx"
@@ -275,6 +281,7 @@ def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
                 torch.onnx.export(module, args, str(path), input_names=list(input_names),
                                   output_names=list(output_names), dynamic_axes=dynamic_axes or None,
                                   opset_version=opset, do_constant_folding=True, dynamo=False)
+            _check_opset(path, opset)
             return "torchscript"
         except Exception as err:  # noqa: BLE001 - any exporter failure -> try the other exporter
             errors.append(f"torchscript: {err}")
@@ -286,10 +293,22 @@ def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
                                             output_names=list(output_names), opset_version=opset, dynamo=True,
                                             dynamic_shapes=_dynamic_shapes(module, input_names, dynamic_axes))
                 program.save(str(path), external_data=False)
+            _check_opset(path, opset)
             return "dynamo"
         except Exception as err:  # noqa: BLE001
             errors.append(f"dynamo: {err}")
     raise RuntimeError(f"ONNX export of {type(module).__name__} failed: " + "; ".join(errors))
+
+
+def _check_opset(path: Path, opset: int) -> None:
+    """Raise where the graph written to ``path`` imports another default-domain opset than ``opset`` (an
+    exporter may fall back to its own), so that the manifest never names an opset the graphs do not have."""
+    import onnx
+
+    written = {o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import}
+    version = written.get("", written.get("ai.onnx"))
+    if version != opset:
+        raise ValueError(f"asked for opset {opset}, the exporter wrote opset {version}")
 
 
 def _fingerprint(model: SamClip) -> list[float]:
@@ -330,14 +349,18 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     if decoder_precision not in DECODER_PRECISIONS:
         raise ValueError(f"decoder_precision must be one of {DECODER_PRECISIONS}, got {decoder_precision!r}")
-    if int(opset) != opset or opset < 14:
-        raise ValueError(f"opset must be an integer >= 14, got {opset}")
-    model, source = _load(model)
+    if int(opset) != opset or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET} (what this torch exports), got {opset}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        # replacing it would delete files that are not an export: refuse (an earlier export is replaced)
+        raise FileExistsError(f"{out.resolve()} holds files but no earlier export ({MANIFEST_NAME}); choose an "
+                              "empty or new folder")
+    model, source = _load(model)
     enc = model.sam.config.image_encoder
     frame = int(enc.img_size if size is None else size)
     if frame < enc.patch_size or frame % enc.patch_size:
