@@ -19,13 +19,18 @@ def info(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict | str]:
     return code, (json.loads(out) if code == 0 else err)
 
 
-def test_info_of_the_shipped_models(capsys: pytest.CaptureFixture) -> None:
+def test_info_of_the_shipped_models(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                                    tmp_path: Path) -> None:
     code, d = info(capsys, "tiny-synthetic")
     assert code == 0 and d["kind"] == "samclip" and d["sam"]["preset"] == "sam-synthetic"
     model = samclip.load_model("tiny-synthetic")
     assert d["parameters"] == sum(p.numel() for p in model.state_dict().values())
     assert (d["clip_size"], d["label_size"], d["semseg_size"]) == (128, 256, 256)
     assert d["classify_views"] == [list(v) for v in model.config.classify_views()]
+    monkeypatch.setenv("SAMCLIP_CACHE", str(tmp_path))  # an empty cache, no downloads
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, err = info(capsys, "sam-vit-b")  # registered as SAM only: read as one
+    assert code == 2 and "sam_vit_b_01ec64.pth" in err and "not a registered name" not in err
     code, d = info(capsys, "tiny-synthetic", "--kind", "clip")
     assert code == 0 and d["vision"]["tower"] == "resnet" and d["tokenizer"]["vocab_size"] == 508
 

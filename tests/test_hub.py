@@ -308,6 +308,8 @@ def test_refusals_say_what_to_do(fake_hub: FakeHub, hf_sam, tmp_path: Path,  # n
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(hub.DownloadError, match="HF_HUB_OFFLINE.*samclip download"):
         samclip.load_clip("hf-hub:org/other")
+    with pytest.raises(hub.DownloadError, match="--kind model`"):  # the command line's word for a merged model
+        samclip.load_model("hf-hub:org/other")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(hub.DownloadError, match="cannot reach"):

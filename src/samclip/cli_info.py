@@ -87,7 +87,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     elif hub.is_hub_id(args.source):
         raise UserError(f"{args.source}: say what it holds with --kind sam|clip|model")
     else:
+        from . import pretrained
+
         kinds = ["samclip", "sam", "clip"]
+        # a registered name is read as the kind(s) it is registered for (tiny-synthetic names all three)
+        kinds = [k for k in kinds if pretrained.is_registered(k, args.source)] or kinds
     errors = []
     for kind in kinds:
         try:

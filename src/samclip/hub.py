@@ -299,6 +299,9 @@ def download_url(url: str, target: Path, *, sha256_prefix: str = "", md5: str = 
 
 
 # ------------------------------------------------------------------------------------- repositories
+_CLI_KINDS = {"samclip": "model"}  # the command line's --kind for a merged model
+
+
 def fetch(kind: str, source: str, cache: Path, *, force: bool = False,
           log: Callable[[str], None] | None = None) -> Path:
     """The local folder of ``source`` (``hf-hub:org/name[@rev]``) holding what a ``kind`` model needs
@@ -310,8 +313,9 @@ def fetch(kind: str, source: str, cache: Path, *, force: bool = False,
     if is_complete(folder) and not force:
         return folder
     if offline():
+        flag = _CLI_KINDS.get(kind, kind)
         raise DownloadError(f"hf-hub:{repo}@{revision} is not in the cache and HF_HUB_OFFLINE is set; fetch it "
-                            f"on a machine with network (`samclip download {source} --kind {kind}`) and copy "
+                            f"on a machine with network (`samclip download {source} --kind {flag}`) and copy "
                             f"{folder} here")
     with locked(folder):
         if is_complete(folder) and not force:  # another process fetched it while this one waited
