@@ -793,6 +793,12 @@ def test_bad_prompts_and_labels(merged: SamClip) -> None:
         pred.classify(["st\udcffar", "ring"])
     with pytest.raises(ValueError, match="not valid text"):
         pred.segment_text("st\udcffar")
+    with pytest.raises(ValueError, match="no visible characters"):
+        pred.classify(["\u200b\u200b", "ring"])  # zero-width spaces only
+    with pytest.raises(ValueError, match="control characters"):
+        pred.classify(["st\x00ar", "ring"])
+    with pytest.raises(ValueError, match="control characters"):
+        pred.segment_text("star\nring")
     # numbers out of range or of the wrong kind are errors, never silently a default or a no-op
     more = [
         (lambda: pred.predict_torch(torch.zeros(0, 1, 2), torch.ones(0, 1)), "empty prompt batch"),

@@ -263,6 +263,8 @@ def test_bad_requests(client, scenes) -> None:  # noqa: ANN001
     assert_error(client.post(url, json={"points": [[1, 1]], "multimask": "yes"}), 422, "invalid_request")
     assert_error(client.post(f"/images/{iid}/classify", json={"labels": []}), 422)
     assert_error(client.post(f"/images/{iid}/classify", json={"labels": ["  "]}), 422)
+    assert_error(client.post(f"/images/{iid}/classify", json={"labels": ["\u200b\u200b"]}), 422)  # invisible
+    assert_error(client.post(f"/images/{iid}/classify", json={"labels": ["a\u0000b"]}), 422)
     assert_error(client.post(f"/images/{iid}/semseg", json={"labels": "star"}), 422)
     assert_error(client.post(f"/images/{iid}/semseg", json={"refine": True, "crop_margin": 2}), 422)
     assert_error(client.post(f"/images/{iid}/semseg", json={"crop_margin": 0.5}), 422)  # needs refine

@@ -21,13 +21,18 @@ def label_key(label: str) -> str:
 
 
 def check_text(text: Any, what: str) -> str:
-    """A non-empty string the tokenizer can read (no lone surrogates, e.g. from undecodable command-line bytes)."""
+    """A non-empty string the tokenizer can read (no lone surrogates, e.g. from undecodable command-line bytes),
+    with something visible in it and no control characters (a NUL, a newline)."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"{what} must be a non-empty string, got {text!r}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"{what} {text!r} is not valid text (undecodable bytes); use UTF-8") from None
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise ValueError(f"{what} {text!r} holds control characters")
+    if all(unicodedata.category(c)[0] in "ZC" for c in text):  # only spaces and invisible format characters
+        raise ValueError(f"{what} {text!r} has no visible characters")
     return text
 
 
