@@ -35,6 +35,11 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
                 "merged_both_heads_crops", "merged_both_heads_published", "merged_everything",
                 "merged_everything_crops"):
         assert 0 <= ss[key]["miou"] <= 100 and ss[key]["seconds_per_image"] > 0
+    for key, (first, second) in (("d_minus_b", ("merged_both_heads", "sam_plus_clip")),
+                                 ("d+_minus_b", ("merged_both_heads_crops", "sam_plus_clip"))):
+        boot = ss["paired_bootstrap"][key]  # the same scenes: its difference is the two rows' difference
+        assert boot["difference"] == pytest.approx(ss[first]["miou"] - ss[second]["miou"])
+        assert boot["ci95"][0] <= boot["difference"] <= boot["ci95"][1]
     poolings = ("mask_pooling", "max_pooling", "max_pooling_tta", "region_pooling", "merged_crop",
                 "max_pooling_tta_crop", "zoom_tta", "zoom_tta_crop", "crop")
     assert set(result["labelling"]) >= {f"{m}_{k}" for m in poolings for k in ("point", "box")}
@@ -58,6 +63,7 @@ def test_scene_benchmark_keys_and_reports(tiny, tmp_path) -> None:  # noqa: ANN0
         result["merged"]["box_miou_zoom"] - result["sam_teacher"]["box_miou_zoom"])
     j, md = harness.write_reports(result, tmp_path)
     assert json.loads(j.read_text())["benchmark"] == "scenes" and "(d) merged" in md.read_text()
+    assert "95% interval" in md.read_text()
     assert "by shape and by visible area" in md.read_text() and "Text -> instances" in md.read_text()
     assert (tmp_path / "overlays.png").exists()
     assert result["split"] == "test" and "test split" in md.read_text()

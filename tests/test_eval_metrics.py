@@ -9,7 +9,7 @@ from PIL import Image
 
 import samclip
 from samclip.eval.baselines import crop_embeddings, maskclip_patch_embeddings
-from samclip.eval.semseg import ConfusionMatrix, read_voc_folder
+from samclip.eval.semseg import ConfusionMatrix, miou_of, paired_bootstrap, read_voc_folder
 
 
 def test_confusion_matrix_miou_by_hand() -> None:
@@ -25,6 +25,40 @@ def test_confusion_matrix_miou_by_hand() -> None:
     assert s["miou_no_background"] == pytest.approx(100 * np.mean([2 / 3, 0.5]))
     with pytest.raises(ValueError, match="shape"):
         cm.update(pred[:1], target)
+
+
+def _per_image(rng: np.random.Generator, n: int, accuracy: float, k: int = 4) -> np.ndarray:
+    """n confusion matrices of 8x8 label maps whose prediction is right with probability ``accuracy``."""
+    out = []
+    for _ in range(n):
+        cm = ConfusionMatrix(k)
+        gt = rng.integers(0, k, (8, 8))
+        cm.update(np.where(rng.random((8, 8)) < accuracy, gt, rng.integers(0, k, (8, 8))), gt)
+        out.append(cm.matrix)
+    return np.stack(out)
+
+
+def test_miou_of_matches_the_confusion_matrix() -> None:
+    mats = _per_image(np.random.default_rng(0), 12, 0.6)
+    cm = ConfusionMatrix(4)
+    cm.matrix = mats.sum(0)
+    assert miou_of(mats.sum(0)) == pytest.approx(cm.summary()["miou"])
+    assert miou_of(mats).shape == (12,)
+
+
+def test_paired_bootstrap_of_a_difference() -> None:
+    rng = np.random.default_rng(1)
+    good, bad = _per_image(rng, 40, 0.9), _per_image(rng, 40, 0.4)
+    same = paired_bootstrap(good, good)
+    assert same["difference"] == 0 and same["ci95"] == [0, 0] and same["share_first_ge_second"] == 1
+    r = paired_bootstrap(good, bad)
+    assert r["difference"] == pytest.approx(miou_of(good.sum(0)) - miou_of(bad.sum(0)))
+    assert 0 < r["ci95"][0] < r["difference"] < r["ci95"][1] and r["share_first_ge_second"] == 1
+    rng = np.random.default_rng(100)  # two draws of one method: a difference within the scenes' spread
+    close = paired_bootstrap(_per_image(rng, 40, 0.6), _per_image(rng, 40, 0.6))
+    assert close["ci95"][0] < 0 < close["ci95"][1] and 0 < close["share_first_ge_second"] < 1
+    with pytest.raises(ValueError, match="same shape"):
+        paired_bootstrap(good, bad[:5])
 
 
 def test_voc_reader(tmp_path) -> None:  # noqa: ANN001

@@ -292,12 +292,20 @@ def _semseg_goals(ss: dict) -> list[str]:
         return f"| {goal} | {left:.1f} vs {right:.1f}{extra} | {'yes' if left >= right else '**no**'} |"
 
     speed = f", {d['seconds_per_image'] / b['seconds_per_image']:.2f}x (b)'s time" if b["seconds_per_image"] else ""
+    boot = ss.get("paired_bootstrap", {})
+
+    def spread(key: str) -> str:  # the difference's 95% interval over resampled scenes
+        r = boot.get(key)
+        return "" if r is None else (f"; difference {r['difference']:+.1f}, 95% interval {r['ci95'][0]:+.1f} .. "
+                                     f"{r['ci95'][1]:+.1f} over the scenes resampled")
+
     rows = [row("(d) >= (c) + 3", d["miou"], c["miou"] + 3), row("(c) >= (a) + 10", c["miou"], a["miou"] + 10),
-            row("(d) >= (b)", d["miou"], b["miou"], speed)]
+            row("(d) >= (b)", d["miou"], b["miou"], speed + spread("d_minus_b"))]
     plus = ss.get("merged_both_heads_crops")
     if plus:
         rows.append(row("(d+) >= (b)", plus["miou"], b["miou"],
-                        f", {plus['seconds_per_image'] / b['seconds_per_image']:.2f}x (b)'s time" if speed else ""))
+                        (f", {plus['seconds_per_image'] / b['seconds_per_image']:.2f}x (b)'s time" if speed else "")
+                        + spread("d+_minus_b")))
     return ["", "| goal | mIoU | met |", "| --- | --- | --- |", *rows]
 
 

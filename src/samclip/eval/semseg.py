@@ -55,6 +55,31 @@ class ConfusionMatrix:
         return out
 
 
+def miou_of(matrices: np.ndarray) -> np.ndarray:
+    """...xKxK confusion matrices (rows = ground truth) -> ... mIoU in %, over the classes present in each
+    matrix's ground truth (as :meth:`ConfusionMatrix.summary`'s ``miou``)."""
+    tp = np.diagonal(matrices, axis1=-2, axis2=-1).astype(np.float64)
+    gt, pred = matrices.sum(-1), matrices.sum(-2)
+    denom = gt + pred - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where((gt > 0) & (denom > 0), tp / denom, np.nan)
+    return 100 * np.nanmean(iou, axis=-1)
+
+
+def paired_bootstrap(first: np.ndarray, second: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """How sure a difference of mIoU is, from per-image confusion matrices of two methods on the same images
+    (``first``, ``second``: NxKxK): the images are resampled with replacement ``n_boot`` times, the same
+    images for both methods, and each resample's matrices summed. Returns the difference first - second on
+    all images, its 95% interval over the resamples, and the share of resamples where first >= second."""
+    if first.shape != second.shape or first.ndim != 3 or not len(first):
+        raise ValueError(f"expected two NxKxK stacks of the same shape, got {first.shape} and {second.shape}")
+    counts = np.random.default_rng(seed).multinomial(len(first), np.full(len(first), 1 / len(first)), size=n_boot)
+    diff = miou_of(np.einsum("bn,nij->bij", counts, first)) - miou_of(np.einsum("bn,nij->bij", counts, second))
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return {"difference": float(miou_of(first.sum(0)) - miou_of(second.sum(0))), "ci95": [float(lo), float(hi)],
+            "share_first_ge_second": float((diff >= 0).mean()), "resamples": n_boot, "images": len(first)}
+
+
 def read_voc_folder(root: str | Path, split_file: str | None = None, limit: int | None = None):  # noqa: ANN201
     """Yield (name, HxWx3 uint8 image, HxW uint8 labels) from a VOC-style folder.
 

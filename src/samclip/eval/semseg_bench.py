@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..data import SHAPES, generate_scene, split_seeds
 from ..eval.baselines import crop_embeddings, maskclip_patch_embeddings
-from ..eval.semseg import ConfusionMatrix
+from ..eval.semseg import ConfusionMatrix, paired_bootstrap
 from ..models import CLIP, Sam, SamClip
 from ..predictor import BACKGROUND_PROMPTS, SEMSEG_CROP_MARGIN, Predictor
 from .zeroshot import class_embeddings
@@ -112,8 +112,10 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
     sam_pred = Predictor(sam_teacher)
     cms = {k: ConfusionMatrix(len(names)) for k in ("a", "b", "c", "d", "d+", "d'", "e", "f")}
     times = {k: 0.0 for k in cms}
+    per_image: dict[str, list[np.ndarray]] = {k: [] for k in ("b", "d", "d+")}  # for the paired bootstrap
     scenes = [generate_scene(s, size) for s in split_seeds(split, n_images, start=500_000)]
     for sc in scenes:
+        before = {k: cms[k].matrix.copy() for k in per_image}
         gt = sc.semantic_mask.astype(np.int64)
         t = time.perf_counter()
         cms["a"].update(dense_clip_map(clip_teacher, sc.image, table), gt)
@@ -146,10 +148,17 @@ def semseg_benchmark(merged: SamClip, sam_teacher: Sam, clip_teacher: CLIP, n_im
             t = time.perf_counter()
             cms[k].update(merged_everything_map(merged_pred, merged_table, pooling=pooling, masks=masks), gt)
             times[k] += t_masks + time.perf_counter() - t
+        for k, rows in per_image.items():
+            rows.append(cms[k].matrix - before[k])
     keys = {"a": "clip_teacher_dense", "b": "sam_plus_clip", "c": "merged_clip_head", "d": "merged_both_heads",
             "d+": "merged_both_heads_crops", "d'": "merged_both_heads_published", "e": "merged_everything",
             "f": "merged_everything_crops"}
     result = {keys[k]: {**cm.summary(names), "seconds_per_image": times[k] / n_images} for k, cm in cms.items()}
+    # is the one-pass map's gap to the two-model pipeline larger than the scenes' spread? (the same scenes resampled
+    # for both: a paired bootstrap of the mIoU difference)
+    stacks = {k: np.stack(v) for k, v in per_image.items()}
+    result["paired_bootstrap"] = {"d_minus_b": paired_bootstrap(stacks["d"], stacks["b"]),
+                                  "d+_minus_b": paired_bootstrap(stacks["d+"], stacks["b"])}
     result["n_images"] = n_images
     result["image_size"] = size
     return result
