@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -337,10 +338,69 @@ def test_bad_config_is_a_clear_cli_error(tmp_path) -> None:  # noqa: ANN001
     ("checkpoint_every=0", "checkpoint_every = 0"),
     ("data.clip_sizes=128,-64", "data.clip_sizes = -64"),
     ("out=", "out is empty"),
+    ("seed=-1", "seed = -1"),
+    ("data.region_crop_pad=1e308", "data.region_crop_pad = 1e"),
+    ("data.clip_sizes=a", "must be a list of integers"),
+    ("stage1.steps=2.5", "stage1.steps must be an integer"),
 ])
 def test_out_of_range_knobs_fail_at_load(override: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         load_config(CONFIG_DIR / "tiny-synthetic.toml", [override])
+
+
+@pytest.mark.parametrize("toml, match", [
+    ("[data]\nclip_sizes = [\"a\"]", "data.clip_sizes must be a list of integers"),
+    ("[data]\nclip_sizes = [[128]]", "data.clip_sizes must be a list of integers"),
+    ("[stage1]\nsteps = 2.7", "stage1.steps must be an integer, got 2.7"),
+    ("[stage1]\nsteps = true", "stage1.steps must be an integer, got True"),
+    ("[data]\nclip_batch = 64.9", "data.clip_batch must be an integer"),
+    ("out = [1]", "out must be a string"),
+    ("[teachers]\nsam = {a = 1}", "teachers.sam must be a string"),
+    ("[stage1]\nlr = true", "stage1.lr must be a number"),
+])
+def test_toml_values_of_the_wrong_kind_fail_at_load(tmp_path, toml: str, match: str) -> None:  # noqa: ANN001
+    """No silent truncation or str() of TOML values (steps = 2.7 was 2, out = [1] a folder named "[1]")."""
+    path = tmp_path / "run.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ValueError, match=re.escape(match)):
+        load_config(path)
+
+
+def test_toml_values_that_mean_the_same_are_taken(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "run.toml"
+    path.write_text("bf16 = false\n[data]\nclip_sizes = 128\n[stage1]\nsteps = 20.0\nlr = 1\n")
+    cfg = load_config(path)
+    assert (cfg.bf16, cfg.data.clip_sizes, cfg.stage1.steps, cfg.stage1.lr) == ("false", [128], 20, 1.0)
+
+
+def test_sizes_and_outputs_are_checked_before_any_work(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    """A stage-III or region size off the patch grid, or a file where the run writes a folder: errors naming it,
+    raised when the run is set up (not after stages I-II)."""
+    from samclip.merge.run import check_outputs
+
+    for knob in ("data.stage3_sizes", "data.region_sizes"):
+        with pytest.raises(ValueError, match=f"config {knob} = .*multiple of the backbone's patch size"):
+            _trainer(teacher_dirs, tmp_path / "a", **{knob: "33"})
+    out = tmp_path / "b"
+    (out / "checkpoints").parent.mkdir(parents=True)
+    (out / "checkpoints").write_text("a file")
+    with pytest.raises(ValueError, match="checkpoints exists and is not a folder"):
+        check_outputs(load_config(None, _overrides(teacher_dirs, out)))
+
+
+def test_resume_from_a_checkpoint_that_does_not_fit_is_a_clear_error(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
+    run = tmp_path / "run"
+    tr = _trainer(teacher_dirs, run)
+    final = tr.save_checkpoint()
+    other = _trainer(teacher_dirs, run, **{"head.depth": "2"})
+    with pytest.raises(ValueError, match="does not fit this config's model"):
+        other._resume()
+    (final / "state.json").write_text("garbage")
+    with pytest.raises(ValueError, match="state.json is not a run state"):
+        _trainer(teacher_dirs, run)._resume()
+    (run / "checkpoints" / "latest").write_text("")
+    with pytest.raises(ValueError, match="latest is empty"):
+        _trainer(teacher_dirs, run)._resume()
 
 
 def test_precision_and_device_knobs_resolve_or_fail_clearly(teacher_dirs, tmp_path) -> None:  # noqa: ANN001
@@ -774,7 +834,7 @@ def test_list_overrides_take_commas_or_toml_brackets() -> None:
 
     assert load_config(None, ["data.clip_sizes=64,128"]).data.clip_sizes == [64, 128]
     assert load_config(None, ["data.clip_sizes=[64, 128]", "head.tta_sizes=[56]"]).head.tta_sizes == [56]
-    with pytest.raises(ValueError, match="comma-separated integers"):
+    with pytest.raises(ValueError, match="must be a list of integers"):
         load_config(None, ["data.clip_sizes=64;128"])
 
 

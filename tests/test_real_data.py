@@ -106,6 +106,32 @@ def test_bad_folders_and_shards_are_clear_errors(tmp_path: Path) -> None:
         LazyImages(real_data.index_images(tmp_path / "bad"), 16)[0]
     with pytest.warns(UserWarning, match="x.jpg"), pytest.raises(OSError, match="1 unreadable images in a row"):
         ClipStream.from_folder(tmp_path / "bad", 16).images(np.array([0]))
+    (tmp_path / "cut").mkdir()  # a shard cut in the middle of its second member
+    whole = io.BytesIO()
+    with tarfile.open(fileobj=whole, mode="w") as tar:
+        for i in range(3):
+            data = _png(_image(64, 64, i))
+            info = tarfile.TarInfo(f"{i}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "cut" / "shard.tar").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt .tar shard"):
+        ClipStream.from_folder(tmp_path / "cut", 16)
+
+
+def test_sa1b_pairs_whose_masks_do_not_fit_their_image_are_refused(tmp_path: Path) -> None:
+    """Masks of another size than their image (cropped apart they would not line up), a negative mask size,
+    masks of different sizes in one file: errors naming the file (or, skipping, the next good pair)."""
+    root = tmp_path / "sa1b"
+    _sa1b_folder(root, n=2)
+    Image.open(root / "sa_0.jpg").resize((120, 96)).save(root / "sa_0.jpg")
+    with pytest.raises(ValueError, match="its masks are 96x96, its image .* is 120x96"):
+        real_data.LazySa1bPairs([real_data.ImageRef(str(root / "sa_0.jpg"))], [str(root / "sa_0.json")], 64).pairs([0])
+    data = json.loads((root / "sa_1.json").read_text())
+    data["annotations"][0]["segmentation"]["size"] = [-5, 96]
+    (root / "sa_1.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="sa_1.json: not an SA-1B annotation file"):
+        real_data.read_instance_map(str(root / "sa_1.json"), 64)
 
 
 def test_a_folder_stream_replaces_an_unreadable_image_by_the_next(clip_folder) -> None:  # noqa: ANN001
@@ -206,8 +232,8 @@ def test_sa1b_pairs_read_each_pair_once_per_step(tmp_path: Path, monkeypatch: py
 
     _sa1b_folder(tmp_path / "sa1b")
     reads = []
-    real = rd.read_instance_map
-    monkeypatch.setattr(rd, "read_instance_map", lambda path, size: reads.append(path) or real(path, size))
+    real = rd.instance_map_full
+    monkeypatch.setattr(rd, "instance_map_full", lambda path: reads.append(path) or real(path))
     stream = SamStream.from_sa1b(tmp_path / "sa1b", size=64, per_image=4, seed=0)
     stream.prefetch(np.array([0, 1]))
     stream.images(np.array([0, 1, 2]))

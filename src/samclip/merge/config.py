@@ -215,23 +215,39 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 _STRING_LISTS = {"head.templates"}  # list keys whose items are strings (every other list holds integers)
 
 
+def _integer(value: Any, name: str, what: str = "an integer") -> int:
+    """An int from TOML (an integral float is taken; a bool or a fraction is not) or from a ``--set`` string."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ValueError(f"config {name} must be {what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
+        raise ValueError(f"config {name} must be {what}, got {value!r}")
+    return int(value)
+
+
 def _coerce(value: Any, default: Any, name: str) -> Any:
+    """``value`` (TOML-typed, or a string from ``--set``) as the type of the knob's ``default``; ValueError naming
+    the knob where it is another kind of value (no silent truncation: steps = 2.7, steps = true, out = [1])."""
     if isinstance(default, bool):
         if isinstance(value, str):
             value = {"true": True, "false": False, "1": True, "0": False}.get(value.lower(), value)
         if not isinstance(value, bool):
             raise ValueError(f"config {name} must be true/false, got {value!r}")
         return value
-    if isinstance(default, int) and not isinstance(default, bool):
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"config {name} must be an integer, got {value!r}") from None
+    if isinstance(default, int):
+        return _integer(value, name)
     if isinstance(default, float):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"config {name} must be a number, got {value!r}") from None
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ValueError(f"config {name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"config {name} must be a number, got {value!r}")
+        return float(value)
     if isinstance(default, list) and name in _STRING_LISTS:
         if isinstance(value, str):  # --set head.templates="a photo of a {}.|a {} in the wild"
             value = [v for v in value.split("|") if v.strip()]
@@ -239,13 +255,17 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             raise ValueError(f"config {name} must be a list of strings, got {value!r}")
         return list(value)
     if isinstance(default, list):
+        what = "a list of integers, e.g. [64, 128] (--set: 64,128)"
         if isinstance(value, str):  # --set key=64,128 (or TOML-style [64, 128])
-            try:
-                value = [int(v) for v in value.strip().strip("[]").split(",") if v.strip()]
-            except ValueError:
-                raise ValueError(f"config {name} must be comma-separated integers (64,128), got {value!r}") from None
-        return list(value)
-    return str(value)
+            value = [v for v in value.strip().strip("[]").split(",") if v.strip()]
+        elif not isinstance(value, list):
+            value = [value]  # one size: clip_sizes = 128 means [128]
+        return [_integer(v, name, what) for v in value]
+    if name == "bf16" and isinstance(value, bool):  # bf16 = true / false in TOML, beside "auto"
+        return str(value).lower()
+    if not isinstance(value, str):
+        raise ValueError(f"config {name} must be a string, got {value!r}")
+    return value
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: str) -> None:
@@ -268,6 +288,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> MergeConf
             raise ValueError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: invalid TOML ({e})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file (a TOML run config is expected)") from None
+        except IsADirectoryError:
+            raise ValueError(f"{path}: a folder, not a TOML run config") from None
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
@@ -283,7 +307,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> MergeConf
 #: value ranges of the numeric knobs, checked when a config is loaded (name: (low, high), None = unbounded);
 #: lists are checked item by item
 _RANGES: dict[str, tuple[float, float | None]] = {
-    "checkpoint_every": (1, None), "threads": (0, None), "lambda_sam": (0, None), "backbone_lr_mult": (0, None),
+    "seed": (0, 2**32 - 1), "checkpoint_every": (1, None), "threads": (0, None), "lambda_sam": (0, None),
+    "backbone_lr_mult": (0, None),
     "region_weight": (0, None), "region_start": (0, None), "dense_weight": (0, None),
     "head.depth": (1, None), "head.mlp_hidden": (1, None), "head.dense_pool": (1, None), "head.refine_pool": (0, None),
     "head.tta_sizes": (1, None),
@@ -291,7 +316,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "data.clip_single_fraction": (0, 1), "data.clip_sizes": (1, None), "data.stage3_sizes": (1, None),
     "data.clip_batch": (1, None), "data.sam_batch": (1, None), "data.prompts_per_image": (1, None),
     "data.stage3_token_cache_images": (0, None), "data.region_images": (1, None), "data.region_min_cover": (0, 1),
-    "data.region_context": (0, None), "data.region_crop_pad": (0, None), "data.region_sizes": (1, None),
+    "data.region_context": (0, None), "data.region_crop_pad": (0, 10), "data.region_sizes": (1, None),
     "data.region_background_max_cover": (0, 1), "data.clip_mask_crops": (0, None),
     "eval.every": (0, None), "eval.val_images": (1, None), "eval.zero_shot_images": (1, None),
     "eval.classify_images": (1, None), "eval.sam_images": (1, None), "data.micro_batches": (1, None),

@@ -172,12 +172,15 @@ def _tar_members(path: Path, limit: int | None) -> Iterator[ImageRef]:
         raise ValueError(f"{path}: not a plain .tar shard ({e}); compressed shards are not supported") from None
     count = 0
     with tar:
-        for member in tar:
-            if limit is not None and count >= limit:
-                return
-            if member.isfile() and Path(member.name).suffix.lower() in IMAGE_EXTS:
-                yield ImageRef(str(path), member.offset_data, member.size)
-                count += 1
+        try:
+            for member in tar:
+                if limit is not None and count >= limit:
+                    return
+                if member.isfile() and Path(member.name).suffix.lower() in IMAGE_EXTS:
+                    yield ImageRef(str(path), member.offset_data, member.size)
+                    count += 1
+        except tarfile.TarError as e:  # a truncated or corrupt shard: its headers stop making sense
+            raise ValueError(f"{path}: a truncated or corrupt .tar shard ({e})") from None
 
 
 # ---------------------------------------------------------------------------------------- lazy arrays
@@ -305,6 +308,15 @@ def read_instance_map(path: str, size: int) -> np.ndarray:
 
     SA-1B's masks overlap (wholes and their parts): the largest ``MAX_INSTANCES`` are painted largest first, so
     a part keeps its own id and a whole keeps what its parts leave visible."""
+    inst = instance_map_full(path)
+    if inst is None:  # no masks
+        return np.zeros((size, size), np.uint8)
+    return square_resize_nearest(inst, size)
+
+
+def instance_map_full(path: str) -> np.ndarray | None:
+    """:func:`read_instance_map` at the masks' own HxW (None: the file has no masks); ValueError naming the file
+    where it is not an SA-1B annotation file or its masks disagree on their size."""
     from pycocotools import mask as mask_utils
 
     try:
@@ -313,17 +325,20 @@ def read_instance_map(path: str, size: int) -> np.ndarray:
         inst: np.ndarray | None = None
         for k, a in enumerate(segs):
             rle = dict(a["segmentation"])
+            h, w = (int(v) for v in rle["size"])
+            if h < 1 or w < 1:
+                raise ValueError(f"mask size {rle['size']} is not a positive height and width")
             if isinstance(rle.get("counts"), str):
                 rle["counts"] = rle["counts"].encode()
             m = mask_utils.decode(rle).astype(bool)
             if inst is None:
                 inst = np.zeros(m.shape, np.uint8)
+            if m.shape != inst.shape:
+                raise ValueError(f"masks of different sizes ({m.shape} and {inst.shape})")
             inst[m] = k + 1
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise ValueError(f"{path}: not an SA-1B annotation file ({type(e).__name__}: {e})") from None
-    if inst is None:  # no masks
-        return np.zeros((size, size), np.uint8)
-    return square_resize_nearest(inst, size)
+    return inst
 
 
 class LazySa1bPairs(_OnDemand):
@@ -358,10 +373,15 @@ class LazySa1bPairs(_OnDemand):
         return self._first_readable(i, self._read, self.paths.__getitem__, "SA-1B pair")
 
     def _read(self, j: int) -> tuple[np.ndarray, np.ndarray]:
-        inst = read_instance_map(self.paths[j], self.size)
+        full = instance_map_full(self.paths[j])
+        image = decode_rgb(read_encoded(self.refs[j]), self.refs[j].name)
+        if full is not None and full.shape != image.shape[:2]:  # cropped apart, they would not line up
+            raise ValueError(f"{self.paths[j]}: its masks are {full.shape[1]}x{full.shape[0]}, its image "
+                             f"{self.refs[j].name} is {image.shape[1]}x{image.shape[0]}")
+        inst = np.zeros((self.size, self.size), np.uint8) if full is None else square_resize_nearest(full, self.size)
         if not inst.any():
             raise ValueError(f"{self.paths[j]}: no mask at {self.size} px")
-        return read_image(self.refs[j], self.size), inst
+        return square_resize(image, self.size), inst
 
     def pairs(self, ids: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """The pairs ``ids`` (in range), from those kept where they are; the rest read now, in parallel."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -181,6 +182,7 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
         clip_t.tokenizer = load_tokenizer(cfg.teachers.clip_tokenizer, clip_t.config.text.context_length)
     if getattr(clip_t, "tokenizer", None) is None:
         raise ValueError("the CLIP teacher has no tokenizer; the merged model needs one for zero-shot use")
+    check_sizes(cfg, sam_t.config.image_encoder.patch_size)
     head = ClipHeadConfig(depth=cfg.head.depth, mlp_hidden=cfg.head.mlp_hidden, out_dim=clip_t.config.embed_dim,
                           dense_pool=cfg.head.dense_pool, refine_pool=cfg.head.refine_pool)
     student = SamClip.from_teachers(sam_t, clip_t, head, clip_size=max(cfg.data.clip_sizes),
@@ -193,6 +195,29 @@ def build_student(cfg: MergeConfig) -> tuple[SamClip, Teachers]:
     teachers = Teachers(sam_t, clip_t, bf16=cfg.use_bf16, cache=cfg.data.cache_teachers, cache_dir=cache_dir,
                         cache_sam=cfg.data.cache_sam_teacher)
     return student, teachers
+
+
+def check_outputs(cfg: MergeConfig) -> None:
+    """What the run will write to, checked before any work (not found out after the training): ``out`` and its
+    ``checkpoints`` and ``model`` folders and the teacher cache must be folders this process can create."""
+    out = Path(cfg.out)
+    folders = [out, out / "checkpoints", out / "model", Path(cfg.data.cache_dir or out / "teacher_cache")]
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} exists and is not a folder (the run writes a folder there)")
+        parent = next((p for p in [folder, *folder.parents] if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{folder}: cannot be written (its nearest existing folder {parent} is not writable)")
+
+
+def check_sizes(cfg: MergeConfig, patch: int) -> None:
+    """Every student size of the config is a positive multiple of the backbone's patch size (ValueError naming
+    the knob), checked when the teachers are known rather than at the stage that first reads the size."""
+    for name in ("clip_sizes", "stage3_sizes", "region_sizes"):
+        bad = [s for s in getattr(cfg.data, name) if s < patch or s % patch]
+        if bad:
+            raise ValueError(f"config data.{name} = {getattr(cfg.data, name)}: every size must be a multiple of the "
+                             f"backbone's patch size {patch} ({bad[0]} is not)")
 
 
 def build_streams(cfg: MergeConfig, sam_size: int, progress: bool) -> tuple[ClipStream, SamStream]:
@@ -267,6 +292,7 @@ def run_merge(cfg: MergeConfig, resume: bool = False, evaluate: bool = True) -> 
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     setup_s: dict[str, float] = {}  # where the time before the first step goes
+    check_outputs(cfg)
     tic = time.time()
     student, teachers = build_student(cfg)
     setup_s["models"] = time.time() - tic

@@ -473,15 +473,32 @@ class MergeTrainer:
             for hidden in root.glob(".*"):
                 if hidden.is_dir():
                     shutil.rmtree(hidden, ignore_errors=True)
-        ckpt = root / latest.read_text().strip()
-        self.model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))  # copies onto the model's device
-        self.state = RunState(**json.loads((ckpt / "state.json").read_text()))
+        name = latest.read_text().strip()
+        if not name:
+            raise ValueError(f"--resume: {latest} is empty (it names the checkpoint to resume from); delete it to "
+                             "start over")
+        ckpt = root / name
+        try:
+            # copies onto the model's device
+            self.model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))
+        except RuntimeError as err:  # another architecture: the first lines of torch's key / shape report
+            detail = " ".join(str(err).split())[:300]
+            raise ValueError(f"--resume: {ckpt} does not fit this config's model (was it written with other "
+                             f"teachers or head settings?): {detail}") from None
+        try:
+            self.state = RunState(**json.loads((ckpt / "state.json").read_text()))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--resume: {ckpt / 'state.json'} is not a run state this version wrote ({err})") from None
         if self.state.stage in STAGES:
             self._configure(self.state.stage)
             opt_path = ckpt / "optimizer.pt"
             if opt_path.exists() and self.state.step > 0:
-                self.opt.load_state_dict(torch.load(opt_path, map_location=model_device(self.model),
-                                                    weights_only=True))
+                try:
+                    opt_state = torch.load(opt_path, map_location=model_device(self.model), weights_only=True)
+                    self.opt.load_state_dict(opt_state)
+                except Exception as err:  # noqa: BLE001 - unpickling raises anything on a corrupt file
+                    raise ValueError(f"--resume: {opt_path} is not an optimizer state this run can load "
+                                     f"({type(err).__name__}: {err})") from None
 
 
 def _remove_hidden_first(folder: Path) -> None:
