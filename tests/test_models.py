@@ -492,3 +492,17 @@ def test_postprocess_equals_the_two_step_reference(sam: Sam, input_size, origina
     got = sam.postprocess_masks(low, input_size, original_size)
     assert got.shape == ref.shape == (2, 3, *original_size)
     assert torch.equal(got, ref)
+
+
+def test_loaders_and_save_pretrained_name_what_is_wrong(tmp_path) -> None:  # noqa: ANN001
+    """A source of the wrong type or an empty one, and saving onto a file: errors naming the argument."""
+    for load in (samclip.load_sam, samclip.load_clip, samclip.load_model):
+        for bad in (None, 3, ["tiny-synthetic"]):
+            with pytest.raises(TypeError, match="source must be a registered name, a path"):
+                load(bad)
+        with pytest.raises(ValueError, match="source is an empty string"):
+            load("  ")
+    (tmp_path / "T.txt").write_text("a file")
+    with pytest.raises(FileExistsError, match="exists and is not a folder"):
+        samclip.save_pretrained(samclip.create_sam("sam-tiny"), tmp_path / "T.txt")
+    assert (tmp_path / "T.txt").read_text() == "a file"

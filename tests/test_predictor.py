@@ -148,6 +148,8 @@ def test_set_images_batches_and_select(merged: SamClip) -> None:
     assert pred.select(1).original_size == (60, 40)
     masks, _, _ = pred.predict(point_coords=[[10, 10]], point_labels=[1])
     assert masks.shape == (3, 60, 40)
+    generated = pred.set_images(image(32, 48, seed=s) for s in range(2))  # a generator is a list of images too
+    assert [st.original_size for st in generated] == [(32, 48), (32, 48)]
     assert pred.select(states[2]) is states[2]
     single = Predictor(merged).set_image(image(60, 40, seed=1))
     torch.testing.assert_close(states[1].sam_embeddings.float(), single.sam_embeddings.float(), atol=2e-2, rtol=0)
@@ -793,6 +795,22 @@ def test_bad_prompts_and_labels(merged: SamClip) -> None:
         pred.classify(["st\udcffar", "ring"])
     with pytest.raises(ValueError, match="not valid text"):
         pred.segment_text("st\udcffar")
+    # flags take True / False (or None where it means "the model's setting"), not any truthy value
+    for call, name in ((lambda: pred.predict(point_coords=[[5, 5]], point_labels=[1], multimask_output="no"),
+                        "multimask_output"),
+                       (lambda: pred.predict(point_coords=[[5, 5]], point_labels=[1], return_logits="false"),
+                        "return_logits"),
+                       (lambda: pred.semantic_segment(LABELS, refine="no"), "refine"),
+                       (lambda: pred.classify(LABELS, tta="no"), "tta"),
+                       (lambda: pred.segment_text("star", verify=0), "verify")):
+        with pytest.raises(TypeError, match=f"{name} must be True"):
+            call()
+    with pytest.raises(ValueError, match="must be a list of strings \\(in order\\), got a dict"):
+        pred.classify({"star": 1, "ring": 2})
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        pred.generate(pooling="bogus")  # refused even where no vocabulary would read it
+    pred.predict(point_coords=[[5, 5]], point_labels=[1], multimask_output=np.bool_(False))  # numpy's bools are
+    pred.classify(LABELS, tta=None)  # bools; None: the model's own setting
     with pytest.raises(ValueError, match="no visible characters"):
         pred.classify(["\u200b\u200b", "ring"])  # zero-width spaces only
     with pytest.raises(ValueError, match="control characters"):

@@ -36,6 +36,11 @@ def create_clip(config: str | ClipConfig) -> CLIP:
 
 
 def _resolve(kind: str, source: str | os.PathLike) -> Path:
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(f"load_{'model' if kind == 'samclip' else kind}: source must be a registered name, a path or "
+                        f"an hf-hub:<org>/<name> id (str or os.PathLike), got {type(source).__name__}")
+    if isinstance(source, str) and not source.strip():
+        raise ValueError(f"load_{'model' if kind == 'samclip' else kind}: source is an empty string")
     if isinstance(source, str) and (hub.is_hub_id(source) or pretrained.is_registered(kind, source)):
         return pretrained.resolve(kind, source)
     path = Path(source)
@@ -146,6 +151,9 @@ def save_pretrained(model: Sam | CLIP | SamClip, folder: str | os.PathLike) -> P
     else:
         raise TypeError(f"cannot save {type(model).__name__}; expected Sam, CLIP or SamClip")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"save_pretrained: {folder} exists and is not a folder (a model is saved as a folder: "
+                              "config.json + model.safetensors)")
     tok: ClipTokenizer | None = getattr(model, "tokenizer", None)
     if tok is not None:
         tok.save(folder / TOKENIZER_NAME)

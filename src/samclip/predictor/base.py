@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Self
 
 import numpy as np
@@ -22,7 +22,7 @@ from ..inference.image_input import (
 from ..models.sam import Sam
 from ..models.samclip import Features, SamClip
 from ..precision import autocast, resolve_bf16
-from .checks import check_labels, check_templates, content_key, float_tensor
+from .checks import check_labels, check_templates, checked_flags, content_key, float_tensor
 from .state import DecoderInputs, ImageState
 from .zoom import click_box, predict_zoomed
 
@@ -115,6 +115,8 @@ class PredictorBase:
         """Batched :meth:`set_image`: encode several images (``batch_size`` per backbone call) and
         return their states in order. The first becomes current; switch with :meth:`select`."""
         if isinstance(images, np.ndarray | torch.Tensor) and np.ndim(images) == 4:
+            images = list(images)
+        elif isinstance(images, Iterator):  # a generator of images
             images = list(images)
         if not isinstance(images, Sequence) or isinstance(images, str) or not images:
             raise ValueError("set_images needs a non-empty list of images")
@@ -237,6 +239,7 @@ class PredictorBase:
             embs.append(torch.from_numpy(emb).to(self.device))
         return torch.cat(embs), torch.cat(tokens) if tokens else None, extra
 
+    @checked_flags
     def predict(
         self,
         point_coords: Any = None,
@@ -323,6 +326,7 @@ class PredictorBase:
                 return None
         return predict_zoomed(self, coords, labels, box, multimask_output)
 
+    @checked_flags
     def predict_torch(
         self,
         point_coords: Any = None,
@@ -581,6 +585,7 @@ class PredictorBase:
                 size = None
         return self._state_for_size(self.state if base is None else base, size, mirrored)
 
+    @checked_flags
     def classify(self, labels: Sequence[str], templates: Sequence[str] | None = None, *,
                  size: int | None = None, tta: bool | None = None) -> np.ndarray:
         """Zero-shot classification of the current image -> K probabilities (float32, sum 1).
@@ -601,6 +606,7 @@ class PredictorBase:
         logits = self._logit_scale() * self.image_embedding(size=size, tta=tta) @ txt.T
         return logits.softmax(-1)[0].cpu().numpy()
 
+    @checked_flags
     def image_embedding(self, *, size: int | None = None, tta: bool | None = None) -> torch.Tensor:
         """1xE L2-normalised CLIP-space embedding of the current image, what :meth:`classify` compares with
         the class texts (same ``size`` / ``tta`` rules): e.g. for image-text retrieval."""

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import unicodedata
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from ..data.captions import class_prompt_templates
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def checked_flags(fn: _Fn) -> _Fn:
+    """Decorate a public method so that its parameters annotated ``bool`` (or ``bool | None``) take only True /
+    False (numpy's too) or None where allowed: TypeError naming the parameter otherwise, instead of reading
+    ``multimask_output="no"`` or ``refine=0.5`` by its truthiness."""
+    sig = inspect.signature(fn)
+    flags = {name: "None" in str(p.annotation) for name, p in sig.parameters.items()
+             if str(p.annotation).replace(" ", "") in ("bool", "bool|None")}
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name, value in sig.bind_partial(*args, **kwargs).arguments.items():
+            if name in flags and not (isinstance(value, bool | np.bool_) or (value is None and flags[name])):
+                allowed = "True, False or None" if flags[name] else "True or False"
+                raise TypeError(f"{fn.__name__}: {name} must be {allowed}, got {value!r}")
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def label_key(label: str) -> str:
@@ -41,6 +64,8 @@ def check_labels(labels: Any, what: str = "labels") -> list[str]:
     Names that differ only in case or spacing are duplicates (:func:`label_key`)."""
     if isinstance(labels, str):
         raise ValueError(f"{what} must be a list of strings, not a single string; pass [{labels!r}]")
+    if isinstance(labels, Mapping | set | frozenset):  # a dict's keys or a set's order would decide silently
+        raise ValueError(f"{what} must be a list of strings (in order), got a {type(labels).__name__}")
     try:
         out = list(labels)
     except TypeError as err:

@@ -24,14 +24,15 @@ from ..inference.everything import (
 )
 from ..inference.image_input import original_to_frame
 from ..prompts import masks_to_boxes
-from .checks import check_fraction, check_int, check_labels
-from .labelling import MaskLabelling
+from .checks import check_fraction, check_int, check_labels, checked_flags
+from .labelling import MASK_POOLINGS, MaskLabelling
 from .state import ImageState
 
 
 class EverythingMode(MaskLabelling):
     """``generate``: segment-anything's automatic mask generator on the cached pass, plus labels."""
 
+    @checked_flags
     def generate(
         self,
         vocabulary: Sequence[str] | None = None,
@@ -79,6 +80,8 @@ class EverythingMode(MaskLabelling):
         if vocabulary is not None:
             self._require_clip("generate(vocabulary=...)")
             vocab = check_labels(vocabulary, "vocabulary")
+        if pooling not in MASK_POOLINGS:  # checked here too: without a vocabulary, or masks, nothing reads it
+            raise ValueError(f"pooling must be one of {', '.join(map(repr, MASK_POOLINGS))}, got {pooling!r}")
         check_int(points_per_side, "points_per_side", 1, MAX_POINTS_PER_SIDE)
         check_int(points_per_batch, "points_per_batch", 1)
         check_int(min_area, "min_area", 0)

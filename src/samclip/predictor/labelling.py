@@ -20,7 +20,7 @@ from ..inference.image_input import (
 from ..inference.zoom import zoom_window
 from ..prompts import masks_to_boxes
 from .base import PredictorBase
-from .checks import check_fraction, check_int, check_labels
+from .checks import check_fraction, check_int, check_labels, checked_flags
 from .state import ImageState
 from .zoom import window_state
 
@@ -47,6 +47,7 @@ class MaskLabelling(PredictorBase):
             m = m.bool()
         return m.to(self.device)
 
+    @checked_flags
     def mask_embeddings(self, masks: Any, *, pooling: str = "auto", min_cover: float = REGION_MIN_COVER,
                         context: int = REGION_CONTEXT, tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP-space embeddings of masks of the current image, from the cached backbone pass.
@@ -171,6 +172,7 @@ class MaskLabelling(PredictorBase):
             emb[~empty] = self._region_embeddings(state, weights[~empty], min_cover, context)
         return emb, empty
 
+    @checked_flags
     def label_masks(self, masks: Any, labels: Sequence[str], templates: Sequence[str] | None = None, *,
                     pooling: str = "auto", min_cover: float = REGION_MIN_COVER,
                     context: int = REGION_CONTEXT, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..inference.image_input import valid_grid
 from ..inference.regions import peak_points
 from .base import NEG
-from .checks import check_fraction, check_int, check_labels
+from .checks import check_fraction, check_int, check_labels, checked_flags
 from .labelling import MaskLabelling
 from .state import ImageState
 
@@ -53,6 +53,7 @@ class SemanticResult:
 class SemanticSegmentation(MaskLabelling):
     """``semantic_segment``: a class map of the current image, coarse or refined."""
 
+    @checked_flags
     def semantic_segment(self, labels: Sequence[str], refine: bool = False, *, background: bool = True,
                          threshold: float = 0.5, max_points: int = 3, templates: Sequence[str] | None = None,
                          size: int | None = None, relabel: bool | None = None,

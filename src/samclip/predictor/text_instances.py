@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..inference.image_input import frame_to_original
 from ..inference.regions import connected_components
 from ..prompts import masks_to_boxes
-from .checks import check_fraction, check_labels, check_text, label_key
+from .checks import check_fraction, check_labels, check_text, checked_flags, label_key
 from .labelling import MaskLabelling
 
 
@@ -61,6 +61,7 @@ class TextInstances(MaskLabelling):
     """``segment_text``: candidate masks (the phrase's coarse regions, or the everything mode's masks) named by
     their CLIP-head read, de-duplicated."""
 
+    @checked_flags
     def segment_text(self, phrase: str, *, vocabulary: Sequence[str] | None = None, threshold: float = 0.5,
                      templates: Sequence[str] | None = None, dedupe_iou: float = 0.7, dedupe_cover: float = 0.5,
                      verify: bool = True, tta: bool | None = None, candidates: str = "regions",
