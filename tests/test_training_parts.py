@@ -260,3 +260,33 @@ def test_sam_teacher_patch_size_starts_from_the_init_at_a_finer_grid(tmp_path) -
     assert (w1 - w0).abs().max() < 1e-3
     with pytest.raises(ValueError, match="cannot change its patch_size"):
         train_sam_teacher(SamTeacherRecipe(init="x", freeze_encoder=True, patch_size=8), tmp_path / "bad")
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("sam_teacher", ["--steps", "-1"], "--steps -1: must be >= 1"),
+    ("sam_teacher", ["--batch-images", "0"], "--batch-images 0: must be >= 1"),
+    ("sam_teacher", ["--box-fraction", "5"], "--box-fraction 5.0: must be in [0, 1]"),
+    ("sam_teacher", ["--lr", "nan"], "--lr nan"),
+    ("sam_teacher", ["--bf16", "maybe"], "expected auto, true or false"),
+    ("clip_teacher", ["--batch", "0"], "--batch 0: must be >= 2"),
+    ("clip_teacher", ["--vocab-size", "0"], "--vocab-size 0: must be >= 260"),
+])
+def test_teacher_recipes_out_of_range_exit_2_before_any_work(tmp_path, capsys, module, args, message) -> None:  # noqa: ANN001
+    """A zero batch trained on nothing and saved NaN weights, negative steps an untrained teacher (exit 0)."""
+    import importlib
+
+    main = importlib.import_module(f"samclip.teachers.{module}").main
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "t"), *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_teacher_init_and_preset_are_checked_before_rendering(tmp_path, capsys) -> None:  # noqa: ANN001
+    from samclip.teachers import sam_teacher
+
+    for args, message in ((["--init", str(tmp_path / "nope")], "no such file or folder"),
+                          (["--preset", "bogus"], "unknown SAM preset 'bogus'")):
+        with pytest.raises(SystemExit) as e:
+            sam_teacher.main(["--out", str(tmp_path / "t"), "--train-images", "100000", *args])  # no time to render
+        assert e.value.code == 2 and message in capsys.readouterr().err

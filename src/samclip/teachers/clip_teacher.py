@@ -29,7 +29,7 @@ from ..losses import clip_contrastive_loss
 from ..models import CLIP, clip_preset
 from ..precision import autocast, resolve_bf16
 from ..tokenizer import ClipTokenizer
-from .common import TrainLog, cosine_lr, recipe_from_argv, write_training_info
+from .common import TrainLog, cosine_lr, recipe_from_argv, run_trainer_main, write_training_info
 
 
 @dataclass
@@ -178,7 +178,7 @@ def train_clip_teacher(recipe: ClipTeacherRecipe, out: Path, log_path: Path | No
 
 def main(argv: list[str] | None = None) -> None:
     recipe, out, log = recipe_from_argv(ClipTeacherRecipe, "Train the scene-world CLIP teacher from scratch.", argv)
-    info = train_clip_teacher(recipe, out, log)
+    info = run_trainer_main(train_clip_teacher, recipe, out, log)
     print(json.dumps(info["val"], indent=2), f"\nwall {info['wall_s']:.0f}s")
 
 

@@ -84,8 +84,33 @@ def parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
 
 
+#: the recipes' numeric fields and their ranges (low, high; None: unbounded); any other number must be >= 0
+RECIPE_RANGES: dict[str, tuple[float, float | None]] = {
+    "train_images": (1, None), "val_images": (1, None), "steps": (1, None), "batch_images": (1, None),
+    "prompts_per_image": (1, None), "scene_images": (1, None), "single_images": (1, None), "batch": (2, None),
+    "vocab_size": (260, None), "box_fraction": (0, 1), "shape_only_single": (0, 1), "shape_only_scene": (0, 1),
+}
+
+
+def check_recipe(recipe: Any) -> None:
+    """ValueError naming the first recipe field out of range (a zero batch trains on nothing and saves NaN
+    weights; negative steps save an untrained model), before any rendering or training."""
+    for name, value in asdict(recipe).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        low, high = RECIPE_RANGES.get(name, (0, None))
+        if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
+            want = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be {want}")
+    if getattr(recipe, "lr", 1.0) <= 0:
+        raise ValueError(f"--lr {recipe.lr}: must be > 0")
+    if getattr(recipe, "bf16", "auto") not in ("auto", "true", "false"):
+        raise ValueError(f"--bf16 {recipe.bf16!r}: expected auto, true or false")
+
+
 def recipe_from_argv(recipe_cls: type, description: str, argv: list[str] | None) -> tuple[Any, Path, Path | None]:
-    """``--out``, ``--log`` and one ``--field`` flag per recipe dataclass field -> (recipe, out, log)."""
+    """``--out``, ``--log`` and one ``--field`` flag per recipe dataclass field -> (recipe, out, log); a value out
+    of range, or an ``--out`` that is a file, is an argparse error (one line, exit 2) before any work."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--log", type=Path, default=None, help="JSONL log file")
@@ -93,7 +118,29 @@ def recipe_from_argv(recipe_cls: type, description: str, argv: list[str] | None)
     for f, v in defaults.items():
         ap.add_argument(f"--{f.replace('_', '-')}", type=parse_bool if isinstance(v, bool) else type(v), default=v)
     args = ap.parse_args(argv)
-    return recipe_cls(**{f: getattr(args, f) for f in defaults}), args.out, args.log
+    recipe = recipe_cls(**{f: getattr(args, f) for f in defaults})
+    try:
+        check_recipe(recipe)
+    except ValueError as err:
+        ap.error(str(err))
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out}: exists and is not a folder")
+    return recipe, args.out, args.log
+
+
+def run_trainer_main(train: Any, recipe: Any, out: Path, log: Path | None) -> dict:
+    """``train(recipe, out, log)`` with the errors a user can cause (a bad --init or --preset, settings that do
+    not combine) as one line on stderr and exit code 2."""
+    import sys
+
+    from ..errors import UserError
+
+    try:
+        return train(recipe, out, log)
+    except (UserError, ValueError, KeyError, OSError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def write_training_info(out: Path, recipe: Any, metrics: dict, render_s: float, t0: float) -> dict:

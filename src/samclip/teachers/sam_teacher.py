@@ -27,8 +27,9 @@ from ..factory import create_sam, load_sam, save_pretrained
 from ..losses import sam_loss
 from ..models import Sam, sam_preset
 from ..precision import resolve_bf16
+from ..pretrained import is_registered
 from ..prompts import corrective_points, jitter_boxes, masks_to_boxes, sample_points
-from .common import TrainLog, cosine_lr, recipe_from_argv, write_training_info
+from .common import TrainLog, cosine_lr, recipe_from_argv, run_trainer_main, write_training_info
 
 
 @dataclass
@@ -159,6 +160,10 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
         raise ValueError("freeze_encoder needs init: a trained teacher whose image encoder stays as it is")
     if recipe.freeze_encoder and recipe.patch_size:
         raise ValueError("freeze_encoder keeps the init's image encoder as it is: it cannot change its patch_size")
+    if not recipe.init:
+        sam_preset(recipe.preset)  # an unknown preset fails now, not after the scenes are rendered
+    elif not (is_registered("sam", recipe.init) or Path(recipe.init).exists()):
+        raise FileNotFoundError(f"--init {recipe.init}: no such file or folder, and not a registered SAM name")
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     t0 = time.time()
@@ -210,7 +215,7 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
 
 def main(argv: list[str] | None = None) -> None:
     recipe, out, log = recipe_from_argv(SamTeacherRecipe, "Train the scene-world SAM teacher from scratch.", argv)
-    info = train_sam_teacher(recipe, out, log)
+    info = run_trainer_main(train_sam_teacher, recipe, out, log)
     print(json.dumps(info["val"], indent=2), f"\nwall {info['wall_s']:.0f}s")
 
 
