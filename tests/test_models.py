@@ -506,3 +506,38 @@ def test_loaders_and_save_pretrained_name_what_is_wrong(tmp_path) -> None:  # no
     with pytest.raises(FileExistsError, match="exists and is not a folder"):
         samclip.save_pretrained(samclip.create_sam("sam-tiny"), tmp_path / "T.txt")
     assert (tmp_path / "T.txt").read_text() == "a file"
+
+
+def test_save_pretrained_replaces_a_model_folder_whole(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Saving over a model folder swaps in a complete new one (a failure midway leaves the old one as it was,
+    no temporary folder behind); a folder with other files keeps them, the model files written into it."""
+    import samclip.checkpoint as ck
+    from samclip.testing import tiny_clip
+
+    clip = tiny_clip()
+    folder = tmp_path / "m"
+    samclip.save_pretrained(clip, folder)
+    (folder / "training.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = ck.save_file
+
+    def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        real(*args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        samclip.save_pretrained(tiny_clip(), folder)
+    monkeypatch.setattr(ck, "save_file", real)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary or old folder left
+    samclip.save_pretrained(clip, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    loaded = samclip.load_clip(folder)
+    assert loaded.tokenizer is not None and torch.equal(loaded.logit_scale, clip.logit_scale)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    samclip.save_pretrained(clip, mine)
+    assert (mine / "notes.txt").read_text() == "keep me" and samclip.load_clip(mine) is not None

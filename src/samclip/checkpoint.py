@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,18 +61,55 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
         raise
 
 
+#: what a model folder holds: a folder with nothing else is replaced as a whole when a model is saved over it
+MODEL_FOLDER_FILES = frozenset({WEIGHTS_NAME, CONFIG_NAME, "tokenizer.json", "training.json"})
+
+
 def save_folder(folder: str | os.PathLike, model_type: str, config: dict[str, Any],
-                state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write ``model.safetensors`` then ``config.json`` (the config last: its presence marks completion)."""
+                state_dict: dict[str, torch.Tensor], extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``extra_files`` (name -> bytes, e.g. the tokenizer) as
+    one folder: they are written into a temporary folder beside ``folder``, which then takes its place, so a
+    kill at any moment leaves either the old model or the new one, never new weights beside an old config. A
+    folder holding other files than a model's (:data:`MODEL_FOLDER_FILES`) is not replaced: the files are
+    written into it one by one, each atomically, the config last (its presence marks completion)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # tied / shared tensors must be stored once per name for safetensors
-    atomic_save_safetensors(
-        {k: v.clone() for k, v in state_dict.items()}, folder / WEIGHTS_NAME, metadata={"format": "pt"}
-    )
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": model_type, "config": config}
-    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    files = {**(extra_files or {}), CONFIG_NAME: (json.dumps(meta, indent=2) + "\n").encode()}
+    # tied / shared tensors must be stored once per name for safetensors
+    tensors = {k: v.clone() for k, v in state_dict.items()}
+    if folder.is_dir() and any(p.name not in MODEL_FOLDER_FILES for p in folder.iterdir()):
+        atomic_save_safetensors(tensors, folder / WEIGHTS_NAME, metadata={"format": "pt"})
+        for name, data in files.items():  # the config last
+            atomic_write_bytes(folder / name, data)
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model folder is an ordinary folder
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Rename the finished folder ``new`` to ``folder`` (same parent); an existing ``folder`` is first renamed
+    aside to a hidden name, then deleted, so ``folder`` is at every moment absent, the old one or the new one."""
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent)) / "x"
+        os.replace(folder, old)
+    os.replace(new, folder)
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:

@@ -155,9 +155,8 @@ def save_pretrained(model: Sam | CLIP | SamClip, folder: str | os.PathLike) -> P
         raise FileExistsError(f"save_pretrained: {folder} exists and is not a folder (a model is saved as a folder: "
                               "config.json + model.safetensors)")
     tok: ClipTokenizer | None = getattr(model, "tokenizer", None)
-    if tok is not None:
-        tok.save(folder / TOKENIZER_NAME)
-    return save_folder(folder, kind, model.config.to_dict(), model.state_dict())
+    extra = {TOKENIZER_NAME: tok.to_json().encode("utf-8")} if tok is not None else None
+    return save_folder(folder, kind, model.config.to_dict(), model.state_dict(), extra)
 
 
 def read_tokenizer(folder: str | os.PathLike, context_length: int) -> ClipTokenizer | None:

@@ -133,10 +133,14 @@ class ClipTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def to_json(self) -> str:
+        """The ``tokenizer.json`` text (what :meth:`save` writes and :meth:`from_file` reads)."""
+        return self.tokenizer.to_str()
+
     def save(self, path: str | os.PathLike) -> None:
         from .checkpoint import atomic_write_bytes
 
-        atomic_write_bytes(path, self.tokenizer.to_str().encode("utf-8"))
+        atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without start/end tokens."""

@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import replace_folder
 from ..models.layers import LayerNorm2d
 from ..models.mask_decoder import FirstLayerImage
 from ..models.sam import Sam
@@ -427,7 +428,7 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
         manifest["extra_frames"] = {str(f): graph_names(f, frame)[0] for f in frames[1:]}
         manifest["decoder_precision"] = decoder_precision
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -510,17 +511,6 @@ def _manifest(model: SamClip, frame: int, grid: int, opset: int, exporters: dict
                  "eot_token_id": model.config.text.eot_token_id, "padding": 0,
                  "inputs": ["input_ids"], "outputs": ["text_embeddings"]} if model.tokenizer is not None else None,
     }
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished temporary folder to ``out`` (replacing an old export)."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / "x")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = [
