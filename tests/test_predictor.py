@@ -811,6 +811,9 @@ def test_bad_prompts_and_labels(merged: SamClip) -> None:
         pred.generate(pooling="bogus")  # refused even where no vocabulary would read it
     pred.predict(point_coords=[[5, 5]], point_labels=[1], multimask_output=np.bool_(False))  # numpy's bools are
     pred.classify(LABELS, tta=None)  # bools; None: the model's own setting
+    for size in ("a", float("inf"), float("nan"), True, 20):
+        with pytest.raises(ValueError, match="size must be a positive multiple of the patch size"):
+            pred.set_image(image(32, 32), size=size)
     with pytest.raises(ValueError, match="no visible characters"):
         pred.classify(["\u200b\u200b", "ring"])  # zero-width spaces only
     with pytest.raises(ValueError, match="control characters"):

@@ -176,8 +176,9 @@ class PredictorBase:
     def _frame_size(self, size: int | None) -> int:
         if size is None:
             return self.model.img_size if self._onnx is None else self._onnx.frame
-        if int(size) != size or size < self.patch_size or size % self.patch_size:
-            raise ValueError(f"size must be a positive multiple of the patch size {self.patch_size}, got {size}")
+        if (isinstance(size, bool) or not isinstance(size, int | np.integer | float) or not math.isfinite(size)
+                or int(size) != size or size < self.patch_size or size % self.patch_size):
+            raise ValueError(f"size must be a positive multiple of the patch size {self.patch_size}, got {size!r}")
         if self._onnx is not None and int(size) not in self._onnx.frames:
             raise ValueError(f"this ONNX export has image graphs for the frames {self._onnx.frames}, not "
                              f"{size}: re-export it (`samclip export onnx` writes the CLIP-head tasks' own sizes "
