@@ -285,9 +285,13 @@ def test_export_never_replaces_a_folder_that_is_not_an_export(tiny, tmp_path) ->
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="holds files but no earlier export"):
+    with pytest.raises(FileExistsError, match="holds notes.txt, which an export does not write"):
         export_onnx(tiny["model"], mine)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    (mine / "samclip_onnx.json").write_text("{}")  # an earlier export with a user's file beside it: refused too
+    with pytest.raises(FileExistsError, match="holds notes.txt"):
+        export_onnx(tiny["model"], mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "samclip_onnx.json"]
 
 
 def test_backend_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001

@@ -301,6 +301,11 @@ def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
     raise RuntimeError(f"ONNX export of {type(module).__name__} failed: " + "; ".join(errors))
 
 
+def _export_file(path: Path) -> bool:
+    """Whether ``path`` is a file an export writes (its graphs, manifest and tokenizer)."""
+    return path.is_file() and (path.suffix == ".onnx" or path.name in (MANIFEST_NAME, TOKENIZER_NAME))
+
+
 def _check_opset(path: Path, opset: int) -> None:
     """Raise where the graph written to ``path`` imports another default-domain opset than ``opset`` (an
     exporter may fall back to its own), so that the manifest never names an opset the graphs do not have."""
@@ -357,10 +362,12 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        # replacing it would delete files that are not an export: refuse (an earlier export is replaced)
-        raise FileExistsError(f"{out.resolve()} holds files but no earlier export ({MANIFEST_NAME}); choose an "
-                              "empty or new folder")
+    if out.is_dir():
+        # replacing it would delete what is not an earlier export's: refuse (an earlier export alone is replaced)
+        foreign = sorted(p.name for p in out.iterdir() if not _export_file(p))
+        if foreign:
+            raise FileExistsError(f"{out.resolve()} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}"
+                                  ", which an export does not write; choose an empty or new folder")
     model, source = _load(model)
     enc = model.sam.config.image_encoder
     frame = int(enc.img_size if size is None else size)
@@ -422,7 +429,7 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
                 exporters[TEXT_ENCODER_NAME] = _torch_export(
                     TextEncoderGraph(model), (ids,), tmp / TEXT_ENCODER_NAME, ("input_ids",), ("text_embeddings",),
                     {"input_ids": {0: "batch"}, "text_embeddings": {0: "batch"}}, opset, exporter)
-                model.tokenizer.save(tmp / TOKENIZER_NAME)
+                (tmp / TOKENIZER_NAME).write_text(model.tokenizer.to_json(), encoding="utf-8")  # umask mode
         manifest = _manifest(model, frame, grid, opset, exporters, source)
         manifest["graphs"] = {str(f): list(graph_names(f, frame)) for f in frames}
         manifest["extra_frames"] = {str(f): graph_names(f, frame)[0] for f in frames[1:]}
