@@ -12,7 +12,7 @@ from PIL import Image
 
 import samclip
 from samclip.cli import main as cli_main
-from samclip.data import single_object_scene, split_seeds
+from samclip.data import generate_scene, single_object_scene, split_seeds
 from samclip.eval.classification import classification_benchmark, read_class_folders
 
 CLASSES = ("circle", "star", "ring")
@@ -110,3 +110,42 @@ def test_cli_eval_device(class_folder: Path, tmp_path: Path, capsys: pytest.Capt
     else:
         assert cli_main(["eval", "--device", "cuda", "--out", str(out)]) == 2
         assert "runs on the CPU" in capsys.readouterr().err
+
+
+def test_class_names_and_templates_that_cannot_work_are_refused(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Two folders one text embedding apart (Cat / cat, a_b / a b), a template with another {field}, an empty
+    templates file, an option the benchmark does not read: one line, exit 2."""
+    from samclip.eval.classification import ZeroShotSet, class_names
+
+    with pytest.raises(ValueError, match="the same class as"):
+        class_names(["Cat", "cat"], None)
+    with pytest.raises(ValueError, match="duplicate label 'a b'"):
+        class_names(["a b", "a_b"], None)
+    with pytest.raises(ValueError, match="duplicate label"):
+        class_names(["x", "y"], ["cat", "cat"])
+    root = tmp_path / "c"
+    for name in ("dog", "cat"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(generate_scene(len(name), 32).image).save(root / name / "0.png")
+    with pytest.raises(ValueError, match="exactly one"):
+        ZeroShotSet(root, templates=["a {x} photo of a {}"])
+    (tmp_path / "empty.txt").write_text("\n\n")
+    for args, message in ((["--templates-file", str(tmp_path / "empty.txt")], "no names in it"),
+                          (["--zoom", "--coarse"], "--benchmark classify does not use --coarse, --zoom")):
+        assert cli_main(["eval", "--benchmark", "classify", "--data", str(root), "--out", str(tmp_path / "o"),
+                         *args]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_16_bit_images_keep_their_values() -> None:
+    """convert("RGB") saturates 16-bit pixels to white; the readers keep their high byte."""
+    import io
+
+    from samclip.merge.real_data import decode_rgb
+
+    grey = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)  # 0 .. 65520
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")
+    rgb = decode_rgb(buf.getvalue(), "grey16.png")
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[..., 0], (grey >> 8).astype(np.uint8))

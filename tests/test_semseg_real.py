@@ -92,3 +92,25 @@ def test_cli_semseg_benchmark(scene_dataset, tmp_path: Path, capsys: pytest.Capt
     assert cli_main(["eval", "--benchmark", "semseg", "--data", str(images), "--annotations", str(masks),
                      "--labels", "star,ring", "--zero", "ignore", "--out", str(out)]) == 2
     assert "outside the 2 labels" in capsys.readouterr().err
+
+
+def test_label_maps_pair_with_the_image_in_their_own_folder(tmp_path: Path) -> None:
+    """Maps pair with the image at the same relative folder (two images may share a stem); an ambiguous stem
+    with no image beside the map's folder, and label maps that are not single-channel, are errors."""
+    images, masks = tmp_path / "img", tmp_path / "ann"
+    for sub, seed in (("x", 1), ("y", 2)):
+        (images / sub).mkdir(parents=True)
+        Image.fromarray(generate_scene(seed, 32).image).save(images / sub / "a.png")
+    (masks / "y").mkdir(parents=True)
+    Image.fromarray(generate_scene(2, 32).semantic_mask).save(masks / "y" / "a.png")
+    [(stem, image, labels)] = list(read_mask_folders(images, masks))
+    assert np.array_equal(image, generate_scene(2, 32).image)  # y's image, not x's
+    (masks / "y" / "a.png").rename(masks / "a.png")  # a map outside both folders: which image?
+    with pytest.raises(ValueError, match="several images named a"):
+        list(read_mask_folders(images, masks))
+    (masks / "a.png").unlink()
+    (masks / "y" / "a.png").parent.mkdir(exist_ok=True)
+    rgb = np.stack([generate_scene(2, 32).semantic_mask] * 3, -1)
+    Image.fromarray(rgb).save(masks / "y" / "a.png")
+    with pytest.raises(ValueError, match="a RGB image is not a label map"):
+        list(read_mask_folders(images, masks))

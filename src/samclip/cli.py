@@ -75,6 +75,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.dtype != "auto":  # every model call of the harness resolves "auto" through this
         os.environ[ENV_OVERRIDE] = "true" if args.dtype == "bf16" else "false"
+    _check_eval_options(args)
     device = resolve_device(args.device)
     if device != "cpu" and args.benchmark == "scenes":
         raise UserError("--benchmark scenes runs on the CPU (the scene world's models are tiny); --device is for "
@@ -121,6 +122,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the eval options each benchmark reads (beside --model, --benchmark, --out, --dtype, --device)
+_EVAL_OPTIONS = {
+    "scenes": {"sam_teacher", "clip_teacher", "quick", "semseg_images", "split"},
+    "classify": {"data", "labels", "labels_file", "templates_file", "clip_teacher", "limit"},
+    "semseg": {"data", "annotations", "labels", "labels_file", "zero", "ignore_index", "coarse", "limit"},
+    "voc": {"data", "labels", "limit"},
+    "coco": {"data", "annotations", "detections", "min_score", "zoom", "limit"},
+}
+
+
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """An option the chosen benchmark does not read is an error, not silently ignored."""
+    used = _EVAL_OPTIONS[args.benchmark]
+    unused = [k for k in sorted(set().union(*_EVAL_OPTIONS.values()) - used)
+              if getattr(args, k) != args.option_defaults[k]]
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise UserError(f"--benchmark {args.benchmark} does not use {flags}")
+
+
 def _names(inline: str | None, path: str | None, flag: str) -> list[str] | None:
     """Comma-separated names, or the non-empty lines of a file; None when neither is given."""
     if inline and path:
@@ -129,9 +150,12 @@ def _names(inline: str | None, path: str | None, flag: str) -> list[str] | None:
         from .eval.classification import read_names
 
         try:
-            return read_names(path)
+            names = read_names(path)
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: cannot read it ({e})") from None
+        if not names:
+            raise UserError(f"{path}: no names in it (one per line) for {flag}")
+        return names
     return [s.strip() for s in inline.split(",") if s.strip()] if inline else None
 
 
@@ -209,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu",
                     help="voc / coco / classify / semseg: cpu (default) or cuda[:N] (error when CUDA is unavailable)")
     ev.add_argument("--out", default="runs/eval")
-    ev.set_defaults(func=_cmd_eval)
+    options = set().union(*_EVAL_OPTIONS.values())
+    ev.set_defaults(func=_cmd_eval, option_defaults={k: ev.get_default(k) for k in options})
 
     teachers = sub.add_parser("teachers", help="evaluate or visualise the embedded-default teachers")
     teachers.add_argument("action", choices=["eval", "grid"])

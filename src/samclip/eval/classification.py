@@ -61,15 +61,19 @@ def read_names(path: str | Path) -> list[str]:
 
 
 def class_names(folders: list[str], labels: Sequence[str] | None) -> list[str]:
+    """The class names (given, or the folder names with ``_`` as a space): distinct to the text encoder (not
+    ``Cat`` and ``cat``, nor ``a_b`` and ``a b``, which would be one text embedding for two classes)."""
+    from ..predictor.checks import check_labels
+
     if labels is None:
-        return [f.replace("_", " ") for f in folders]
+        return check_labels([f.replace("_", " ") for f in folders], "the class folders' names")
     names = [str(x).strip() for x in labels]
     if len(names) != len(folders):
         raise ValueError(f"{len(names)} class names for {len(folders)} class folders; give one name per folder, "
                          "in sorted folder order")
     if any(not n for n in names):
         raise ValueError("empty class name")
-    return names
+    return check_labels(names, "the class names")
 
 
 @torch.no_grad()
@@ -98,9 +102,11 @@ class ZeroShotSet:
                  templates: Sequence[str] = DEFAULT_TEMPLATES, limit: int | None = None, batch: int = 64) -> None:
         folders, self.refs, self.labels = read_class_folders(root, limit)
         self.names = class_names(folders, labels)
-        self.templates = tuple(templates)
-        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+        if not templates or any(not isinstance(t, str) or t.count("{}") != 1 for t in templates):
             raise ValueError("every template needs one {} for the class name")
+        from ..predictor.checks import check_templates
+
+        self.templates = check_templates(templates)  # also: no other {field} or a lone brace
         self.root, self.batch = str(root), batch
 
     def prompts(self, name: str) -> list[str]:

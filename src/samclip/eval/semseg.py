@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..merge.real_data import read_rgb_file
+
 
 @dataclass
 class ConfusionMatrix:
@@ -80,6 +82,16 @@ def paired_bootstrap(first: np.ndarray, second: np.ndarray, n_boot: int = 2000, 
             "share_first_ge_second": float((diff >= 0).mean()), "resamples": n_boot, "images": len(first)}
 
 
+def read_label_map(path: Path) -> np.ndarray:
+    """A single-channel label map PNG (palette indices, 8- or 16-bit grey values are the ids) -> HxW; ValueError
+    for other modes (RGB maps, 1-bit maps), which hold no ids as such."""
+    with Image.open(path) as lab:
+        if lab.mode not in ("P", "L", "I;16", "I"):
+            raise ValueError(f"{path.name}: a {lab.mode} image is not a label map; save the class ids as a "
+                             "palette or single-channel (8- or 16-bit) PNG")
+        return np.asarray(lab)
+
+
 def read_voc_folder(root: str | Path, split_file: str | None = None, limit: int | None = None):  # noqa: ANN201
     """Yield (name, HxWx3 uint8 image, HxW uint8 labels) from a VOC-style folder.
 
@@ -102,7 +114,4 @@ def read_voc_folder(root: str | Path, split_file: str | None = None, limit: int 
         img_path = next((p for p in candidates if p.exists()), None)
         if img_path is None:
             raise ValueError(f"{root}: image for {name!r} not found in JPEGImages/")
-        image = np.asarray(Image.open(img_path).convert("RGB"))
-        lab = Image.open(lab_dir / f"{name}.png")
-        labels = np.asarray(lab if lab.mode in ("P", "L") else lab.convert("L"))
-        yield name, image, labels
+        yield name, read_rgb_file(img_path), read_label_map(lab_dir / f"{name}.png")

@@ -21,12 +21,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ..merge.real_data import IMAGE_EXTS
+from ..merge.real_data import IMAGE_EXTS, read_rgb_file
 from ..models import SamClip
 from ..predictor import Predictor
-from .semseg import ConfusionMatrix
+from .semseg import ConfusionMatrix, read_label_map
 
 ZERO_CONVENTIONS = ("background", "class", "ignore")
 
@@ -39,26 +38,37 @@ def read_mask_folders(images: str | Path, masks: str | Path,
     for folder, what in ((images, "images"), (masks, "label maps")):
         if not folder.is_dir():
             raise ValueError(f"{folder}: not a folder ({what} expected)")
-    by_stem: dict[str, Path] = {}
+    by_key: dict[tuple[Path, str], Path] = {}  # (folder relative to the root, stem) -> image
     for p in sorted(images.rglob("*")):
         if p.suffix.lower() in IMAGE_EXTS:
-            by_stem.setdefault(p.stem, p)
+            by_key.setdefault((p.relative_to(images).parent, p.stem), p)
+    stems: dict[str, list[Path]] = {}
+    for (_, stem), p in by_key.items():
+        stems.setdefault(stem, []).append(p)
     maps = sorted(p for p in masks.rglob("*.png"))
     if not maps:
         raise ValueError(f"{masks}: no PNG label maps")
     for mpath in maps[:limit]:
-        stem = _image_stem(mpath.stem, by_stem)
+        rel = mpath.relative_to(masks).parent
+        stem = _image_stem(mpath.stem, {s for (r, s) in by_key if r == rel} or set(stems))
         if stem is None:
-            raise ValueError(f"{images}: no image for the label map {mpath.name}")
-        image = np.asarray(Image.open(by_stem[stem]).convert("RGB"))
-        lab = Image.open(mpath)
-        labels = np.asarray(lab if lab.mode in ("P", "L", "I;16", "I") else lab.convert("L"))
+            raise ValueError(f"{images}: no image for the label map {mpath.relative_to(masks)}")
+        image_path = by_key.get((rel, stem))
+        if image_path is None:  # the maps are laid out differently from the images: the stem must be unique
+            if len(stems[stem]) > 1:
+                raise ValueError(f"{mpath.relative_to(masks)}: several images named {stem} "
+                                 f"({', '.join(str(q.relative_to(images)) for q in stems[stem][:3])}) and none in "
+                                 f"the label map's own folder {rel}; lay the images out as the maps are")
+            image_path = stems[stem][0]
+        image = read_rgb_file(image_path)
+        labels = read_label_map(mpath)
         if labels.shape != image.shape[:2]:
-            raise ValueError(f"{mpath.name}: label map {labels.shape} and image {image.shape[:2]} differ in size")
+            raise ValueError(f"{mpath.name}: label map {labels.shape} and image {image_path.name} "
+                             f"{image.shape[:2]} differ in size")
         yield stem, image, labels
 
 
-def _image_stem(mask_stem: str, by_stem: dict[str, Path]) -> str | None:
+def _image_stem(mask_stem: str, by_stem: set[str]) -> str | None:
     """The image of a label map: the same stem, or Cityscapes' ``<city>_<seq>_<frame>_gtFine_labelTrainIds``
     -> ``<city>_<seq>_<frame>_leftImg8bit``."""
     if mask_stem in by_stem:
