@@ -4,6 +4,7 @@ Predictor parity (backend="onnx" vs torch), the CLI and clear errors."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -292,6 +293,64 @@ def test_export_never_replaces_a_folder_that_is_not_an_export(tiny, tmp_path) ->
     with pytest.raises(FileExistsError, match="holds notes.txt"):
         export_onnx(tiny["model"], mine)
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "samclip_onnx.json"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"frame": "abc"}, "frame must be a positive integer"),
+    ({"frame": [128]}, "frame must be a positive integer"),
+    ({"grid": 4}, "is not grid 4 x patch_size"),
+    ({"patch_size": 0}, "patch_size must be a positive integer"),
+    ({"logit_scale": None}, "logit_scale must be a finite number"),
+    ({"pixel_mean": [1, 2]}, "pixel_mean must be 3 finite numbers"),
+    ({"pixel_std": [1, 0, 1]}, "pixel_std must be 3 finite numbers > 0"),
+    ({"config": None}, "config must be an object"),
+    ({"graphs": "x"}, "graphs must map each frame"),
+    ({"graphs": {"96": ["image_encoder.onnx"]}}, "must be [image graph, CLIP-head graph]"),
+    ({"graphs": {"96": ["../export/image_encoder.onnx", "clip_head.onnx"]}}, "must name a file inside the export"),
+    ({"cached_decoder": "yes"}, "cached_decoder must be an object or null"),
+])
+def test_manifest_values_are_checked(tiny, tmp_path, change, message) -> None:  # noqa: ANN001
+    """A manifest edited by hand: ValueError naming the field (not a TypeError / KeyError from the backend)."""
+    folder = tmp_path / "export"
+    shutil.copytree(tiny["dir"], folder)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    if "graphs" in change and isinstance(change["graphs"], dict):
+        change = {"graphs": {str(manifest["frame"]): next(iter(change["graphs"].values()))}}
+    manifest.update(change)
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        OnnxBackend(folder)
+
+
+def test_graph_files_swapped_within_an_export_are_refused(tiny, tmp_path) -> None:  # noqa: ANN001
+    """The multimask and single-mask decoders swapped answered with the wrong number of masks; image graphs of two
+    frames swapped failed in onnxruntime at the first image; a missing lazy graph failed at the first CLIP task."""
+    import copy
+
+    model = copy.deepcopy(tiny["model"])
+    model.config = model.config.replace(clip_size=64)  # classification reads a 64 px pass: a second frame
+    export = export_onnx(model, tmp_path / "two-frames")
+    names = json.loads((export / MANIFEST_NAME).read_text())
+    frame = names["frame"]
+    [extra] = [f for f in names["graphs"] if int(f) != frame]
+    pairs = [("prompt_decoder_cached.onnx", "prompt_decoder_cached_single.onnx"),
+             ("prompt_decoder.onnx", "prompt_decoder_single.onnx"),
+             (names["graphs"][str(frame)][0], names["graphs"][extra][0]),
+             (names["graphs"][str(frame)][1], names["graphs"][extra][1])]
+    for a, b in pairs:
+        folder = tmp_path / f"swap-{a}"
+        shutil.copytree(export, folder)
+        (folder / a).rename(folder / "tmp.onnx")
+        (folder / b).rename(folder / a)
+        (folder / "tmp.onnx").rename(folder / b)
+        with pytest.raises(ValueError, match="the export's files were mixed up"):
+            OnnxBackend(folder).open_graphs()
+    folder = tmp_path / "lazy"
+    shutil.copytree(export, folder)
+    (folder / names["graphs"][extra][1]).unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        OnnxBackend(folder).open_graphs()
+    OnnxBackend(export).open_graphs()  # the export as written passes
 
 
 def test_backend_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001

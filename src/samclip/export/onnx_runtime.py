@@ -70,7 +70,8 @@ class OnnxBackend:
         #: format version 2: the CLIP head is its own graph, run only for CLIP tasks, and it outputs the head's
         #: tokens, so the Predictor max-pools masks and reads the refinement's windows as the PyTorch model does
         self.has_head_tokens = self.graphs[self.frame][1] is not None
-        self._session(IMAGE_ENCODER_NAME)  # fail early on a broken file
+        self._roles = self._graph_roles()
+        self._session(self.graphs[self.frame][0])  # fail early on a broken file
 
     # ------------------------------------------------------------------------------- sessions
     def _session(self, name: str) -> Any:  # noqa: ANN401 - onnxruntime.InferenceSession
@@ -90,11 +91,58 @@ class OnnxBackend:
                 opts.intra_op_num_threads = int(self.threads)
                 opts.inter_op_num_threads = 1
             try:
-                self._sessions[name] = ort.InferenceSession(str(path), opts, providers=self.providers)
+                session = ort.InferenceSession(str(path), opts, providers=self.providers)
             except Exception as err:  # noqa: BLE001 - onnxruntime's own exception types (InvalidProtobuf, Fail ...)
                 raise ValueError(f"{path}: not a loadable ONNX graph ({type(err).__name__}: {err}); re-export with "
                                  "`samclip export onnx`") from None
+            self._check_graph(name, session)
+            self._sessions[name] = session
         return self._sessions[name]
+
+    def _graph_roles(self) -> dict[str, tuple[str, Any]]:
+        """Each graph file the manifest names -> (what it must be, its frame or multimask flag)."""
+        roles: dict[str, tuple[str, Any]] = {}
+        for frame, (encoder, head) in self.graphs.items():
+            roles[encoder] = ("image", frame)
+            if head is not None:
+                roles[head] = ("clip_head", frame)
+        for multimask, name in DECODER_NAMES.items():
+            roles[name] = ("decoder", multimask)
+        if self.manifest.get("cached_decoder"):
+            spec = self.manifest["cached_decoder"]
+            roles[spec["image_cache"]] = ("image_cache", None)
+            roles[spec["multimask"]], roles[spec["single"]] = ("decoder", True), ("decoder", False)
+        if self.manifest.get("text"):
+            roles[self.manifest["text"]["encoder"]] = ("text", None)
+        return roles
+
+    def _check_graph(self, name: str, session: Any) -> None:  # noqa: ANN401
+        """The graph in file ``name`` is the one the manifest says (inputs / outputs of that role and frame): files
+        swapped between graphs of an export would otherwise answer with the wrong mask count, or fail later
+        with onnxruntime's own errors."""
+        role, arg = self._roles.get(name, (None, None))
+        ins = {i.name: list(i.shape) for i in session.get_inputs()}
+        outs = {o.name: list(o.shape) for o in session.get_outputs()}
+        if role == "image":
+            ok = ins.get("pixels") == [1, 3, arg, arg]
+            what = f"the image graph at {arg} px (input pixels 1x3x{arg}x{arg})"
+        elif role == "clip_head":
+            grid = arg // self.patch_size
+            ok = (ins.get("backbone_tokens") or [None] * 3)[1:3] == [grid, grid]
+            what = f"the CLIP-head graph at {arg} px (backbone tokens on a {grid}x{grid} grid)"
+        elif role == "decoder":
+            masks = (outs.get("low_res_masks") or [None, None])[1]
+            ok = masks == 1 if not arg else isinstance(masks, int) and masks > 1
+            what = f"the {'multimask' if arg else 'single-mask'} prompt decoder"
+        elif role == "image_cache":
+            ok, what = "image_embeddings" in ins and "t2i_keys" in outs, "the decoder's image-cache graph"
+        elif role == "text":
+            ok, what = "input_ids" in ins, "the text encoder"
+        else:
+            return
+        if not ok:
+            raise ValueError(f"{self.folder / name}: not {what}, as {MANIFEST_NAME} says (inputs {ins}, outputs "
+                             f"{outs}); the export's files were mixed up: re-export with `samclip export onnx`")
 
     def open_graphs(self) -> list[str]:
         """Load every graph a request at the export's own frame may need (image graphs, prompt decoders, text
@@ -108,6 +156,10 @@ class OnnxBackend:
             names.append(self._text_spec()["encoder"])
         for name in names:
             self._session(name)
+        missing = [n for n in self._roles if not (self.folder / n).is_file()]  # the lazy ones: present at least
+        if missing:
+            raise FileNotFoundError(f"{self.folder}: {', '.join(missing)} missing; re-export with "
+                                    "`samclip export onnx`")
         return names
 
     # ------------------------------------------------------------------------------------ image
@@ -366,7 +418,61 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
                            "logit_scale", "config") if k not in manifest]
     if missing:
         raise ValueError(f"{path} lacks the fields {missing}; re-export the model")
+    _check_manifest_values(manifest, path)
     return manifest
+
+
+def _check_manifest_values(m: dict[str, Any], path: Path) -> None:
+    """The manifest's values (not only its keys): ValueError naming the field, not a TypeError or KeyError from
+    deep in the backend; graph file names must be plain names inside the export folder."""
+    def positive_int(key: str) -> int:
+        v = m[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{path}: {key} must be a positive integer, got {v!r}")
+        return v
+
+    def plain_name(v: Any, key: str) -> None:  # noqa: ANN401
+        if not isinstance(v, str) or not v or Path(v).name != v or v in (".", ".."):
+            raise ValueError(f"{path}: {key} must name a file inside the export folder, got {v!r}")
+
+    def numbers(key: str, n: int | None = None, positive: bool = False) -> None:
+        v = m[key] if isinstance(m[key], list) else [m[key]]
+        ok = all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+                 for x in v) and (n is None or len(v) == n)
+        if not ok or (n is not None and not isinstance(m[key], list)):
+            raise ValueError(f"{path}: {key} must be {n or 'a'} finite number{'s' if n else ''}"
+                             f"{' > 0' if positive else ''}, got {m[key]!r}")
+
+    frame, grid, patch = positive_int("frame"), positive_int("grid"), positive_int("patch_size")
+    positive_int("low_res")
+    if frame != grid * patch:
+        raise ValueError(f"{path}: frame {frame} is not grid {grid} x patch_size {patch}")
+    numbers("pixel_mean", 3)
+    numbers("pixel_std", 3, positive=True)
+    numbers("mask_threshold")
+    numbers("logit_scale")
+    if not isinstance(m["config"], dict):
+        raise ValueError(f"{path}: config must be an object (the model's config), got {type(m['config']).__name__}")
+    if "graphs" in m:
+        graphs = m["graphs"]
+        if not isinstance(graphs, dict) or str(frame) not in graphs:
+            raise ValueError(f"{path}: graphs must map each frame (its own, {frame}, included) to [image graph, "
+                             f"CLIP-head graph], got {graphs!r}")
+        for key, pair in graphs.items():
+            if not (isinstance(key, str) and key.isdigit() and int(key) % patch == 0 and int(key) > 0):
+                raise ValueError(f"{path}: graphs key {key!r} is not a frame (a multiple of the patch size {patch})")
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ValueError(f"{path}: graphs[{key!r}] must be [image graph, CLIP-head graph], got {pair!r}")
+            for name in pair:
+                plain_name(name, f"graphs[{key!r}]")
+    for key, fields in (("cached_decoder", ("image_cache", "multimask", "single")), ("text", ("encoder", "tokenizer"))):
+        spec = m.get(key)
+        if spec in (None, False):
+            continue
+        if not isinstance(spec, dict):
+            raise ValueError(f"{path}: {key} must be an object or null, got {spec!r}")
+        for f in fields:
+            plain_name(spec.get(f), f"{key}.{f}")
 
 
 __all__ = ["OnnxBackend", "read_manifest"]
