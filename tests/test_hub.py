@@ -397,3 +397,46 @@ def test_a_file_system_without_locks_still_fetches(fake_hub: FakeHub, hf_sam, mo
     monkeypatch.setattr(hub.fcntl, "flock", no_locks)
     fake_hub.add("facebook/sam-tiny", hf_sam.folder)
     assert hub.is_complete(pretrained.resolve("sam", "hf-hub:facebook/sam-tiny"))
+
+
+def test_unreadable_downloads_are_never_marked_complete(fake_hub: FakeHub, hf_sam, tmp_path: Path) -> None:  # noqa: ANN001
+    """A repository serving a config that is not JSON, a safetensors file with a garbage header, or a weight index
+    whose weight_map is not a name -> shard map: the fetch fails naming the file, and nothing counts as cached."""
+    import shutil
+
+    cases = {
+        "org/badjson": ("config.json", b"{not json", "config.json is not a readable JSON file"),
+        "org/badweights": ("model.safetensors", b"\xff" * 64, "model.safetensors is not a readable safetensors"),
+    }
+    for repo, (name, data, message) in cases.items():
+        folder = tmp_path / repo.replace("/", "_")
+        shutil.copytree(hf_sam.folder, folder)
+        (folder / name).write_bytes(data)
+        fake_hub.add(repo, folder)
+        with pytest.raises(hub.DownloadError, match=message):
+            samclip.load_sam(f"hf-hub:{repo}")
+        with pytest.raises(hub.DownloadError, match=message):  # again: the first attempt left nothing "complete"
+            samclip.load_sam(f"hf-hub:{repo}")
+    folder = tmp_path / "index"
+    folder.mkdir()
+    shutil.copy(hf_sam.folder / "config.json", folder / "config.json")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a", "b"]}))
+    fake_hub.add("org/index", folder)
+    with pytest.raises(hub.DownloadError, match="weight_map must map tensor names to shard file names"):
+        samclip.load_sam("hf-hub:org/index")
+
+
+def test_environment_variables_that_cannot_work_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from samclip import pretrained
+
+    monkeypatch.setenv("HF_ENDPOINT", "notaurl")
+    with pytest.raises(hub.DownloadError, match="HF_ENDPOINT='notaurl' is not an http"):
+        hub.endpoint()
+    monkeypatch.setenv("HF_ENDPOINT", "")
+    assert hub.endpoint() == hub.DEFAULT_ENDPOINT
+    (tmp_path / "f").write_text("a file")
+    monkeypatch.setenv("SAMCLIP_CACHE", str(tmp_path / "f"))
+    with pytest.raises(ValueError, match="SAMCLIP_CACHE=.* is a file"):
+        pretrained.cache_dir()
+    monkeypatch.setenv("SAMCLIP_CACHE", "")  # empty: unset, not the current folder
+    assert pretrained.cache_dir() == Path.home() / ".cache" / "samclip"

@@ -108,7 +108,18 @@ def parse_hub_id(source: str) -> tuple[str, str]:
 
 
 def endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    """``$HF_ENDPOINT`` (empty: the default), checked to be an http(s) URL with a host."""
+    from urllib.parse import urlsplit
+
+    value = os.environ.get("HF_ENDPOINT", "").strip() or DEFAULT_ENDPOINT
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise DownloadError(f"HF_ENDPOINT={value!r} is not an http(s) URL such as {DEFAULT_ENDPOINT} or a mirror's")
+    return value.rstrip("/")
 
 
 def offline() -> bool:
@@ -343,11 +354,36 @@ def _fetch_folder(kind: str, repo: str, revision: str, folder: Path, log: Callab
         tokenizer_from = DEFAULT_CLIP_TOKENIZER_REPO
         for name, remote in _first_alternative(_TOKENIZER, DEFAULT_CLIP_TOKENIZER_REPO, "main"):
             files[name] = _fetch_one(DEFAULT_CLIP_TOKENIZER_REPO, "main", name, remote, folder, say)
+    _check_fetched(repo, revision, folder, list(files))  # before the folder counts as complete
     record = {"repo": repo, "revision": revision, "commit": commit, "kind": kind, "plan": plan,
               "files": files, "tokenizer_from": tokenizer_from, "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                              time.gmtime())}
     atomic_write_bytes(folder / MARKER, (json.dumps(record, indent=2) + "\n").encode())
     return folder
+
+
+def _check_fetched(repo: str, revision: str, folder: Path, names: list[str]) -> None:
+    """Every fetched JSON file parses and every safetensors file has a readable header; a file that does not is
+    deleted (a repository serving it is broken, or a proxy answered for it) and the fetch fails, so the cache never
+    marks an unreadable folder complete."""
+    import struct
+
+    for name in names:
+        path = folder / name
+        try:
+            if name.endswith(".json"):
+                json.loads(path.read_text(encoding="utf-8"))
+            elif name.endswith(".safetensors"):
+                with path.open("rb") as f:
+                    (size,) = struct.unpack("<Q", f.read(8))
+                    if size > path.stat().st_size:
+                        raise ValueError(f"header of {size} bytes in a file of {path.stat().st_size}")
+                    json.loads(f.read(size).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, struct.error) as e:
+            path.unlink(missing_ok=True)
+            raise DownloadError(f"hf-hub:{repo}@{revision}: {name} is not a readable "
+                                f"{'JSON' if name.endswith('.json') else 'safetensors'} file ({e}); it was removed "
+                                "from the cache") from None
 
 
 def _first_alternative(group: FileGroup, repo: str, revision: str) -> list[tuple[str, RemoteFile]]:
@@ -397,12 +433,15 @@ def _shards(path: Path) -> list[str]:
     if not path.name.endswith(".index.json"):
         return []
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DownloadError(f"{path}: not a valid weight index ({e})") from None
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise DownloadError(f"{path}: not a valid weight index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise DownloadError(f"{path}: not a valid weight index (weight_map must map tensor names to shard file "
+                            "names)")
     shards = sorted(set(weight_map.values()))
     for shard in shards:
-        if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
+        if "/" in shard or "\\" in shard or shard.startswith("."):
             raise DownloadError(f"{path}: names a shard outside the folder ({shard!r})")
     return shards
 

@@ -113,7 +113,13 @@ def preset_for(kind: str, name: str) -> str | None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SAMCLIP_CACHE", Path.home() / ".cache" / "samclip"))
+    """``$SAMCLIP_CACHE`` (empty: unset) or ``~/.cache/samclip``; ValueError naming the variable where it is a
+    file."""
+    value = os.environ.get("SAMCLIP_CACHE", "").strip()
+    path = Path(value) if value else Path.home() / ".cache" / "samclip"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"SAMCLIP_CACHE={str(path)!r} is a file; it names the folder the downloads are cached in")
+    return path
 
 
 def resolve(kind: str, name: str, download: bool = True, force: bool = False) -> Path:
