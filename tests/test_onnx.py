@@ -363,6 +363,10 @@ def test_backend_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001
         OnnxBackend(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such folder"):
         samclip.Predictor(tiny["model"], backend="onnx", onnx_dir=tmp_path / "missing")
+    with pytest.raises(TypeError, match="onnx_dir must be a folder"):
+        samclip.Predictor.from_onnx(None)
+    with pytest.raises(TypeError, match="onnx_dir must be a folder"):
+        samclip.Predictor(tiny["model"], backend="onnx", onnx_dir=5)
     backend = tiny["backend"]
     with pytest.raises(ValueError, match="exported frame"):
         backend.encode(np.zeros((1, 3, 64, 64), np.float32))
@@ -377,6 +381,8 @@ def test_backend_errors_are_clear(tiny, tmp_path) -> None:  # noqa: ANN001
     p.set_image(_image())
     with pytest.raises(ValueError, match="image graphs for the frames"):
         p.classify(LABELS, size=64)
+    with pytest.raises(ValueError, match="size must be a positive multiple of the patch size"):
+        p.set_image(_image(), size="abc")
     broken = tmp_path / "broken"
     shutil.copytree(tiny["dir"], broken)
     (broken / "prompt_decoder.onnx").write_bytes(b"garbage")
