@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +44,16 @@ def read_mask_folders(images: str | Path, masks: str | Path,
         if p.suffix.lower() in IMAGE_EXTS:
             by_key.setdefault((p.relative_to(images).parent, p.stem), p)
     stems: dict[str, list[Path]] = {}
-    for (_, stem), p in by_key.items():
+    by_dir: dict[Path, set[str]] = {}
+    for (rel, stem), p in by_key.items():
         stems.setdefault(stem, []).append(p)
+        by_dir.setdefault(rel, set()).add(stem)
     maps = sorted(p for p in masks.rglob("*.png"))
     if not maps:
         raise ValueError(f"{masks}: no PNG label maps")
     for mpath in maps[:limit]:
         rel = mpath.relative_to(masks).parent
-        stem = _image_stem(mpath.stem, {s for (r, s) in by_key if r == rel} or set(stems))
+        stem = _image_stem(mpath.stem, by_dir.get(rel, set())) or _image_stem(mpath.stem, stems.keys())
         if stem is None:
             raise ValueError(f"{images}: no image for the label map {mpath.relative_to(masks)}")
         image_path = by_key.get((rel, stem))
@@ -68,7 +71,7 @@ def read_mask_folders(images: str | Path, masks: str | Path,
         yield stem, image, labels
 
 
-def _image_stem(mask_stem: str, by_stem: set[str]) -> str | None:
+def _image_stem(mask_stem: str, by_stem: AbstractSet[str]) -> str | None:
     """The image of a label map: the same stem, or Cityscapes' ``<city>_<seq>_<frame>_gtFine_labelTrainIds``
     -> ``<city>_<seq>_<frame>_leftImg8bit``."""
     if mask_stem in by_stem:
