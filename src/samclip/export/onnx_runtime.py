@@ -45,8 +45,8 @@ class OnnxBackend:
 
     def __init__(self, folder: str | os.PathLike, *, threads: int | None = None,
                  providers: list[str] | None = None) -> None:
+        self.manifest = read_manifest(folder)  # first: it checks what folder is
         self.folder = Path(folder)
-        self.manifest = read_manifest(self.folder)
         m = self.manifest
         self.frame: int = int(m["frame"])
         self.grid: int = int(m["grid"])
@@ -397,6 +397,9 @@ def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     """The ``samclip_onnx.json`` of an export folder; FileNotFoundError / ValueError that say what is wrong."""
+    if not isinstance(folder, str | os.PathLike):
+        raise TypeError(f"onnx_dir must be a folder written by `samclip export onnx` (str or os.PathLike), got "
+                        f"{type(folder).__name__}")
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder (expected the output of `samclip export onnx`)")

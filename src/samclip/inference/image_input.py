@@ -64,6 +64,22 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+class PixelFormatError(ValueError):
+    """A decoded image whose pixels have no known value range (32-bit float or integer)."""
+
+
+def pil_to_rgb_uint8(im: Any) -> np.ndarray:  # noqa: ANN401 - a PIL image
+    """A decoded PIL image -> HxWx3 uint8 RGB. 16-bit images keep their high byte (``convert("RGB")`` would
+    saturate them white); 32-bit float / integer images raise :class:`PixelFormatError` (``convert`` would clip
+    their values to 0..255, black or white images)."""
+    if im.mode.startswith("I;16"):
+        return to_rgb_uint8(np.asarray(im))
+    if im.mode in ("F", "I"):
+        raise PixelFormatError(f"32-bit {'float' if im.mode == 'F' else 'integer'} pixels are not supported; save "
+                               "the image with 8- or 16-bit channels")
+    return to_rgb_uint8(im.convert("RGB"))
+
+
 def _as_array(image: Any) -> np.ndarray:
     try:
         from PIL import Image

@@ -139,15 +139,11 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
     """Encoded image bytes -> HxWx3 uint8 RGB as stored (no EXIF rotation: label maps and masks are stored
     unrotated too). 16-bit images keep their high byte (``convert("RGB")`` would saturate them white); 32-bit
     float / integer images are refused (their value range is unknown). OSError naming ``name`` otherwise."""
-    from ..inference.image_input import to_rgb_uint8
+    from ..inference.image_input import pil_to_rgb_uint8
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.mode.startswith("I;16"):
-                return to_rgb_uint8(np.asarray(im))
-            if im.mode in ("F", "I"):
-                raise OSError(f"32-bit {'float' if im.mode == 'F' else 'integer'} pixels are not supported")
-            return np.asarray(im.convert("RGB"))
+            return pil_to_rgb_uint8(im)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise OSError(f"{name}: not a readable image ({e})") from None
 

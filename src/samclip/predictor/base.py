@@ -34,14 +34,6 @@ NEG = -1.0e4  # logit of a class that cannot win (finite, so softmax stays defin
 
 
 
-def _check_onnx_dir(onnx_dir: Any) -> None:  # noqa: ANN401
-    """onnx_dir names a folder (str or os.PathLike): TypeError naming it otherwise."""
-    import os
-
-    if not isinstance(onnx_dir, str | os.PathLike):
-        raise TypeError(f"onnx_dir must be a folder written by `samclip export onnx` (str or os.PathLike), got "
-                        f"{type(onnx_dir).__name__}")
-
 class PredictorBase:
     """Images, SAM prompts, text and the CLIP head's reads of a pass; :class:`samclip.Predictor` adds the tasks."""
 
@@ -77,7 +69,6 @@ class PredictorBase:
     def from_onnx(cls, onnx_dir: Any, model: SamClip | None = None, **kwargs: Any) -> Self:
         """A predictor on an ONNX export; ``model`` (for the text tower) defaults to the model the export
         was made from (the name or folder recorded in its manifest)."""
-        _check_onnx_dir(onnx_dir)
         if model is None:
             from ..export.onnx_runtime import read_manifest
             from ..factory import load_model
@@ -101,7 +92,6 @@ class PredictorBase:
             raise ValueError("the ONNX backend needs a merged SamClip model (the export holds both heads)")
         if onnx_dir is None:
             raise ValueError("backend='onnx' needs onnx_dir, a folder written by `samclip export onnx`")
-        _check_onnx_dir(onnx_dir)
         from ..export.onnx_runtime import OnnxBackend
 
         engine = OnnxBackend(onnx_dir)

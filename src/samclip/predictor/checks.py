@@ -37,6 +37,13 @@ def checked_flags(fn: _Fn) -> _Fn:
     return wrapper  # type: ignore[return-value]
 
 
+def check_pooling(pooling: Any, poolings: Sequence[str]) -> str:  # noqa: ANN401
+    """``pooling`` if it is one of ``poolings`` (the Predictor's ``MASK_POOLINGS``), ValueError otherwise."""
+    if pooling not in poolings:
+        raise ValueError(f"pooling must be one of {', '.join(map(repr, poolings))}, got {pooling!r}")
+    return pooling
+
+
 def label_key(label: str) -> str:
     """What the text encoder sees of a class name: Unicode NFC, whitespace runs as one space, lower case (the
     CLIP tokenizer's normalisation), so ``"Star"`` and ``" star "`` are one class."""

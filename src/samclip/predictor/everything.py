@@ -24,7 +24,7 @@ from ..inference.everything import (
 )
 from ..inference.image_input import original_to_frame
 from ..prompts import masks_to_boxes
-from .checks import check_fraction, check_int, check_labels, checked_flags
+from .checks import check_fraction, check_int, check_labels, check_pooling, checked_flags
 from .labelling import MASK_POOLINGS, MaskLabelling
 from .state import ImageState
 
@@ -80,8 +80,7 @@ class EverythingMode(MaskLabelling):
         if vocabulary is not None:
             self._require_clip("generate(vocabulary=...)")
             vocab = check_labels(vocabulary, "vocabulary")
-        if pooling not in MASK_POOLINGS:  # checked here too: without a vocabulary, or masks, nothing reads it
-            raise ValueError(f"pooling must be one of {', '.join(map(repr, MASK_POOLINGS))}, got {pooling!r}")
+        check_pooling(pooling, MASK_POOLINGS)
         check_int(points_per_side, "points_per_side", 1, MAX_POINTS_PER_SIDE)
         check_int(points_per_batch, "points_per_batch", 1)
         check_int(min_area, "min_area", 0)

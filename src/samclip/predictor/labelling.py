@@ -20,7 +20,7 @@ from ..inference.image_input import (
 from ..inference.zoom import zoom_window
 from ..prompts import masks_to_boxes
 from .base import PredictorBase
-from .checks import check_fraction, check_int, check_labels, checked_flags
+from .checks import check_fraction, check_int, check_labels, check_pooling, checked_flags
 from .state import ImageState
 from .zoom import window_state
 
@@ -96,8 +96,7 @@ class MaskLabelling(PredictorBase):
         Returns ``(embeddings NxE L2-normalised, empty N bool)``; an empty mask has an all-zero row.
         """
         self._require_clip("mask_embeddings")
-        if pooling not in MASK_POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(map(repr, MASK_POOLINGS))}, got {pooling!r}")
+        check_pooling(pooling, MASK_POOLINGS)
         m = self._check_masks(masks, self.state.original_size)
         check_fraction(min_cover, "min_cover")
         check_int(context, "context", 0)

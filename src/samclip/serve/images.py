@@ -78,7 +78,7 @@ def read_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
     """
     from PIL import Image, ImageOps
 
-    from ..inference.image_input import to_rgb_uint8
+    from ..inference.image_input import PixelFormatError, pil_to_rgb_uint8
 
     im = _open(source, max_pixels)
     name = "the upload" if isinstance(source, bytes | bytearray) else str(source)
@@ -86,15 +86,9 @@ def read_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I;16"):
-                return to_rgb_uint8(np.asarray(im))
-            if im.mode in ("F", "I"):  # convert("RGB") would clip their values to 0..255 (black / white images)
-                raise ImageDecodeError(f"{name}: 32-bit {'float' if im.mode == 'F' else 'integer'} pixels are not "
-                                       "supported; save the image with 8- or 16-bit channels")
-            return to_rgb_uint8(im.convert("RGB"))
-    except ImageDecodeError:
-        raise
+            return pil_to_rgb_uint8(ImageOps.exif_transpose(im))
+    except PixelFormatError as err:
+        raise ImageDecodeError(f"{name}: {err}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({err})") from None
 
