@@ -1,8 +1,9 @@
 """Deployment exports of the merged model: ONNX graphs (:func:`export_onnx`) and an onnxruntime backend
-(:class:`OnnxBackend`). onnx / onnxruntime are optional dependencies (``pip install 'samclip[onnx]'``)
-and are imported only when used."""
+(:class:`OnnxBackend`); the SAM side in segment-anything's own ONNX interface (:func:`export_segment_anything`).
+onnx / onnxruntime are optional dependencies (``pip install 'samclip[onnx]'``) and are imported only when used."""
 
 from .onnx_export import export_onnx
 from .onnx_runtime import OnnxBackend, read_manifest
+from .sam_onnx import export_segment_anything
 
-__all__ = ["OnnxBackend", "export_onnx", "read_manifest"]
+__all__ = ["OnnxBackend", "export_onnx", "export_segment_anything", "read_manifest"]

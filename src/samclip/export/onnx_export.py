@@ -84,6 +84,7 @@ from ..models.sam import Sam
 from ..models.samclip import SamClip
 
 MANIFEST_NAME = "samclip_onnx.json"
+SAM_MANIFEST_NAME = "sam_onnx.json"  # segment-anything-compatible exports (sam_onnx.py)
 # the opsets asked of torch.onnx: from the first with every operator the graphs use to the newest this torch writes
 MIN_OPSET = 14
 try:
@@ -302,8 +303,36 @@ def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
 
 
 def _export_file(path: Path) -> bool:
-    """Whether ``path`` is a file an export writes (its graphs, manifest and tokenizer)."""
-    return path.is_file() and (path.suffix == ".onnx" or path.name in (MANIFEST_NAME, TOKENIZER_NAME))
+    """Whether ``path`` is a file an export writes (its graphs, manifests and tokenizer)."""
+    return path.is_file() and (path.suffix == ".onnx"
+                               or path.name in (MANIFEST_NAME, TOKENIZER_NAME, SAM_MANIFEST_NAME))
+
+
+def check_out_folder(out: str | os.PathLike, overwrite: bool) -> Path:
+    """``out`` as a Path, checked as the target of an export: absent, or a folder holding only an earlier
+    export's files (replacing it deletes them; a folder with anything else is refused)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not _export_file(p))
+        if foreign:
+            raise FileExistsError(f"{out.resolve()} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}"
+                                  ", which an export does not write; choose an empty or new folder")
+    return out
+
+
+def temporary_folder(out: Path) -> Path:
+    """A new empty folder beside ``out`` (hidden name, the umask's permissions) to write an export into before
+    :func:`~samclip.checkpoint.replace_folder` renames it to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+    return tmp
 
 
 def _check_opset(path: Path, opset: int) -> None:
@@ -357,17 +386,7 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
         raise ValueError(f"decoder_precision must be one of {DECODER_PRECISIONS}, got {decoder_precision!r}")
     if int(opset) != opset or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET} (what this torch exports), got {opset}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder")
-    if out.is_dir():
-        # replacing it would delete what is not an earlier export's: refuse (an earlier export alone is replaced)
-        foreign = sorted(p.name for p in out.iterdir() if not _export_file(p))
-        if foreign:
-            raise FileExistsError(f"{out.resolve()} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}"
-                                  ", which an export does not write; choose an empty or new folder")
+    out = check_out_folder(out, overwrite)
     model, source = _load(model)
     enc = model.sam.config.image_encoder
     frame = int(enc.img_size if size is None else size)
@@ -381,11 +400,7 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
     if dtype != torch.float32:
         raise ValueError(f"export a float32 model (got {dtype}); call model.float() first")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+    tmp = temporary_folder(out)
     try:
         exporters = {}
         frames = [frame, *(clip_task_frames(model, frame) if clip_frames else [])]
