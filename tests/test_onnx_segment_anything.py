@@ -184,3 +184,26 @@ def test_command_line_and_its_errors(merged, hf_sam, tmp_path, capsys) -> None: 
                      "--return-single-mask"]) == 2
     assert "not an option of the onnx export" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_a_failed_export_leaves_the_earlier_one_and_the_model_as_they_were(merged, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    model, _ = merged
+    out = export_segment_anything(model, tmp_path / "e")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    import samclip.export.sam_onnx as sam_onnx
+
+    real = sam_onnx._torch_export
+
+    def failing(module, args, path, *rest):  # noqa: ANN001, ANN202 - the encoder is written, then the decoder fails
+        if path.name == DECODER_NAME:
+            raise RuntimeError("exporter crashed")
+        return real(module, args, path, *rest)
+
+    monkeypatch.setattr(sam_onnx, "_torch_export", failing)
+    model.train()
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        export_segment_anything(model, out, return_single_mask=True)
+    assert model.training  # its mode restored
+    model.eval()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["e"]  # no temporary folder left beside it

@@ -70,6 +70,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,34 @@ def check_out_folder(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
+def check_export_options(opset: int, exporter: str, decoder_precision: str) -> None:
+    """Raise ValueError for an opset this torch does not write, an unknown exporter or decoder precision."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if decoder_precision not in DECODER_PRECISIONS:
+        raise ValueError(f"decoder_precision must be one of {DECODER_PRECISIONS}, got {decoder_precision!r}")
+    if isinstance(opset, bool) or int(opset) != opset or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET} (what this torch exports), got {opset}")
+
+
+@contextlib.contextmanager
+def writing_export(out: Path, model: nn.Module) -> Iterator[Path]:
+    """Write an export of ``model`` (in eval mode meanwhile, its mode restored after) into a temporary folder
+    beside ``out`` (yielded), renamed to ``out`` when the block ends without an error, deleted when it raises:
+    ``out`` never holds a partial export."""
+    was_training = model.training
+    model.eval()
+    tmp = temporary_folder(out)
+    try:
+        yield tmp
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        model.train(was_training)
+
+
 def temporary_folder(out: Path) -> Path:
     """A new empty folder beside ``out`` (hidden name, the umask's permissions) to write an export into before
     :func:`~samclip.checkpoint.replace_folder` renames it to ``out``."""
@@ -380,12 +409,7 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
     folder beside ``out`` and renamed into place at the end, so ``out`` never holds a partial export. Returns
     ``out``.
     """
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    if decoder_precision not in DECODER_PRECISIONS:
-        raise ValueError(f"decoder_precision must be one of {DECODER_PRECISIONS}, got {decoder_precision!r}")
-    if int(opset) != opset or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET} (what this torch exports), got {opset}")
+    check_export_options(opset, exporter, decoder_precision)
     out = check_out_folder(out, overwrite)
     model, source = _load(model)
     enc = model.sam.config.image_encoder
@@ -393,15 +417,12 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
     if frame < enc.patch_size or frame % enc.patch_size:
         raise ValueError(f"size must be a positive multiple of the patch size {enc.patch_size}, got {size}")
     grid = frame // enc.patch_size
-    was_training = model.training
-    model = model.eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:
         raise ValueError(f"export a float32 model (got {dtype}); call model.float() first")
 
-    tmp = temporary_folder(out)
-    try:
+    with writing_export(out, model) as tmp:
         exporters = {}
         frames = [frame, *(clip_task_frames(model, frame) if clip_frames else [])]
         with torch.no_grad():
@@ -450,12 +471,6 @@ def export_onnx(model: SamClip | str | os.PathLike, out: str | os.PathLike, *, s
         manifest["extra_frames"] = {str(f): graph_names(f, frame)[0] for f in frames[1:]}
         manifest["decoder_precision"] = decoder_precision
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        model.train(was_training)
     return out
 
 

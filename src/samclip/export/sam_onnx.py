@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import replace_folder
 from ..models.sam import Sam
 from ..models.samclip import SamClip
 from .onnx_export import (
-    DECODER_PRECISIONS,
-    EXPORTERS,
-    MAX_OPSET,
-    MIN_OPSET,
     SAM_MANIFEST_NAME,
     PromptDecoderGraph,
     _export_view,
     _quantize_in_place,
     _torch_export,
+    check_export_options,
     check_out_folder,
-    temporary_folder,
+    writing_export,
 )
 
 ENCODER_NAME = "sam_encoder.onnx"
@@ -168,12 +163,7 @@ def export_segment_anything(model: Sam | SamClip | str | os.PathLike, out: str |
     ``out``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    if decoder_precision not in DECODER_PRECISIONS:
-        raise ValueError(f"decoder_precision must be one of {DECODER_PRECISIONS}, got {decoder_precision!r}")
-    if isinstance(opset, bool) or int(opset) != opset or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET} (what this torch exports), got {opset}")
+    check_export_options(opset, exporter, decoder_precision)
     for flag, value in (("return_single_mask", return_single_mask), ("use_preprocess", use_preprocess)):
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be True or False, got {value!r}")
@@ -185,10 +175,7 @@ def export_segment_anything(model: Sam | SamClip | str | os.PathLike, out: str |
     frame, patch = sam.img_size, sam.config.image_encoder.patch_size
     grid = frame // patch
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    tmp = temporary_folder(out)
-    try:
+    with writing_export(out, model) as tmp:
         with torch.no_grad():
             if use_preprocess:
                 image = torch.rand(frame, frame * 3 // 4, 3, device=device) * 255
@@ -223,12 +210,6 @@ def export_segment_anything(model: Sam | SamClip | str | os.PathLike, out: str |
                         "masks": 1 if return_single_mask else 1 + sam.config.mask_decoder.num_multimask_outputs},
         }
         (tmp / SAM_MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        model.train(was_training)
     return out
 
 
