@@ -541,3 +541,29 @@ def test_save_pretrained_replaces_a_model_folder_whole(tmp_path, monkeypatch) ->
     (mine / "notes.txt").write_text("keep me")
     samclip.save_pretrained(clip, mine)
     assert (mine / "notes.txt").read_text() == "keep me" and samclip.load_clip(mine) is not None
+
+
+def test_written_files_have_ordinary_permissions(tmp_path) -> None:  # noqa: ANN001
+    """Every file our atomic writes produce (model folders, either way they are saved, and single files) is
+    readable as any new file is under the umask, not private to its owner like the temporary file it was."""
+    import os
+
+    from samclip.checkpoint import atomic_save_safetensors, atomic_write_bytes
+    from samclip.testing import tiny_clip
+
+    old = os.umask(0o022)
+    try:
+        clip = tiny_clip()
+        samclip.save_pretrained(clip, tmp_path / "new")  # a new folder, swapped in whole
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "notes.txt").write_text("keep me")
+        samclip.save_pretrained(clip, tmp_path / "mine")  # written file by file into a folder with other files
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        atomic_save_safetensors({"x": torch.zeros(2)}, tmp_path / "b.safetensors")
+    finally:
+        os.umask(old)
+    written = [*(tmp_path / "new").iterdir(), tmp_path / "mine" / "model.safetensors", tmp_path / "a.json",
+               tmp_path / "b.safetensors"]
+    modes = {p.name if p.parent == tmp_path else f"{p.parent.name}/{p.name}": oct(p.stat().st_mode & 0o777)
+             for p in written}
+    assert set(modes.values()) == {"0o644"}, modes
