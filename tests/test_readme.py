@@ -29,6 +29,7 @@ NOT_RUN = {
     "samclip download": "downloads (tests/test_hub.py, offline)",
     "samclip info sam_vit_b_01ec64.pth": "a real checkpoint file (tests/test_cli_info.py, tiny ones)",
     "samclip eval": "minutes of evaluation (tests/test_eval_harness.py)",
+    "samclip export sam-pth --model runs/paper": "a real merge's output (tests/test_export_sam.py, tiny ones)",
 }
 
 

@@ -2,7 +2,7 @@
 
 segment-anything ships two export scripts (``scripts/export_onnx_model.py`` for the prompt encoder + mask
 decoder, ``scripts/export_image_encoder.py`` for the image encoder), and browser demos, labelling tools and edge
-runtimes load their files by those tensor names. :func:`export_segment_anything` writes a merged model's SAM
+runtimes load their files by those tensor names. :func:`export_sam_onnx` writes a merged model's SAM
 head (or any SAM) with the same interface into a folder:
 
 - ``sam_encoder.onnx``: ``input_image`` -> ``image_embeddings`` 1xCxGxG. By default ``input_image`` is
@@ -26,7 +26,7 @@ head (or any SAM) with the same interface into a folder:
 option of segment-anything's script does. The masks match the PyTorch :class:`~samclip.Predictor`'s logits
 (tested); the image embeddings are those of :meth:`~samclip.Predictor.get_image_embedding`.
 
-    samclip export segment-anything --model tiny-synthetic --out exports/sam --return-single-mask
+    samclip export sam-onnx --model tiny-synthetic --out exports/sam --return-single-mask
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +51,7 @@ from .onnx_export import (
     check_out_folder,
     writing_export,
 )
+from .sam_source import load_sam_side
 
 ENCODER_NAME = "sam_encoder.onnx"
 DECODER_NAME = "sam_decoder.onnx"
@@ -60,16 +60,15 @@ ENCODER_INPUTS = ("input_image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
-KINDS = ("auto", "model", "sam")
 
 
 class SamEncoderGraph(nn.Module):
     """``input_image`` -> SAM image embeddings: a normalised, padded 1x3xSxS batch, or (``use_preprocess``) the
     resized HxWx3 0-255 image, normalised, moved to channels first and padded here."""
 
-    def __init__(self, model: Sam | SamClip, use_preprocess: bool) -> None:
+    def __init__(self, sam: Sam, use_preprocess: bool) -> None:
         super().__init__()
-        self.model = _export_view(model)
+        self.model = _export_view(sam)
         self.use_preprocess = use_preprocess
 
     def forward(self, input_image: torch.Tensor) -> torch.Tensor:
@@ -123,59 +122,28 @@ class SamDecoderGraph(PromptDecoderGraph):
         return self.upsample(low_res, orig_im_size), iou, low_res
 
 
-def _load(model: Any, kind: str) -> tuple[Sam | SamClip, str | None]:
-    """The model to export and its source (None for a model object). ``kind`` "model" reads a merged model,
-    "sam" a SAM checkpoint (any format :func:`samclip.load_sam` reads), "auto" a merged model where the source
-    is one, else a SAM."""
-    if isinstance(model, Sam | SamClip):
-        return model, None
-    if isinstance(model, nn.Module):
-        raise TypeError(f"expected a SAM or merged SamClip model, got {type(model).__name__}")
-    if not isinstance(model, str | os.PathLike):
-        raise TypeError(f"model must be a model, a name or a path, got {type(model).__name__}")
-    from .. import hub, pretrained
-    from ..factory import load_model, load_sam
-
-    name = str(model)
-    if kind == "auto":
-        kind = "model" if pretrained.is_registered("samclip", name) or _is_merged_folder(Path(name)) else "sam"
-    named = pretrained.is_registered(kind if kind == "sam" else "samclip", name) or hub.is_hub_id(name)
-    source = name if named else str(Path(name).resolve())
-    return (load_model(model) if kind == "model" else load_sam(model)), source
-
-
-def _is_merged_folder(path: Path) -> bool:
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type") == "samclip"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def export_segment_anything(model: Sam | SamClip | str | os.PathLike, out: str | os.PathLike, *,
+def export_sam_onnx(model: Sam | SamClip | str | os.PathLike, out: str | os.PathLike, *,
                             kind: str = "auto", return_single_mask: bool = False, use_preprocess: bool = False,
                             opset: int = 17, decoder_precision: str = "fp32", overwrite: bool = True,
                             exporter: str = "auto") -> Path:
     """Write ``model``'s SAM side to the folder ``out`` in segment-anything's ONNX interface (module docstring).
 
-    ``model``: a :class:`Sam` or merged :class:`SamClip`, or a name / path (``kind`` "model": a merged model,
-    "sam": a SAM checkpoint, "auto": a merged model where the source is one, else SAM). The folder is written
+    ``model``: a :class:`Sam` or merged :class:`SamClip` (its SAM side: backbone, neck, prompt encoder, mask
+    decoder), or a name / path read as :func:`~samclip.export.sam_source.load_sam_side` says. The folder is written
     whole (temporary folder, then renamed); a folder holding other files than an export's is refused. Returns
     ``out``."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     check_export_options(opset, exporter, decoder_precision)
     for flag, value in (("return_single_mask", return_single_mask), ("use_preprocess", use_preprocess)):
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be True or False, got {value!r}")
     out = check_out_folder(out, overwrite)
-    model, source = _load(model, kind)
-    sam = model.sam if isinstance(model, SamClip) else model
-    if next(model.parameters()).dtype != torch.float32:
+    sam, source, model_type = load_sam_side(model, kind)
+    if next(sam.parameters()).dtype != torch.float32:
         raise ValueError("export a float32 model; call model.float() first")
     frame, patch = sam.img_size, sam.config.image_encoder.patch_size
     grid = frame // patch
-    device = next(model.parameters()).device
-    with writing_export(out, model) as tmp:
+    device = next(sam.parameters()).device
+    with writing_export(out, sam) as tmp:
         with torch.no_grad():
             if use_preprocess:
                 image = torch.rand(frame, frame * 3 // 4, 3, device=device) * 255
@@ -183,7 +151,7 @@ def export_segment_anything(model: Sam | SamClip | str | os.PathLike, out: str |
             else:
                 image = torch.randn(1, 3, frame, frame, device=device)
                 enc_dyn = {}
-            encoder = SamEncoderGraph(model, use_preprocess)
+            encoder = SamEncoderGraph(sam, use_preprocess)
             exporters = {ENCODER_NAME: _torch_export(encoder, (image,), tmp / ENCODER_NAME, ENCODER_INPUTS,
                                                      ENCODER_OUTPUTS, enc_dyn, opset, exporter)}
             args = (torch.randn(1, sam.config.prompt_embed_dim, grid, grid, device=device),
@@ -198,7 +166,7 @@ def export_segment_anything(model: Sam | SamClip | str | os.PathLike, out: str |
             if decoder_precision == "int8":
                 _quantize_in_place(tmp / DECODER_NAME)
         manifest = {
-            "format": FORMAT, "source": source, "model_type": "samclip" if isinstance(model, SamClip) else "sam",
+            "format": FORMAT, "source": source, "model_type": model_type,
             "frame": frame, "grid": grid, "patch_size": patch, "low_res": 4 * grid,
             "embed_dim": sam.config.prompt_embed_dim, "pixel_mean": list(sam.config.pixel_mean),
             "pixel_std": list(sam.config.pixel_std), "mask_threshold": sam.mask_threshold,
@@ -213,4 +181,4 @@ def export_segment_anything(model: Sam | SamClip | str | os.PathLike, out: str |
     return out
 
 
-__all__ = ["DECODER_NAME", "ENCODER_NAME", "SamDecoderGraph", "SamEncoderGraph", "export_segment_anything"]
+__all__ = ["DECODER_NAME", "ENCODER_NAME", "SamDecoderGraph", "SamEncoderGraph", "export_sam_onnx"]

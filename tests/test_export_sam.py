@@ -1,11 +1,13 @@
-"""The SAM side exported in segment-anything's ONNX interface (``samclip export segment-anything``): the tensor
-names and shapes that tools built for SAM's ONNX files read, parity with transformers' ``SamModel`` (an
-independent SAM implementation) on a tiny random Hugging Face SAM, masks at the original size equal to the
-PyTorch Predictor's on a merged model, segment-anything's single-mask rule, the command line and its errors."""
+"""The SAM side in segment-anything's formats. ``samclip export sam-onnx``: the tensor names and shapes that tools
+built for SAM's ONNX files read, parity with transformers' ``SamModel`` (an independent SAM implementation) on a
+tiny random Hugging Face SAM, masks at the original size equal to the PyTorch Predictor's on a merged model,
+segment-anything's single-mask rule, the command line and its errors. ``samclip export sam-pth``: a segment-anything
+checkpoint (exactly segment-anything's key set, fp32) that decodes as the model it came from."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ import samclip  # noqa: E402
 from conftest import randomize_  # noqa: E402
 from samclip.cli import main as cli_main  # noqa: E402
 from samclip.data import generate_scene  # noqa: E402
-from samclip.export import export_segment_anything  # noqa: E402
+from samclip.export import export_sam_checkpoint, export_sam_onnx  # noqa: E402
 from samclip.export.sam_onnx import DECODER_INPUTS, DECODER_NAME, DECODER_OUTPUTS, ENCODER_NAME  # noqa: E402
 from samclip.inference.image_input import preprocess_shape, resize_uint8  # noqa: E402
 from samclip.testing import tiny_merged_model  # noqa: E402
@@ -47,7 +49,7 @@ def _decode(dec: ort.InferenceSession, emb: np.ndarray, coords, labels, hw, mask
 
 @pytest.fixture(scope="module")
 def hf_export(hf_sam, tmp_path_factory):  # noqa: ANN001, ANN201
-    out = export_segment_anything(hf_sam.folder, tmp_path_factory.mktemp("sam_onnx") / "export")
+    out = export_sam_onnx(hf_sam.folder, tmp_path_factory.mktemp("sam_onnx") / "export")
     return out, _session(out / ENCODER_NAME), _session(out / DECODER_NAME)
 
 
@@ -108,7 +110,7 @@ def test_merged_model_masks_at_the_original_size_match_the_predictor(merged, tmp
     non-square image the original-size logits, low-res logits and IoUs equal the fp32 PyTorch Predictor's (whose
     coordinate conventions tests/test_predictor.py checks)."""
     model, root = merged
-    out = export_segment_anything(root / "model", tmp_path / "e", use_preprocess=True)
+    out = export_sam_onnx(root / "model", tmp_path / "e", use_preprocess=True)
     assert json.loads((out / "sam_onnx.json").read_text())["model_type"] == "samclip"
     enc, dec = _session(out / ENCODER_NAME), _session(out / DECODER_NAME)
     image = generate_scene(4, 160).image[:90]  # 90 x 160
@@ -134,8 +136,8 @@ def test_single_mask_output_follows_segment_anythings_rule(merged, tmp_path) -> 
     """``return_single_mask``: prompts of at most two points (padding included) get the multimask output with
     the best predicted IoU, longer ones the single-mask output (token 0)."""
     model, root = merged
-    every = _session(export_segment_anything(root / "model", tmp_path / "all") / DECODER_NAME)
-    one = _session(export_segment_anything(root / "model", tmp_path / "one", return_single_mask=True) / DECODER_NAME)
+    every = _session(export_sam_onnx(root / "model", tmp_path / "all") / DECODER_NAME)
+    one = _session(export_sam_onnx(root / "model", tmp_path / "one", return_single_mask=True) / DECODER_NAME)
     pred = samclip.Predictor(model, bf16=False)
     pred.set_image(generate_scene(6, FRAME).image)
     emb = pred.get_image_embedding().numpy()
@@ -156,7 +158,7 @@ def test_single_mask_output_follows_segment_anythings_rule(merged, tmp_path) -> 
 def test_command_line_and_its_errors(merged, hf_sam, tmp_path, capsys) -> None:  # noqa: ANN001
     _, root = merged
     out = tmp_path / "cli"
-    assert cli_main(["export", "segment-anything", "--model", str(root / "model"), "--out", str(out),
+    assert cli_main(["export", "sam-onnx", "--model", str(root / "model"), "--out", str(out),
                      "--return-single-mask", "--decoder-precision", "int8"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["masks"] == 1 and report["decoder_precision"] == "int8" and report["model_type"] == "samclip"
@@ -164,19 +166,19 @@ def test_command_line_and_its_errors(merged, hf_sam, tmp_path, capsys) -> None: 
     masks, iou, _ = _decode(_session(out / DECODER_NAME), emb, [[30.0, 40.0], [0.0, 0.0]], [1, -1], (FRAME, FRAME))
     assert masks.shape == (1, 1, FRAME, FRAME) and np.isfinite(masks).all()
     # a SAM checkpoint (the Hugging Face folder) with --kind sam; a merged folder read as SAM is refused clearly
-    assert cli_main(["export", "segment-anything", "--model", str(hf_sam.folder), "--kind", "sam",
+    assert cli_main(["export", "sam-onnx", "--model", str(hf_sam.folder), "--kind", "sam",
                      "--out", str(tmp_path / "hf")]) == 0
     capsys.readouterr()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("keep me")
     bad = {
         "which an export does not write": ["--model", str(root / "model"), "--out", str(tmp_path / "busy")],
-        "not an option of the segment-anything export": ["--model", str(root / "model"), "--out",
+        "not an option of the sam-onnx export": ["--model", str(root / "model"), "--out",
                                                           str(tmp_path / "x"), "--size", "64"],
         "opset": ["--model", str(root / "model"), "--out", str(tmp_path / "y"), "--opset", "3"],
     }
     for needle, args in bad.items():
-        assert cli_main(["export", "segment-anything", *args]) == 2
+        assert cli_main(["export", "sam-onnx", *args]) == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err, err
     assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
@@ -188,7 +190,7 @@ def test_command_line_and_its_errors(merged, hf_sam, tmp_path, capsys) -> None: 
 
 def test_a_failed_export_leaves_the_earlier_one_and_the_model_as_they_were(merged, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     model, _ = merged
-    out = export_segment_anything(model, tmp_path / "e")
+    out = export_sam_onnx(model, tmp_path / "e")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     import samclip.export.sam_onnx as sam_onnx
 
@@ -202,8 +204,59 @@ def test_a_failed_export_leaves_the_earlier_one_and_the_model_as_they_were(merge
     monkeypatch.setattr(sam_onnx, "_torch_export", failing)
     model.train()
     with pytest.raises(RuntimeError, match="exporter crashed"):
-        export_segment_anything(model, out, return_single_mask=True)
-    assert model.training  # its mode restored
+        export_sam_onnx(model, out, return_single_mask=True)
+    assert model.sam.training  # its mode restored
     model.eval()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["e"]  # no temporary folder left beside it
+
+
+def test_sam_checkpoint_of_a_merged_model(merged, hf_sam, tmp_path, capsys) -> None:  # noqa: ANN001
+    """``sam-pth``: a plain state dict of fp32 tensors whose key names are those of a segment-anything checkpoint
+    (as a Hugging Face SAM converted to them has); read back it decodes bit for bit as the merged model does. A
+    model whose architecture a reader would infer differently from the tensors is refused."""
+    import dataclasses
+
+    from samclip.models import SamClip, sam_preset
+    from samclip.testing import tiny_clip
+
+    tiny = sam_preset("sam-tiny")
+    heads8 = dataclasses.replace(tiny, mask_decoder=dataclasses.replace(tiny.mask_decoder, transformer_heads=8))
+    model = SamClip.from_teachers(samclip.create_sam(heads8), tiny_clip()).eval()  # SAM's 8 decoder heads
+    randomize_(model.sam, 3)
+    samclip.save_pretrained(model, tmp_path / "model")
+    path = export_sam_checkpoint(tmp_path / "model", tmp_path / "merged_sam.pth")
+    state = torch.load(path, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+    def names(keys) -> set[str]:  # noqa: ANN001 - key names, block indices aside
+        return {re.sub(r"\.\d+\.", ".N.", k) for k in keys}
+
+    reference_keys = set(samclip.load_sam(hf_sam.folder).state_dict())  # HF keys converted to segment-anything's
+    assert names(state) == names(reference_keys)
+    sam = samclip.load_sam(path)
+    assert sam.config == model.sam.config
+    emb = torch.randn(1, 32, FRAME // 16, FRAME // 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = sam.decode(emb, torch.tensor([[[30.0, 40.0]]]), torch.tensor([[1]]))
+        want = model.decode(emb, torch.tensor([[[30.0, 40.0]]]), torch.tensor([[1]]))
+        assert torch.equal(sam.image_embeddings(torch.ones(1, 3, FRAME, FRAME)),
+                           model.image_embeddings(torch.ones(1, 3, FRAME, FRAME)))
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    # the command line; sam-tiny's 2-head decoder (read back as 8 heads), a folder or another suffix as --out, and
+    # options of other formats are refused, nothing written
+    assert cli_main(["export", "sam-pth", "--model", str(hf_sam.folder), "--out", str(tmp_path / "hf.pth")]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "segment-anything"
+    assert set(torch.load(tmp_path / "hf.pth", weights_only=True)) == reference_keys
+    _, tiny_root = merged
+    for args, needle in ((["--model", str(tiny_root / "model"), "--out", str(tmp_path / "t.pth")],
+                          "mask_decoder.transformer_heads: 2 here, 8 as read from the tensors"),
+                         (["--model", str(tmp_path / "model"), "--out", str(tmp_path)], "is a folder"),
+                         (["--model", str(tmp_path / "model"), "--out", str(tmp_path / "x.onnx")], ".pth"),
+                         (["--model", str(tmp_path / "model"), "--out", str(tmp_path / "y.pth"), "--opset", "16"],
+                          "not an option of the sam-pth")):
+        assert cli_main(["export", "sam-pth", *args]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "t.pth").exists() and not (tmp_path / "y.pth").exists()
