@@ -165,6 +165,11 @@ def test_command_line_and_its_errors(merged, hf_sam, tmp_path, capsys) -> None: 
     emb = _session(out / ENCODER_NAME).run(None, {"input_image": np.zeros((1, 3, FRAME, FRAME), np.float32)})[0]
     masks, iou, _ = _decode(_session(out / DECODER_NAME), emb, [[30.0, 40.0], [0.0, 0.0]], [1, -1], (FRAME, FRAME))
     assert masks.shape == (1, 1, FRAME, FRAME) and np.isfinite(masks).all()
+    assert cli_main(["info", str(out)]) == 0  # described from its manifest
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "onnx export" and info["masks"] == 1 and set(info["bytes"]) == {ENCODER_NAME, DECODER_NAME}
+    (out / "sam_onnx.json").write_text('{"format": "segment-anything-onnx"}')
+    assert cli_main(["info", str(out)]) == 2 and "no field 'model_type'" in capsys.readouterr().err
     # a SAM checkpoint (the Hugging Face folder) with --kind sam; a merged folder read as SAM is refused clearly
     assert cli_main(["export", "sam-onnx", "--model", str(hf_sam.folder), "--kind", "sam",
                      "--out", str(tmp_path / "hf")]) == 0

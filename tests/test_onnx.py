@@ -395,6 +395,10 @@ def test_cli_export(tiny, tmp_path, capsys) -> None:  # noqa: ANN001
     summary = json.loads(capsys.readouterr().out)
     assert summary["frame"] == 128 and IMAGE_ENCODER_NAME in summary["bytes"] and summary["extra_frames"] == []
     assert (tmp_path / "e" / MANIFEST_NAME).is_file()
+    assert cli_main(["info", str(tmp_path / "e")]) == 0  # `samclip info` describes the export from its manifest
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "onnx export" and info["frame"] == 128 and info["bytes"] == {
+        k: v for k, v in summary["bytes"].items() if k.endswith(".onnx")}
     assert cli_main(["export", "onnx", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "f")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
 """``samclip info NAME|PATH [--kind sam|clip|model]``: what a checkpoint holds, as JSON, without building the model.
+(An ONNX export folder, of ``samclip export onnx`` or ``sam-onnx``, is described from its manifest.)
 
 The architecture (and the preset it matches, if any), the format it was read from, the parameter count, and for
 merged models the sizes each task reads, the test-time views and the prompt templates. Any name, folder, file or
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from .cli_download import KINDS
@@ -78,10 +80,52 @@ def describe(kind: str, source: str) -> dict[str, Any]:
     return out
 
 
+def describe_export(folder: Path) -> dict[str, Any] | None:
+    """The JSON summary of an ONNX export folder (``samclip export onnx`` / ``sam-onnx``), None for any other
+    path. Reads the manifest only; ValueError / OSError where it is not what the export wrote."""
+    from .export.onnx_export import MANIFEST_NAME, SAM_MANIFEST_NAME
+
+    if not folder.is_dir():
+        return None
+    graphs = {p.name: p.stat().st_size for p in sorted(folder.glob("*.onnx"))}
+    if (folder / MANIFEST_NAME).is_file():
+        from .export import read_manifest
+
+        m = read_manifest(folder)
+        return {"source": str(folder), "kind": "onnx export", "format": f"{m['format']} v{m['format_version']}",
+                "run_with": "samclip.Predictor.from_onnx(folder) / samclip serve --onnx folder",
+                "frame": m["frame"], "grid": m["grid"], "frames": sorted(int(f) for f in m.get("graphs", {})) or None,
+                "decoder_precision": m.get("decoder_precision", "fp32"), "opset": m.get("opset"),
+                "text_encoder": m.get("text") is not None, "source_model": m.get("source"), "bytes": graphs}
+    if (folder / SAM_MANIFEST_NAME).is_file():
+        from .export.sam_onnx import FORMAT
+
+        try:
+            m = json.loads((folder / SAM_MANIFEST_NAME).read_text())
+            if m["format"] != FORMAT:
+                raise ValueError(f"format {m['format']!r}, not {FORMAT!r}")
+            return {"source": str(folder), "kind": "onnx export", "format": m["format"],
+                    "run_with": "tools built for segment-anything's ONNX files", "model_type": m["model_type"],
+                    "frame": m["frame"], "grid": m["grid"], "masks": m["decoder"]["masks"],
+                    "use_preprocess": m["use_preprocess"], "decoder_precision": m["decoder_precision"],
+                    "opset": m["opset"], "source_model": m.get("source"), "encoder": m["encoder"],
+                    "decoder": m["decoder"], "bytes": graphs}
+        except (ValueError, KeyError, TypeError) as e:
+            why = f"no field {e}" if isinstance(e, KeyError) else str(e) if isinstance(e, ValueError) else \
+                "not a JSON object"
+            raise ValueError(f"{folder / SAM_MANIFEST_NAME}: not the manifest `samclip export sam-onnx` writes "
+                             f"({why})") from e
+    return None
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import hub
     from .checkpoint import CheckpointError
 
+    export = None if args.kind else describe_export(Path(args.source))
+    if export is not None:
+        print(json.dumps(export, indent=2))
+        return 0
     if args.kind:
         kinds = [KINDS[args.kind]]
     elif hub.is_hub_id(args.source):
@@ -104,7 +148,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def add_info_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``info`` on the ``samclip`` command line."""
-    p = subparsers.add_parser("info", help="what a checkpoint holds (architecture, format, parameters), as JSON",
+    p = subparsers.add_parser("info", help="what a checkpoint or ONNX export holds (architecture, format, parameters), "
+                                           "as JSON",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="a registered name, folder, checkpoint file or hf-hub:<org>/<name>")
     p.add_argument("--kind", choices=sorted(KINDS), help="read it as this kind (needed for hub ids)")
