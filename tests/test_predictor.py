@@ -971,6 +971,45 @@ def test_generate_filters_and_nms(merged: SamClip, monkeypatch) -> None:  # noqa
     assert len(pred.generate(points_per_side=4, min_area=10**6)) == 0
 
 
+def test_generate_max_masks_makes_only_the_kept_masks_at_full_size(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    """``max_masks``: the first k of the full list (by predicted IoU, after ``min_area``), and only about k masks
+    are upsampled to the image and labelled (a large image with hundreds of masks ran out of memory)."""
+    pred = Predictor(merged)
+    pred.set_image(image(64, 128))
+
+    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True,  # noqa: ANN001, ANN202
+               image_cache=None):  # noqa: ANN001
+        n = point_coords.shape[0]
+        out = torch.full((n, 3, 32, 32), -10.0)
+        for i, (x, y) in enumerate((point_coords[:, 0] / 4).long().tolist()):  # a block around each point
+            size = 1 if i % 3 == 0 else 2  # every third one small (9 px at the image's size)
+            out[i, 0, max(y - size, 0) : y + size, max(x - size, 0) : x + size] = 10.0
+        iou = torch.tensor([[0.99 - 0.01 * i, 0.1, 0.1] for i in range(n)])
+        return out, iou
+
+    monkeypatch.setattr(merged, "decode", decode)
+    upsampled = []
+    real_post = merged.postprocess_masks
+    monkeypatch.setattr(merged, "postprocess_masks", lambda m, *a: upsampled.append(len(m)) or real_post(m, *a))
+    args = {"points_per_side": 8, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5}
+    every = pred.generate(**args)
+    assert len(every) > 20 and sum(upsampled) == len(every)  # without max_masks all are made at full size
+    for k, min_area in ((5, 0), (17, 0), (4, 20)):
+        upsampled.clear()
+        want = [r for r in every if r["area"] >= min_area][:k]
+        got = pred.generate(**args, max_masks=k, min_area=min_area)
+        assert [r["predicted_iou"] for r in got] == [r["predicted_iou"] for r in want]
+        assert all(np.array_equal(a["segmentation"], b["segmentation"]) for a, b in zip(got, want))
+        assert sum(upsampled) <= 16 * -(-k // 16) + (16 if min_area else 0) < len(every)
+    labelled = []
+    real_label = pred.label_masks
+    monkeypatch.setattr(pred, "label_masks", lambda masks, *a, **kw: labelled.append(len(masks)) or real_label(
+        masks, *a, **kw))
+    assert len(pred.generate(["star", "ring"], **args, max_masks=3)) == 3 and labelled == [3]
+    with pytest.raises(ValueError, match="max_masks"):
+        pred.generate(max_masks=0)
+
+
 @pytest.mark.parametrize("size", [(90, 200), (256, 256)])
 def test_crop_boxes_tile_the_image_with_overlapping_crops(size) -> None:
     from samclip.inference.everything import CROP_OVERLAP_RATIO, crop_boxes

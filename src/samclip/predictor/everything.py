@@ -51,6 +51,7 @@ class EverythingMode(MaskLabelling):
         crop_n_points_downscale_factor: int = 1,
         crop_overlap_ratio: float = CROP_OVERLAP_RATIO,
         crop_nms_thresh: float = 0.7,
+        max_masks: int | None = None,
     ) -> list[dict[str, Any]]:
         """Everything mode (segment-anything's ``SamAutomaticMaskGenerator``).
 
@@ -59,7 +60,10 @@ class EverythingMode(MaskLabelling):
         IoU > ``pred_iou_thresh`` and stability score (IoU of the masks thresholded at
         ``mask_threshold +/- stability_score_offset``, on logits upsampled to the input frame) >=
         ``stability_score_thresh``; greedy box NMS at ``nms_thresh`` (scores: predicted IoU); masks with
-        fewer than ``min_area`` pixels (and empty ones) are dropped (no hole filling).
+        fewer than ``min_area`` pixels (and empty ones) are dropped (no hole filling). ``max_masks``: at most this
+        many, the best by predicted IoU; only they are made at the image's size and labelled, so a large image with
+        many masks costs memory for ``max_masks`` of them (default: all, as segment-anything; each is an HxW bool
+        array). With crop layers each crop's list is cut to ``max_masks`` before the crops are merged.
 
         ``crop_n_layers`` (NOT one pass; default 0): segment-anything's crop layers for small objects. Layer
         ``i`` tiles the image with ``2**i`` x ``2**i`` crops overlapping by ``crop_overlap_ratio`` (see
@@ -93,9 +97,12 @@ class EverythingMode(MaskLabelling):
         check_int(crop_n_layers, "crop_n_layers", 0, MAX_CROP_LAYERS)
         check_int(crop_n_points_downscale_factor, "crop_n_points_downscale_factor", 1)
         check_fraction(crop_nms_thresh, "crop_nms_thresh")
+        if max_masks is not None:
+            check_int(max_masks, "max_masks", 1)
         if not 0 <= crop_overlap_ratio < 1:
             raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
-        grid_args = (pred_iou_thresh, stability_score_thresh, stability_score_offset, nms_thresh, points_per_batch)
+        grid_args = (pred_iou_thresh, stability_score_thresh, stability_score_offset, nms_thresh, points_per_batch,
+                     min_area, max_masks)
         if crop_n_layers == 0:
             masks, ious, stabs, pts = self._grid_masks(self.state, points_per_side, *grid_args)
         else:
@@ -146,15 +153,18 @@ class EverythingMode(MaskLabelling):
             return masks, ious, stabs, pts
         crop_area = torch.cat([torch.full((len(found[0]),), float((c[2] - c[0]) * (c[3] - c[1])))
                                for c, found in parts])
-        keep = crop_nms(masks_to_boxes(masks), crop_area, ious, crop_nms_thresh)
+        keep = crop_nms(masks_to_boxes(masks), crop_area, ious, crop_nms_thresh)[: grid_args[-1]]
         return masks[keep], ious[keep], stabs[keep], pts[keep.cpu()]
 
     def _grid_masks(self, state: ImageState, points_per_side: int, pred_iou_thresh: float,
                     stability_score_thresh: float, stability_score_offset: float, nms_thresh: float,
-                    points_per_batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    points_per_batch: int, min_area: int = 0, limit: int | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The everything mode on one image state (the image or one of its crops) -> (NxHxW bool masks at the
         state's original size, predicted IoU N, stability N, prompt points Nx2 in the state's original pixels):
-        the grid's masks above both thresholds, de-duplicated by box NMS, ordered by predicted IoU."""
+        the grid's masks above both thresholds, de-duplicated by box NMS, ordered by predicted IoU, those of fewer
+        than max(1, ``min_area``) pixels at that size dropped; the first ``limit`` of them (default all). Masks
+        are made at the full size 16 at a time, in order, until ``limit`` are kept."""
         big_h, big_w = state.original_size
         h, w = state.input_size
         thr = self.model.mask_threshold
@@ -187,7 +197,15 @@ class EverythingMode(MaskLabelling):
             return torch.zeros(0, big_h, big_w, dtype=torch.bool, device=self.device), empty, empty, torch.zeros(0, 2)
         lows, ious, stabs = torch.cat(keep_low), torch.cat(keep_iou), torch.cat(keep_stab)
         order = box_nms(torch.cat(keep_box), ious, nms_thresh)
-        masks = torch.cat([
-            self.model.postprocess_masks(lows[part][:, None], state.input_size, state.original_size)[:, 0] > thr
-            for part in order.split(16)])
+        chosen, found = [], []
+        for part in order.split(16):
+            masks = self.model.postprocess_masks(lows[part][:, None], state.input_size, state.original_size)[:, 0] > thr
+            areas = masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)  # uint8 sums: fast on CPU
+            ok = areas >= max(1, min_area)
+            chosen.append(part[ok])
+            found.append(masks[ok])
+            if limit is not None and sum(len(c) for c in chosen) >= limit:
+                break
+        order = torch.cat(chosen)[:limit]
+        masks = torch.cat(found)[:limit]
         return masks, ious[order], stabs[order], torch.cat(keep_pts)[order.cpu()]

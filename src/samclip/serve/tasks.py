@@ -222,8 +222,8 @@ def task_everything(pred: Predictor, labels: Sequence[str] | None = None, *, poi
     that produced the mask."""
     records = pred.generate(vocabulary=None if labels is None else list(labels), points_per_side=points_per_side,
                             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-                            min_area=min_area, pooling=pooling, tta=tta,
-                            crop_n_layers=crop_n_layers)[: min(max_masks, MAX_INSTANCES)]
+                            min_area=min_area, pooling=pooling, tta=tta, crop_n_layers=crop_n_layers,
+                            max_masks=min(max_masks, MAX_INSTANCES))
     out, legend = [], []
     for k, r in enumerate(records, start=1):
         extra = {"predicted_iou": r["predicted_iou"], "stability_score": r["stability_score"],
