@@ -92,6 +92,27 @@ def test_mask_crops_keep_pad_times_the_box_of_grey_context() -> None:
     assert np.array_equal(mask_crops(img, masks, 88), mask_crops(img, masks, 88, CROP_PAD))
 
 
+def test_mask_crops_of_a_very_long_object_stay_small_and_alike(monkeypatch) -> None:  # noqa: ANN001
+    """A mask thousands of pixels long: the crop is resized from a block-averaged canvas of at most MAX_CANVAS a
+    side (it was a float canvas of the full side squared: 36 GB for a 25000 px object), and looks as the exact
+    crop does."""
+    import samclip.inference.crops as crops
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (60, 3000, 3), dtype=np.uint8)
+    masks = np.zeros((1, 60, 3000), bool)
+    masks[0, 10:50, 5:2990] = True
+    sides = []
+    real = crops.F.interpolate
+    monkeypatch.setattr(crops.F, "interpolate", lambda x, **kw: sides.append(x.shape[-1]) or real(x, **kw))
+    reduced = crops.mask_crops(img, masks, 96)
+    assert sides and max(sides) <= crops.MAX_CANVAS
+    monkeypatch.setattr(crops, "MAX_CANVAS", 10**6)  # the exact path, for comparison
+    exact = crops.mask_crops(img, masks, 96)
+    assert sides[-1] == int(2985 * (1 + crops.CROP_PAD)) + 2  # the full canvas there
+    assert np.abs(reduced.astype(int) - exact).max() <= 2
+
+
 def test_maskclip_and_crop_baselines_shapes() -> None:
     clip = samclip.create_clip("clip-tiny").eval()
     img = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
