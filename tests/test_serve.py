@@ -13,6 +13,7 @@ import zlib
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -275,6 +276,31 @@ def test_bad_requests(client, scenes) -> None:  # noqa: ANN001
     assert client.get("/health").json()["status"] == "ok"
 
 
+def test_work_budget_bounds_semseg_and_everything(model_folder, scenes) -> None:  # noqa: ANN001
+    """max_work_mb: semseg whose per-class scores would not fit is refused (413 too_much_work) before any work;
+    everything returns at most as many masks as fit, and says how many that is. HEAD /health answers; an unknown
+    long image id is not echoed whole."""
+    image = np.ascontiguousarray(np.tile(scenes[0].image, (2, 3, 1)))  # 192 x 288
+    pixels = image.shape[0] * image.shape[1]
+    mb = 30 * pixels / 2**20  # room for 7 float32 score maps (6 labels + background) or 15 bool masks
+    with TestClient(create_app(str(model_folder), max_work_mb=mb)) as client:
+        image_id = upload(client, image)["image_id"]
+        ok = client.post(f"/images/{image_id}/semseg", json={"labels": ["star", "ring", "heart"], "png": False})
+        assert ok.status_code == 200, ok.text
+        body = assert_error(client.post(f"/images/{image_id}/semseg", json={"labels": list(SHAPES[:8])}), 413,
+                            "too_much_work")
+        assert "semseg into 8 labels" in body["detail"] and "max_work_mb" in body["detail"]
+        r = client.post(f"/images/{image_id}/everything", json={"max_masks": 100, "pred_iou_thresh": 0.0,
+                                                                "stability_score_thresh": 0.0, "png": False})
+        assert r.status_code == 200, r.text
+        assert r.json()["max_masks"] == 15 and r.json()["count"] <= 15
+        r = client.post(f"/images/{image_id}/everything", json={"max_masks": 3, "png": False})
+        assert r.json()["max_masks"] == 3
+        assert client.head("/health").status_code == 200
+        detail = assert_error(client.post(f"/images/{'x' * 5000}/classify", json={}), 404)["detail"]
+        assert len(detail) < 400 and "5000 characters" in detail
+
+
 def test_serve_on_a_taken_port_is_one_line(model_folder, capsys) -> None:  # noqa: ANN001
     import socket
 
@@ -322,6 +348,16 @@ def test_cache_bytes_follow_lazy_state(model_folder, scenes) -> None:  # noqa: A
     pred.predict(point_coords=np.array([[10.0, 12.0]]), point_labels=np.array([1]))
     grown = sum(state_nbytes(view) for view in pred.state.decoder.values())
     assert grown > 0 and entry.nbytes == before + grown == cache.nbytes
+
+
+def test_cache_bytes_count_shared_memory_once() -> None:
+    """Views, a NumPy array over a tensor's memory and a tensor held twice count once (tta on a large image
+    reported 518 MB for 210 MB of memory, so images were evicted early)."""
+    t = torch.zeros(1000, 250)  # 1,000,000 bytes
+    a = np.zeros((500, 500), np.uint8)  # 250,000 bytes
+    state = {"t": t, "again": t, "view": t[10:20], "numpy": t.numpy(), "a": a, "rows": [a[:100], a.T]}
+    assert state_nbytes(state) == 1_000_000 + 250_000
+    assert state_nbytes({"x": torch.zeros(10), "y": torch.zeros(10)}) == 80  # distinct buffers add up
 
 
 # ------------------------------------------------------------------------------------ concurrency

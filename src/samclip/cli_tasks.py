@@ -418,7 +418,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     api_key = _api_key(args.api_key_file)
     _check_port_free(args.host, args.port)  # before the model loads; uvicorn would say it in 7 lines, exit 3
     app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
-                     max_prompts=args.max_prompts, cache_size=args.cache_size, request_timeout_s=args.timeout,
+                     max_prompts=args.max_prompts, cache_size=args.cache_size, cache_max_mb=args.cache_max_mb,
+                     max_work_mb=args.max_work_mb, request_timeout_s=args.timeout,
                      device=device, bf16=_bf16(args, device), onnx_dir=args.onnx, api_key=api_key,
                      templates=args.template)
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -574,6 +575,11 @@ def add_task_commands(subparsers: Any) -> None:
                    help=f"largest image in pixels, checked before decoding (413 above; default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--max-prompts", type=int, default=64, help="points + box, or labels, per request (default 64)")
     p.add_argument("--cache-size", type=int, default=16, help="images kept in the LRU cache (default 16)")
+    p.add_argument("--cache-max-mb", type=float, default=4096.0,
+                   help="memory of the cached images' states, MB (the LRU drops the oldest above it; default 4096)")
+    p.add_argument("--max-work-mb", type=float, default=2048.0,
+                   help="memory a task's full-size outputs may take, MB: semseg's per-class scores (413 above), "
+                        "everything's masks (fewer masks above; default 2048)")
     p.add_argument("--timeout", type=float, default=60.0, help="request timeout in seconds (504; default 60)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--onnx", metavar="DIR", default=None,

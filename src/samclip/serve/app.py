@@ -19,7 +19,9 @@ Errors are always JSON ``{"error": <code>, "detail": <message>}``:
 400   ``invalid_image``: not an image, truncated or corrupt (``POST /images``)
 404   ``image_not_found``: unknown or evicted ``image_id`` (upload it again); ``not_found``
 413   ``payload_too_large``: upload over ``max_upload_mb``, JSON body over 1 MiB;
-      ``image_too_large``: more than ``max_pixels`` pixels (checked from the header, before decoding)
+      ``image_too_large``: more than ``max_pixels`` pixels (checked from the header, before decoding);
+      ``too_much_work``: a task whose full-size outputs would exceed ``max_work_mb`` (semseg: per-class
+      scores, labels x pixels; everything: max_masks x pixels), checked before any work
 422   ``malformed_json``, ``invalid_request`` (schema / value errors), ``invalid_prompt`` (prompt
       outside the image, bad labels), ``too_many_prompts`` (over ``max_prompts`` points + box, or labels)
 504   ``timeout``: the request (queueing for the model included) took over ``request_timeout_s``
@@ -153,6 +155,7 @@ class Limits:
     max_pixels: int
     max_prompts: int
     request_timeout_s: float
+    max_work_bytes: int = 2048 << 20
 
 
 class BodyLimitMiddleware:
@@ -219,6 +222,8 @@ class Service:
         self.onnx_dir = None if onnx_dir is None else os.fspath(onnx_dir)
         self.bf16, self.vocabulary = bf16, vocabulary
         self.lock = threading.Lock()
+        # image decodes of parallel uploads, at most one per core: more only share the cores and hold more memory
+        self.decodes = threading.BoundedSemaphore(max(1, min(workers, os.cpu_count() or 1)))
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="samclip-serve")
         self.started = time.time()
         self.requests = 0
@@ -263,11 +268,22 @@ class Service:
 
         return await self.call(job)
 
+    def check_work(self, entry: CacheEntry, what: str, per_pixel: int) -> None:
+        """413 ``too_much_work`` where a task's full-size outputs, ``per_pixel`` bytes per image pixel, would
+        exceed ``max_work_bytes`` (checked before the task runs)."""
+        need = per_pixel * entry.width * entry.height
+        if need > self.limits.max_work_bytes:
+            raise ApiError(413, "too_much_work",
+                           f"{what} on this {entry.width}x{entry.height} image needs about {need / 2**20:.0f} MB "
+                           f"(the server's limit: {self.limits.max_work_bytes / 2**20:.0f} MB, max_work_mb); ask "
+                           "for less or upload a smaller image")
+
     def entry(self, image_id: str) -> CacheEntry:
         entry = self.cache.get(image_id)
         if entry is None:
+            shown = image_id if len(image_id) <= 80 else f"{image_id[:64]}... ({len(image_id)} characters)"
             raise ApiError(404, "image_not_found",
-                           f"unknown image id {image_id!r}: never uploaded, or evicted from the cache of "
+                           f"unknown image id {shown!r}: never uploaded, or evicted from the cache of "
                            f"{self.cache.max_items} images; upload it again with POST /images")
         return entry
 
@@ -324,6 +340,7 @@ def create_app(
     cache_size: int = 16,
     cache_max_mb: float | None = 4096.0,
     request_timeout_s: float = 60.0,
+    max_work_mb: float = 2048.0,
     device: str | None = None,
     bf16: bool = False,
     vocabulary: tuple[str, ...] | list[str] = DEFAULT_VOCABULARY,
@@ -336,7 +353,8 @@ def create_app(
 
     Limits: ``max_upload_mb`` (upload bytes, 413), ``max_pixels`` (decompression-bomb guard from the
     image header, 413), ``max_prompts`` (points + box, or labels, per request; 422), ``cache_size``
-    (images kept, LRU; also ``cache_max_mb`` of cached state), ``request_timeout_s`` (504).
+    (images kept, LRU; also ``cache_max_mb`` of cached state), ``request_timeout_s`` (504), ``max_work_mb``
+    (memory of a task's full-size outputs: semseg's per-class scores, everything's masks; 413).
     ``bf16``: bfloat16 autocast (default fp32: faster and exact on most CPUs). ``onnx_dir``: run the image
     and prompt graphs of that ONNX export of the model (``samclip export onnx``) with onnxruntime.
     ``api_key``: requests other than the page, ``/health`` and the API spec must carry it (401 otherwise; see
@@ -344,8 +362,9 @@ def create_app(
     model's).
     """
     model, source = _load(model_source, device)
-    limits = Limits(int(max_upload_mb * (1 << 20)), int(max_pixels), int(max_prompts), float(request_timeout_s))
-    if (limits.max_prompts < 1 or limits.max_pixels < 1 or limits.max_upload_bytes < 1
+    limits = Limits(int(max_upload_mb * (1 << 20)), int(max_pixels), int(max_prompts), float(request_timeout_s),
+                    int(max_work_mb * (1 << 20)))
+    if (limits.max_prompts < 1 or limits.max_pixels < 1 or limits.max_upload_bytes < 1 or limits.max_work_bytes < 1
             or not limits.request_timeout_s > 0 or not math.isfinite(limits.request_timeout_s)):  # NaN fails too
         raise ValueError(f"every limit must be positive: {limits}")
     cache = ImageCache(cache_size, None if cache_max_mb is None else int(cache_max_mb * (1 << 20)))
@@ -404,7 +423,7 @@ def create_app(
         return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     # --------------------------------------------------------------------------------- endpoints
-    @app.get("/health", summary="liveness (never waits for the model)")
+    @app.api_route("/health", methods=["GET", "HEAD"], summary="liveness (never waits for the model)")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "images": len(svc.cache), "model_busy": svc.lock.locked(),
                 "uptime_s": round(time.time() - svc.started, 1)}
@@ -428,7 +447,8 @@ def create_app(
                     "seconds": time.perf_counter() - t0}
 
         def job(cancelled: threading.Event) -> CacheEntry:
-            image = read_image(data, limits.max_pixels)  # outside the model lock
+            with svc.decodes:  # outside the model lock, at most one decode per core
+                image = read_image(data, limits.max_pixels)
             state = svc.on_model(cancelled, lambda p: p.set_image(image))
             return svc.cache.put(image_id, state, image.shape[1], image.shape[0])
 
@@ -477,6 +497,7 @@ def create_app(
     async def semseg(image_id: str, body: SemsegBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         labels = svc.labels(body.labels)
+        svc.check_work(entry, f"semseg into {len(labels)} labels", 4 * (len(labels) + 1))  # float32 scores / class
         return await svc.run_task(entry, lambda p: tasks.task_semseg(p, labels, refine=body.refine,
                                                                    crop_margin=body.crop_margin), body.png)
 
@@ -494,10 +515,14 @@ def create_app(
     async def everything(image_id: str, body: EverythingBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         labels = svc.labels(body.labels, default=False)
-        return await svc.run_task(entry, lambda p: tasks.task_everything(
+        # full-size bool masks, held twice at most (the records and their labelling / painting): as many as fit
+        max_masks = min(body.max_masks, svc.limits.max_work_bytes // (2 * entry.width * entry.height))
+        svc.check_work(entry, "everything (even one mask)", 2 * max(max_masks, 1))
+        out = await svc.run_task(entry, lambda p: tasks.task_everything(
             p, labels, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
             stability_score_thresh=body.stability_score_thresh, min_area=body.min_area,
-            max_masks=body.max_masks, pooling=body.pooling, tta=body.tta, crop_n_layers=body.crop_n_layers), body.png)
+            max_masks=max_masks, pooling=body.pooling, tta=body.tta, crop_n_layers=body.crop_n_layers), body.png)
+        return {**out, "max_masks": max_masks}
 
     # -------------------------------------------------------------------------------- web page
     @app.get("/", include_in_schema=False)

@@ -11,19 +11,35 @@ import numpy as np
 import torch
 
 
-def state_nbytes(state: Any) -> int:
+def state_nbytes(state: Any, _seen: dict[int, int] | None = None) -> int:
     """Approximate memory of an :class:`~samclip.predictor.ImageState` (or of anything it holds): its arrays and
     tensors, including those of nested states (other sizes), of containers and of objects it holds (the decoder's
-    first-layer caches, segment_text's candidates)."""
+    first-layer caches, segment_text's candidates). Memory shared by several of them (views, a NumPy array over
+    a tensor's storage, one tensor held twice) counts once."""
+    top = _seen is None
+    seen: dict[int, int] = {} if _seen is None else _seen  # buffer start address -> its bytes
+
+    def buffer(address: int, nbytes: int) -> None:
+        seen[address] = max(seen.get(address, 0), nbytes)
+
     if isinstance(state, torch.Tensor):
-        return state.element_size() * state.nelement()
-    if isinstance(state, np.ndarray):
-        return state.nbytes
-    if isinstance(state, dict):
-        return sum(state_nbytes(v) for v in state.values())
-    if isinstance(state, tuple | list):
-        return sum(state_nbytes(v) for v in state)
-    return sum(state_nbytes(v) for v in getattr(state, "__dict__", {}).values())
+        storage = state.untyped_storage()
+        buffer(storage.data_ptr(), storage.nbytes())
+    elif isinstance(state, np.ndarray):
+        root = state
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        buffer(root.__array_interface__["data"][0], root.nbytes)
+    elif isinstance(state, dict):
+        for v in state.values():
+            state_nbytes(v, seen)
+    elif isinstance(state, tuple | list):
+        for v in state:
+            state_nbytes(v, seen)
+    else:
+        for v in getattr(state, "__dict__", {}).values():
+            state_nbytes(v, seen)
+    return sum(seen.values()) if top else 0
 
 
 @dataclass(eq=False)

@@ -184,6 +184,8 @@ class EverythingOut(_Visual):
     masks: list[MaskOut]
     count: int
     labels: list[str] | None
+    max_masks: int = Field(description="the most masks this answer could hold: the request's max_masks, or fewer "
+                                       "where the server's max_work_mb does not hold that many at this image's size")
 
 
 class ErrorOut(BaseModel):
