@@ -313,6 +313,34 @@ def test_serve_on_a_taken_port_is_one_line(model_folder, capsys) -> None:  # noq
         code = main(["serve", "--model", str(model_folder), "--port", str(port)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot listen there" in err, err
+    assert "choose another --port" in err
+    # an address this machine does not have: the host is named as the problem, not the port
+    assert main(["serve", "--model", str(model_folder), "--host", "192.0.2.1", "--port", "8799"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 192.0.2.1: not an address of this machine" in err and "--port" not in err, err
+
+
+def test_serve_start_up_line_and_loopback_warning() -> None:
+    from samclip.cli_tasks import _is_loopback, _url
+
+    assert _url("::1", 8000) == "http://[::1]:8000/" and _url("127.0.0.1", 80) == "http://127.0.0.1:80/"
+    assert "free port" in _url("127.0.0.1", 0)
+    assert all(_is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(_is_loopback(h) for h in ("0.0.0.0", "192.168.1.4", "::", "example.org"))
+
+
+def test_pillows_own_bomb_guard_follows_a_larger_max_pixels(monkeypatch) -> None:
+    """max_pixels above twice Pillow's guard: images between the two are read (Pillow refused them first, quoting
+    its own limit); above max_pixels our message names our limit."""
+    from PIL import Image as PILImage
+
+    from samclip.serve.images import ImageTooLarge, read_image
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # the guard: refuse over 2000 pixels
+    data = png_bytes(np.zeros((50, 60, 3), np.uint8))  # 3000 pixels
+    assert read_image(data, 5000).shape == (50, 60, 3)
+    with pytest.raises(ImageTooLarge, match="the limit of 2800"):
+        read_image(data, 2800)
 
 
 def test_lru_eviction(client, scenes) -> None:  # noqa: ANN001
@@ -431,6 +459,8 @@ def test_serve_cli_reads_its_api_key_from_a_file_or_the_environment(tmp_path, mo
     assert _api_key(None) == "from-env"
     (tmp_path / "key").write_text("from-file\nignored\n")
     assert _api_key(str(tmp_path / "key")) == "from-file"
+    (tmp_path / "bom").write_bytes("\ufefffrom-file\n".encode())  # saved by an editor that writes a BOM
+    assert _api_key(str(tmp_path / "bom")) == "from-file"
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(TaskInputError, match="first line is empty"):
         _api_key(str(tmp_path / "empty"))

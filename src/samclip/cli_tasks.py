@@ -13,6 +13,7 @@ pixel edges (x1, y1 exclusive). See :mod:`samclip.serve` for the shared result f
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import json
 import os
@@ -373,7 +374,7 @@ def _api_key(path: str | None) -> str | None:
     """The serve command's API key: the first line of ``path``, else ``$SAMCLIP_API_KEY``, else None (open)."""
     if path:
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a BOM is no part of the key
         except (OSError, UnicodeDecodeError) as e:
             raise _user_error(f"--api-key-file {path}: cannot read it ({e})") from None
         key = lines[0].strip() if lines else ""
@@ -400,8 +401,25 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as err:
-            raise _user_error(f"--host {host} --port {port}: cannot listen there ({err.strerror}); "
-                              "choose another --port") from None
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise _user_error(f"--host {host}: not an address of this machine ({err.strerror}); use 127.0.0.1, "
+                                  "0.0.0.0 (every interface) or one of its own addresses") from None
+            hint = "choose another --port" if err.errno == errno.EADDRINUSE else "choose another --host or --port"
+            raise _user_error(f"--host {host} --port {port}: cannot listen there ({err.strerror}); {hint}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL is bracketed
+    return f"http://{shown}:{port}/" if port else f"http://{shown}:<a free port the system picks: uvicorn prints it>/"
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -422,11 +440,11 @@ def _run_serve(args: argparse.Namespace) -> int:
                      max_work_mb=args.max_work_mb, request_timeout_s=args.timeout,
                      device=device, bf16=_bf16(args, device), onnx_dir=args.onnx, api_key=api_key,
                      templates=args.template)
-    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+    if api_key is None and not _is_loopback(args.host):
         print(f"samclip: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(set {API_KEY_ENV} or --api-key-file)", file=sys.stderr, flush=True)
     backend = "" if args.onnx is None else f" (onnxruntime: {args.onnx})"
-    print(f"samclip: serving {args.model}{backend} at http://{args.host}:{args.port}/ "
+    print(f"samclip: serving {args.model}{backend} at {_url(args.host, args.port)} "
           "(API spec /openapi.json, docs /docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

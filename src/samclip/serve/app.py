@@ -423,7 +423,8 @@ def create_app(
         return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     # --------------------------------------------------------------------------------- endpoints
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="liveness (never waits for the model)")
+    @app.head("/health", include_in_schema=False)  # load balancers' health checks
+    @app.get("/health", summary="liveness (never waits for the model)")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "images": len(svc.cache), "model_busy": svc.lock.locked(),
                 "uptime_s": round(time.time() - svc.started, 1)}

@@ -33,12 +33,16 @@ def _open(source: bytes | str | Path, max_pixels: int) -> Any:
     if isinstance(source, bytes | bytearray) and not source:
         raise ImageDecodeError("the upload is empty (0 bytes)")
     fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        # Pillow refuses images over twice its own guard before we see their size: a larger limit asked of us
+        # raises that guard to match (process-wide, never lowered)
+        Image.MAX_IMAGE_PIXELS = -(-max_pixels // 2)
     try:
         with warnings.catch_warnings():  # we enforce our own limit below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fp)
-    except Image.DecompressionBombError as err:
-        raise ImageTooLarge(f"{name}: image too large ({err})") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name}: image too large: more than the limit of {max_pixels} pixels") from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: not an image (unknown or unsupported format)") from None
     except (OSError, SyntaxError, ValueError) as err:
