@@ -297,6 +297,9 @@ def test_work_budget_bounds_semseg_and_everything(model_folder, scenes) -> None:
         r = client.post(f"/images/{image_id}/everything", json={"max_masks": 3, "png": False})
         assert r.json()["max_masks"] == 3
         assert client.head("/health").status_code == 200
+        nested = '{"points":' + "[" * 5000 + "]" * 5000 + "}"
+        assert_error(client.post(f"/images/{image_id}/predict", content=nested,
+                                 headers={"Content-Type": "application/json"}), 422, "malformed_json")
         detail = assert_error(client.post(f"/images/{'x' * 5000}/classify", json={}), 404)["detail"]
         assert len(detail) < 400 and "5000 characters" in detail
 

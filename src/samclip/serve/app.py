@@ -395,6 +395,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's, e.g. JSON
+            return _error(422, "malformed_json", "the request body could not be parsed (JSON nested too deeply?)")
         return _error(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), exc.detail)
 
     @app.exception_handler(RequestValidationError)
