@@ -936,7 +936,8 @@ def test_plain_sam_predictor(plain_sam: samclip.Sam) -> None:
     assert masks.shape == (3, 70, 100) and scores.shape == (3,) and low.shape == (3, 32, 32)
     assert isinstance(out, list)
     for r in out:
-        assert set(r) == {"segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_coords"}
+        assert set(r) == {"segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_coords",
+                          "crop_box"}
         x, y, bw, bh = r["bbox"]
         ys, xs = np.nonzero(r["segmentation"])
         assert (x, y, x + bw, y + bh) == (xs.min(), ys.min(), xs.max(), ys.max())
@@ -1008,6 +1009,41 @@ def test_generate_max_masks_makes_only_the_kept_masks_at_full_size(merged: SamCl
     assert len(pred.generate(["star", "ring"], **args, max_masks=3)) == 3 and labelled == [3]
     with pytest.raises(ValueError, match="max_masks"):
         pred.generate(max_masks=0)
+
+
+def test_generate_output_modes_and_crop_boxes_follow_segment_anything(merged: SamClip) -> None:
+    """``output_mode``: the same masks as run-length encodings (segment-anything's uncompressed form and COCO's
+    compressed one); every record has a ``crop_box`` (XYWH): the whole image, or with crop layers one of the
+    crops, which holds its mask."""
+    from samclip.inference.everything import crop_boxes
+    from samclip.inference.rle import coco_rle_decode, uncompressed_rle
+
+    pred = Predictor(merged, bf16=False)
+    pred.set_image(image(64, 128))
+    args = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "max_masks": 12}
+    masks = pred.generate(**args)
+    assert masks and all(r["crop_box"] == [0, 0, 128, 64] for r in masks)
+    for mode in ("uncompressed_rle", "coco_rle"):
+        encoded = pred.generate(**args, output_mode=mode)
+        assert [r["area"] for r in encoded] == [r["area"] for r in masks]
+        for r, m in zip(encoded, masks):
+            assert r["segmentation"]["size"] == [64, 128]
+            assert isinstance(r["segmentation"]["counts"], list if mode == "uncompressed_rle" else str)
+            assert np.array_equal(coco_rle_decode(r["segmentation"]), m["segmentation"])
+    starts_on = np.zeros((3, 4), bool)
+    starts_on[0, 0] = starts_on[2, 3] = True
+    rle = uncompressed_rle(starts_on)  # column-major runs, the first of 0s (empty here)
+    assert rle == {"size": [3, 4], "counts": [0, 1, 10, 1]}
+    layered = pred.generate(**args, crop_n_layers=1)
+    boxes = {tuple(b) for b, _ in crop_boxes((64, 128), 1)}
+    for r in layered:
+        x, y, w, h = r["crop_box"]
+        assert (x, y, x + w, y + h) in boxes
+        inside = np.zeros((64, 128), bool)
+        inside[y : y + h, x : x + w] = True
+        assert not (r["segmentation"] & ~inside).any()
+    with pytest.raises(ValueError, match="output_mode"):
+        pred.generate(output_mode="rle")
 
 
 @pytest.mark.parametrize("size", [(90, 200), (256, 256)])

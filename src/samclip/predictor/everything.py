@@ -23,10 +23,16 @@ from ..inference.everything import (
     stability_score,
 )
 from ..inference.image_input import original_to_frame
+from ..inference.rle import coco_rle, uncompressed_rle
 from ..prompts import masks_to_boxes
 from .checks import check_fraction, check_int, check_labels, check_pooling, checked_flags
 from .labelling import MASK_POOLINGS, MaskLabelling
 from .state import ImageState
+
+#: generate's ``output_mode``s, as segment-anything's automatic mask generator names them
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+#: masks labelled per call when generate labels its masks (their stack is the only copy made)
+LABEL_BATCH = 16
 
 
 class EverythingMode(MaskLabelling):
@@ -52,6 +58,7 @@ class EverythingMode(MaskLabelling):
         crop_overlap_ratio: float = CROP_OVERLAP_RATIO,
         crop_nms_thresh: float = 0.7,
         max_masks: int | None = None,
+        output_mode: str = "binary_mask",
     ) -> list[dict[str, Any]]:
         """Everything mode (segment-anything's ``SamAutomaticMaskGenerator``).
 
@@ -72,9 +79,12 @@ class EverythingMode(MaskLabelling):
         a crop's masks that touch one of its inner edges (:data:`~samclip.inference.everything.CROP_EDGE_MARGIN`)
         are dropped, and across crops box NMS at ``crop_nms_thresh`` keeps the mask from the smaller crop.
 
-        Returns dicts sorted by predicted IoU: ``segmentation`` HxW bool, ``area`` (pixels), ``bbox``
+        Returns dicts sorted by predicted IoU, with segment-anything's keys: ``segmentation`` (``output_mode``
+        "binary_mask": HxW bool; "uncompressed_rle": ``{"size": [H, W], "counts": [run lengths]}``; "coco_rle":
+        ``{"size", "counts": str}``, pycocotools' form; both column-major), ``area`` (pixels), ``bbox``
         [x, y, w, h] (SAM's XYWH of the inclusive XYXY box), ``predicted_iou``, ``stability_score``,
-        ``point_coords`` [[x, y]] (original pixels) and, with ``vocabulary``, ``label`` and
+        ``point_coords`` [[x, y]] (original pixels), ``crop_box`` [x, y, w, h] (the crop whose pass found it;
+        the whole image without crop layers) and, with ``vocabulary``, ``label`` and
         ``label_score`` from :meth:`label_masks` with ``pooling`` (default: one pass; ``"crop"``: each mask's
         crop re-encoded, more accurate, one small extra pass per mask) and ``tta`` (the mirrored view pooled
         in, one extra backbone pass; with the crop poolings the mirrored crops too; on the shipped model it lifts
@@ -99,16 +109,20 @@ class EverythingMode(MaskLabelling):
         check_fraction(crop_nms_thresh, "crop_nms_thresh")
         if max_masks is not None:
             check_int(max_masks, "max_masks", 1)
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         if not 0 <= crop_overlap_ratio < 1:
             raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
         grid_args = (pred_iou_thresh, stability_score_thresh, stability_score_offset, nms_thresh, points_per_batch,
                      min_area, max_masks)
+        h, w = self.state.original_size
         if crop_n_layers == 0:
             masks, ious, stabs, pts = self._grid_masks(self.state, points_per_side, *grid_args)
+            crop_of = torch.zeros(len(masks), 4, dtype=torch.long) + torch.tensor([0, 0, w, h])
         else:
             crops = crop_boxes(self.state.original_size, crop_n_layers, crop_overlap_ratio)
-            masks, ious, stabs, pts = self._crop_layer_masks(crops, points_per_side, crop_n_points_downscale_factor,
-                                                             crop_nms_thresh, grid_args)
+            masks, ious, stabs, pts, crop_of = self._crop_layer_masks(
+                crops, points_per_side, crop_n_points_downscale_factor, crop_nms_thresh, grid_args)
         records: list[dict[str, Any]] = []
         boxes = box_xyxy_to_xywh(masks_to_boxes(masks))
         areas = masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)  # uint8 sums: fast on CPU
@@ -116,25 +130,34 @@ class EverythingMode(MaskLabelling):
             area = int(areas[k])
             if area == 0 or area < min_area:
                 continue
+            x0, y0, x1, y1 = crop_of[k].tolist()
             records.append({
                 "segmentation": masks[k].cpu().numpy(), "area": area,
                 "bbox": [int(v) for v in boxes[k].tolist()], "predicted_iou": float(ious[k]),
                 "stability_score": float(stabs[k]), "point_coords": [[float(v) for v in pts[k].tolist()]],
+                "crop_box": [x0, y0, x1 - x0, y1 - y0],
             })
-        if vocab is not None and records:
-            idx, probs = self.label_masks(np.stack([r["segmentation"] for r in records]), vocab, templates,
-                                          pooling=pooling, tta=tta)
-            for r, i, p in zip(records, idx, probs):
-                r["label"] = vocab[int(i)]
-                r["label_score"] = float(p[i])
+        if vocab is not None:
+            for start in range(0, len(records), LABEL_BATCH):  # a few masks at a time: no copy of them all
+                part = records[start : start + LABEL_BATCH]
+                idx, probs = self.label_masks(np.stack([r["segmentation"] for r in part]), vocab, templates,
+                                              pooling=pooling, tta=tta)
+                for r, i, p in zip(part, idx, probs):
+                    r["label"] = vocab[int(i)]
+                    r["label_score"] = float(p[i])
+        if output_mode != "binary_mask":
+            encode = uncompressed_rle if output_mode == "uncompressed_rle" else coco_rle
+            for r in records:
+                r["segmentation"] = encode(r["segmentation"])
         return records
 
     def _crop_layer_masks(self, crops: list[tuple[tuple[int, int, int, int], int]], points_per_side: int,
                           downscale: int, crop_nms_thresh: float, grid_args: tuple[Any, ...],
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_grid_masks` over the current image (layer 0) and each crop of the later layers (a backbone pass
         each), as in :meth:`_grid_masks`'s output but at the image's size: a crop's masks near its inner edges
-        dropped, duplicates across crops resolved for the smaller crop (:func:`crop_nms`)."""
+        dropped, duplicates across crops resolved for the smaller crop (:func:`crop_nms`); plus each mask's crop
+        box (x0, y0, x1, y1), Nx4."""
         state = self.state
         parts = []
         for crop, layer in crops:
@@ -149,12 +172,13 @@ class EverythingMode(MaskLabelling):
             keep = ~near_inner_crop_edge(masks_to_boxes(full), crop, state.original_size)
             parts.append((crop, (full[keep], ious[keep], stabs[keep], pts[keep.cpu()] + torch.tensor([x0, y0]))))
         masks, ious, stabs, pts = (torch.cat([found[i] for _, found in parts]) for i in range(4))
+        crop_of = torch.cat([torch.tensor([c], dtype=torch.long).expand(len(found[0]), 4) for c, found in parts])
         if not len(masks):
-            return masks, ious, stabs, pts
+            return masks, ious, stabs, pts, crop_of
         crop_area = torch.cat([torch.full((len(found[0]),), float((c[2] - c[0]) * (c[3] - c[1])))
                                for c, found in parts])
         keep = crop_nms(masks_to_boxes(masks), crop_area, ious, crop_nms_thresh)[: grid_args[-1]]
-        return masks[keep], ious[keep], stabs[keep], pts[keep.cpu()]
+        return masks[keep], ious[keep], stabs[keep], pts[keep.cpu()], crop_of[keep.cpu()]
 
     def _grid_masks(self, state: ImageState, points_per_side: int, pred_iou_thresh: float,
                     stability_score_thresh: float, stability_score_offset: float, nms_thresh: float,

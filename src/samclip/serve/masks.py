@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
-
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-    """HxW bool -> COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools compressed string)."""
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError as err:  # pragma: no cover - dependency of the serve/coco extras
-        raise RuntimeError("COCO RLE output needs pycocotools: pip install pycocotools") from err
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def rle_decode(rle: dict[str, Any]) -> np.ndarray:
-    """COCO RLE (``counts`` str or bytes) -> HxW bool."""
-    from pycocotools import mask as mask_utils
-
-    with warnings.catch_warnings():  # pycocotools' __array__ without `copy` under numpy 2
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode({"size": list(rle["size"]), "counts": rle["counts"]}).astype(bool)
+from ..inference.rle import coco_rle as rle_encode
+from ..inference.rle import coco_rle_decode as rle_decode
 
 
 def mask_box(mask: np.ndarray) -> list[int]:
@@ -43,3 +23,6 @@ def mask_record(mask: np.ndarray, **extra: Any) -> dict[str, Any]:
     mask = np.asarray(mask, dtype=bool)
     return {"segmentation": rle_encode(mask), "area": int(mask.sum()), "box": mask_box(mask), **extra}
 
+
+
+__all__ = ["mask_box", "mask_record", "rle_decode", "rle_encode"]
