@@ -567,3 +567,33 @@ def test_written_files_have_ordinary_permissions(tmp_path) -> None:  # noqa: ANN
     modes = {p.name if p.parent == tmp_path else f"{p.parent.name}/{p.name}": oct(p.stat().st_mode & 0o777)
              for p in written}
     assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_dense_pe_cache_is_fp32_whatever_autocast_its_first_caller_ran_under() -> None:
+    """The decoder's cached positional encoding is made in fp32 and then cast: a first call under bf16 autocast
+    made it in bf16, and a bf16 predictor's masks then changed with the order of its calls."""
+    sam = samclip.create_sam("sam-tiny").eval()
+    pe = sam.prompt_encoder
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first = pe.get_dense_pe((8, 8), torch.bfloat16).clone()
+        pe._dense_pe_key = None  # made again, outside autocast
+        again = pe.get_dense_pe((8, 8), torch.bfloat16)
+        fp32 = pe.get_dense_pe((8, 8), torch.float32)
+    assert torch.equal(first, again) and torch.equal(again, fp32.to(torch.bfloat16))
+
+
+def test_bf16_predictor_answers_do_not_depend_on_the_call_order() -> None:
+    """generate, then a one-prompt predict (an fp32 decode), then generate again: the same masks and scores."""
+    import numpy as np
+
+    from samclip.testing import tiny_merged_model
+
+    pred = samclip.Predictor(tiny_merged_model(), bf16=True)
+    pred.mixed_decode_min_elements = 10_000  # one prompt (2048 elements) decodes in fp32, 16 (32768) in bf16
+    pred.set_image(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    args = {"points_per_side": 4, "pred_iou_thresh": -1e9, "stability_score_thresh": 0.0}
+    before = pred.generate(**args)
+    pred.predict(point_coords=np.array([[30, 40]]), point_labels=np.array([1]))
+    after = pred.generate(**args)
+    assert [r["predicted_iou"] for r in before] == [r["predicted_iou"] for r in after]

@@ -103,7 +103,10 @@ class PromptEncoder(nn.Module):
         matrix = self.pe_layer.positional_encoding_gaussian_matrix
         key = (size, dtype, matrix.device, matrix.data_ptr(), matrix._version)
         if self._dense_pe_key != key:
-            pe = self.pe_layer(size)
+            # in fp32 whatever autocast the first caller runs under: the cached value must not depend on who asked
+            # first (a bf16-autocast first call made it in bf16, and later decodes changed with the call order)
+            with torch.autocast(matrix.device.type, enabled=False):
+                pe = self.pe_layer(size)
             pe = pe.permute(1, 2, 0).contiguous().permute(2, 0, 1).unsqueeze(0)
             self._dense_pe = pe if dtype is None else pe.to(dtype)
             self._dense_pe_key = key
