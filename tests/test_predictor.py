@@ -1069,6 +1069,39 @@ def test_crop_boxes_tile_the_image_with_overlapping_crops(size) -> None:
         assert len(set(boxes)) == len(boxes)
 
 
+def test_mask_areas_sum_in_blocks(monkeypatch) -> None:  # noqa: ANN001
+    import samclip.prompts as prompts
+
+    masks = torch.rand(5, 37, 53, generator=torch.Generator().manual_seed(0)) > 0.6
+    want = masks.flatten(1).sum(1)
+    monkeypatch.setattr(prompts, "AREA_BLOCK_ELEMENTS", 5 * 100)  # 100 pixels of each mask per sum: 20 blocks
+    assert torch.equal(prompts.mask_areas(masks), want) and prompts.mask_areas(masks[:0]).shape == (0,)
+
+
+def test_box_nms_is_greedy_and_takes_ious_a_block_at_a_time(monkeypatch) -> None:  # noqa: ANN001
+    """The kept boxes are greedy NMS's (a brute-force reference), and no IoU matrix of N x N is made: 6000
+    candidates (points_per_side 64 with low thresholds gives ~10,000) take blocks of ~16M entries."""
+    import samclip.inference.everything as ev
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(300, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + torch.rand(300, 2, generator=g) * 60], 1)
+    scores = torch.rand(300, generator=g)
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    want = []
+    for i in order:  # the definition, one pair at a time
+        if all(ev.box_iou(boxes[i : i + 1], boxes[j : j + 1])[0, 0] <= 0.5 for j in want):
+            want.append(i)
+    assert ev.box_nms(boxes, scores, 0.5).tolist() == want
+    shapes = []
+    real = ev.box_iou
+    monkeypatch.setattr(ev, "box_iou", lambda a, b: shapes.append((len(a), len(b))) or real(a, b))
+    n = 6000
+    xy = torch.rand(n, 2, generator=g) * 4000
+    ev.box_nms(torch.cat([xy, xy + 20], 1), torch.rand(n, generator=g), 0.7)
+    assert sum(r for r, _ in shapes) == n and max(r * c for r, c in shapes) <= (1 << 24)
+
+
 def test_crop_edge_filter_and_crop_nms() -> None:
     from samclip.inference.everything import crop_nms, near_inner_crop_edge
 

@@ -27,6 +27,23 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(rows.any(1)[:, None], boxes, torch.zeros_like(boxes))
 
 
+#: mask_areas' widest sum at a time, in mask elements (4 bytes each once cast)
+AREA_BLOCK_ELEMENTS = 1 << 26
+
+
+def mask_areas(masks: torch.Tensor) -> torch.Tensor:
+    """NxHxW bool -> N pixel counts (int64), summed in blocks: a sum cast to a wider integer casts its whole input
+    first (4 bytes per pixel for every mask: 20 GB for 129 masks of 40 Mpx); here at most ~256 MB at a time."""
+    out = torch.zeros(len(masks), dtype=torch.long, device=masks.device)
+    if len(masks) == 0:
+        return out
+    flat = masks.to(torch.bool).reshape(len(masks), -1).view(torch.uint8)  # uint8 sums: fast on CPU
+    block = max(1, AREA_BLOCK_ELEMENTS // len(masks))
+    for start in range(0, flat.shape[1], block):
+        out += flat[:, start : start + block].sum(1, dtype=torch.int32)
+    return out
+
+
 def jitter_boxes(boxes: torch.Tensor, generator: torch.Generator | None, frac: float = 0.1,
                  max_px: float = 20.0, size: tuple[int, int] | None = None) -> torch.Tensor:
     """SAM's box noise: each coordinate moves by N(0, frac * side), clipped to ``max_px``."""

@@ -106,18 +106,24 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy NMS: indices of kept boxes, highest score first. A box is dropped when its IoU with an
-    already kept box is above ``iou_threshold``."""
-    if boxes.shape[0] == 0:
+    already kept box is above ``iou_threshold``. The IoUs are taken a block of rows at a time (at most ~16M
+    entries), so memory grows with the number of boxes, not its square (10,000 candidates made a 0.4 GB matrix
+    and ten temporaries of that size)."""
+    n = boxes.shape[0]
+    if n == 0:
         return torch.zeros(0, dtype=torch.long)
     order = torch.argsort(scores.float(), descending=True, stable=True)
-    iou = box_iou(boxes[order].float(), boxes[order].float()).cpu().numpy() > iou_threshold
-    suppressed = np.zeros(len(order), dtype=bool)
+    ordered = boxes[order].float().cpu()
+    suppressed = np.zeros(n, dtype=bool)
     keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= iou[i]
+    rows = max(1, (1 << 24) // n)
+    for start in range(0, n, rows):
+        block = (box_iou(ordered[start : start + rows], ordered) > iou_threshold).numpy()
+        for r, i in enumerate(range(start, min(start + rows, n))):
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            suppressed[i + 1 :] |= block[r, i + 1 :]
     return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
 
 

@@ -24,7 +24,7 @@ from ..inference.everything import (
 )
 from ..inference.image_input import original_to_frame
 from ..inference.rle import coco_rle, uncompressed_rle
-from ..prompts import masks_to_boxes
+from ..prompts import mask_areas, masks_to_boxes
 from .checks import check_fraction, check_int, check_labels, check_pooling, checked_flags
 from .labelling import MASK_POOLINGS, MaskLabelling
 from .state import ImageState
@@ -125,7 +125,7 @@ class EverythingMode(MaskLabelling):
                 crops, points_per_side, crop_n_points_downscale_factor, crop_nms_thresh, grid_args)
         records: list[dict[str, Any]] = []
         boxes = box_xyxy_to_xywh(masks_to_boxes(masks))
-        areas = masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)  # uint8 sums: fast on CPU
+        areas = mask_areas(masks)
         for k in range(len(masks)):
             area = int(areas[k])
             if area == 0 or area < min_area:
@@ -224,7 +224,7 @@ class EverythingMode(MaskLabelling):
         chosen, found = [], []
         for part in order.split(16):
             masks = self.model.postprocess_masks(lows[part][:, None], state.input_size, state.original_size)[:, 0] > thr
-            areas = masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)  # uint8 sums: fast on CPU
+            areas = mask_areas(masks)
             ok = areas >= max(1, min_area)
             chosen.append(part[ok])
             found.append(masks[ok])
