@@ -1469,3 +1469,16 @@ def test_segment_text_duplicates_by_iou_or_cover() -> None:
     assert not is_duplicate(apart, big[None], 0.7, 0.5)
     assert is_duplicate(big, part[None], 0.7, 0.5)  # the kept mask inside the new one counts too
     assert is_duplicate(big, big[None], 0.7, 1.0)  # IoU 1 > 0.7
+    # boxes and areas given (segment_text computes them once): the same answers; intersections are counted inside
+    # the boxes' overlap only, so disjoint boxes cost nothing
+    from samclip.prompts import mask_areas, masks_to_boxes
+
+    every = torch.stack([big, part, apart])
+    boxes, areas = masks_to_boxes(every).tolist(), mask_areas(every).tolist()
+    for i, j in ((1, 0), (2, 0), (0, 1)):
+        for cover in (0.5, 0.9):
+            assert is_duplicate(every[i], [every[j]], 0.7, cover, box=boxes[i], kept_boxes=[boxes[j]], area=areas[i],
+                                kept_areas=[areas[j]]) == is_duplicate(every[i], every[j][None], 0.7, cover)
+    corner = torch.zeros(40, 40, dtype=torch.bool)
+    corner[30:, 30:] = True
+    assert not is_duplicate(corner, [big], 0.0, 0.0) and not is_duplicate(big, [], 0.7, 0.5)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..inference.image_input import frame_to_original
 from ..inference.regions import connected_components
-from ..prompts import masks_to_boxes
+from ..prompts import mask_areas, masks_to_boxes
 from .checks import check_fraction, check_labels, check_text, checked_flags, label_key
 from .labelling import MaskLabelling
 
@@ -29,14 +29,33 @@ class Instance:
     predicted_iou: float
 
 
-def is_duplicate(mask: torch.Tensor, kept: torch.Tensor, max_iou: float, max_cover: float) -> bool:
-    """HxW bool ``mask`` against NxHxW ``kept``: IoU with one of them above ``max_iou``, or more than
-    ``max_cover`` of the smaller of the two masks inside the other."""
-    inter = (kept & mask).flatten(1).sum(1).float()
-    areas, area = kept.flatten(1).sum(1).float(), mask.sum().float()
-    iou = inter / (areas + area - inter).clamp(min=1)
-    cover = inter / torch.minimum(areas, area).clamp(min=1)
-    return bool(((iou > max_iou) | (cover > max_cover)).any())
+def is_duplicate(mask: torch.Tensor, kept: Sequence[torch.Tensor] | torch.Tensor, max_iou: float,
+                 max_cover: float, *, box: Sequence[float] | None = None,
+                 kept_boxes: Sequence[Sequence[float]] | None = None, area: int | None = None,
+                 kept_areas: Sequence[int] | None = None) -> bool:
+    """HxW bool ``mask`` against the HxW masks ``kept``: IoU with one of them above ``max_iou``, or more than
+    ``max_cover`` of the smaller of the two masks inside the other. Intersections are counted inside the overlap of
+    the two masks' boxes only (inclusive XYXY, :func:`~samclip.prompts.masks_to_boxes`); boxes and areas may be
+    given precomputed (``box`` / ``area`` of ``mask``, ``kept_boxes`` / ``kept_areas``), as segment_text does."""
+    if len(kept) == 0:
+        return False
+    box = masks_to_boxes(mask[None])[0].tolist() if box is None else [float(v) for v in box]
+    area = int(mask.sum()) if area is None else int(area)
+    if kept_boxes is None:
+        kept_boxes = masks_to_boxes(torch.stack(list(kept))).tolist()
+    if kept_areas is None:
+        kept_areas = mask_areas(torch.stack(list(kept))).tolist()
+    for other, other_box, other_area in zip(kept, kept_boxes, kept_areas):
+        x0, y0 = int(max(box[0], other_box[0])), int(max(box[1], other_box[1]))
+        x1, y1 = int(min(box[2], other_box[2])), int(min(box[3], other_box[3]))
+        if x0 > x1 or y0 > y1 or not area or not other_area:
+            continue  # disjoint boxes (or an empty mask): no intersection
+        inter = int((mask[y0 : y1 + 1, x0 : x1 + 1] & other[y0 : y1 + 1, x0 : x1 + 1]).sum())
+        iou = inter / max(area + int(other_area) - inter, 1)
+        cover = inter / max(min(area, int(other_area)), 1)
+        if iou > max_iou or cover > max_cover:
+            return True
+    return False
 
 
 #: where :meth:`Predictor.segment_text` takes its candidate masks from
@@ -116,11 +135,14 @@ class TextInstances(MaskLabelling):
             masks, pred_iou, points, phrase_prob = found
         scores = pred_iou * phrase_prob
         boxes = masks_to_boxes(masks)
+        box_list, areas = boxes.tolist(), mask_areas(masks).tolist()
         kept: list[int] = []
         for k in torch.argsort(scores, descending=True, stable=True).tolist():
-            if not masks[k].any() or (verify and phrase_prob[k] == 0):
+            if not areas[k] or (verify and phrase_prob[k] == 0):
                 continue
-            if kept and is_duplicate(masks[k], masks[kept], dedupe_iou, dedupe_cover):
+            if is_duplicate(masks[k], [masks[j] for j in kept], dedupe_iou, dedupe_cover, box=box_list[k],
+                            kept_boxes=[box_list[j] for j in kept], area=areas[k],
+                            kept_areas=[areas[j] for j in kept]):
                 continue
             kept.append(k)
         return [Instance(mask=masks[k].cpu().numpy(), score=float(scores[k]),
