@@ -972,6 +972,27 @@ def test_generate_filters_and_nms(merged: SamClip, monkeypatch) -> None:  # noqa
     assert len(pred.generate(points_per_side=4, min_area=10**6)) == 0
 
 
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_semantic_segment_map_alone_is_the_same_map(merged: SamClip, monkeypatch, chunk: int) -> None:  # noqa: ANN001
+    """return_logits=False: the same label map, made a few classes at a time (no (K+1)xHxW logits), coarse and
+    refined, with and without background; the result says it holds no logits."""
+    import samclip.predictor.semantic as semantic
+
+    monkeypatch.setattr(semantic, "ARGMAX_CHUNK", chunk)
+    pred = Predictor(merged, bf16=False)
+    pred.set_image(image(70, 110))
+    labels = ["star", "ring", "heart", "cross", "arrow"]
+    for kw in ({}, {"background": False}, {"refine": True}, {"refine": True, "background": False},
+               {"refine": True, "relabel": False}):
+        full = pred.semantic_segment(labels, **kw)
+        alone = pred.semantic_segment(labels, **kw, return_logits=False)
+        assert alone.logits is None and np.array_equal(alone.label_map, full.label_map), kw
+        if not (kw.get("refine") and kw.get("background") is False):  # there unrefined pixels keep their coarse class
+            assert np.array_equal(full.label_map, full.logits.argmax(0)), kw
+    with pytest.raises(ValueError, match="label map alone"):
+        _ = alone.probs
+
+
 def test_generate_max_masks_makes_only_the_kept_masks_at_full_size(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
     """``max_masks``: the first k of the full list (by predicted IoU, after ``min_area``), and only about k masks
     are upsampled to the image and labelled (a large image with hundreds of masks ran out of memory)."""

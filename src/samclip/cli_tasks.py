@@ -596,8 +596,8 @@ def add_task_commands(subparsers: Any) -> None:
     p.add_argument("--cache-max-mb", type=float, default=4096.0,
                    help="memory of the cached images' states, MB (the LRU drops the oldest above it; default 4096)")
     p.add_argument("--max-work-mb", type=float, default=2048.0,
-                   help="memory a task's full-size outputs may take, MB: semseg's per-class scores (413 above), "
-                        "everything's masks (fewer masks above; default 2048)")
+                   help="memory a task's full-size work may take, MB: refined semseg's per-class masks and scores "
+                        "(413 above), everything's masks (fewer masks above; default 2048)")
     p.add_argument("--timeout", type=float, default=60.0, help="request timeout in seconds (504; default 60)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--onnx", metavar="DIR", default=None,

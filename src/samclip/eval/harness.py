@@ -74,7 +74,7 @@ def voc_benchmark(merged: SamClip, root: str, labels: list[str], refine: bool = 
     n = 0
     for _, image, target in read_voc_folder(root, limit=limit):
         pred.set_image(image)
-        cm.update(pred.semantic_segment(labels, refine=refine).label_map, target)
+        cm.update(pred.semantic_segment(labels, refine=refine, return_logits=False).label_map, target)
         n += 1
     return {"benchmark": "voc", "refine": refine, "n_images": n, **cm.summary(["background", *labels])}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,8 @@ class SemanticResult:
     """Semantic segmentation at the original size.
 
     ``label_map`` HxW int64: 0 = background, ``i + 1`` = ``labels[i]``.
-    ``logits`` (K+1)xHxW float32, the per-class scores whose argmax is ``label_map`` (row 0 =
+    ``logits`` (K+1)xHxW float32 (None when asked for the map alone, ``return_logits=False``), the per-class
+    scores whose argmax is ``label_map`` (row 0 =
     background): without refinement, CLIP logits ``exp(logit_scale) * cos(patch, text)`` (softmax over
     axis 0 gives class probabilities, :attr:`probs`); with refinement, the SAM head's refined mask logits
     of each present class, row 0 = ``mask_threshold`` (a pixel is background where no class is
@@ -38,16 +39,38 @@ class SemanticResult:
     """
 
     label_map: np.ndarray
-    logits: np.ndarray
+    logits: np.ndarray | None
     names: list[str]
     refined: bool = False
 
     @property
     def probs(self) -> np.ndarray:
         """Softmax of :attr:`logits` over the class axis (meaningful for the coarse, CLIP logits)."""
+        if self.logits is None:
+            raise ValueError("this result holds the label map alone (semantic_segment(return_logits=False))")
         z = self.logits - self.logits.max(axis=0, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=0, keepdims=True)
+
+
+#: classes made at the original size at a time by semantic_segment(return_logits=False)
+ARGMAX_CHUNK = 4
+
+
+def _argmax_in_chunks(maps: Callable[[slice], torch.Tensor], n: int) -> torch.Tensor:
+    """The HxW argmax over ``n`` classes whose maps ``maps(rows)`` makes a few at a time (``ARGMAX_CHUNK`` x HxW),
+    keeping a running maximum: the first class wins ties, as ``max(0)`` does."""
+    best = index = None
+    for start in range(0, n, ARGMAX_CHUNK):
+        values, idx = maps(slice(start, start + ARGMAX_CHUNK)).max(0)
+        idx += start
+        if best is None:
+            best, index = values, idx
+        else:
+            better = values > best
+            best = torch.where(better, values, best)
+            index = torch.where(better, idx, index)
+    return index
 
 
 class SemanticSegmentation(MaskLabelling):
@@ -57,7 +80,8 @@ class SemanticSegmentation(MaskLabelling):
     def semantic_segment(self, labels: Sequence[str], refine: bool = False, *, background: bool = True,
                          threshold: float = 0.5, max_points: int = 3, templates: Sequence[str] | None = None,
                          size: int | None = None, relabel: bool | None = None,
-                         tta: bool | None = None, crop_margin: float = 0.0) -> SemanticResult:
+                         tta: bool | None = None, crop_margin: float = 0.0,
+                         return_logits: bool = True) -> SemanticResult:
         """Semantic segmentation of the current image into ``labels`` (+ background) at the original size.
 
         Coarse (CLIP head): per-patch embeddings of the cached pass against the class embeddings and
@@ -98,6 +122,10 @@ class SemanticSegmentation(MaskLabelling):
         objects places the prompts better than single-token reads, which draw the sharper map without SAM.
         The CLIP-head map comes from the pass at ``size`` (default: the model's ``semseg_size``), the SAM
         head always decodes on the cached SAM-size pass; points and mask input are mapped between frames.
+
+        ``return_logits=False``: the label map alone (``logits`` None), made a few classes at a time at the
+        original size, so memory does not grow with labels x pixels (the full logits of 255 labels on a 40 Mpx
+        image are 41 GB); the same map.
         """
         self._require_clip("semantic_segment")
         labels = check_labels(labels)
@@ -116,12 +144,17 @@ class SemanticSegmentation(MaskLabelling):
         clip_state = self._clip_state(size, "semseg")
         names = ["background", *labels]
         grid_logits = self._class_logits(clip_state, labels, templates, background, refine)
-        logits = self._grid_to_original(grid_logits, clip_state)
-        label_map = logits.max(0).indices  # = argmax(0), ~5x faster on CPU over the leading dim
+        if return_logits:
+            logits = self._grid_to_original(grid_logits, clip_state)
+            label_map = logits.max(0).indices  # = argmax(0), ~5x faster on CPU over the leading dim
+        else:
+            logits, label_map = None, _argmax_in_chunks(
+                lambda rows: self._grid_to_original(grid_logits[rows], clip_state), len(names))
         present = torch.bincount(label_map.flatten(), minlength=len(names))[1:].nonzero()[:, 0].add(1).tolist() \
             if refine else []  # the classes on the map (a count, not unique()'s sort of every pixel)
         if not present:
-            return SemanticResult(label_map.cpu().numpy(), logits.cpu().numpy(), names, refined=refine)
+            return SemanticResult(label_map.cpu().numpy(), None if logits is None else logits.cpu().numpy(), names,
+                                  refined=refine)
 
         probs = grid_logits.softmax(0)  # over clip_state's grid (its whole padded frame)
         gh, gw = valid_grid(clip_state.input_size, self.patch_size)
@@ -131,16 +164,23 @@ class SemanticSegmentation(MaskLabelling):
         peaks = [[(c, min((j + 0.5) * p, w - 1), min((i + 0.5) * p, h - 1))
                   for i, j in peak_points(probs[c, :gh, :gw], threshold, max_points, radius)] for c in present]
         if relabel:
-            out = self._relabelled_masks([pt for per_class in peaks for pt in per_class], labels, templates,
-                                         background, tta, len(names), crop_margin)
+            ids, maps = self._relabelled_masks([pt for per_class in peaks for pt in per_class], labels, templates,
+                                               background, tta, crop_margin)
         else:
-            out = self._published_refinement(peaks, present, probs, len(names))
+            ids, maps = self._published_refinement(peaks, present, probs)
         thr = self.model.mask_threshold
-        out[0] = thr if background else NEG
-        new_map = out.max(0).indices
+        # the classes with refined logits, after row 0 (background: the threshold); every other class is NEG
+        rows = torch.cat([torch.full((1, *state.original_size), thr if background else NEG, device=maps.device),
+                          maps])
+        new_map = torch.tensor([0, *ids], device=rows.device)[rows.max(0).indices]
         if not background:
-            new_map = torch.where(out[1:].max(0).values > thr, new_map, label_map)
-        return SemanticResult(new_map.cpu().numpy(), out.cpu().numpy(), names, refined=True)
+            new_map = torch.where(maps.max(0).values > thr, new_map, label_map) if len(ids) else label_map
+        out = None
+        if return_logits:
+            out = torch.full((len(names), *state.original_size), NEG, device=rows.device)
+            out[[0, *ids]] = rows
+        return SemanticResult(new_map.cpu().numpy(), None if out is None else out.cpu().numpy(), names,
+                              refined=True)
 
     def _grid_to_original(self, maps: torch.Tensor, state: ImageState) -> torch.Tensor:
         """CxGxG maps over the padded frame -> CxHxW: upsample to the frame, crop the image, resize."""
@@ -151,10 +191,10 @@ class SemanticSegmentation(MaskLabelling):
         return F.interpolate(up[..., :h, :w], state.original_size, mode="bilinear", align_corners=False)[0]
 
     def _published_refinement(self, peaks: list[list[tuple[int, float, float]]], present: list[int],
-                              probs: torch.Tensor, n_classes: int) -> torch.Tensor:
+                              probs: torch.Tensor) -> tuple[list[int], torch.Tensor]:
         """SAM-CLIP's composition: per present class one single-mask decode of its points (SAM-frame (c, x, y))
-        with its coarse probability map (``probs`` (K+1)xGxG) as mask input -> (K+1)xHxW refined logits
-        (``NEG`` for classes not refined)."""
+        with its coarse probability map (``probs`` (K+1)xGxG) as mask input -> (the refined classes, their
+        refined logits RxHxW)."""
         state = self.state
         max_points = max(len(per_class) for per_class in peaks)
         coords = torch.zeros(len(present), max_points, 2)
@@ -172,16 +212,14 @@ class SemanticSegmentation(MaskLabelling):
         low_logits, _ = self._decode(state, coords.to(self.device), point_labels.to(self.device), None,
                                      mask_in.to(self.device), False)
         refined = self.model.postprocess_masks(low_logits, state.input_size, state.original_size)[:, 0]
-        out = torch.full((n_classes, *state.original_size), NEG, device=refined.device)
-        out[present] = refined
-        return out
+        return list(present), refined
 
     def _relabelled_masks(self, points: list[tuple[int, float, float]], labels: list[str],
                           templates: Sequence[str] | None, background: bool, tta: bool | None,
-                          n_classes: int, crop_margin: float = 0.0) -> torch.Tensor:
+                          crop_margin: float = 0.0) -> tuple[list[int], torch.Tensor]:
         """One multimask decode per SAM-frame point (c, x, y) -> best mask by predicted IoU -> re-classified
-        by the CLIP head over the mask (unsure ones also over their crops, ``crop_margin``) -> (K+1)xHxW: per
-        class the max logit of its masks (``NEG`` where none)."""
+        by the CLIP head over the mask (unsure ones also over their crops, ``crop_margin``) -> (the classes that
+        got a mask, ascending; per such class the max logit of its masks, RxHxW)."""
         state = self.state
         coords = torch.tensor([[x, y] for _, x, y in points], dtype=torch.float32, device=self.device)
         mask_logits, pred_iou = self._single_point_masks(state, coords)
@@ -203,9 +241,11 @@ class SemanticSegmentation(MaskLabelling):
                 scores[unsure] = both
         classes = scores.argmax(-1)
         classes[empty | (pred_iou < REFINE_MIN_IOU)] = 0
-        out = torch.full((n_classes, *state.original_size), NEG, device=mask_logits.device)
+        ids = sorted({c for c in classes.tolist() if c > 0})
+        out = torch.full((len(ids), *state.original_size), NEG, device=mask_logits.device)
         for k, c in enumerate(classes.tolist()):
             if c > 0:
-                out[c] = torch.maximum(out[c], mask_logits[k])
-        return out
+                row = ids.index(c)
+                out[row] = torch.maximum(out[row], mask_logits[k])
+        return ids, out
 

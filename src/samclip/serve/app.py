@@ -20,8 +20,8 @@ Errors are always JSON ``{"error": <code>, "detail": <message>}``:
 404   ``image_not_found``: unknown or evicted ``image_id`` (upload it again); ``not_found``
 413   ``payload_too_large``: upload over ``max_upload_mb``, JSON body over 1 MiB;
       ``image_too_large``: more than ``max_pixels`` pixels (checked from the header, before decoding);
-      ``too_much_work``: a task whose full-size outputs would exceed ``max_work_mb`` (semseg: per-class
-      scores, labels x pixels; everything: max_masks x pixels), checked before any work
+      ``too_much_work``: a task whose full-size work would exceed ``max_work_mb`` (refined semseg: masks and
+      scores per class, labels x pixels; everything: max_masks x pixels), checked before any work
 422   ``malformed_json``, ``invalid_request`` (schema / value errors), ``invalid_prompt`` (prompt
       outside the image, bad labels), ``too_many_prompts`` (over ``max_prompts`` points + box, or labels)
 504   ``timeout``: the request (queueing for the model included) took over ``request_timeout_s``
@@ -57,6 +57,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..predictor.semantic import ARGMAX_CHUNK
 from . import tasks
 from .cache import CacheEntry, ImageCache
 from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLarge, png_data_url, read_image
@@ -500,7 +501,9 @@ def create_app(
     async def semseg(image_id: str, body: SemsegBody) -> dict[str, Any]:
         entry = svc.entry(image_id)
         labels = svc.labels(body.labels)
-        svc.check_work(entry, f"semseg into {len(labels)} labels", 4 * (len(labels) + 1))  # float32 scores / class
+        # float32 per pixel: the coarse map a few classes at a time; refinement ~3 masks per class and a map per class
+        per_pixel = 16 * (len(labels) + 1) if body.refine else 4 * (ARGMAX_CHUNK + 3)
+        svc.check_work(entry, f"semseg into {len(labels)} labels{' (refined)' if body.refine else ''}", per_pixel)
         return await svc.run_task(entry, lambda p: tasks.task_semseg(p, labels, refine=body.refine,
                                                                    crop_margin=body.crop_margin), body.png)
 

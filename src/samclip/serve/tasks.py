@@ -183,7 +183,7 @@ def task_semseg(pred: Predictor, labels: Sequence[str], *, refine: bool = False,
     """Semantic map over ``labels`` + background: label map id ``k`` = ``labels[k - 1]``, 0 = background.
     ``segments`` holds one RLE per class present; ``legend`` lists every requested class. ``crop_margin``:
     see :meth:`Predictor.semantic_segment` (with ``refine``)."""
-    res = pred.semantic_segment(list(labels), refine=refine, crop_margin=crop_margin)
+    res = pred.semantic_segment(list(labels), refine=refine, crop_margin=crop_margin, return_logits=False)
     lm = res.label_map
     counts = np.bincount(lm.ravel(), minlength=len(labels) + 1)
     legend = [legend_entry(k, name, counts[k]) for k, name in enumerate(labels, start=1)]
