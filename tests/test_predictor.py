@@ -1032,6 +1032,31 @@ def test_generate_max_masks_makes_only_the_kept_masks_at_full_size(merged: SamCl
         pred.generate(max_masks=0)
 
 
+def test_crop_layer_masks_stay_at_crop_size_until_kept(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    """With crop layers each crop's masks are held at the crop's size and only the kept ones are pasted at the
+    image's size (every crop's masks were made full size first: 11 GB for 48 masks of a 40 Mpx image)."""
+    import samclip.predictor.everything as everything
+
+    pred = Predictor(merged, bf16=False)
+    pred.set_image(image(96, 160))
+    full_size = []
+
+    class Torch:  # the module's torch, recording the image-sized mask stacks it allocates
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(torch, name)
+
+        def zeros(self, *shape, **kw):  # noqa: ANN002, ANN003, ANN202
+            if tuple(shape[1:]) == (96, 160):
+                full_size.append(shape[0])
+            return torch.zeros(*shape, **kw)
+
+    monkeypatch.setattr(everything, "torch", Torch())
+    out = pred.generate(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1,
+                        max_masks=6)
+    assert out and len(out) <= 6 and all(r["segmentation"].shape == (96, 160) for r in out)
+    assert sum(full_size) == len(out)  # image-sized: the kept masks only
+
+
 def test_generate_output_modes_and_crop_boxes_follow_segment_anything(merged: SamClip) -> None:
     """``output_mode``: the same masks as run-length encodings (segment-anything's uncompressed form and COCO's
     compressed one); every record has a ``crop_box`` (XYWH): the whole image, or with crop layers one of the

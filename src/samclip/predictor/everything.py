@@ -159,26 +159,33 @@ class EverythingMode(MaskLabelling):
         dropped, duplicates across crops resolved for the smaller crop (:func:`crop_nms`); plus each mask's crop
         box (x0, y0, x1, y1), Nx4."""
         state = self.state
-        parts = []
+        parts = []  # per crop: its box and its masks at the crop's size, with their scores, points and image boxes
         for crop, layer in crops:
-            if layer == 0:
-                parts.append((crop, self._grid_masks(state, points_per_side, *grid_args)))
-                continue
             x0, y0, x1, y1 = crop
-            sub = self._encode([state.image[y0:y1, x0:x1]], state.frame, batch_size=1)[0]
-            masks, ious, stabs, pts = self._grid_masks(sub, max(1, points_per_side // downscale**layer), *grid_args)
-            full = torch.zeros(len(masks), *state.original_size, dtype=torch.bool, device=masks.device)
-            full[:, y0:y1, x0:x1] = masks
-            keep = ~near_inner_crop_edge(masks_to_boxes(full), crop, state.original_size)
-            parts.append((crop, (full[keep], ious[keep], stabs[keep], pts[keep.cpu()] + torch.tensor([x0, y0]))))
-        masks, ious, stabs, pts = (torch.cat([found[i] for _, found in parts]) for i in range(4))
-        crop_of = torch.cat([torch.tensor([c], dtype=torch.long).expand(len(found[0]), 4) for c, found in parts])
-        if not len(masks):
-            return masks, ious, stabs, pts, crop_of
-        crop_area = torch.cat([torch.full((len(found[0]),), float((c[2] - c[0]) * (c[3] - c[1])))
-                               for c, found in parts])
-        keep = crop_nms(masks_to_boxes(masks), crop_area, ious, crop_nms_thresh)[: grid_args[-1]]
-        return masks[keep], ious[keep], stabs[keep], pts[keep.cpu()], crop_of[keep.cpu()]
+            if layer == 0:
+                masks, ious, stabs, pts = self._grid_masks(state, points_per_side, *grid_args)
+            else:
+                sub = self._encode([state.image[y0:y1, x0:x1]], state.frame, batch_size=1)[0]
+                masks, ious, stabs, pts = self._grid_masks(sub, max(1, points_per_side // downscale**layer),
+                                                            *grid_args)
+                pts = pts + torch.tensor([x0, y0])
+            boxes = masks_to_boxes(masks) + torch.tensor([x0, y0, x0, y0], dtype=torch.float, device=masks.device)
+            keep = ~near_inner_crop_edge(boxes, crop, state.original_size) if layer else slice(None)
+            parts.append((crop, masks[keep], ious[keep], stabs[keep], pts[keep.cpu() if layer else keep],
+                          boxes[keep]))
+        ious, stabs, pts, boxes = (torch.cat([part[i] for part in parts]) for i in (2, 3, 4, 5))
+        crop_of = torch.cat([torch.tensor([c], dtype=torch.long).expand(len(m), 4) for c, m, *_ in parts])
+        crop_area = torch.cat([torch.full((len(m),), float((c[2] - c[0]) * (c[3] - c[1]))) for c, m, *_ in parts])
+        keep = crop_nms(boxes, crop_area, ious, crop_nms_thresh)[: grid_args[-1]] if len(ious) else \
+            torch.zeros(0, dtype=torch.long)
+        # only the kept masks are pasted at the image's size (each crop's list held at its own size until here)
+        owner = torch.cat([torch.full((len(m),), n, dtype=torch.long) for n, (_, m, *_) in enumerate(parts)])
+        row = torch.cat([torch.arange(len(m)) for _, m, *_ in parts])
+        full = torch.zeros(len(keep), *state.original_size, dtype=torch.bool, device=parts[0][1].device)
+        for out, k in enumerate(keep.tolist()):
+            (cx0, cy0, cx1, cy1), masks = parts[int(owner[k])][:2]
+            full[out, cy0:cy1, cx0:cx1] = masks[int(row[k])]
+        return full, ious[keep], stabs[keep], pts[keep.cpu()], crop_of[keep.cpu()]
 
     def _grid_masks(self, state: ImageState, points_per_side: int, pred_iou_thresh: float,
                     stability_score_thresh: float, stability_score_offset: float, nms_thresh: float,
