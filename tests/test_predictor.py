@@ -947,21 +947,31 @@ def test_plain_sam_predictor(plain_sam: samclip.Sam) -> None:
             task()
 
 
+def fake_decode(paint):  # noqa: ANN001, ANN201
+    """A stand-in for ``model.decode`` on sam-tiny's 32x32 low-res grid: 3 masks per prompt, all -10 until
+    ``paint(out, point_coords)`` draws them and returns the Nx3 predicted IoUs."""
+
+    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True,  # noqa: ANN001, ANN202
+               image_cache=None):  # noqa: ANN001
+        out = torch.full((point_coords.shape[0], 3, 32, 32), -10.0)
+        return out, paint(out, point_coords)
+
+    return decode
+
+
 def test_generate_filters_and_nms(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
     pred = Predictor(merged)
     pred.set_image(image(64, 128))
 
-    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True,  # noqa: ANN001, ANN202
-               image_cache=None):  # noqa: ANN001
+    def paint(out, point_coords):  # noqa: ANN001, ANN202
         n = point_coords.shape[0]
-        out = torch.full((n, 3, 32, 32), -10.0)
         left = point_coords[:, 0, 0] < 64
         out[left, 0, :8, :16] = 10.0  # a confident, stable mask for every left point (duplicates)
         out[:, 1] = 0.5  # unstable: logits within +-1 of the threshold everywhere
         out[~left, 2, :8, 16:] = 10.0
-        return out, torch.tensor([0.9, 0.95, 0.3]).expand(n, 3).clone()
+        return torch.tensor([0.9, 0.95, 0.3]).expand(n, 3).clone()
 
-    monkeypatch.setattr(merged, "decode", decode)
+    monkeypatch.setattr(merged, "decode", fake_decode(paint))
     out = pred.generate(points_per_side=4, pred_iou_thresh=0.7, stability_score_thresh=0.8)
     assert len(out) == 1  # right masks fail the IoU filter, unstable ones the stability filter; NMS merges
     r = out[0]
@@ -999,17 +1009,13 @@ def test_generate_max_masks_makes_only_the_kept_masks_at_full_size(merged: SamCl
     pred = Predictor(merged)
     pred.set_image(image(64, 128))
 
-    def decode(emb, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True,  # noqa: ANN001, ANN202
-               image_cache=None):  # noqa: ANN001
-        n = point_coords.shape[0]
-        out = torch.full((n, 3, 32, 32), -10.0)
+    def paint(out, point_coords):  # noqa: ANN001, ANN202
         for i, (x, y) in enumerate((point_coords[:, 0] / 4).long().tolist()):  # a block around each point
             size = 1 if i % 3 == 0 else 2  # every third one small (9 px at the image's size)
             out[i, 0, max(y - size, 0) : y + size, max(x - size, 0) : x + size] = 10.0
-        iou = torch.tensor([[0.99 - 0.01 * i, 0.1, 0.1] for i in range(n)])
-        return out, iou
+        return torch.tensor([[0.99 - 0.01 * i, 0.1, 0.1] for i in range(len(out))])
 
-    monkeypatch.setattr(merged, "decode", decode)
+    monkeypatch.setattr(merged, "decode", fake_decode(paint))
     upsampled = []
     real_post = merged.postprocess_masks
     monkeypatch.setattr(merged, "postprocess_masks", lambda m, *a: upsampled.append(len(m)) or real_post(m, *a))
