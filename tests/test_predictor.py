@@ -103,6 +103,9 @@ def test_every_task_after_set_image_reuses_the_one_backbone_pass(merged: SamClip
         m, iou, lo = pred.predict_torch(torch.tensor([[[5.0, 5.0]], [[150.0, 60.0]]]), torch.ones(2, 1),
                                         boxes=torch.tensor([[0.0, 0.0, 50.0, 50.0], [100.0, 20.0, 190.0, 80.0]]))
         assert m.shape == (2, 3, 90, 200) and iou.shape == (2, 3) and lo.shape == (2, 3, 32, 32)
+        many = torch.rand(40, 1, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([200.0, 90.0])
+        m40 = pred.predict_torch(many, torch.ones(40, 1))[0]  # thresholded 16 prompts at a time
+        assert torch.equal(m40, pred.predict_torch(many, torch.ones(40, 1), return_logits=True)[0] > 0.0)
 
         idx, lp = pred.label_masks(masks, LABELS)
         assert idx.shape == (3,) and lp.shape == (3, 3)

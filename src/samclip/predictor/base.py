@@ -31,6 +31,8 @@ BACKGROUND_PROMPTS: tuple[str, ...] = (
     "background", "a plain background", "an empty background", "a textured background",
 )
 NEG = -1.0e4  # logit of a class that cannot win (finite, so softmax stays defined)
+#: prompts upsampled to the image and thresholded at a time by predict_torch (bool masks wanted)
+POSTPROCESS_BATCH = 16
 
 
 
@@ -351,9 +353,12 @@ class PredictorBase:
         state = self.state
         coords, labels, boxes_t, masks_t = self._prompt_tensors(state, point_coords, point_labels, boxes, mask_input)
         low, iou = self._decode(state, coords, labels, boxes_t, masks_t, multimask_output)
-        masks = self.model.postprocess_masks(low, state.input_size, state.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        if return_logits:
+            return self.model.postprocess_masks(low, state.input_size, state.original_size), iou, low
+        # thresholded POSTPROCESS_BATCH prompts at a time: float logits of every prompt at the image's size were
+        # 4x the bool result (1000 prompts on a 1024^2 image: 5.5 GB for a 1 GB answer)
+        masks = torch.cat([self.model.postprocess_masks(part, state.input_size, state.original_size)
+                           > self.model.mask_threshold for part in low.split(POSTPROCESS_BATCH)])
         return masks, iou, low
 
     def _prompt_tensors(self, state: ImageState, point_coords: Any, point_labels: Any, boxes: Any,
