@@ -469,3 +469,28 @@ def test_serve_cli_reads_its_api_key_from_a_file_or_the_environment(tmp_path, mo
         _api_key(str(tmp_path / "empty"))
     with pytest.raises(TaskInputError, match="cannot read it"):
         _api_key(str(tmp_path / "missing"))
+
+
+def test_overlay_blends_each_class_and_draws_its_contour(monkeypatch) -> None:  # noqa: ANN001
+    """A 4x4 block of a legend class: its 12 border pixels in the class colour, its 2x2 inside blended with the
+    image; a class without a legend entry and the background untouched. Row stripes give the same picture."""
+    import samclip.serve.render as render
+    from samclip.serve.tasks import TaskResult
+
+    image = np.full((60, 80, 3), 100, np.uint8)
+    lm = np.zeros((60, 80), np.int64)
+    lm[40:44, 60:64] = 1
+    lm[50:, :4] = 2  # no legend entry
+    res = TaskResult({}, lm, [{"id": 1, "name": "a", "color": "#ff0000", "area": 16}])
+    out = np.array(Image.open(io.BytesIO(render.render_overlay(image, res))))
+    block = out[40:44, 60:64]
+    border = np.ones((4, 4), bool)
+    border[1:3, 1:3] = False
+    assert (block[border] == [255, 0, 0]).all()
+    assert (block[~border] == [int(100 * 0.45 + 255 * 0.55), int(100 * 0.45), int(100 * 0.45)]).all()
+    outside = np.ones((60, 80), bool)
+    outside[40:44, 60:64] = False
+    outside[:20] = False  # the legend's text box
+    assert (out[outside] == 100).all()
+    monkeypatch.setattr(render, "_STRIPE_ROWS", 41)  # a stripe boundary through the block
+    assert np.array_equal(np.array(Image.open(io.BytesIO(render.render_overlay(image, res)))), out)

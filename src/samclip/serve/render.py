@@ -87,28 +87,51 @@ class TaskResult:
         return label_map_png(self.label_map, colours)
 
 
+#: image rows blended at a time by render_overlay (float32 copies of a stripe, not of the whole image)
+_STRIPE_ROWS = 256
+
+
+def _blend(image: np.ndarray, lm: np.ndarray, legend: list[dict[str, Any]], alpha: float) -> np.ndarray:
+    """HxWx3 uint8 with each legend id's pixels of ``lm`` blended towards its colour (``alpha``) and its
+    contour (pixels with an in-image 4-neighbour of another id) in the colour itself; id 0 and ids without a
+    legend entry are left as they are. Row stripes at a time, one colour table for all ids."""
+    colour = np.zeros((int(lm.max()) + 1 if lm.size else 1, 3), np.float32)
+    drawn = np.zeros(len(colour), bool)
+    for e in legend:
+        if 0 < int(e["id"]) < len(colour):
+            colour[int(e["id"])] = _hex_to_rgb(e["color"])
+            drawn[int(e["id"])] = True
+    out = image.copy()
+    if not drawn.any():
+        return out
+    h = lm.shape[0]
+    for y0 in range(0, h, _STRIPE_ROWS):
+        y1 = min(h, y0 + _STRIPE_ROWS)
+        a, b = max(0, y0 - 1), min(h, y1 + 1)  # one row of context above and below for the contours
+        ids = lm[a:b]
+        edge = np.zeros(ids.shape, bool)
+        edge[1:] |= ids[1:] != ids[:-1]
+        edge[:-1] |= ids[:-1] != ids[1:]
+        edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+        edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+        ids, edge = ids[y0 - a : y0 - a + (y1 - y0)], edge[y0 - a : y0 - a + (y1 - y0)]
+        m = drawn[ids]
+        if not m.any():
+            continue
+        c = colour[ids[m]]
+        px = image[y0:y1][m].astype(np.float32) * (1 - alpha) + c * alpha
+        px = np.where(edge[m][:, None], c, px)
+        out[y0:y1][m] = px.clip(0, 255).astype(np.uint8)
+    return out
+
+
 def render_overlay(image: np.ndarray, result: TaskResult, *, alpha: float = 0.55, title: str | None = None) -> bytes:
     """PNG bytes: ``image`` with the result's label map blended in (contours drawn), the prompts
     (green = foreground point, red = background point, yellow = box) and a text legend / title."""
     from PIL import Image, ImageDraw, ImageFont
 
-    out = image.astype(np.float32)
     lm = result.label_map
-    by_id = {e["id"]: e for e in result.legend}
-    if lm is not None:
-        for k in np.unique(lm):
-            if k == 0 or int(k) not in by_id:
-                continue
-            m = lm == k
-            c = np.array(_hex_to_rgb(by_id[int(k)]["color"]), dtype=np.float32)
-            out[m] = out[m] * (1 - alpha) + c * alpha
-            inner = m.copy()
-            inner[1:] &= m[:-1]
-            inner[:-1] &= m[1:]
-            inner[:, 1:] &= m[:, :-1]
-            inner[:, :-1] &= m[:, 1:]
-            out[m & ~inner] = c
-    im = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    im = Image.fromarray(image if lm is None else _blend(image, lm, result.legend, alpha))
     draw = ImageDraw.Draw(im)
     r = max(2, round(max(im.size) / 100))
     for (x, y), lab in zip(result.prompts.get("points") or [], result.prompts.get("point_labels") or []):
