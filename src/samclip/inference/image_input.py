@@ -151,10 +151,12 @@ def mask_to_grid_weights(masks: torch.Tensor, input_size: tuple[int, int], patch
 
     Every original pixel is assigned to the patch its centre falls in after the resize into the frame
     (pixel centre ``(x + 0.5) * w / W`` in frame pixels, patch index ``floor(. / patch)``). Weights are
-    pixel counts, so ``weights / weights.sum()`` is an area-weighted average over the mask.
+    pixel counts, so ``weights / weights.sum()`` is an area-weighted average over the mask. Masks are taken
+    ``chunk`` at a time, fewer on large images.
     """
     n, height, width = masks.shape
     dev = masks.device
+    chunk = max(1, min(chunk, (1 << 24) // max(1, height * width)))  # float copies of ~16M pixels at a time (64 MB)
     rows = ((torch.arange(height, device=dev) + 0.5) * (input_size[0] / height) / patch).long().clamp(max=grid - 1)
     cols = ((torch.arange(width, device=dev) + 0.5) * (input_size[1] / width) / patch).long().clamp(max=grid - 1)
     out = torch.zeros(n, grid, grid, device=dev)
