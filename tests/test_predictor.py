@@ -1006,6 +1006,36 @@ def test_semantic_segment_map_alone_is_the_same_map(merged: SamClip, monkeypatch
         _ = alone.probs
 
 
+def test_refinement_upsamples_a_few_masks_at_a_time(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
+    """The refinement's masks (and segment_text's) are made at the image's size a few at a time (every point's
+    float logits at full size took points x pixels x 4 bytes); the same maps and instances either way."""
+    import samclip.predictor.base as base
+    import samclip.predictor.semantic as semantic
+
+    pred = Predictor(merged, bf16=False)
+    pred.set_image(image(70, 110))
+    labels = ["star", "ring", "heart", "cross", "arrow"]
+    kw = {"refine": True, "threshold": 0.0, "max_points": 3}
+    want = pred.semantic_segment(labels, **kw)
+    want_text = pred.segment_text("star", vocabulary=labels[1:], threshold=0.0)
+    sizes = []
+    real = Predictor._full_size_logits
+    monkeypatch.setattr(Predictor, "_full_size_logits", lambda self, st, low: sizes.append(len(low)) or real(
+        self, st, low))
+    for module in (base, semantic):
+        monkeypatch.setattr(module, "POSTPROCESS_BATCH", 2)
+    got = pred.semantic_segment(labels, **kw)
+    got_text = pred.segment_text("star", vocabulary=labels[1:], threshold=0.0)
+    assert sizes and max(sizes) <= 2
+    assert np.array_equal(got.label_map, want.label_map) and np.array_equal(got.logits, want.logits)
+    assert [(i.score, i.mask.tobytes()) for i in got_text] == [(i.score, i.mask.tobytes()) for i in want_text]
+    coords = torch.tensor([[10.0, 10.0], [60.0, 30.0], [100.0, 60.0], [30.0, 50.0], [80.0, 10.0]])
+    sizes.clear()
+    low, iou, masks = pred._single_point_masks(pred.state, coords)  # 5 points: 2 + 2 + 1
+    assert sizes == [2, 2, 1] and masks.shape == (5, 70, 110)
+    assert torch.equal(masks, real(pred, pred.state, low)[:, 0] > merged.mask_threshold)
+
+
 def test_generate_max_masks_makes_only_the_kept_masks_at_full_size(merged: SamClip, monkeypatch) -> None:  # noqa: ANN001
     """``max_masks``: the first k of the full list (by predicted IoU, after ``min_area``), and only about k masks
     are upsampled to the image and labelled (a large image with hundreds of masks ran out of memory)."""

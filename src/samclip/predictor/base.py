@@ -650,12 +650,21 @@ class PredictorBase:
         h, w = state.input_size
         return math.ceil(h * low / state.frame), math.ceil(w * low / state.frame)
 
-    def _single_point_masks(self, state: ImageState, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nx2 foreground points (SAM-frame pixels of ``state``), each decoded alone (multimask) -> (NxHxW mask
-        logits at the original size of the output with the best predicted IoU, that IoU N)."""
+    def _single_point_masks(self, state: ImageState, coords: torch.Tensor,
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Nx2 foreground points (SAM-frame pixels of ``state``), each decoded alone (multimask) -> (Nx1x4Gx4G
+        low-res logits of the output with the best predicted IoU, that IoU N, its NxHxW bool mask at the original
+        size). The masks are upsampled and thresholded POSTPROCESS_BATCH at a time (full-size float logits of
+        every point took points x pixels x 4 bytes); :meth:`_full_size_logits` makes the logits where needed."""
         ones = torch.ones(len(coords), 1, dtype=torch.long, device=self.device)
         low_logits, iou = self._decode(state, coords[:, None], ones, None, None, True)
         best = iou.argmax(1)
         rows = torch.arange(len(coords), device=self.device)
-        logits = self.model.postprocess_masks(low_logits[rows, best][:, None], state.input_size, state.original_size)
-        return logits[:, 0], iou[rows, best]
+        low = low_logits[rows, best][:, None]
+        masks = torch.cat([self._full_size_logits(state, part)[:, 0] > self.model.mask_threshold
+                           for part in low.split(POSTPROCESS_BATCH)])
+        return low, iou[rows, best], masks
+
+    def _full_size_logits(self, state: ImageState, low: torch.Tensor) -> torch.Tensor:
+        """Nx1x4Gx4G low-res logits -> Nx1xHxW at ``state``'s original size."""
+        return self.model.postprocess_masks(low, state.input_size, state.original_size)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..inference.image_input import valid_grid
 from ..inference.regions import peak_points
-from .base import NEG
+from .base import NEG, POSTPROCESS_BATCH
 from .checks import check_fraction, check_int, check_labels, checked_flags
 from .labelling import MaskLabelling
 from .state import ImageState
@@ -222,8 +222,7 @@ class SemanticSegmentation(MaskLabelling):
         got a mask, ascending; per such class the max logit of its masks, RxHxW)."""
         state = self.state
         coords = torch.tensor([[x, y] for _, x, y in points], dtype=torch.float32, device=self.device)
-        mask_logits, pred_iou = self._single_point_masks(state, coords)
-        masks = mask_logits > self.model.mask_threshold
+        low, pred_iou, masks = self._single_point_masks(state, coords)
         tta = self._mask_tta(tta)
         emb, empty = self.mask_embeddings(masks.cpu().numpy(), tta=tta)
         table = self._class_table(labels, templates)
@@ -242,10 +241,9 @@ class SemanticSegmentation(MaskLabelling):
         classes = scores.argmax(-1)
         classes[empty | (pred_iou < REFINE_MIN_IOU)] = 0
         ids = sorted({c for c in classes.tolist() if c > 0})
-        out = torch.full((len(ids), *state.original_size), NEG, device=mask_logits.device)
-        for k, c in enumerate(classes.tolist()):
-            if c > 0:
-                row = ids.index(c)
-                out[row] = torch.maximum(out[row], mask_logits[k])
+        out = torch.full((len(ids), *state.original_size), NEG, device=low.device)
+        for row, c in enumerate(ids):  # each class's masks at full size, a few at a time
+            for part in (classes == c).nonzero()[:, 0].split(POSTPROCESS_BATCH):
+                out[row] = torch.maximum(out[row], self._full_size_logits(state, low[part])[:, 0].amax(0))
         return ids, out
 

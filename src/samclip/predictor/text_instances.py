@@ -184,8 +184,7 @@ class TextInstances(MaskLabelling):
         if not points:
             return None
         coords = torch.tensor(points, dtype=torch.float32, device=self.device)
-        mask_logits, pred_iou = self._single_point_masks(state, coords)
-        masks = mask_logits > self.model.mask_threshold
+        _, pred_iou, masks = self._single_point_masks(state, coords)
         phrase_prob = torch.tensor(peaks, device=self.device)
         if verify:
             phrase_prob = self._phrase_probability(*self._mask_class_logits(masks, labels, templates, tta, pooling))
