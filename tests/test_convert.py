@@ -416,6 +416,23 @@ def test_trained_tokenizer_round_trip_and_framing(clip_tokenizer) -> None:  # no
     assert long[0] == tok.sot_token_id and long[-1] == tok.eot_token_id and len(long) == tok.context_length
 
 
+def test_trained_tokenizer_is_the_same_in_every_process() -> None:
+    """ClipTokenizer.train gives the same tokenizer in separate processes (the tokenizers library's trainer gave
+    other ids from run to run: its hash-map order broke ties between merges), and learns merges by frequency."""
+    import subprocess
+    import sys
+
+    code = ("from samclip.tokenizer import ClipTokenizer; print(ClipTokenizer.train(['a red star', 'a blue ring', "
+            "'two red stars', 'a green square next to a red star'] * 3, 300, 16).to_json())")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(3)}
+    assert len(runs) == 1
+    trained = ClipTokenizer.train(["a red star", "a blue ring", "two red stars", "a green square next to a red star"]
+                                  * 3, 300, 16)
+    assert trained.to_json() == runs.pop().strip()
+    assert trained.tokenizer.encode("red star", add_special_tokens=False).tokens == ["red</w>", "star</w>"]
+
+
 def test_trained_tokenizer_decode_is_exact(clip_tokenizer) -> None:  # noqa: ANN001
     text = "a red square on a blue background"
     assert clip_tokenizer.decode(clip_tokenizer.encode(text)) == text

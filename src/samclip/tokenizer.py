@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
@@ -118,13 +118,59 @@ class ClipTokenizer:
 
     @classmethod
     def train(cls, corpus: Iterable[str], vocab_size: int = 512, context_length: int = 32) -> ClipTokenizer:
-        """Train a CLIP-style byte-level BPE on ``corpus`` (special tokens take the last two ids)."""
-        tok = _clip_pipeline(Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>")))
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size - 2, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            end_of_word_suffix="</w>", show_progress=False,
-        )
-        tok.train_from_iterator(corpus, trainer)
+        """Train a CLIP-style byte-level BPE on ``corpus`` (special tokens take the last two ids).
+
+        Deterministic: the same corpus gives the same tokenizer in every process. (The ``tokenizers`` library's
+        BPE trainer numbers the end-of-word tokens in hash-map order and breaks ties between equally frequent
+        merges by those numbers, so its vocabularies differ from run to run: huggingface/tokenizers#1794.) The
+        words are those of CLIP's normaliser and pre-tokeniser; the vocabulary is the 256 byte symbols, the
+        end-of-word symbols the corpus has (``c</w>``, sorted), then merges, each the most frequent adjacent pair
+        (ties: the pair of lower ids), until ``vocab_size - 2``; then ``<|startoftext|>``, ``<|endoftext|>``."""
+        pipeline = _clip_pipeline(Tokenizer(models.BPE()))
+        words: dict[str, int] = {}
+        for text in corpus:
+            normal = pipeline.normalizer.normalize_str(text)
+            for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(normal):
+                words[word] = words.get(word, 0) + 1
+        symbols = sorted(set(_bytes_to_unicode().values()))
+        ends = sorted({w[-1] + "</w>" for w in words if w})
+        ids = {sym: i for i, sym in enumerate(symbols + [e for e in ends if e not in symbols])}
+        # each distinct word as a list of symbol ids, its last symbol carrying the end-of-word suffix
+        seqs = [[ids[c] for c in w[:-1]] + [ids[w[-1] + "</w>"]] for w in words if w]
+        counts = [words[w] for w in words if w]
+        names = {i: sym for sym, i in ids.items()}
+        merges: list[tuple[str, str]] = []
+        while len(ids) < vocab_size - 2:
+            pairs: dict[tuple[int, int], int] = {}
+            for seq, n in zip(seqs, counts):
+                for pair in zip(seq, seq[1:]):
+                    pairs[pair] = pairs.get(pair, 0) + n
+            if not pairs:
+                break
+            best = min(pairs, key=lambda pr: (-pairs[pr], pr))
+            new_id = len(ids)
+            merged = names[best[0]] + names[best[1]]
+            ids[merged] = new_id
+            names[new_id] = merged
+            merges.append((names[best[0]], names[best[1]]))
+            for k, seq in enumerate(seqs):
+                if len(seq) < 2:
+                    continue
+                out, i = [], 0
+                while i < len(seq):
+                    if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                        out.append(new_id)
+                        i += 2
+                    else:
+                        out.append(seq[i])
+                        i += 1
+                seqs[k] = out
+        vocab = dict(ids)
+        vocab[SOT], vocab[EOT] = len(vocab), len(vocab) + 1
+        # no unknown token, as the library's trainer leaves it: a symbol the corpus never ended a word with is
+        # dropped (mapping it to <|endoftext|>, the highest id, would move the text tower's end-of-text read)
+        bpe = models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>")
+        tok = _clip_pipeline(Tokenizer(bpe))
         tok.add_special_tokens([SOT, EOT])
         return cls(tok, context_length)
 
