@@ -31,6 +31,23 @@ class CheckpointError(ValueError):
     """A checkpoint could not be read or does not fit the model; the message says why."""
 
 
+def ordinary_mode(bits: int = 0o666) -> int:
+    """``bits`` less the process umask: the permissions a new file (0o666) or folder (0o777) gets; for files made
+    private by ``tempfile`` before they are renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return bits & ~umask
+
+
+def temporary_folder(target: Path) -> Path:
+    """A new empty folder beside ``target`` (hidden name, ordinary permissions) to write into before
+    :func:`replace_folder` renames it to ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(ordinary_mode(0o777))  # mkdtemp makes it private
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder to write the file to; when the block ends without an error the
@@ -43,9 +60,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, ordinary_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -91,14 +106,10 @@ def save_folder(folder: str | os.PathLike, model_type: str, config: dict[str, An
         for name, data in files.items():  # the config last
             atomic_write_bytes(folder / name, data)
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp = temporary_folder(folder)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model folder is an ordinary folder
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        (tmp / WEIGHTS_NAME).chmod(0o666 & ~umask)  # safetensors writes it private
+        (tmp / WEIGHTS_NAME).chmod(ordinary_mode())  # safetensors writes it private
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         replace_folder(tmp, folder)

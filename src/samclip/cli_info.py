@@ -98,23 +98,15 @@ def describe_export(folder: Path) -> dict[str, Any] | None:
                 "decoder_precision": m.get("decoder_precision", "fp32"), "opset": m.get("opset"),
                 "text_encoder": m.get("text") is not None, "source_model": m.get("source"), "bytes": graphs}
     if (folder / SAM_MANIFEST_NAME).is_file():
-        from .export.sam_onnx import FORMAT
+        from .export.sam_onnx import read_sam_manifest
 
-        try:
-            m = json.loads((folder / SAM_MANIFEST_NAME).read_text())
-            if m["format"] != FORMAT:
-                raise ValueError(f"format {m['format']!r}, not {FORMAT!r}")
-            return {"source": str(folder), "kind": "onnx export", "format": m["format"],
-                    "run_with": "tools built for segment-anything's ONNX files", "model_type": m["model_type"],
-                    "frame": m["frame"], "grid": m["grid"], "masks": m["decoder"]["masks"],
-                    "use_preprocess": m["use_preprocess"], "decoder_precision": m["decoder_precision"],
-                    "opset": m["opset"], "source_model": m.get("source"), "encoder": m["encoder"],
-                    "decoder": m["decoder"], "bytes": graphs}
-        except (ValueError, KeyError, TypeError) as e:
-            why = f"no field {e}" if isinstance(e, KeyError) else str(e) if isinstance(e, ValueError) else \
-                "not a JSON object"
-            raise ValueError(f"{folder / SAM_MANIFEST_NAME}: not the manifest `samclip export sam-onnx` writes "
-                             f"({why})") from e
+        m = read_sam_manifest(folder)
+        return {"source": str(folder), "kind": "onnx export", "format": m["format"],
+                "run_with": "tools built for segment-anything's ONNX files", "model_type": m["model_type"],
+                "frame": m["frame"], "grid": m["grid"], "masks": m["decoder"]["masks"],
+                "use_preprocess": m["use_preprocess"], "decoder_precision": m["decoder_precision"],
+                "opset": m["opset"], "source_model": m.get("source"), "encoder": m["encoder"],
+                "decoder": m["decoder"], "bytes": graphs}
     return None
 
 

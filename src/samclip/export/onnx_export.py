@@ -68,7 +68,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import replace_folder
+from ..checkpoint import replace_folder, temporary_folder
 from ..models.layers import LayerNorm2d
 from ..models.mask_decoder import FirstLayerImage
 from ..models.sam import Sam
@@ -215,12 +214,17 @@ class PromptDecoderGraph(nn.Module):
             emb = emb + (lab == i).to(emb.dtype) * pe.point_embeddings[i].weight
         return emb
 
-    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
-                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse = self._embed_points(point_coords, point_labels)
+    def _prompt_embeddings(self, point_coords: torch.Tensor, point_labels: torch.Tensor, mask_input: torch.Tensor,
+                           has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sparse point embeddings, dense mask embedding blended with the no-mask one by ``has_mask_input``)."""
         pe = self.prompt_encoder
         dense = has_mask_input * pe.mask_downscaling(mask_input)
         dense = dense + (1 - has_mask_input) * pe.no_mask_embedding()
+        return self._embed_points(point_coords, point_labels), dense
+
+    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = self._prompt_embeddings(point_coords, point_labels, mask_input, has_mask_input)
         return self.mask_decoder(image_embeddings, self.dense_pe, sparse, dense, self.multimask_output)
 
 
@@ -351,17 +355,6 @@ def writing_export(out: Path, model: nn.Module) -> Iterator[Path]:
         raise
     finally:
         model.train(was_training)
-
-
-def temporary_folder(out: Path) -> Path:
-    """A new empty folder beside ``out`` (hidden name, the umask's permissions) to write an export into before
-    :func:`~samclip.checkpoint.replace_folder` renames it to ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
-    return tmp
 
 
 def _check_opset(path: Path, opset: int) -> None:

@@ -111,10 +111,7 @@ class SamDecoderGraph(PromptDecoderGraph):
     def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor,  # type: ignore[override]
                 point_labels: torch.Tensor, mask_input: torch.Tensor, has_mask_input: torch.Tensor,
                 orig_im_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        sparse = self._embed_points(point_coords, point_labels)
-        pe = self.prompt_encoder
-        dense = has_mask_input * pe.mask_downscaling(mask_input)
-        dense = dense + (1 - has_mask_input) * pe.no_mask_embedding()
+        sparse, dense = self._prompt_embeddings(point_coords, point_labels, mask_input, has_mask_input)
         low_res, iou = self.mask_decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
         if self.return_single_mask:
             num_points = torch.tensor(point_coords.shape[1], device=point_coords.device)
@@ -123,9 +120,9 @@ class SamDecoderGraph(PromptDecoderGraph):
 
 
 def export_sam_onnx(model: Sam | SamClip | str | os.PathLike, out: str | os.PathLike, *,
-                            kind: str = "auto", return_single_mask: bool = False, use_preprocess: bool = False,
-                            opset: int = 17, decoder_precision: str = "fp32", overwrite: bool = True,
-                            exporter: str = "auto") -> Path:
+                    kind: str = "auto", return_single_mask: bool = False, use_preprocess: bool = False,
+                    opset: int = 17, decoder_precision: str = "fp32", overwrite: bool = True,
+                    exporter: str = "auto") -> Path:
     """Write ``model``'s SAM side to the folder ``out`` in segment-anything's ONNX interface (module docstring).
 
     ``model``: a :class:`Sam` or merged :class:`SamClip` (its SAM side: backbone, neck, prompt encoder, mask
@@ -181,4 +178,26 @@ def export_sam_onnx(model: Sam | SamClip | str | os.PathLike, out: str | os.Path
     return out
 
 
-__all__ = ["DECODER_NAME", "ENCODER_NAME", "SamDecoderGraph", "SamEncoderGraph", "export_sam_onnx"]
+def read_sam_manifest(folder: Path) -> dict:
+    """The ``sam_onnx.json`` of an export folder, checked to be what :func:`export_sam_onnx` writes (the fields
+    ``samclip info`` shows); ValueError naming what is not."""
+    path = Path(folder) / SAM_MANIFEST_NAME
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        why = "not a JSON object" if not isinstance(m, dict) else f"format {m.get('format')!r}, not {FORMAT!r}"
+    else:
+        missing = [k for k in ("model_type", "frame", "grid", "use_preprocess", "decoder_precision", "opset",
+                               "encoder", "decoder") if k not in m]
+        if not missing and not (isinstance(m["decoder"], dict) and "masks" in m["decoder"]):
+            missing = ["decoder.masks"]
+        if not missing:
+            return m
+        why = "no field " + ", ".join(repr(k) for k in missing)
+    raise ValueError(f"{path}: not the manifest `samclip export sam-onnx` writes ({why})")
+
+
+__all__ = ["DECODER_NAME", "ENCODER_NAME", "SamDecoderGraph", "SamEncoderGraph", "export_sam_onnx",
+           "read_sam_manifest"]

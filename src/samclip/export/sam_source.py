@@ -3,7 +3,6 @@ mask decoder) or a SAM's, from a model object, a registered name or a path."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,11 @@ KINDS = ("auto", "model", "sam")
 
 
 def _is_merged_folder(path: Path) -> bool:
+    from ..checkpoint import read_config
+
     try:
-        return json.loads((path / "config.json").read_text()).get("model_type") == "samclip"
-    except (OSError, ValueError, AttributeError):
+        return path.is_dir() and read_config(path)["model_type"] == "samclip"
+    except (OSError, ValueError):  # not one of our folders (CheckpointError is a ValueError)
         return False
 
 

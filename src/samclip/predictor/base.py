@@ -354,12 +354,8 @@ class PredictorBase:
         coords, labels, boxes_t, masks_t = self._prompt_tensors(state, point_coords, point_labels, boxes, mask_input)
         low, iou = self._decode(state, coords, labels, boxes_t, masks_t, multimask_output)
         if return_logits:
-            return self.model.postprocess_masks(low, state.input_size, state.original_size), iou, low
-        # thresholded POSTPROCESS_BATCH prompts at a time: float logits of every prompt at the image's size were
-        # 4x the bool result (1000 prompts on a 1024^2 image: 5.5 GB for a 1 GB answer)
-        masks = torch.cat([self.model.postprocess_masks(part, state.input_size, state.original_size)
-                           > self.model.mask_threshold for part in low.split(POSTPROCESS_BATCH)])
-        return masks, iou, low
+            return self._full_size_logits(state, low), iou, low
+        return self._full_size_masks(state, low), iou, low
 
     def _prompt_tensors(self, state: ImageState, point_coords: Any, point_labels: Any, boxes: Any,
                         mask_input: Any) -> tuple[torch.Tensor | None, ...]:
@@ -654,17 +650,21 @@ class PredictorBase:
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Nx2 foreground points (SAM-frame pixels of ``state``), each decoded alone (multimask) -> (Nx1x4Gx4G
         low-res logits of the output with the best predicted IoU, that IoU N, its NxHxW bool mask at the original
-        size). The masks are upsampled and thresholded POSTPROCESS_BATCH at a time (full-size float logits of
-        every point took points x pixels x 4 bytes); :meth:`_full_size_logits` makes the logits where needed."""
+        size, :meth:`_full_size_masks`); :meth:`_full_size_logits` makes the logits where needed."""
         ones = torch.ones(len(coords), 1, dtype=torch.long, device=self.device)
         low_logits, iou = self._decode(state, coords[:, None], ones, None, None, True)
         best = iou.argmax(1)
         rows = torch.arange(len(coords), device=self.device)
         low = low_logits[rows, best][:, None]
-        masks = torch.cat([self._full_size_logits(state, part)[:, 0] > self.model.mask_threshold
-                           for part in low.split(POSTPROCESS_BATCH)])
-        return low, iou[rows, best], masks
+        return low, iou[rows, best], self._full_size_masks(state, low)[:, 0]
 
     def _full_size_logits(self, state: ImageState, low: torch.Tensor) -> torch.Tensor:
-        """Nx1x4Gx4G low-res logits -> Nx1xHxW at ``state``'s original size."""
+        """NxKx4Gx4G low-res logits -> NxKxHxW at ``state``'s original size."""
         return self.model.postprocess_masks(low, state.input_size, state.original_size)
+
+    def _full_size_masks(self, state: ImageState, low: torch.Tensor) -> torch.Tensor:
+        """NxKx4Gx4G low-res logits -> NxKxHxW bool masks at ``state``'s original size, upsampled and thresholded
+        POSTPROCESS_BATCH prompts at a time (float logits of every prompt at the image's size were 4x the bool
+        result: 1000 prompts on a 1024^2 image took 5.5 GB for a 1 GB answer)."""
+        return torch.cat([self._full_size_logits(state, part) > self.model.mask_threshold
+                          for part in low.split(POSTPROCESS_BATCH)])

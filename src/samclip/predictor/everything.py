@@ -25,6 +25,7 @@ from ..inference.everything import (
 from ..inference.image_input import original_to_frame
 from ..inference.rle import coco_rle, uncompressed_rle
 from ..prompts import mask_areas, masks_to_boxes
+from .base import POSTPROCESS_BATCH
 from .checks import check_fraction, check_int, check_labels, check_pooling, checked_flags
 from .labelling import MASK_POOLINGS, MaskLabelling
 from .state import ImageState
@@ -195,7 +196,7 @@ class EverythingMode(MaskLabelling):
         state's original size, predicted IoU N, stability N, prompt points Nx2 in the state's original pixels):
         the grid's masks above both thresholds, de-duplicated by box NMS, ordered by predicted IoU, those of fewer
         than max(1, ``min_area``) pixels at that size dropped; the first ``limit`` of them (default all). Masks
-        are made at the full size 16 at a time, in order, until ``limit`` are kept."""
+        are made at the full size POSTPROCESS_BATCH at a time, in order, until ``limit`` are kept."""
         big_h, big_w = state.original_size
         h, w = state.input_size
         thr = self.model.mask_threshold
@@ -228,14 +229,14 @@ class EverythingMode(MaskLabelling):
             return torch.zeros(0, big_h, big_w, dtype=torch.bool, device=self.device), empty, empty, torch.zeros(0, 2)
         lows, ious, stabs = torch.cat(keep_low), torch.cat(keep_iou), torch.cat(keep_stab)
         order = box_nms(torch.cat(keep_box), ious, nms_thresh)
-        chosen, found = [], []
-        for part in order.split(16):
-            masks = self.model.postprocess_masks(lows[part][:, None], state.input_size, state.original_size)[:, 0] > thr
-            areas = mask_areas(masks)
-            ok = areas >= max(1, min_area)
+        chosen, found, n = [], [], 0
+        for part in order.split(POSTPROCESS_BATCH):
+            masks = self._full_size_masks(state, lows[part][:, None])[:, 0]
+            ok = mask_areas(masks) >= max(1, min_area)
             chosen.append(part[ok])
             found.append(masks[ok])
-            if limit is not None and sum(len(c) for c in chosen) >= limit:
+            n += int(ok.sum())
+            if limit is not None and n >= limit:
                 break
         order = torch.cat(chosen)[:limit]
         masks = torch.cat(found)[:limit]

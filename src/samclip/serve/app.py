@@ -355,7 +355,8 @@ def create_app(
     Limits: ``max_upload_mb`` (upload bytes, 413), ``max_pixels`` (decompression-bomb guard from the
     image header, 413), ``max_prompts`` (points + box, or labels, per request; 422), ``cache_size``
     (images kept, LRU; also ``cache_max_mb`` of cached state), ``request_timeout_s`` (504), ``max_work_mb``
-    (memory of a task's full-size outputs: semseg's per-class scores, everything's masks; 413).
+    (memory of a task's full-size work: refined semseg's masks and scores per class, 413; everything's masks, as
+    many as fit).
     ``bf16``: bfloat16 autocast (default fp32: faster and exact on most CPUs). ``onnx_dir``: run the image
     and prompt graphs of that ONNX export of the model (``samclip export onnx``) with onnxruntime.
     ``api_key``: requests other than the page, ``/health`` and the API spec must carry it (401 otherwise; see
