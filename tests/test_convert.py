@@ -470,3 +470,33 @@ def test_finer_patch_sam_reads_the_image_as_the_original_reads_it_upsampled() ->
     for bad in (5, 32, 0):
         with pytest.raises(ValueError, match="patch_size"):
             finer_patch_sam(sam, bad)
+
+
+def test_larger_image_sam_keeps_the_patch_and_resizes_only_the_positions() -> None:
+    """128 -> 256 px at patch 16: the kernel and every other weight are the original's, the position embedding
+    is the original's resized to the 16x16 grid, the global
+    relative-position tables follow the grid, and the model runs end to end at the new size."""
+    from samclip.convert.patch_size import larger_image_sam
+    from samclip.models.image_encoder import resize_abs_pos
+
+    torch.manual_seed(0)
+    sam = samclip.create_sam("sam-tiny").eval()
+    with torch.no_grad():
+        sam.image_encoder.pos_embed.normal_()
+    big = larger_image_sam(sam, 256)
+    enc, big_enc = sam.image_encoder, big.image_encoder
+    assert big.config.image_encoder.img_size == 256 and big.config.image_encoder.grid_size == 16
+    torch.testing.assert_close(big_enc.pos_embed, resize_abs_pos(enc.pos_embed, (16, 16)))
+    glob = sam.config.image_encoder.global_attn_indexes[0]
+    assert big_enc.blocks[glob].attn.rel_pos_h.shape[0] == 31
+    old, new = sam.state_dict(), big.state_dict()
+    changed = {k for k in old if old[k].shape != new[k].shape or not torch.equal(old[k], new[k])}
+    assert changed == {"image_encoder.pos_embed", f"image_encoder.blocks.{glob}.attn.rel_pos_h",
+                       f"image_encoder.blocks.{glob}.attn.rel_pos_w"}
+    with torch.no_grad():
+        emb = big.image_embeddings(torch.randn(1, 3, 256, 256))
+        masks, _ = big.decode(emb, torch.tensor([[[40.0, 60.0]]]), torch.ones(1, 1, dtype=torch.long))
+    assert emb.shape == (1, 32, 16, 16) and masks.shape == (1, 3, 64, 64)
+    for bad in (100, 8, 0):
+        with pytest.raises(ValueError, match="img_size"):
+            larger_image_sam(sam, bad)

@@ -262,6 +262,51 @@ def test_sam_teacher_patch_size_starts_from_the_init_at_a_finer_grid(tmp_path) -
         train_sam_teacher(SamTeacherRecipe(init="x", freeze_encoder=True, patch_size=8), tmp_path / "bad")
 
 
+def test_sam_teacher_image_size_starts_from_the_init_at_a_larger_image(tmp_path) -> None:  # noqa: ANN001
+    """--image-size 256 with an init read at 128 px (patch 16): the trained teacher reads 256 px scenes on a 16x16 grid,
+    from the init's weights (its patch kernel moved only by one small step)."""
+    from samclip.factory import load_sam, save_pretrained
+    from samclip.teachers.sam_teacher import SamTeacherRecipe, train_sam_teacher
+
+    torch.manual_seed(0)
+    save_pretrained(samclip.create_sam("sam-tiny"), tmp_path / "init")
+    recipe = SamTeacherRecipe(train_images=2, val_images=1, steps=1, batch_images=1, prompts_per_image=2,
+                              eval_every=0, bf16="false", lr=1e-5, warmup=0, init=str(tmp_path / "init"),
+                              image_size=256)
+    info = train_sam_teacher(recipe, tmp_path / "out")
+    init, out = load_sam(str(tmp_path / "init")), load_sam(str(tmp_path / "out"))
+    assert out.config.image_encoder.img_size == 256 and out.config.image_encoder.grid_size == 16
+    assert out.config.image_encoder.patch_size == init.config.image_encoder.patch_size == 16
+    w0, w1 = init.image_encoder.patch_embed.proj.weight, out.image_encoder.patch_embed.proj.weight
+    assert (w1 - w0).abs().max() < 1e-3
+    assert info["recipe"]["image_size"] == 256
+    with pytest.raises(ValueError, match="cannot change its patch_size or image_size"):
+        train_sam_teacher(SamTeacherRecipe(init="x", freeze_encoder=True, image_size=512), tmp_path / "bad")
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_sam_training_step_box_noise(monkeypatch: pytest.MonkeyPatch, noise: float) -> None:
+    """box_noise is the boxes' jitter: 0 decodes the ground-truth boxes themselves, SAM's 0.1 moves them."""
+    from samclip.teachers import sam_teacher
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = sam_teacher.jitter_boxes
+
+    def spy(b: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        out = real(b, *args, **kwargs)
+        seen.append((b, out))
+        return out
+
+    monkeypatch.setattr(sam_teacher, "jitter_boxes", spy)
+    torch.manual_seed(0)
+    bank = build_bank("val", 2, 64, workers=1)
+    g = torch.Generator().manual_seed(0)
+    sam_teacher.sam_training_step(samclip.create_sam("sam-tiny"), torch.from_numpy(bank.images),
+                                  torch.from_numpy(bank.instance_maps), g, 4, bf16=False, box_noise=noise)
+    (given, used), = seen
+    assert torch.equal(given, used) == (noise == 0)
+
+
 @pytest.mark.parametrize("module, args, message", [
     ("sam_teacher", ["--steps", "-1"], "--steps -1: must be >= 1"),
     ("sam_teacher", ["--batch-images", "0"], "--batch-images 0: must be >= 1"),

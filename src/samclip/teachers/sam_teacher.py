@@ -10,6 +10,7 @@ It never sees a word. ``python -m samclip.teachers.sam_teacher --out weights/...
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..convert.patch_size import finer_patch_sam, with_patch_size
+from ..convert.patch_size import finer_patch_sam, larger_image_sam, with_patch_size
 from ..data import HELDOUT_PAIRS
 from ..data.banks import build_bank
 from ..eval.prompt_seg import prompt_miou
@@ -41,6 +42,7 @@ class SamTeacherRecipe:
     batch_images: int = 8
     prompts_per_image: int = 8
     box_fraction: float = 0.5  # share of each image's prompts that are boxes (the rest: a point + a corrective click)
+    box_noise: float = 0.1  # box prompts' coordinate noise, a share of the box's side (SAM's 0.1; at most 20 px)
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 150
@@ -55,6 +57,10 @@ class SamTeacherRecipe:
     # the encoder's patch size (0: the preset's or the init's). With ``init``, a finer one (e.g. 8 for the
     # 16 of the shipped teacher) starts from the init's weights read at that grid (``convert.finer_patch_sam``)
     patch_size: int = 0
+    # the image size the encoder reads (0: the preset's or the init's); the scenes are rendered at it. With
+    # ``init``, a larger one (e.g. 512 for the 256 of the shipped teacher: a 32x32 grid at patch 16) starts from
+    # the init's weights with the position tensors resized (``convert.larger_image_sam``)
+    image_size: int = 0
 
 
 def _targets(inst: torch.Tensor, gen: torch.Generator, per_image: int) -> torch.Tensor:
@@ -81,12 +87,14 @@ def _encode(model: Sam, images: torch.Tensor, bf16: bool) -> torch.Tensor:
 
 def sam_training_step(model: Sam, images: torch.Tensor | None, inst: torch.Tensor, gen: torch.Generator,
                       per_image: int, bf16: bool, box_fraction: float = 0.5,
-                      embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                      embeddings: torch.Tensor | None = None,
+                      box_noise: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
     """One SAM-style step on a batch: BxSxSx3 uint8 images and BxSxS instance maps -> (loss, logs).
 
     Per image ``round(per_image * box_fraction)`` box prompts (at least 1) and the rest point prompts
     (at least 1), each point followed by a corrective click. ``embeddings`` (BxCxhxw, from a frozen image
-    encoder) skips the encoder; ``images`` may then be None.
+    encoder) skips the encoder; ``images`` may then be None. ``box_noise``: the boxes' coordinate noise as a share
+    of their side (:func:`jitter_boxes`).
     """
     s = inst.shape[1]
     n_box = min(per_image - 1, max(1, round(per_image * box_fraction)))
@@ -96,7 +104,7 @@ def sam_training_step(model: Sam, images: torch.Tensor | None, inst: torch.Tenso
     total = torch.zeros(())
 
     box_t = _targets(inst, gen, n_box)
-    boxes = jitter_boxes(masks_to_boxes(box_t), gen, size=(s, s))
+    boxes = jitter_boxes(masks_to_boxes(box_t), gen, frac=box_noise, size=(s, s))
     # a box is unambiguous: SAM trains it on the single-mask output (token 0), as it is used at test time
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         m, iou = model.decode(emb, boxes=boxes, multimask_output=False)
@@ -148,29 +156,37 @@ def _initial_model(recipe: SamTeacherRecipe) -> Sam:
     """The recipe's starting point: its init (read at ``patch_size`` if that is set) or a fresh preset model."""
     if not recipe.init:
         config = sam_preset(recipe.preset)
-        return create_sam(with_patch_size(config, recipe.patch_size) if recipe.patch_size else config)
+        config = with_patch_size(config, recipe.patch_size) if recipe.patch_size else config
+        if recipe.image_size:
+            config = dataclasses.replace(
+                config, image_encoder=dataclasses.replace(config.image_encoder, img_size=recipe.image_size))
+        return create_sam(config)
     model = load_sam(recipe.init)
     if recipe.patch_size and recipe.patch_size != model.config.image_encoder.patch_size:
         model = finer_patch_sam(model, recipe.patch_size)
+    if recipe.image_size and recipe.image_size != model.config.image_encoder.img_size:
+        model = larger_image_sam(model, recipe.image_size)
     return model
 
 
 def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None = None) -> dict:
     if recipe.freeze_encoder and not recipe.init:
         raise ValueError("freeze_encoder needs init: a trained teacher whose image encoder stays as it is")
-    if recipe.freeze_encoder and recipe.patch_size:
-        raise ValueError("freeze_encoder keeps the init's image encoder as it is: it cannot change its patch_size")
+    if recipe.freeze_encoder and (recipe.patch_size or recipe.image_size):
+        raise ValueError("freeze_encoder keeps the init's image encoder as it is: it cannot change its patch_size "
+                         "or image_size")
     if not recipe.init:
         sam_preset(recipe.preset)  # an unknown preset fails now, not after the scenes are rendered
     elif not (is_registered("sam", recipe.init) or Path(recipe.init).exists()):
         raise FileNotFoundError(f"--init {recipe.init}: no such file or folder, and not a registered SAM name")
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    t0 = time.time()
-    bank = build_bank("train_teacher", recipe.train_images, 256, forbidden_pairs=HELDOUT_PAIRS, progress=True)
-    val = build_bank("val", recipe.val_images, 256)
-    render_s = time.time() - t0
     model = _initial_model(recipe).train()
+    size = model.config.image_encoder.img_size  # scenes at the size the encoder reads
+    t0 = time.time()
+    bank = build_bank("train_teacher", recipe.train_images, size, forbidden_pairs=HELDOUT_PAIRS, progress=True)
+    val = build_bank("val", recipe.val_images, size)
+    render_s = time.time() - t0
     bf16 = resolve_bf16(recipe.bf16)
     cached: tuple[torch.Tensor, torch.Tensor] | None = None  # embeddings of the bank, unflipped and flipped
     if recipe.freeze_encoder:
@@ -196,7 +212,7 @@ def train_sam_teacher(recipe: SamTeacherRecipe, out: Path, log_path: Path | None
             images = torch.from_numpy(bank.images[idx])
             images = images.flip(2) if flip else images
         loss, logs = sam_training_step(model, images, inst, gen, recipe.prompts_per_image, bf16,
-                                       recipe.box_fraction, embeddings=emb)
+                                       recipe.box_fraction, embeddings=emb, box_noise=recipe.box_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
