@@ -139,6 +139,37 @@ def test_generate_labels_each_mask_with_the_chosen_pooling(merged: SamClip) -> N
     assert not np.allclose(scores["max", False], scores["max", True])  # the mirrored view is pooled in
 
 
+@pytest.mark.parametrize("task", ["generate", "crop_labels", "refine"])
+def test_interruptible_stops_a_task_between_batches_and_keeps_the_image(merged: SamClip, task: str) -> None:
+    """Inside interruptible(check), long tasks ask check() between batches and raise Interrupted once it is True;
+    the image state is untouched (the same answers afterwards) and the check is gone after the block."""
+    from samclip.errors import Interrupted
+
+    pred = Predictor(merged)
+    pred.set_image(image(90, 200))
+    kw = {"points_per_side": 8, "points_per_batch": 8, "pred_iou_thresh": -1e9, "stability_score_thresh": 0.0}
+    masks = np.stack([r["segmentation"] for r in pred.generate(**kw)])
+    run = {"generate": lambda: pred.generate(**kw),
+           "crop_labels": lambda: pred.label_masks(masks, LABELS, pooling="crop"),
+           "refine": lambda: pred.semantic_segment(LABELS, refine=True)}[task]
+    before = run()
+    asked: list[int] = []
+    with pred.interruptible(lambda: asked.append(1) is not None):  # never stops; counts the checks
+        again = run()
+    checks, asked[:] = len(asked), []
+    assert checks >= (9 if task == "generate" else 1)  # generate: one per batch of its 64 points, and more
+    with pred.interruptible(lambda: asked.append(1) is None and len(asked) >= checks), pytest.raises(Interrupted):
+        run()  # stopped at its last check
+    after = run()
+    for got in (again, after):
+        if task == "generate":
+            assert [r["bbox"] for r in got] == [r["bbox"] for r in before]
+        elif task == "crop_labels":
+            assert np.array_equal(got[0], before[0])
+        else:
+            assert np.array_equal(got.label_map, before.label_map)
+
+
 def test_set_images_batches_and_select(merged: SamClip) -> None:
     pred = Predictor(merged)
     calls, handle = count_backbone(merged)

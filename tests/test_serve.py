@@ -428,6 +428,33 @@ def test_timeout_and_event_loop_not_blocked(model_folder, scenes) -> None:  # no
     svc.executor.shutdown(wait=True)
 
 
+def test_timed_out_task_stops_at_its_next_batch_and_frees_the_model(model_folder, scenes) -> None:  # noqa: ANN001
+    """A running everything-mode request that times out stops at its next prompt batch (it used to run all its
+    batches, holding the model for every later request); the next request then gets the model at once."""
+    app = create_app(str(model_folder), request_timeout_s=0.5)
+    svc = app.state.service
+    real = svc.predictor._decode
+    calls = []
+
+    def slow_decode(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(time.perf_counter())
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    with TestClient(app) as c:
+        iid = c.post("/images", files={"file": ("s.png", png_bytes(scenes[0].image), "image/png")}).json()["image_id"]
+        svc.predictor._decode = slow_decode
+        # 32 x 32 points in batches of 64: 16 decodes, 3.2 s of work uninterrupted
+        assert_error(c.post(f"/images/{iid}/everything", json={"points_per_side": 32, "png": False}), 504, "timeout")
+        assert svc.lock.acquire(timeout=2)  # free within a batch or two of the timeout
+        svc.lock.release()
+        svc.predictor._decode = real
+        assert 2 <= len(calls) <= 5, len(calls)
+        r = c.post(f"/images/{iid}/everything", json={"points_per_side": 4, "png": False})
+        assert r.status_code == 200, r.text
+    svc.executor.shutdown(wait=True)
+
+
 def test_api_key_guards_everything_but_the_page_health_and_spec(model_folder, scenes) -> None:  # noqa: ANN001
     app = create_app(str(model_folder), api_key="s3cret", cache_size=2)
     with TestClient(app) as c:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Self
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.captions import fix_articles
+from ..errors import Interrupted
 from ..inference.image_input import (
     clip_points,
     original_to_frame,
@@ -66,6 +68,24 @@ class PredictorBase:
         self._text_cache: dict[str, torch.Tensor] = {}
         self._text_hits = 0
         self._text_misses = 0
+        self._should_stop: Callable[[], bool] | None = None
+
+    @contextmanager
+    def interruptible(self, should_stop: Callable[[], bool]) -> Iterator[None]:
+        """Inside the block the long tasks check ``should_stop()`` between their batches (the everything mode's
+        prompt batches and crops, full-size mask making, mask labelling's crops / zoom windows / regions, the
+        refinement's classes) and raise :class:`samclip.errors.Interrupted` once it returns True. A server uses it
+        to stop work whose request has timed out; the cached image state stays usable."""
+        previous, self._should_stop = self._should_stop, should_stop
+        try:
+            yield
+        finally:
+            self._should_stop = previous
+
+    def _check_interrupt(self) -> None:
+        """Raise :class:`Interrupted` when the current :meth:`interruptible` check says stop."""
+        if self._should_stop is not None and self._should_stop():
+            raise Interrupted("the task was interrupted (its interrupt check returned True)")
 
     @classmethod
     def from_onnx(cls, onnx_dir: Any, model: SamClip | None = None, **kwargs: Any) -> Self:
@@ -666,5 +686,8 @@ class PredictorBase:
         """NxKx4Gx4G low-res logits -> NxKxHxW bool masks at ``state``'s original size, upsampled and thresholded
         POSTPROCESS_BATCH prompts at a time (float logits of every prompt at the image's size were 4x the bool
         result: 1000 prompts on a 1024^2 image took 5.5 GB for a 1 GB answer)."""
-        return torch.cat([self._full_size_logits(state, part) > self.model.mask_threshold
-                          for part in low.split(POSTPROCESS_BATCH)])
+        parts = []
+        for part in low.split(POSTPROCESS_BATCH):
+            self._check_interrupt()
+            parts.append(self._full_size_logits(state, part) > self.model.mask_threshold)
+        return torch.cat(parts) if parts else self._full_size_logits(state, low) > self.model.mask_threshold

@@ -162,6 +162,7 @@ class EverythingMode(MaskLabelling):
         state = self.state
         parts = []  # per crop: its box and its masks at the crop's size, with their scores, points and image boxes
         for crop, layer in crops:
+            self._check_interrupt()
             x0, y0, x1, y1 = crop
             if layer == 0:
                 masks, ious, stabs, pts = self._grid_masks(state, points_per_side, *grid_args)
@@ -204,6 +205,7 @@ class EverythingMode(MaskLabelling):
         frame_pts = original_to_frame(grid, state.original_size, state.input_size).to(self.device)
         keep_low, keep_iou, keep_stab, keep_box, keep_pts = [], [], [], [], []
         for start in range(0, len(grid), points_per_batch):
+            self._check_interrupt()
             pts = frame_pts[start : start + points_per_batch]
             ones = torch.ones(len(pts), 1, dtype=torch.long, device=self.device)
             low, iou = self._decode(state, pts[:, None], ones, None, None, True)

@@ -142,6 +142,7 @@ class MaskLabelling(PredictorBase):
         boxes = masks_to_boxes(m.cpu())
         unzoomed = []
         for i in (~empty).nonzero()[:, 0].tolist():
+            self._check_interrupt()
             window = zoom_window(tuple(boxes[i].tolist()), state.original_size)
             if window is None:
                 unzoomed.append(i)
@@ -217,6 +218,7 @@ class MaskLabelling(PredictorBase):
         keep = (~empty).nonzero()[:, 0]
         with torch.no_grad(), self._autocast():
             for i in range(0, len(keep), batch):
+                self._check_interrupt()
                 rows = keep[i : i + batch]
                 x = torch.from_numpy(crops[rows.cpu().numpy()]).to(self.device).permute(0, 3, 1, 2)
                 if mirrored:
@@ -247,6 +249,7 @@ class MaskLabelling(PredictorBase):
         out = []
         with torch.no_grad(), self._autocast():
             for i in range(0, len(regions), chunk):
+                self._check_interrupt()
                 out.append(self.model.clip_head.region_pooled(state.tokens, regions[i : i + chunk]).float())
         return torch.cat(out)
 

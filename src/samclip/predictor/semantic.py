@@ -244,6 +244,7 @@ class SemanticSegmentation(MaskLabelling):
         out = torch.full((len(ids), *state.original_size), NEG, device=low.device)
         for row, c in enumerate(ids):  # each class's masks at full size, a few at a time
             for part in (classes == c).nonzero()[:, 0].split(POSTPROCESS_BATCH):
+                self._check_interrupt()
                 out[row] = torch.maximum(out[row], self._full_size_logits(state, low[part])[:, 0].amax(0))
         return ids, out
 

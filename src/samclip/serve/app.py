@@ -249,8 +249,9 @@ class Service:
                 raise _Cancelled
             if entry is not None:
                 self.predictor.select(entry.state)
-            try:
-                return fn(self.predictor)
+            try:  # a request that times out stops its work at the task's next batch and frees the model
+                with self.predictor.interruptible(cancelled.is_set):
+                    return fn(self.predictor)
             finally:
                 cache = self.predictor._text_cache  # noqa: SLF001 - bounded here: labels come from clients
                 if len(cache) > _TEXT_CACHE_MAX:
