@@ -35,6 +35,11 @@ def with_patch_size(config: SamConfig, patch_size: int) -> SamConfig:
     return dataclasses.replace(config, image_encoder=dataclasses.replace(config.image_encoder, patch_size=patch_size))
 
 
+def with_image_size(config: SamConfig, img_size: int) -> SamConfig:
+    """``config`` with its image encoder's input size replaced (nothing else changes)."""
+    return dataclasses.replace(config, image_encoder=dataclasses.replace(config.image_encoder, img_size=img_size))
+
+
 def _with_resized_positions(sam: Sam, config: SamConfig, kernel_factor: int = 1) -> Sam:
     """A new Sam of ``config`` holding ``sam``'s weights; the position tensors resized to its grid and the patch
     kernel's cells summed ``kernel_factor`` x ``kernel_factor`` (1: kept). Returned in eval mode."""
@@ -62,8 +67,7 @@ def larger_image_sam(sam: Sam, img_size: int) -> Sam:
     enc = sam.config.image_encoder
     if img_size < enc.patch_size or img_size % enc.patch_size:
         raise ValueError(f"img_size must be a multiple of the model's patch size {enc.patch_size}, got {img_size}")
-    config = dataclasses.replace(sam.config, image_encoder=dataclasses.replace(enc, img_size=img_size))
-    return _with_resized_positions(sam, config)
+    return _with_resized_positions(sam, with_image_size(sam.config, img_size))
 
 
 def finer_patch_sam(sam: Sam, patch_size: int) -> Sam:

@@ -690,4 +690,4 @@ class PredictorBase:
         for part in low.split(POSTPROCESS_BATCH):
             self._check_interrupt()
             parts.append(self._full_size_logits(state, part) > self.model.mask_threshold)
-        return torch.cat(parts) if parts else self._full_size_logits(state, low) > self.model.mask_threshold
+        return torch.cat(parts)  # split always yields a part, an empty one for no prompts

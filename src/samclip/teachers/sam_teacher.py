@@ -10,7 +10,6 @@ It never sees a word. ``python -m samclip.teachers.sam_teacher --out weights/...
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..convert.patch_size import finer_patch_sam, larger_image_sam, with_patch_size
+from ..convert.patch_size import finer_patch_sam, larger_image_sam, with_image_size, with_patch_size
 from ..data import HELDOUT_PAIRS
 from ..data.banks import build_bank
 from ..eval.prompt_seg import prompt_miou
@@ -153,14 +152,12 @@ def encoder_embeddings(model: Sam, images: np.ndarray, bf16: bool, chunk: int = 
 
 
 def _initial_model(recipe: SamTeacherRecipe) -> Sam:
-    """The recipe's starting point: its init (read at ``patch_size`` if that is set) or a fresh preset model."""
+    """The recipe's starting point: its init (read at ``patch_size`` / ``image_size`` where set) or a fresh
+    preset model at them."""
     if not recipe.init:
         config = sam_preset(recipe.preset)
         config = with_patch_size(config, recipe.patch_size) if recipe.patch_size else config
-        if recipe.image_size:
-            config = dataclasses.replace(
-                config, image_encoder=dataclasses.replace(config.image_encoder, img_size=recipe.image_size))
-        return create_sam(config)
+        return create_sam(with_image_size(config, recipe.image_size) if recipe.image_size else config)
     model = load_sam(recipe.init)
     if recipe.patch_size and recipe.patch_size != model.config.image_encoder.patch_size:
         model = finer_patch_sam(model, recipe.patch_size)
